@@ -1,0 +1,521 @@
+//! The Docker Engine adapter (bollard): find the target's containers, pull by digest, and the
+//! primitive steps of a swap (stop, rename, create a clone on another image, start, remove),
+//! plus what validation reads (state, health, logs).
+
+pub mod clone;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, EndpointSettings,
+    HealthStatusEnum, ImageInspect, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::adapters::registry::PullAuth;
+use crate::domain::digest::Digest;
+use crate::settings::{TargetKind, TargetSettings};
+
+pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const LABEL_COMPOSE_NUMBER: &str = "com.docker.compose.container-number";
+/// Labels backtrack puts on the containers it creates.
+pub const LABEL_TAG: &str = "io.backtrack.tag";
+pub const LABEL_VERSION: &str = "io.backtrack.version";
+pub const LABEL_EMERGENCY: &str = "io.backtrack.emergency";
+/// Suffix of the stopped previous container kept during a swap, until validation passes.
+pub const BACKUP_SUFFIX: &str = "-backtrack-prev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("reach the docker engine at {host}: {cause}")]
+    Unreachable { host: String, cause: String },
+    #[error("find {what}: no such container")]
+    TargetNotFound { what: String },
+    #[error("pull {reference}: {message}")]
+    Pull { reference: String, message: String },
+    #[error("{action} container {container}: {message}")]
+    Container {
+        action: &'static str,
+        container: String,
+        message: String,
+    },
+    #[error("{action}: {message}")]
+    Other { action: String, message: String },
+}
+
+impl EngineError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { .. } => Some(
+                "is dockerd running? set [target] host or DOCKER_HOST if it listens elsewhere"
+                    .into(),
+            ),
+            Self::TargetNotFound { .. } => Some(
+                "check [target] name (and project) in backtrack.toml against `docker ps -a`".into(),
+            ),
+            Self::Pull { .. } => {
+                Some("check that the registry is reachable from the docker engine".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A container of the target as the engine reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub id: String,
+    /// `Config.Image`: the reference it was created from (`repo@sha256:...` once backtrack made it).
+    pub image_ref: String,
+    /// The local image id (config digest).
+    pub image_id: String,
+    pub state: String,
+    pub health: Option<String>,
+    pub restart_count: i64,
+    pub labels: HashMap<String, String>,
+    pub env: Vec<String>,
+}
+
+impl ContainerView {
+    fn from_inspect(c: &ContainerInspectResponse) -> Self {
+        let config = c.config.clone().unwrap_or_default();
+        let state = c.state.clone().unwrap_or_default();
+        Self {
+            name: c
+                .name
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            id: c.id.clone().unwrap_or_default(),
+            image_ref: config.image.unwrap_or_default(),
+            image_id: c.image.clone().unwrap_or_default(),
+            state: state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            health: state.health.and_then(|h| h.status).and_then(|s| match s {
+                HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
+                other => Some(other.to_string()),
+            }),
+            restart_count: c.restart_count.unwrap_or(0),
+            labels: config.labels.unwrap_or_default(),
+            env: config.env.unwrap_or_default(),
+        }
+    }
+
+    /// The manifest digest pinned in `Config.Image`, if the container was created by digest.
+    pub fn pinned_digest(&self) -> Option<Digest> {
+        self.image_ref
+            .rsplit_once('@')
+            .and_then(|(_, d)| Digest::parse(d).ok())
+    }
+
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// What the engine says about a container right now, for validation.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    pub status: String,
+    pub running: bool,
+    pub restarting: bool,
+    pub exit_code: i64,
+    pub restart_count: i64,
+    /// `None` when the image has no HEALTHCHECK.
+    pub health: Option<String>,
+}
+
+pub struct Engine {
+    docker: Docker,
+    host: String,
+}
+
+impl Engine {
+    /// Connects (the `[target] host`, else DOCKER_HOST, else the local socket) and negotiates the
+    /// API version; a daemon that does not answer within 5 s is an error.
+    pub async fn connect(host: Option<&str>) -> Result<Self, EngineError> {
+        let shown = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unreachable = |cause: String| EngineError::Unreachable {
+            host: shown.clone(),
+            cause,
+        };
+        let docker = match host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| unreachable(e.to_string()))?;
+        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 5s".into()))?
+            .map_err(|e| unreachable(short_error(&e)))?;
+        tokio::time::timeout(Duration::from_secs(5), docker.ping())
+            .await
+            .map_err(|_| unreachable("no answer within 5s".into()))?
+            .map_err(|e| unreachable(short_error(&e)))?;
+        Ok(Self {
+            docker,
+            host: shown,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The target's containers (one for a container target, every replica of a compose service),
+    /// sorted by name. Backup containers of an unfinished swap are not part of the target.
+    pub async fn target_containers(
+        &self,
+        target: &TargetSettings,
+    ) -> Result<Vec<ContainerView>, EngineError> {
+        match target.kind {
+            TargetKind::Container => match self.inspect(&target.name).await? {
+                Some(c) => Ok(vec![ContainerView::from_inspect(&c)]),
+                None => Err(EngineError::TargetNotFound {
+                    what: target.display(),
+                }),
+            },
+            TargetKind::Compose => {
+                let project = target.project.clone().unwrap_or_default();
+                let filters = HashMap::from([(
+                    "label".to_string(),
+                    vec![
+                        format!("{LABEL_COMPOSE_PROJECT}={project}"),
+                        format!("{LABEL_COMPOSE_SERVICE}={}", target.name),
+                    ],
+                )]);
+                let opts = ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let list = self
+                    .docker
+                    .list_containers(Some(opts))
+                    .await
+                    .map_err(|e| other("list containers", &e))?;
+                let mut out = Vec::new();
+                for summary in list {
+                    let Some(id) = summary.id else { continue };
+                    if let Some(c) = self.inspect(&id).await? {
+                        let view = ContainerView::from_inspect(&c);
+                        if !view.name.ends_with(BACKUP_SUFFIX)
+                            && view.labels.get(LABEL_EMERGENCY).is_none()
+                        {
+                            out.push(view);
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    return Err(EngineError::TargetNotFound {
+                        what: target.display(),
+                    });
+                }
+                out.sort_by(|a, b| {
+                    let n = |v: &ContainerView| {
+                        v.labels
+                            .get(LABEL_COMPOSE_NUMBER)
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .unwrap_or(0)
+                    };
+                    n(a).cmp(&n(b)).then_with(|| a.name.cmp(&b.name))
+                });
+                Ok(out)
+            }
+            TargetKind::Swarm => Err(EngineError::Other {
+                action: format!("use {}", target.display()),
+                message: "swarm targets are not built yet; use kind = \"container\" or \"compose\""
+                    .into(),
+            }),
+        }
+    }
+
+    /// Inspects a container; `None` when there is none by that name or id.
+    pub async fn inspect(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(container_err("inspect", name, &e)),
+        }
+    }
+
+    pub async fn view(&self, name: &str) -> Result<Option<ContainerView>, EngineError> {
+        Ok(self
+            .inspect(name)
+            .await?
+            .as_ref()
+            .map(ContainerView::from_inspect))
+    }
+
+    /// Inspects a local image; `None` when it is not present.
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageInspect>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(other(&format!("inspect image {reference}"), &e)),
+        }
+    }
+
+    /// Pulls `reference` unless it is already present. `progress` gets status lines.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&PullAuth>,
+        mut progress: impl FnMut(&str),
+    ) -> Result<bool, EngineError> {
+        if self.image(reference).await?.is_some() {
+            return Ok(false);
+        }
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .build();
+        let creds = auth
+            .filter(|a| a.username.is_some())
+            .map(|a| DockerCredentials {
+                username: a.username.clone(),
+                password: a.password.clone(),
+                serveraddress: Some(a.server.clone()),
+                ..Default::default()
+            });
+        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| EngineError::Pull {
+                reference: reference.to_string(),
+                message: short_error(&e),
+            })?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Pull {
+                    reference: reference.to_string(),
+                    message: err,
+                });
+            }
+            if let Some(status) = info.status {
+                let line = match (info.id, info.progress_detail) {
+                    (Some(id), Some(p)) if p.total.unwrap_or(0) > 0 => {
+                        format!(
+                            "{id}: {status} {}/{}",
+                            p.current.unwrap_or(0),
+                            p.total.unwrap_or(0)
+                        )
+                    }
+                    (Some(id), _) => format!("{id}: {status}"),
+                    (None, _) => status,
+                };
+                progress(&line);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Tags a local image (`repo:tag`), e.g. to keep the last known good image from GC.
+    pub async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(image, Some(opts))
+            .await
+            .map_err(|e| other(&format!("tag image {image} as {repo}:{tag}"), &e))
+    }
+
+    pub async fn stop(&self, name: &str, timeout_secs: i32) -> Result<(), EngineError> {
+        let opts = StopContainerOptionsBuilder::default()
+            .t(timeout_secs)
+            .build();
+        match self.docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(container_err("stop", name, &e)),
+        }
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(container_err("start", name, &e)),
+        }
+    }
+
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
+        let opts = RenameContainerOptionsBuilder::default()
+            .name(new_name)
+            .build();
+        self.docker
+            .rename_container(name, opts)
+            .await
+            .map_err(|e| container_err("rename", name, &e))
+    }
+
+    /// Removes a container (forcefully); one that is already gone is fine.
+    pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(container_err("remove", name, &e)),
+        }
+    }
+
+    pub async fn set_restart_policy(
+        &self,
+        name: &str,
+        policy: &RestartPolicy,
+    ) -> Result<(), EngineError> {
+        let body = ContainerUpdateBody {
+            restart_policy: Some(policy.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| container_err("update restart policy of", name, &e))
+    }
+
+    /// Creates a container and connects the networks that could not be given at creation.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        extra_networks: &[(String, EndpointSettings)],
+    ) -> Result<String, EngineError> {
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| container_err("create", name, &e))?;
+        for (network, endpoint) in extra_networks {
+            let req = bollard::models::NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint.clone()),
+            };
+            self.docker
+                .connect_network(network, req)
+                .await
+                .map_err(|e| {
+                    container_err("connect network", &format!("{name} to {network}"), &e)
+                })?;
+        }
+        Ok(created.id)
+    }
+
+    pub async fn liveness(&self, name: &str) -> Result<Liveness, EngineError> {
+        let c = self
+            .inspect(name)
+            .await?
+            .ok_or_else(|| EngineError::TargetNotFound {
+                what: format!("container {name}"),
+            })?;
+        let state = c.state.unwrap_or_default();
+        Ok(Liveness {
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            restarting: state.restarting.unwrap_or(false),
+            exit_code: state.exit_code.unwrap_or(0),
+            restart_count: c.restart_count.unwrap_or(0),
+            health: state.health.and_then(|h| h.status).and_then(|s| match s {
+                HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
+                other => Some(other.to_string()),
+            }),
+        })
+    }
+
+    /// The last `n` lines of a container's output (stdout and stderr).
+    pub async fn logs_tail(&self, name: &str, n: usize) -> Vec<String> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&n.to_string())
+            .build();
+        let mut stream = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn short_error(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+            message.trim().to_string()
+        }
+        other => crate::adapters::registry::root_cause(other),
+    }
+}
+
+fn container_err(action: &'static str, container: &str, e: &bollard::errors::Error) -> EngineError {
+    EngineError::Container {
+        action,
+        container: container.to_string(),
+        message: short_error(e),
+    }
+}
+
+fn other(action: &str, e: &bollard::errors::Error) -> EngineError {
+    EngineError::Other {
+        action: action.to_string(),
+        message: short_error(e),
+    }
+}
+
+/// `RestartPolicy` as text (`always`, `on-failure:3`) and back, for the journal.
+pub fn restart_policy_text(p: &RestartPolicy) -> String {
+    match (p.name, p.maximum_retry_count) {
+        (Some(RestartPolicyNameEnum::ON_FAILURE), Some(n)) if n > 0 => format!("on-failure:{n}"),
+        (Some(name), _) if name != RestartPolicyNameEnum::EMPTY => name.to_string(),
+        _ => "no".into(),
+    }
+}
+
+pub fn parse_restart_policy(s: &str) -> RestartPolicy {
+    let (name, count) = s
+        .split_once(':')
+        .map_or((s, None), |(n, c)| (n, c.parse().ok()));
+    let name = match name {
+        "always" => RestartPolicyNameEnum::ALWAYS,
+        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+        _ => RestartPolicyNameEnum::NO,
+    };
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: count,
+    }
+}

@@ -1,0 +1,198 @@
+//! The `Registry` trait: what backtrack needs from wherever versions live (list, resolve,
+//! describe, retag, delete, credentials for pulls), with an OCI Distribution implementation and an
+//! ECR one, chosen once from the settings.
+
+pub mod cache;
+pub mod credentials;
+pub mod oci;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::domain::digest::Digest;
+use crate::domain::image::ImageInfo;
+use crate::settings::{RegistryKind, RegistrySettings};
+
+/// How many registry requests run at once when a command needs many.
+pub const CONCURRENCY: usize = 16;
+
+/// One image (manifest digest) in the repository with every tag on it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemoteImage {
+    pub digest: Digest,
+    pub tags: Vec<String>,
+    pub pushed: Option<DateTime<Utc>>,
+    pub size: Option<u64>,
+}
+
+/// Credentials handed to the Docker Engine for a pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub server: String,
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// `host/repository`, for messages.
+    fn name(&self) -> String;
+
+    /// `host/repository@digest`, as the Docker Engine pulls it.
+    fn pull_reference(&self, digest: &Digest) -> String;
+
+    /// Every tag in the repository.
+    async fn list_tags(&self) -> Result<Vec<String>, RegistryError>;
+
+    /// The digest a tag points at, `None` when there is no such tag.
+    async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError>;
+
+    /// Digests of many tags; tags that do not exist are left out.
+    async fn tag_digests(&self, tags: &[String]) -> Result<HashMap<String, Digest>, RegistryError> {
+        futures::stream::iter(tags.iter().cloned())
+            .map(|tag| async move { self.tag_digest(&tag).await.map(|d| (tag, d)) })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|(tag, d)| async move { Ok(d.map(|d| (tag, d))) })
+            .try_collect()
+            .await
+    }
+
+    /// Metadata of one image.
+    async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError>;
+
+    /// Metadata of many images, fetched concurrently (and from the cache where it has them).
+    async fn image_infos(
+        &self,
+        digests: &[Digest],
+    ) -> Result<HashMap<Digest, ImageInfo>, RegistryError> {
+        futures::stream::iter(digests.iter().cloned())
+            .map(|d| async move { self.image_info(&d).await.map(|i| (d, i)) })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Every image with its tags (for retention).
+    async fn images(&self) -> Result<Vec<RemoteImage>, RegistryError> {
+        let tags = self.list_tags().await?;
+        let digests = self.tag_digests(&tags).await?;
+        let mut by_digest: HashMap<Digest, Vec<String>> = HashMap::new();
+        for (tag, digest) in digests {
+            by_digest.entry(digest).or_default().push(tag);
+        }
+        let mut images: Vec<RemoteImage> = by_digest
+            .into_iter()
+            .map(|(digest, mut tags)| {
+                tags.sort();
+                RemoteImage {
+                    digest,
+                    tags,
+                    pushed: None,
+                    size: None,
+                }
+            })
+            .collect();
+        images.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(images)
+    }
+
+    /// Points `tag` at the image `digest` by re-putting its exact manifest bytes: no blob moves
+    /// and the digest stays the same.
+    async fn retag(&self, digest: &Digest, tag: &str) -> Result<(), RegistryError>;
+
+    /// Deletes an image. `tags` are the tags on it to remove; registries that delete by digest
+    /// remove them all at once, registries that untag (ECR) remove exactly these.
+    async fn delete(&self, image: &RemoteImage) -> Result<(), RegistryError>;
+
+    /// Credentials for the Docker Engine to pull from this registry.
+    async fn pull_auth(&self) -> Result<PullAuth, RegistryError>;
+
+    /// Writes what was learnt to the on-disk cache.
+    fn flush_cache(&self) {}
+}
+
+/// Opens the registry the settings name.
+pub fn open(
+    settings: &RegistrySettings,
+    cache: Arc<cache::InfoCache>,
+) -> Result<Box<dyn Registry>, RegistryError> {
+    match settings.kind {
+        RegistryKind::Oci => Ok(Box::new(oci::OciRegistry::new(settings, cache)?)),
+        RegistryKind::Ecr => Err(RegistryError::Unsupported {
+            registry: settings.display(),
+            what: "ECR registries (kind = \"ecr\") are not built yet; use an OCI registry".into(),
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("reach registry {registry}: {cause}")]
+    Unreachable { registry: String, cause: String },
+    #[error("authenticate to registry {registry}: {cause}")]
+    Unauthorized { registry: String, cause: String },
+    #[error("access {repository}: access denied{}", action.as_ref().map(|a| format!(" for {a}")).unwrap_or_default())]
+    Denied {
+        repository: String,
+        action: Option<String>,
+    },
+    #[error("find repository {repository}: it does not exist")]
+    RepositoryNotFound { repository: String },
+    #[error("find {reference}: no such tag or manifest")]
+    ManifestNotFound { reference: String },
+    #[error("delete from {registry}: the registry has deletes disabled")]
+    DeleteDisabled { registry: String },
+    #[error("move tag {tag} in {repository}: the repository's tags are immutable")]
+    ImmutableTag { repository: String, tag: String },
+    #[error("use {registry}: {what}")]
+    Unsupported { registry: String, what: String },
+    #[error("talk to registry {registry}: {message}")]
+    Protocol { registry: String, message: String },
+}
+
+impl RegistryError {
+    /// A tag or digest that does not exist (exit code "no such version").
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::ManifestNotFound { .. })
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { .. } => {
+                Some("is the registry running, and is [registry] url in backtrack.toml right?".into())
+            }
+            Self::Unauthorized { registry, .. } => {
+                Some(format!("log in with `docker login {registry}` (backtrack reads ~/.docker/config.json)"))
+            }
+            Self::Denied { .. } => Some("the credentials lack permission for this repository".into()),
+            Self::RepositoryNotFound { .. } => {
+                Some("check [registry] repository in backtrack.toml, or push a first image".into())
+            }
+            Self::DeleteDisabled { .. } => Some(
+                "enable deletes on the registry: `storage: delete: enabled: true` in its config.yml \
+                 (REGISTRY_STORAGE_DELETE_ENABLED=true for the registry image), then restart it"
+                    .into(),
+            ),
+            Self::ImmutableTag { repository, tag } => Some(format!(
+                "exempt the tag from immutability: aws ecr put-image-tag-mutability --repository-name {repository} \
+                 --image-tag-mutability IMMUTABLE_WITH_EXCLUSION --image-tag-mutability-exclusion-filters \
+                 filterType=WILDCARD,filter={tag}"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The innermost message of an error chain ("Connection refused (os error 111)").
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

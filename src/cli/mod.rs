@@ -1,0 +1,163 @@
+//! Command-line types: what the user can type, and nothing else. Parsing only (clap derive);
+//! `settings` turns these raw arguments into resolved settings, and `commands` acts on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backtrack",
+    version,
+    about = "Roll a Docker deployment back (or forward) in seconds to an image already in the registry",
+    long_about = None,
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage or config, 3 registry, 4 no such version, 5 locked, \
+                  6 validation failed (previous version restored), 7 validation failed and restoring failed, \
+                  8 partly done, 9 docker engine, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file (default: $BACKTRACK_CONFIG, else the nearest backtrack.toml upward).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Answer yes to every prompt (needed for mutating commands without a terminal).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+    /// More logging (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Where the journal and lock live (default: $BACKTRACK_STATE_DIR, else the XDG state dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the versions in the registry, highest first.
+    Versions(VersionsArgs),
+    /// Show what the target runs now.
+    Status,
+    /// Put the target on a version: pull by digest, swap, validate, revert on failure.
+    Deploy(SwapArgs),
+    /// Go back to an earlier version (default: previous).
+    Rollback(RollbackArgs),
+    /// Point last_known_good at a version (default: the deployed one).
+    MarkGood(MarkGoodArgs),
+    /// Stop the target and run the last known good image directly.
+    Emergency(EmergencyArgs),
+    /// Show the journal of operations.
+    History(HistoryArgs),
+    /// Run the health checks against what is deployed now.
+    Validate,
+    /// Apply a retention policy to the registry.
+    Prune(PruneArgs),
+    /// Work with retention policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// Every tag: add tags that are not versions, and no default limit.
+    #[arg(long)]
+    pub all: bool,
+    /// Show at most N versions (0: no limit) [default: 20, or none with --all].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// The version to go to: v1.4.2, ^1.3, previous, lkg, latest-version, sha256:..., a commit.
+    pub selector: String,
+    #[command(flatten)]
+    pub common: SwapCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The version to go to [default: previous; a picker on a terminal].
+    pub selector: Option<String>,
+    #[command(flatten)]
+    pub common: SwapCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct SwapCommon {
+    /// Print the plan (and the docker commands it stands for); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why, for the journal.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Mark the version last_known_good once it has validated.
+    #[arg(long)]
+    pub mark_good: bool,
+    /// With --mark-good: it must also stay healthy this long first (e.g. 2m).
+    #[arg(long, value_name = "DURATION", requires = "mark_good")]
+    pub soak: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MarkGoodArgs {
+    /// The version to mark [default: the deployed one].
+    pub selector: Option<String>,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Mark it even though its last validation failed.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EmergencyArgs {
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Show the last N operations (0: all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Policy file [default: [retention] policy of the config].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file without touching anything.
+    Check { file: PathBuf },
+}

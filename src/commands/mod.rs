@@ -1,0 +1,76 @@
+//! Commands: one file per subcommand, each a plain async function taking the resolved settings
+//! and its own arguments. They wire adapters to domain decisions and hand a report to the printer.
+
+mod completions;
+mod deploy;
+mod emergency;
+mod history;
+mod mark_good;
+mod policy;
+mod prune;
+mod status;
+mod validate;
+mod versions;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::adapters::docker::Engine;
+use crate::adapters::registry::{self, Registry, cache::InfoCache};
+use crate::cli::Command;
+use crate::output::Printer;
+use crate::settings::{Project, Settings, TargetSettings};
+
+/// What every command gets: the settings and the printer, plus helpers to open adapters.
+pub struct App<'a> {
+    pub settings: &'a Settings,
+    pub printer: Printer,
+}
+
+impl App<'_> {
+    pub fn project(&self) -> anyhow::Result<&Project> {
+        Ok(self.settings.project()?)
+    }
+
+    pub fn registry(&self) -> anyhow::Result<Box<dyn Registry>> {
+        let project = self.project()?;
+        let cache = Arc::new(InfoCache::load(&self.settings.cache_dir));
+        Ok(registry::open(&project.registry, cache)?)
+    }
+
+    pub fn target(&self) -> anyhow::Result<&TargetSettings> {
+        let project = self.project()?;
+        project.target.as_ref().with_context(|| {
+            format!(
+                "find [target] in {}: this command needs to know what to deploy (kind and name)",
+                project.config_path.display()
+            )
+        })
+    }
+
+    pub async fn engine(&self) -> anyhow::Result<Engine> {
+        let host = self.target().ok().and_then(|t| t.host.clone());
+        Ok(Engine::connect(host.as_deref()).await?)
+    }
+}
+
+pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
+    let app = App {
+        settings,
+        printer: Printer::new(settings.output, settings.interactive),
+    };
+    match command {
+        Command::Versions(args) => versions::run(&app, &args).await,
+        Command::Status => status::run(&app).await,
+        Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
+        Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
+        Command::MarkGood(args) => mark_good::run(&app, &args).await,
+        Command::Emergency(args) => emergency::run(&app, &args).await,
+        Command::History(args) => history::run(&app, &args).await,
+        Command::Validate => validate::run(&app).await,
+        Command::Prune(args) => prune::run(&app, &args).await,
+        Command::Policy(cmd) => policy::run(&app, cmd).await,
+        Command::Completions { shell } => completions::run(shell),
+    }
+}

@@ -1,0 +1,8 @@
+//! `backtrack status`.
+use super::App;
+pub async fn run(_app: &App<'_>) -> anyhow::Result<()> {
+    Err(crate::error::Failure::NotBuilt {
+        command: "status".into(),
+    }
+    .into())
+}

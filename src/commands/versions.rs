@@ -1,0 +1,200 @@
+//! `backtrack versions`: the versions in the registry, highest first, with what each image is
+//! and which one is deployed or last known good.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::App;
+use crate::cli::VersionsArgs;
+use crate::domain::digest::Digest;
+use crate::domain::image::{LKG_TAG, human_size};
+use crate::ops::{catalog::Catalog, deployed};
+use crate::output::{Report, render_table, table};
+
+const DEFAULT_LIMIT: usize = 20;
+
+#[derive(Debug, Serialize)]
+struct VersionsReport {
+    repository: String,
+    /// Version tags in the repository (all of them, not only those shown).
+    total_versions: usize,
+    /// Other tags in the repository.
+    total_other_tags: usize,
+    tags: Vec<Row>,
+    #[serde(skip)]
+    limited: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    tag: String,
+    /// The semver version, `null` for tags that are not versions.
+    version: Option<String>,
+    digest: Option<Digest>,
+    created: Option<DateTime<Utc>>,
+    pushed: Option<DateTime<Utc>>,
+    size: Option<u64>,
+    revision: Option<String>,
+    description: Option<String>,
+    marks: Vec<&'static str>,
+}
+
+pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let registry = app.registry()?;
+    // What is deployed is read while the registry answers (best effort: a down engine only
+    // loses the mark).
+    let deployed_task = async {
+        let Some(target) = project.target.as_ref() else {
+            return Vec::new();
+        };
+        let engine = match crate::adapters::docker::Engine::connect(target.host.as_deref()).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!("deployed mark unavailable: {e}");
+                return Vec::new();
+            }
+        };
+        match deployed::read(&engine, target, &registry.name()).await {
+            Ok(d) => d.into_iter().filter_map(|d| d.digest).collect(),
+            Err(e) => {
+                tracing::info!("deployed mark unavailable: {e:#}");
+                Vec::new()
+            }
+        }
+    };
+    let (catalog, deployed) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
+    let catalog = catalog?;
+
+    let limit = match (args.limit, args.all) {
+        (Some(0), _) | (None, true) => usize::MAX,
+        (Some(n), _) => n,
+        (None, false) => DEFAULT_LIMIT,
+    };
+    let mut shown: Vec<(String, Option<String>)> = catalog
+        .versions
+        .iter()
+        .take(limit)
+        .map(|v| (v.tag.clone(), Some(v.version.to_string())))
+        .collect();
+    let limited = shown.len() < catalog.versions.len();
+    if args.all {
+        shown.extend(catalog.others.iter().map(|t| (t.clone(), None)));
+    }
+
+    let mut lookup: Vec<String> = shown.iter().map(|(t, _)| t.clone()).collect();
+    let has_lkg = catalog.has_tag(LKG_TAG);
+    if has_lkg && !args.all {
+        lookup.push(LKG_TAG.to_string());
+    }
+    let digests = registry
+        .tag_digests(&lookup)
+        .await
+        .with_context(|| format!("resolve tags of {}", registry.name()))?;
+    let unique: Vec<Digest> = shown
+        .iter()
+        .filter_map(|(t, _)| digests.get(t).cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let infos = registry
+        .image_infos(&unique)
+        .await
+        .with_context(|| format!("read image metadata from {}", registry.name()))?;
+    registry.flush_cache();
+
+    let lkg_digest = digests.get(LKG_TAG);
+    let rows = shown
+        .into_iter()
+        .map(|(tag, version)| {
+            let digest = digests.get(&tag).cloned();
+            let info = digest.as_ref().and_then(|d| infos.get(d));
+            let mut marks = Vec::new();
+            if digest.is_some() && deployed.iter().any(|d| Some(d) == digest.as_ref()) {
+                marks.push("deployed");
+            }
+            if digest.is_some() && lkg_digest == digest.as_ref() && tag != LKG_TAG {
+                marks.push("last_known_good");
+            }
+            Row {
+                tag,
+                version,
+                created: info.and_then(|i| i.created),
+                pushed: info.and_then(|i| i.pushed),
+                size: info.and_then(|i| i.size),
+                revision: info.and_then(|i| i.revision()).map(str::to_string),
+                description: info.and_then(|i| i.description()).map(str::to_string),
+                digest,
+                marks,
+            }
+        })
+        .collect();
+    app.printer.report(&VersionsReport {
+        repository: registry.name(),
+        total_versions: catalog.versions.len(),
+        total_other_tags: catalog.others.len(),
+        tags: rows,
+        limited,
+    })
+}
+
+impl Report for VersionsReport {
+    fn human(&self) -> String {
+        if self.tags.is_empty() {
+            return format!(
+                "no version tags in {} ({} other tags; --all shows them)",
+                self.repository, self.total_other_tags
+            );
+        }
+        let mut t = table([
+            "version",
+            "digest",
+            "created",
+            "size",
+            "revision",
+            "description",
+            "marks",
+        ]);
+        let now = Utc::now();
+        for r in &self.tags {
+            t.add_row(vec![
+                r.tag.clone(),
+                r.digest
+                    .as_ref()
+                    .map_or("-".into(), |d| d.short().to_string()),
+                r.pushed
+                    .or(r.created)
+                    .map_or("-".into(), |c| crate::output::ago(now, c)),
+                r.size.map_or("-".into(), human_size),
+                r.revision
+                    .as_deref()
+                    .map_or("-".into(), |r| r.chars().take(12).collect()),
+                r.description
+                    .as_deref()
+                    .map_or("-".into(), |d| truncate(d, 40)),
+                r.marks.join(","),
+            ]);
+        }
+        let mut out = render_table(&t);
+        if self.limited {
+            out.push_str(&format!(
+                "\n({} of {} versions shown; --limit 0 or --all for every one)",
+                self.tags.iter().filter(|r| r.version.is_some()).count(),
+                self.total_versions
+            ));
+        }
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    let first_line = s.lines().next().unwrap_or_default();
+    if first_line.chars().count() <= n {
+        first_line.to_string()
+    } else {
+        format!("{}…", first_line.chars().take(n - 1).collect::<String>())
+    }
+}

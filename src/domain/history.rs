@@ -1,0 +1,378 @@
+//! The journal's records and the rules read from them: which operations are still open (a crash
+//! left them half done), which versions failed validation, what `previous` means.
+//!
+//! Every operation writes a `started` record (its intent) before acting and a `finished` record
+//! with the result after; the storage of the journal lives in `adapters::state`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::image::ImageRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Deploy,
+    Rollback,
+    MarkGood,
+    Emergency,
+    Recover,
+    Prune,
+}
+
+impl Operation {
+    /// Operations that change what the target runs.
+    pub fn moves_target(self) -> bool {
+        matches!(self, Self::Deploy | Self::Rollback | Self::Emergency)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Rollback => "rollback",
+            Self::MarkGood => "mark-good",
+            Self::Emergency => "emergency",
+            Self::Recover => "recover",
+            Self::Prune => "prune",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Started,
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Done and validated.
+    Ok,
+    /// Validation failed; the previous version runs again.
+    Reverted,
+    /// Validation failed and putting the previous version back failed too.
+    RevertFailed,
+    /// Failed before the target was touched.
+    Failed,
+    /// Found half done by a later run and put back to the previous state.
+    RolledBackAfterCrash,
+    /// Nothing to do (already there).
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Reverted => "reverted",
+            Self::RevertFailed => "revert-failed",
+            Self::Failed => "failed",
+            Self::RolledBackAfterCrash => "rolled-back-after-crash",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Shared by the `started` and `finished` records of one operation.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub op: Operation,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ImageRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ImageRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Free text: why it failed, what was recovered, which containers were involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Containers touched by the operation (their names), so a crash can be recovered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+}
+
+/// An operation as `history` shows it: its start merged with its end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperationView {
+    pub id: String,
+    pub started: DateTime<Utc>,
+    pub op: Operation,
+    pub user: Option<String>,
+    pub host: Option<String>,
+    pub target: Option<String>,
+    pub from: Option<ImageRef>,
+    pub to: Option<ImageRef>,
+    pub reason: Option<String>,
+    /// `None` while the operation is open (running, or crashed before it finished).
+    pub result: Option<Outcome>,
+    pub duration_ms: Option<u64>,
+    pub detail: Option<String>,
+}
+
+/// Merges records by operation id, oldest first.
+pub fn operations(records: &[Record]) -> Vec<OperationView> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_id: BTreeMap<String, OperationView> = BTreeMap::new();
+    for r in records {
+        match by_id.get_mut(&r.id) {
+            None => {
+                order.push(r.id.clone());
+                by_id.insert(
+                    r.id.clone(),
+                    OperationView {
+                        id: r.id.clone(),
+                        started: r.at,
+                        op: r.op,
+                        user: r.user.clone(),
+                        host: r.host.clone(),
+                        target: r.target.clone(),
+                        from: r.from.clone(),
+                        to: r.to.clone(),
+                        reason: r.reason.clone(),
+                        result: r.result,
+                        duration_ms: r.duration_ms,
+                        detail: r.detail.clone(),
+                    },
+                );
+            }
+            Some(view) => {
+                if r.from.is_some() {
+                    view.from = r.from.clone();
+                }
+                if r.to.is_some() {
+                    view.to = r.to.clone();
+                }
+                if r.result.is_some() {
+                    view.result = r.result;
+                }
+                if r.duration_ms.is_some() {
+                    view.duration_ms = r.duration_ms;
+                }
+                if r.detail.is_some() {
+                    view.detail = r.detail.clone();
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .collect()
+}
+
+/// Operations that moved the target and never wrote their `finished` record: a crash or a kill
+/// left them half done. Oldest first.
+pub fn open_operations(records: &[Record]) -> Vec<Record> {
+    let finished: HashSet<&str> = records
+        .iter()
+        .filter(|r| r.phase == Phase::Finished)
+        .map(|r| r.id.as_str())
+        .collect();
+    records
+        .iter()
+        .filter(|r| {
+            r.phase == Phase::Started && r.op.moves_target() && !finished.contains(r.id.as_str())
+        })
+        .cloned()
+        .collect()
+}
+
+/// Versions whose most recent deployment failed validation.
+pub fn failed_versions(ops: &[OperationView]) -> HashSet<String> {
+    let mut last: BTreeMap<String, bool> = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.op.moves_target()) {
+        let Some(version) = op.to.as_ref().and_then(|t| t.version.clone()) else {
+            continue;
+        };
+        match op.result {
+            Some(Outcome::Ok) | Some(Outcome::Unchanged) => {
+                last.insert(version, true);
+            }
+            Some(Outcome::Reverted)
+            | Some(Outcome::RevertFailed)
+            | Some(Outcome::RolledBackAfterCrash) => {
+                last.insert(version, false);
+            }
+            _ => {}
+        }
+    }
+    last.into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(v, _)| v)
+        .collect()
+}
+
+/// The versions successfully deployed, most recent first, each once.
+pub fn deployed_versions(ops: &[OperationView]) -> Vec<ImageRef> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for op in ops.iter().rev() {
+        if !op.op.moves_target() || op.result != Some(Outcome::Ok) {
+            continue;
+        }
+        if let Some(to) = &op.to {
+            let key = to
+                .version
+                .clone()
+                .or_else(|| to.digest.as_ref().map(|d| d.to_string()));
+            if let Some(key) = key
+                && seen.insert(key)
+            {
+                out.push(to.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `previous`: the version deployed before the current one, skipping versions whose validation
+/// failed. `None` when the journal has no such version (the caller then takes the next lower
+/// version).
+pub fn previous(ops: &[OperationView], current_version: Option<&str>) -> Option<ImageRef> {
+    let failed = failed_versions(ops);
+    deployed_versions(ops).into_iter().find(|r| {
+        let v = r.version.as_deref();
+        v != current_version && !v.is_some_and(|v| failed.contains(v))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, op: Operation, phase: Phase, to: &str, result: Option<Outcome>) -> Record {
+        Record {
+            id: id.into(),
+            at: DateTime::from_timestamp(1_700_000_000 + id.len() as i64, 0).unwrap(),
+            op,
+            phase,
+            user: None,
+            host: None,
+            target: None,
+            from: None,
+            to: Some(ImageRef {
+                version: Some(to.into()),
+                ..Default::default()
+            }),
+            reason: None,
+            result,
+            duration_ms: None,
+            detail: None,
+            containers: vec![],
+        }
+    }
+
+    fn deploy(id: &str, to: &str, result: Outcome) -> Vec<Record> {
+        vec![
+            rec(id, Operation::Deploy, Phase::Started, to, None),
+            rec(id, Operation::Deploy, Phase::Finished, to, Some(result)),
+        ]
+    }
+
+    #[test]
+    fn previous_walks_back_skipping_current_and_failed() {
+        let cases: &[(&[(&str, &str, Outcome)], Option<&str>, Option<&str>)] = &[
+            // history, current, expected previous
+            (
+                &[("a", "1.0.0", Outcome::Ok), ("b", "1.1.0", Outcome::Ok)],
+                Some("1.1.0"),
+                Some("1.0.0"),
+            ),
+            (&[("a", "1.0.0", Outcome::Ok)], Some("1.0.0"), None),
+            (&[], Some("1.0.0"), None),
+            // 1.2.0 failed after 1.1.0: previous from 1.1.0 is 1.0.0, never 1.2.0
+            (
+                &[
+                    ("a", "1.0.0", Outcome::Ok),
+                    ("b", "1.1.0", Outcome::Ok),
+                    ("c", "1.2.0", Outcome::Reverted),
+                ],
+                Some("1.1.0"),
+                Some("1.0.0"),
+            ),
+            // a version that once failed but later passed is eligible again
+            (
+                &[
+                    ("a", "1.0.0", Outcome::Reverted),
+                    ("b", "1.0.0", Outcome::Ok),
+                    ("c", "1.1.0", Outcome::Ok),
+                ],
+                Some("1.1.0"),
+                Some("1.0.0"),
+            ),
+            // a version deployed ok earlier but failed on its last attempt is skipped
+            (
+                &[
+                    ("a", "0.9.0", Outcome::Ok),
+                    ("b", "1.0.0", Outcome::Ok),
+                    ("c", "1.1.0", Outcome::Ok),
+                    ("d", "1.0.0", Outcome::RevertFailed),
+                ],
+                Some("1.1.0"),
+                Some("0.9.0"),
+            ),
+            // rolling back and forth: the most recent other version wins
+            (
+                &[
+                    ("a", "1.0.0", Outcome::Ok),
+                    ("b", "1.1.0", Outcome::Ok),
+                    ("c", "1.0.0", Outcome::Ok),
+                ],
+                Some("1.0.0"),
+                Some("1.1.0"),
+            ),
+        ];
+        for (history, current, want) in cases {
+            let records: Vec<Record> = history
+                .iter()
+                .flat_map(|(id, v, o)| deploy(id, v, *o))
+                .collect();
+            let got = previous(&operations(&records), *current);
+            assert_eq!(
+                got.and_then(|r| r.version).as_deref(),
+                *want,
+                "history {history:?} current {current:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_operations_are_started_without_finished() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.push(rec("b", Operation::Rollback, Phase::Started, "0.9.0", None));
+        records.push(rec("c", Operation::MarkGood, Phase::Started, "0.9.0", None));
+        let open = open_operations(&records);
+        assert_eq!(
+            open.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn operations_merge_start_and_finish() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.push(rec("b", Operation::Rollback, Phase::Started, "0.9.0", None));
+        let ops = operations(&records);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].result, Some(Outcome::Ok));
+        assert_eq!(ops[1].result, None);
+    }
+}

@@ -1,0 +1,12 @@
+//! The domain layer: versions, selectors, history rules and retention plans.
+//!
+//! Everything here is pure: it takes data the adapters fetched and returns decisions. **It does no
+//! IO** (no network, no files, no clock: "now" is always a parameter), so every rule is covered by
+//! fast, data-driven tests.
+
+pub mod digest;
+pub mod duration;
+pub mod history;
+pub mod image;
+pub mod selector;
+pub mod version;

@@ -1,0 +1,145 @@
+//! Exit codes and the top-level error report.
+//!
+//! Domain and adapter errors are typed (thiserror) and carry the context a user needs; commands
+//! add `anyhow` context on top. Here the chain is walked once to find the exit code and a hint.
+//! The codes are documented in README.md and in `backtrack --help`.
+
+use crate::adapters::docker::EngineError;
+use crate::adapters::registry::RegistryError;
+use crate::adapters::state::LockError;
+use crate::domain::selector::{ResolveError, SelectorError};
+use crate::settings::{FileError, ProjectError};
+
+pub const OK: i32 = 0;
+pub const ERROR: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const REGISTRY: i32 = 3;
+pub const NO_SUCH_VERSION: i32 = 4;
+pub const LOCKED: i32 = 5;
+pub const REVERTED: i32 = 6;
+pub const REVERT_FAILED: i32 = 7;
+pub const PARTIAL: i32 = 8;
+pub const ENGINE: i32 = 9;
+pub const INTERRUPTED: i32 = 130;
+
+/// Outcomes of a command that are failures with their own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("validate {version}: {why}; the previous version was restored")]
+    Reverted { version: String, why: String },
+    #[error("validate {version}: {why}; restoring the previous version failed too: {revert_error}")]
+    RevertFailed {
+        version: String,
+        why: String,
+        revert_error: String,
+    },
+    #[error("finish: {done} of {total} done, {failed} failed")]
+    Partial {
+        done: usize,
+        total: usize,
+        failed: usize,
+    },
+    #[error("ask for confirmation: no terminal to ask on")]
+    NeedsConfirmation { what: String },
+    #[error("go on: cancelled")]
+    Cancelled,
+    #[error("finish: interrupted")]
+    Interrupted,
+    #[error("run `{command}`: this command is not built yet")]
+    NotBuilt { command: String },
+    #[error("validate: {0}")]
+    Unhealthy(String),
+}
+
+/// The exit code for an error: the first typed error in the chain decides.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return match f {
+                Failure::Reverted { .. } => REVERTED,
+                Failure::RevertFailed { .. } => REVERT_FAILED,
+                Failure::Partial { .. } => PARTIAL,
+                Failure::NeedsConfirmation { .. } => USAGE,
+                Failure::Cancelled => ERROR,
+                Failure::Interrupted => INTERRUPTED,
+                Failure::NotBuilt { .. } => ERROR,
+                Failure::Unhealthy(_) => ERROR,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RegistryError>() {
+            return if e.is_not_found() {
+                NO_SUCH_VERSION
+            } else {
+                REGISTRY
+            };
+        }
+        if cause.downcast_ref::<ResolveError>().is_some() {
+            return NO_SUCH_VERSION;
+        }
+        if cause.downcast_ref::<SelectorError>().is_some()
+            || cause.downcast_ref::<ProjectError>().is_some()
+            || cause.downcast_ref::<FileError>().is_some()
+        {
+            return USAGE;
+        }
+        if cause
+            .downcast_ref::<LockError>()
+            .is_some_and(LockError::is_held)
+        {
+            return LOCKED;
+        }
+        if cause.downcast_ref::<EngineError>().is_some() {
+            return ENGINE;
+        }
+    }
+    ERROR
+}
+
+/// A hint a person can act on, from the first typed error in the chain that has one.
+pub fn hint(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<RegistryError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<ResolveError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<ProjectError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<EngineError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<LockError>() {
+            return e.hint();
+        }
+        if let Some(Failure::NeedsConfirmation { what }) = cause.downcast_ref::<Failure>() {
+            return Some(format!(
+                "{what}: pass --yes to go ahead without a prompt, or --dry-run to see the plan"
+            ));
+        }
+        if let Some(Failure::RevertFailed { .. }) = cause.downcast_ref::<Failure>() {
+            return Some("a person must act: see `backtrack status` and `docker ps -a`".into());
+        }
+        None
+    })
+}
+
+/// `failed to <a>: <b>: <c>`, the chain read as one sentence.
+pub fn render(err: &anyhow::Error) -> String {
+    let parts: Vec<String> = err.chain().map(ToString::to_string).collect();
+    let mut out = String::from("failed to ");
+    // Typed errors often repeat their source in their own message; skip a part already said.
+    let mut said = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 && said.contains(part.as_str()) {
+            continue;
+        }
+        if i > 0 {
+            out.push_str(": ");
+        }
+        out.push_str(part);
+        said.push_str(part);
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Operations shared by several commands: reading the catalog of versions, resolving a selector
+//! to a digest, finding what is deployed, the swap with its validation and revert, and recovery of
+//! a swap a crash left half done. Commands stay thin; the domain stays pure.
+
+pub mod catalog;
+pub mod deployed;

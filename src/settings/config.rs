@@ -1,0 +1,254 @@
+//! The `backtrack.toml` file format, parsed strictly: unknown keys and bad values are errors that
+//! name the file, line and column.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::duration::serde_human;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub registry: RegistrySection,
+    pub target: Option<TargetSection>,
+    #[serde(default)]
+    pub health: HealthSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+    #[serde(default)]
+    pub rebuild: RebuildSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// `host[:port]` (optionally with `http://` or `https://`), or an ECR registry host.
+    pub url: String,
+    pub repository: String,
+    pub kind: Option<RegistryKind>,
+    #[serde(default)]
+    pub insecure: bool,
+    pub ecr: Option<EcrSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    Oci,
+    Ecr,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcrSection {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// The AWS account id owning the repository (default: the one in `url`).
+    pub registry_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub kind: TargetKind,
+    pub name: String,
+    pub project: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Container,
+    Compose,
+    Swarm,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub http: Option<String>,
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "serde_human::deserialize"
+    )]
+    pub timeout: Duration,
+    #[serde(default = "default_true")]
+    pub expect_version: bool,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            http: None,
+            timeout: default_timeout(),
+            expect_version: true,
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildSection {
+    #[serde(default = "dot")]
+    pub repo: PathBuf,
+    #[serde(default = "dot")]
+    pub context: PathBuf,
+    #[serde(default = "dockerfile")]
+    pub dockerfile: PathBuf,
+}
+
+impl Default for RebuildSection {
+    fn default() -> Self {
+        Self {
+            repo: dot(),
+            context: dot(),
+            dockerfile: dockerfile(),
+        }
+    }
+}
+
+fn dot() -> PathBuf {
+    PathBuf::from(".")
+}
+
+fn dockerfile() -> PathBuf {
+    PathBuf::from("Dockerfile")
+}
+
+/// A TOML file (config or policy) that does not parse, located precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse {}:{line}:{column}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("check {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Parses TOML text into `T`, turning serde's byte span into line:column.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        FileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(path, &text)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+[registry]
+url = "127.0.0.1:5000"
+repository = "agentrader"
+
+[target]
+kind = "container"
+name = "agentrader"
+
+[health]
+http = "http://127.0.0.1:8080/health"
+timeout = "60s"
+expect_version = true
+
+[retention]
+policy = "retention-policies/default.toml"
+
+[rebuild]
+repo = "."
+context = "."
+dockerfile = "Dockerfile"
+"#;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c: ConfigFile = parse_toml(Path::new("backtrack.toml"), SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.registry.repository, "agentrader");
+        assert_eq!(c.target.unwrap().kind, TargetKind::Container);
+        assert_eq!(c.health.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_column() {
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n\n[target]\nkind = \"container\"\nname = \"a\"\n  colour = \"red\"\n";
+        let err = parse_toml::<ConfigFile>(Path::new("/etc/backtrack.toml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("parse /etc/backtrack.toml:8:3: unknown field `colour`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_located_too() {
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n[health]\ntimeout = \"soon\"\n";
+        let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("parse b.toml:5:11:"), "{msg}");
+        assert!(msg.contains("soon"), "{msg}");
+        let text =
+            "[registry]\nurl = \"x\"\nrepository = \"r\"\n[target]\nkind = \"vm\"\nname = \"a\"\n";
+        let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("b.toml:5:8") && msg.contains("vm"), "{msg}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 7), (2, 4));
+    }
+}

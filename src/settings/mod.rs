@@ -1,0 +1,375 @@
+//! Settings: raw arguments, environment and the config file resolved once, before any command
+//! runs, into the values commands use (in the spirit of uv's `Settings::resolve`).
+//!
+//! **Commands never read the environment or the config file themselves**; they get `Settings`.
+
+pub mod config;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{GlobalArgs, OutputFormat};
+pub use config::{EcrSection, FileError, RegistryKind, TargetKind};
+
+/// Everything a command needs to know about how it was invoked.
+#[derive(Debug)]
+pub struct Settings {
+    pub output: OutputFormat,
+    pub yes: bool,
+    pub verbose: u8,
+    /// stdin and stderr are terminals: prompts and progress bars are allowed.
+    pub interactive: bool,
+    pub state_root: PathBuf,
+    pub cache_dir: PathBuf,
+    project: Result<Project, ProjectError>,
+}
+
+/// The resolved `backtrack.toml`.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub config_path: PathBuf,
+    pub registry: RegistrySettings,
+    pub target: Option<TargetSettings>,
+    pub health: HealthSettings,
+    /// Retention policy file, relative paths taken from the config file's folder.
+    pub retention_policy: Option<PathBuf>,
+    pub rebuild: RebuildSettings,
+    /// State (journal, lock) of this registry + repository.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub kind: RegistryKind,
+    /// `host[:port]`, without scheme.
+    pub host: String,
+    pub repository: String,
+    /// Talk plain HTTP (loopback, or `http://` with `insecure`).
+    pub plain_http: bool,
+    /// Accept plain HTTP / unverified TLS to a non-loopback host.
+    pub insecure: bool,
+    pub ecr: EcrSection,
+}
+
+impl RegistrySettings {
+    /// `host/repository`, as users write image names.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.host, self.repository)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSettings {
+    pub kind: TargetKind,
+    pub name: String,
+    pub project: Option<String>,
+    /// Docker host (`unix://`, `tcp://`); `None` = DOCKER_HOST, then the local socket.
+    pub host: Option<String>,
+}
+
+impl TargetSettings {
+    pub fn display(&self) -> String {
+        match (self.kind, &self.project) {
+            (TargetKind::Compose, Some(p)) => format!("compose service {p}/{}", self.name),
+            (TargetKind::Compose, None) => format!("compose service {}", self.name),
+            (TargetKind::Container, _) => format!("container {}", self.name),
+            (TargetKind::Swarm, _) => format!("swarm service {}", self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub http: Option<String>,
+    pub timeout: Duration,
+    pub expect_version: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RebuildSettings {
+    pub repo: PathBuf,
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProjectError {
+    #[error("find backtrack.toml in {} or any parent folder", cwd.display())]
+    NotFound { cwd: PathBuf },
+    #[error("{0}")]
+    File(String),
+    #[error("use {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ProjectError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotFound { .. } => Some(
+                "create a backtrack.toml (see README), pass --config FILE, or set BACKTRACK_CONFIG"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves arguments + environment + config. Config problems are kept and reported by the
+    /// commands that need the config, so `completions` and `policy check` work anywhere.
+    pub fn resolve(global: &GlobalArgs) -> Self {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/root"));
+        let state_root = global
+            .state_dir
+            .clone()
+            .or_else(|| env("BACKTRACK_STATE_DIR"))
+            .or_else(|| env("XDG_STATE_HOME").map(|p| p.join("backtrack")))
+            .unwrap_or_else(|| home.join(".local/state/backtrack"));
+        let cache_dir = env("BACKTRACK_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("backtrack")))
+            .unwrap_or_else(|| home.join(".cache/backtrack"));
+        let config_path = global.config.clone().or_else(|| env("BACKTRACK_CONFIG"));
+        let project = load_project(config_path, &state_root);
+        Self {
+            output: global.output,
+            yes: global.yes,
+            verbose: global.verbose,
+            interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+            state_root,
+            cache_dir,
+            project,
+        }
+    }
+
+    /// The config, or the error saying why there is none.
+    pub fn project(&self) -> Result<&Project, ProjectError> {
+        self.project.as_ref().map_err(Clone::clone)
+    }
+}
+
+fn load_project(explicit: Option<PathBuf>, state_root: &Path) -> Result<Project, ProjectError> {
+    let path = match explicit {
+        Some(p) => p,
+        None => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            find_upward(&cwd).ok_or(ProjectError::NotFound { cwd })?
+        }
+    };
+    let file: config::ConfigFile =
+        config::read_toml(&path).map_err(|e| ProjectError::File(e.to_string()))?;
+    resolve_project(&path, file, state_root)
+}
+
+fn find_upward(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|d| d.join("backtrack.toml"))
+        .find(|p| p.is_file())
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `<account>.dkr.ecr.<region>.amazonaws.com` → (account, region).
+pub fn parse_ecr_host(host: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() >= 6 && parts[1] == "dkr" && parts[2] == "ecr" && parts[4] == "amazonaws" {
+        Some((parts[0].to_string(), parts[3].to_string()))
+    } else {
+        None
+    }
+}
+
+fn resolve_project(
+    path: &Path,
+    file: config::ConfigFile,
+    state_root: &Path,
+) -> Result<Project, ProjectError> {
+    let invalid = |message: String| ProjectError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let reg = file.registry;
+    let (scheme, host) = match reg.url.split_once("://") {
+        Some((s, h)) => (
+            Some(s.to_ascii_lowercase()),
+            h.trim_end_matches('/').to_string(),
+        ),
+        None => (None, reg.url.trim_end_matches('/').to_string()),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(invalid(format!(
+            "[registry] url '{}' must be host[:port] (the repository goes in `repository`)",
+            reg.url
+        )));
+    }
+    let loopback = is_loopback_host(&host);
+    let plain_http = match scheme.as_deref() {
+        Some("http") => true,
+        Some("https") => false,
+        None => loopback,
+        Some(other) => {
+            return Err(invalid(format!(
+                "[registry] url scheme '{other}' is not http or https"
+            )));
+        }
+    };
+    if plain_http && !loopback && !reg.insecure {
+        return Err(invalid(format!(
+            "[registry] url '{}' is plain HTTP to a non-loopback host; use https, or set insecure = true if you mean it",
+            reg.url
+        )));
+    }
+    let kind = reg.kind.unwrap_or(if parse_ecr_host(&host).is_some() {
+        RegistryKind::Ecr
+    } else {
+        RegistryKind::Oci
+    });
+    let repository = reg.repository.trim_matches('/').to_string();
+    if repository.is_empty() {
+        return Err(invalid("[registry] repository is empty".into()));
+    }
+    let target = file.target.map(|t| TargetSettings {
+        kind: t.kind,
+        name: t.name,
+        project: t.project,
+        host: t.host,
+    });
+    if let Some(t) = &target
+        && t.kind == TargetKind::Compose
+        && t.project.is_none()
+    {
+        return Err(invalid(
+            "[target] kind = \"compose\" needs `project` (the compose project name, e.g. the folder name)".into(),
+        ));
+    }
+    let state_dir = state_root.join(sanitize(&format!("{host}_{repository}")));
+    Ok(Project {
+        config_path: path.to_path_buf(),
+        registry: RegistrySettings {
+            kind,
+            host,
+            repository,
+            plain_http,
+            insecure: reg.insecure,
+            ecr: reg.ecr.unwrap_or_default(),
+        },
+        target,
+        health: HealthSettings {
+            http: file.health.http,
+            timeout: file.health.timeout,
+            expect_version: file.health.expect_version,
+        },
+        retention_policy: file.retention.policy.map(|p| dir.join(p)),
+        rebuild: RebuildSettings {
+            repo: dir.join(file.rebuild.repo),
+            context: file.rebuild.context,
+            dockerfile: file.rebuild.dockerfile,
+        },
+        state_dir,
+    })
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(toml: &str) -> Result<Project, ProjectError> {
+        let file = config::parse_toml(Path::new("/srv/app/backtrack.toml"), toml)
+            .map_err(|e| ProjectError::File(e.to_string()))?;
+        resolve_project(
+            Path::new("/srv/app/backtrack.toml"),
+            file,
+            Path::new("/state"),
+        )
+    }
+
+    #[test]
+    fn loopback_is_plain_http_and_others_need_tls() {
+        let p = project("[registry]\nurl = \"127.0.0.1:5000\"\nrepository = \"app\"\n").unwrap();
+        assert!(p.registry.plain_http);
+        assert_eq!(p.registry.kind, RegistryKind::Oci);
+        assert_eq!(p.state_dir, Path::new("/state/127.0.0.1_5000_app"));
+        let p = project("[registry]\nurl = \"registry.example.com\"\nrepository = \"team/app\"\n")
+            .unwrap();
+        assert!(!p.registry.plain_http);
+        let err =
+            project("[registry]\nurl = \"http://registry.example.com\"\nrepository = \"app\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("insecure = true"), "{err}");
+        let p = project(
+            "[registry]\nurl = \"http://10.0.0.5:5000\"\nrepository = \"app\"\ninsecure = true\n",
+        )
+        .unwrap();
+        assert!(p.registry.plain_http);
+    }
+
+    #[test]
+    fn ecr_kind_is_inferred_from_the_host() {
+        let p = project("[registry]\nurl = \"123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\nrepository = \"app\"\n").unwrap();
+        assert_eq!(p.registry.kind, RegistryKind::Ecr);
+        assert_eq!(
+            parse_ecr_host("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(("123456789012".into(), "eu-west-1".into()))
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_folder() {
+        let p = project("[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[retention]\npolicy = \"retention-policies/default.toml\"\n").unwrap();
+        assert_eq!(
+            p.retention_policy.unwrap(),
+            Path::new("/srv/app/retention-policies/default.toml")
+        );
+    }
+
+    #[test]
+    fn compose_target_needs_a_project() {
+        let err = project("[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"compose\"\nname = \"web\"\n").unwrap_err();
+        assert!(err.to_string().contains("needs `project`"), "{err}");
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for (h, want) in [
+            ("127.0.0.1:5000", true),
+            ("localhost", true),
+            ("[::1]:5000", true),
+            ("127.1.2.3", true),
+            ("10.0.0.1:5000", false),
+            ("example.com", false),
+        ] {
+            assert_eq!(is_loopback_host(h), want, "{h}");
+        }
+    }
+}
