@@ -36,7 +36,15 @@ impl Printer {
         self.format == OutputFormat::Json
     }
 
+    /// Prints the result. A closed stdout (`| head`) is not an error.
     pub fn report<R: Report>(&self, report: &R) -> anyhow::Result<()> {
+        match self.write_report(report) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    fn write_report<R: Report>(&self, report: &R) -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         match self.format {
             OutputFormat::Table => {
@@ -102,4 +110,63 @@ pub fn ago(now: chrono::DateTime<chrono::Utc>, then: chrono::DateTime<chrono::Ut
         _ => return then.format("%Y-%m-%d").to_string(),
     };
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// A spinner with a changing message on a terminal; on anything else, the first and last
+/// messages only, as plain lines (logs stay readable).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(printer: &Printer, msg: &str) -> Self {
+        if printer.interactive {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(msg.to_string());
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            Self { bar: Some(bar) }
+        } else {
+            eprintln!("{msg}");
+            Self { bar: None }
+        }
+    }
+
+    pub fn set(&self, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg.to_string());
+        }
+    }
+
+    pub fn finish(&self, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!("{msg}");
+    }
+}
+
+/// Asks a yes/no question on the terminal. Without a terminal (and without `--yes`, which the
+/// caller checks first) asking is an error, never a hang.
+pub fn confirm(printer: &Printer, question: &str, what: &str) -> anyhow::Result<bool> {
+    if !printer.interactive {
+        return Err(crate::error::Failure::NeedsConfirmation {
+            what: what.to_string(),
+        }
+        .into());
+    }
+    let answer = ask(&format!("{question} [y/n]: "))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Prints `prompt` to stderr and reads one line from stdin.
+pub fn ask(prompt: &str) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
 }

@@ -189,6 +189,7 @@ impl Identity {
         let user = ["USER", "LOGNAME", "SUDO_USER"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+            .or_else(user_from_passwd)
             .unwrap_or_else(|| "unknown".into());
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -198,28 +199,25 @@ impl Identity {
     }
 }
 
+/// The name of this process's user from /etc/passwd (when USER is not set, as under cron).
+fn user_from_passwd() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::history::{Operation, Phase};
 
     fn record(id: &str) -> Record {
-        Record {
-            id: id.into(),
-            at: chrono::Utc::now(),
-            op: Operation::Deploy,
-            phase: Phase::Started,
-            user: None,
-            host: None,
-            target: None,
-            from: None,
-            to: None,
-            reason: None,
-            result: None,
-            duration_ms: None,
-            detail: None,
-            containers: vec![],
-        }
+        Record::new(id, chrono::Utc::now(), Operation::Deploy, Phase::Started)
     }
 
     #[test]

@@ -1,15 +1,228 @@
-//! `backtrack deploy` and `rollback`.
+//! `backtrack deploy SELECTOR` and `backtrack rollback [SELECTOR]`: the same swap, forward or
+//! back. Rollback defaults to `previous`; on a terminal with no selector it offers a picker and
+//! asks for confirmation, like the seed's rollback session.
+
+use serde::Serialize;
+
 use super::App;
-use crate::cli::{RollbackArgs, SwapArgs};
-pub async fn run_deploy(_app: &App<'_>, _a: &SwapArgs) -> anyhow::Result<()> {
-    Err(crate::error::Failure::NotBuilt {
-        command: "deploy".into(),
-    }
-    .into())
+use crate::adapters::state::{self, Journal};
+use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
+use crate::domain::history::{self, Operation, Outcome};
+use crate::domain::image::ImageRef;
+use crate::error::Failure;
+use crate::ops::swap::{self, Plan, SwapReport};
+use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve};
+use crate::output::{Report, ask, confirm};
+
+pub async fn run_deploy(app: &App<'_>, args: &SwapArgs) -> anyhow::Result<()> {
+    swap_command(app, Operation::Deploy, &args.selector, &args.common, false).await
 }
-pub async fn run_rollback(_app: &App<'_>, _a: &RollbackArgs) -> anyhow::Result<()> {
-    Err(crate::error::Failure::NotBuilt {
-        command: "rollback".into(),
+
+pub async fn run_rollback(app: &App<'_>, args: &RollbackArgs) -> anyhow::Result<()> {
+    match &args.selector {
+        Some(s) => swap_command(app, Operation::Rollback, s, &args.common, false).await,
+        None if app.settings.interactive && !app.settings.yes && !app.printer.is_json() => {
+            let picked = pick_version(app).await?;
+            swap_command(app, Operation::Rollback, &picked, &args.common, true).await
+        }
+        None => swap_command(app, Operation::Rollback, "previous", &args.common, false).await,
     }
-    .into())
+}
+
+/// The seed's session: list versions (marking the deployed one), read a choice.
+async fn pick_version(app: &App<'_>) -> anyhow::Result<String> {
+    let registry = app.registry()?;
+    let target = app.target()?;
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let engine = app.engine().await?;
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let current_version = current.first().and_then(|d| d.image.version.clone());
+    let shown: Vec<&str> = catalog
+        .versions
+        .iter()
+        .take(15)
+        .map(|v| v.tag.as_str())
+        .collect();
+    if shown.is_empty() {
+        anyhow::bail!("offer versions: {} has no version tags", registry.name());
+    }
+    app.printer
+        .note(format!("Available versions in {}:", registry.name()));
+    for (i, tag) in shown.iter().enumerate() {
+        let here =
+            catalog.versions[i].version.to_string() == current_version.clone().unwrap_or_default();
+        app.printer.note(format!(
+            "  {:>2}) {tag}{}",
+            i + 1,
+            if here { "   (deployed)" } else { "" }
+        ));
+    }
+    let answer = ask("Enter a number, a version, or a selector [previous]: ")?;
+    if answer.is_empty() {
+        return Ok("previous".into());
+    }
+    if let Ok(n) = answer.parse::<usize>()
+        && (1..=shown.len()).contains(&n)
+    {
+        return Ok(shown[n - 1].to_string());
+    }
+    Ok(answer)
+}
+
+#[derive(Debug, Serialize)]
+struct PlanReport<'a> {
+    dry_run: bool,
+    #[serde(flatten)]
+    plan: &'a Plan,
+    commands: Vec<String>,
+}
+
+impl Report for PlanReport<'_> {
+    fn human(&self) -> String {
+        let p = self.plan;
+        let mut out = format!(
+            "plan: {} {}\n  from   {}{}\n  to     {}{}\n  image  {}\n  containers: {}\nequivalent docker commands:\n",
+            p.op.as_str(),
+            p.target,
+            p.from.display(),
+            p.from
+                .digest
+                .as_ref()
+                .map(|d| format!(" ({})", d.short()))
+                .unwrap_or_default(),
+            p.to.display(),
+            p.to.digest
+                .as_ref()
+                .map(|d| format!(" ({})", d.short()))
+                .unwrap_or_default(),
+            p.image,
+            p.containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        for c in &self.commands {
+            out.push_str(&format!("  {c}\n"));
+        }
+        out.push_str("dry run: nothing was changed");
+        out
+    }
+}
+
+impl Report for SwapReport {
+    fn human(&self) -> String {
+        match self.result {
+            Outcome::Unchanged => format!(
+                "{} already runs {}; nothing to do",
+                self.target,
+                self.to.display()
+            ),
+            _ => format!(
+                "{} {}: {} -> {} ({}), validated in {:.1}s",
+                match self.op {
+                    Operation::Rollback => "rolled back",
+                    _ => "deployed",
+                },
+                self.target,
+                self.from.display(),
+                self.to.display(),
+                self.to.digest.as_ref().map_or("-", |d| d.short()),
+                self.duration_ms as f64 / 1000.0
+            ),
+        }
+    }
+}
+
+async fn swap_command(
+    app: &App<'_>,
+    op: Operation,
+    input: &str,
+    common: &SwapCommon,
+    confirm_first: bool,
+) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let journal = Journal::new(&project.state_dir);
+    let _lock = if common.dry_run {
+        None
+    } else {
+        Some(state::lock(
+            &project.state_dir,
+            &format!("backtrack {} {input}", op.as_str()),
+        )?)
+    };
+    let engine = app.engine().await?;
+    if common.dry_run {
+        let open = history::open_operations(&journal.read()?).len();
+        if open > 0 {
+            app.printer.note(format!(
+                "note: {open} interrupted operation(s) will be settled first by a real run"
+            ));
+        }
+    } else {
+        interrupt::install();
+        recover::settle(&engine, &journal, &app.printer).await?;
+    }
+    let ops = history::operations(&journal.read()?);
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let current_ref = current.first().map(|d| d.image.clone());
+    let chosen = resolve::resolve(registry.as_ref(), input, &ops, current_ref.as_ref()).await?;
+
+    if current
+        .iter()
+        .all(|d| d.digest.as_ref() == Some(&chosen.digest))
+    {
+        return app.printer.report(&SwapReport {
+            op,
+            target: target.display(),
+            from: current_ref.clone().unwrap_or_default(),
+            to: chosen.image.clone(),
+            containers: current.iter().map(|d| d.container.name.clone()).collect(),
+            result: Outcome::Unchanged,
+            pulled: false,
+            duration_ms: 0,
+            detail: None,
+            logs: Vec::new(),
+        });
+    }
+
+    let image = registry.pull_reference(&chosen.digest);
+    let plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
+    if common.dry_run {
+        return app.printer.report(&PlanReport {
+            dry_run: true,
+            commands: plan.manual_commands(),
+            plan: &plan,
+        });
+    }
+    if confirm_first && !app.settings.yes {
+        let q = format!(
+            "{} {} from {} to {}?",
+            if op == Operation::Rollback {
+                "Roll back"
+            } else {
+                "Deploy"
+            },
+            target.display(),
+            current_ref.as_ref().map_or("-".into(), ImageRef::display),
+            chosen.image.display()
+        );
+        if !confirm(&app.printer, &q, "confirm the rollback")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    let auth = registry.pull_auth().await?;
+    let report = swap::execute(
+        &engine,
+        &journal,
+        &app.printer,
+        &plan,
+        Some(&auth),
+        &project.health,
+        common.reason.as_deref(),
+    )
+    .await?;
+    app.printer.report(&report)
 }

@@ -1,8 +1,196 @@
-//! `backtrack status`.
+//! `backtrack status`: what the target runs now, whether it is healthy, where last_known_good
+//! points, whether a tag moved since it was deployed, and any operation left unfinished. Works
+//! with the registry down (it then says so instead of failing).
+
+use serde::Serialize;
+
 use super::App;
-pub async fn run(_app: &App<'_>) -> anyhow::Result<()> {
-    Err(crate::error::Failure::NotBuilt {
-        command: "status".into(),
+use crate::adapters::docker::{LABEL_EMERGENCY, LABEL_TAG};
+use crate::adapters::state::Journal;
+use crate::domain::history;
+use crate::domain::image::ImageRef;
+use crate::ops::{catalog::Catalog, deployed, resolve};
+use crate::output::{Report, render_table, table};
+
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    target: String,
+    registry: String,
+    containers: Vec<ContainerStatus>,
+    last_known_good: Option<ImageRef>,
+    /// Problems worth a person's attention (drift, emergency mode, open operations, ...).
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ContainerStatus {
+    name: String,
+    state: String,
+    health: Option<String>,
+    version: Option<String>,
+    tag: Option<String>,
+    digest: Option<crate::domain::digest::Digest>,
+    image: String,
+    emergency: bool,
+}
+
+pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let engine = app.engine().await?;
+    let records = Journal::new(&project.state_dir).read()?;
+    let ops = history::operations(&records);
+    let mut warnings = Vec::new();
+
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let mut containers: Vec<ContainerStatus> = current
+        .iter()
+        .map(|d| ContainerStatus {
+            name: d.container.name.clone(),
+            state: d.container.state.clone(),
+            health: d.container.health.clone(),
+            version: d.image.version.clone(),
+            tag: d.image.tag.clone(),
+            digest: d.digest.clone(),
+            image: d.container.image_ref.clone(),
+            emergency: false,
+        })
+        .collect();
+    // An emergency container runs beside the (stopped) target under its own name.
+    for c in emergency_containers(&engine, target).await {
+        warnings.push(format!(
+            "EMERGENCY: {} runs the last known good image directly; deploy or rollback to leave emergency mode",
+            c.name
+        ));
+        containers.push(c);
     }
-    .into())
+
+    let last_known_good = match Catalog::load(registry.as_ref()).await {
+        Ok(catalog) => {
+            for d in &current {
+                let Some(tag) = d.container.labels.get(LABEL_TAG) else {
+                    continue;
+                };
+                match registry.tag_digest(tag).await {
+                    Ok(Some(now)) if Some(&now) != d.digest.as_ref() => warnings.push(format!(
+                        "drift: tag {tag} now points to {} but {} runs {} (the tag moved since the deploy)",
+                        now.short(),
+                        d.container.name,
+                        d.digest.as_ref().map_or("-", |x| x.short())
+                    )),
+                    Ok(None) => warnings.push(format!("drift: tag {tag} no longer exists in {}", registry.name())),
+                    _ => {}
+                }
+            }
+            let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops).await?;
+            if let Some(l) = &lkg {
+                let journal_lkg = ops
+                    .iter()
+                    .rev()
+                    .find(|o| {
+                        o.op == history::Operation::MarkGood
+                            && o.result == Some(history::Outcome::Ok)
+                    })
+                    .and_then(|o| o.to.clone());
+                if let Some(j) = journal_lkg
+                    && j.digest != l.digest
+                {
+                    warnings.push(format!(
+                        "last_known_good: the registry tag names {} but the journal last marked {}",
+                        l.digest.as_ref().map_or("-", |d| d.short()),
+                        j.display()
+                    ));
+                }
+            }
+            lkg
+        }
+        Err(e) => {
+            warnings.push(format!("registry: {}", crate::error::render(&e)));
+            None
+        }
+    };
+    for (open, _) in history::open_operations(&records) {
+        warnings.push(format!(
+            "an operation did not finish: {} to {} started {} (the next deploy or rollback settles it)",
+            open.op.as_str(),
+            open.to.as_ref().map_or("-".into(), ImageRef::display),
+            open.at.format("%Y-%m-%d %H:%M:%SZ")
+        ));
+    }
+    app.printer.report(&StatusReport {
+        target: target.display(),
+        registry: registry.name(),
+        containers,
+        last_known_good,
+        warnings,
+    })
+}
+
+async fn emergency_containers(
+    engine: &crate::adapters::docker::Engine,
+    target: &crate::settings::TargetSettings,
+) -> Vec<ContainerStatus> {
+    let name = format!(
+        "{}{}",
+        target.name,
+        crate::adapters::docker::EMERGENCY_SUFFIX
+    );
+    match engine.view(&name).await {
+        Ok(Some(v)) if v.labels.contains_key(LABEL_EMERGENCY) => vec![ContainerStatus {
+            version: deployed::carried_version(&v),
+            tag: None,
+            digest: v.pinned_digest(),
+            state: v.state.clone(),
+            health: v.health.clone(),
+            image: v.image_ref.clone(),
+            name: v.name,
+            emergency: true,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+impl Report for StatusReport {
+    fn human(&self) -> String {
+        let mut t = table(["container", "state", "health", "version", "digest", "image"]);
+        for c in &self.containers {
+            t.add_row(vec![
+                format!(
+                    "{}{}",
+                    c.name,
+                    if c.emergency { " (EMERGENCY)" } else { "" }
+                ),
+                c.state.clone(),
+                c.health.clone().unwrap_or_else(|| "-".into()),
+                c.version
+                    .clone()
+                    .or_else(|| c.tag.clone())
+                    .unwrap_or_else(|| "?".into()),
+                c.digest
+                    .as_ref()
+                    .map_or("-".into(), |d| d.short().to_string()),
+                c.image.clone(),
+            ]);
+        }
+        let mut out = format!(
+            "target:          {}\nregistry:        {}\n",
+            self.target, self.registry
+        );
+        out.push_str(&format!(
+            "last_known_good: {}\n\n",
+            self.last_known_good
+                .as_ref()
+                .map_or("(not set)".into(), |l| format!(
+                    "{} ({})",
+                    l.display(),
+                    l.digest.as_ref().map_or("-", |d| d.short())
+                ))
+        ));
+        out.push_str(&render_table(&t));
+        for w in &self.warnings {
+            out.push_str(&format!("\nwarning: {w}"));
+        }
+        out
+    }
 }

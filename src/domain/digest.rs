@@ -79,7 +79,7 @@ mod tests {
             "sha256:abc",
             "sha512:aaaa",
             &format!("sha256:{}", "A".repeat(64)),
-            &format!("{}", "a".repeat(64)),
+            &"a".repeat(64),
         ] {
             assert!(Digest::parse(bad).is_err(), "{bad} should be rejected");
         }

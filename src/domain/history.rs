@@ -43,7 +43,10 @@ impl Operation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// The intent, written before anything is touched.
     Started,
+    /// Validation passed: from here a crash completes the operation instead of reverting it.
+    Committed,
     Finished,
 }
 
@@ -107,6 +110,32 @@ pub struct Record {
     /// Containers touched by the operation (their names), so a crash can be recovered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<String>,
+    /// Restart policy of each container before the swap (the kept backup runs without one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub saved: BTreeMap<String, String>,
+}
+
+impl Record {
+    /// A record of `op` with only the required fields set.
+    pub fn new(id: &str, at: DateTime<Utc>, op: Operation, phase: Phase) -> Self {
+        Self {
+            id: id.to_string(),
+            at,
+            op,
+            phase,
+            user: None,
+            host: None,
+            target: None,
+            from: None,
+            to: None,
+            reason: None,
+            result: None,
+            duration_ms: None,
+            detail: None,
+            containers: Vec::new(),
+            saved: BTreeMap::new(),
+        }
+    }
 }
 
 /// An operation as `history` shows it: its start merged with its end.
@@ -179,8 +208,13 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
 }
 
 /// Operations that moved the target and never wrote their `finished` record: a crash or a kill
-/// left them half done. Oldest first.
-pub fn open_operations(records: &[Record]) -> Vec<Record> {
+/// left them half done. Oldest first; the second value says whether it had committed.
+pub fn open_operations(records: &[Record]) -> Vec<(Record, bool)> {
+    let committed: HashSet<&str> = records
+        .iter()
+        .filter(|r| r.phase == Phase::Committed)
+        .map(|r| r.id.as_str())
+        .collect();
     let finished: HashSet<&str> = records
         .iter()
         .filter(|r| r.phase == Phase::Finished)
@@ -191,7 +225,7 @@ pub fn open_operations(records: &[Record]) -> Vec<Record> {
         .filter(|r| {
             r.phase == Phase::Started && r.op.moves_target() && !finished.contains(r.id.as_str())
         })
-        .cloned()
+        .map(|r| (r.clone(), committed.contains(r.id.as_str())))
         .collect()
 }
 
@@ -260,23 +294,17 @@ mod tests {
 
     fn rec(id: &str, op: Operation, phase: Phase, to: &str, result: Option<Outcome>) -> Record {
         Record {
-            id: id.into(),
-            at: DateTime::from_timestamp(1_700_000_000 + id.len() as i64, 0).unwrap(),
-            op,
-            phase,
-            user: None,
-            host: None,
-            target: None,
-            from: None,
             to: Some(ImageRef {
                 version: Some(to.into()),
                 ..Default::default()
             }),
-            reason: None,
             result,
-            duration_ms: None,
-            detail: None,
-            containers: vec![],
+            ..Record::new(
+                id,
+                DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                op,
+                phase,
+            )
         }
     }
 
@@ -289,7 +317,12 @@ mod tests {
 
     #[test]
     fn previous_walks_back_skipping_current_and_failed() {
-        let cases: &[(&[(&str, &str, Outcome)], Option<&str>, Option<&str>)] = &[
+        type Case<'a> = (
+            &'a [(&'a str, &'a str, Outcome)],
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
             // history, current, expected previous
             (
                 &[("a", "1.0.0", Outcome::Ok), ("b", "1.1.0", Outcome::Ok)],
@@ -359,11 +392,11 @@ mod tests {
         let mut records = deploy("a", "1.0.0", Outcome::Ok);
         records.push(rec("b", Operation::Rollback, Phase::Started, "0.9.0", None));
         records.push(rec("c", Operation::MarkGood, Phase::Started, "0.9.0", None));
+        records.push(rec("d", Operation::Deploy, Phase::Started, "1.1.0", None));
+        records.push(rec("d", Operation::Deploy, Phase::Committed, "1.1.0", None));
         let open = open_operations(&records);
-        assert_eq!(
-            open.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["b"]
-        );
+        let got: Vec<(&str, bool)> = open.iter().map(|(r, c)| (r.id.as_str(), *c)).collect();
+        assert_eq!(got, [("b", false), ("d", true)]);
     }
 
     #[test]

@@ -263,13 +263,13 @@ pub fn resolve(
 fn resolve_previous(ctx: &Context<'_>) -> Result<Pick, ResolveError> {
     if let Some(prev) = ctx.previous_from_history {
         // Prefer the tag for that version as the registry has it now.
-        if let Some(v) = prev.version.as_deref().and_then(parse_version) {
-            if let Some(found) = ctx.versions.iter().find(|t| t.release() == strip_build(&v)) {
-                return Ok(Pick {
-                    digest: prev.digest.clone(),
-                    ..Pick::tag(found)
-                });
-            }
+        if let Some(v) = prev.version.as_deref().and_then(parse_version)
+            && let Some(found) = ctx.versions.iter().find(|t| t.release() == strip_build(&v))
+        {
+            return Ok(Pick {
+                digest: prev.digest.clone(),
+                ..Pick::tag(found)
+            });
         }
         return Ok(Pick {
             tag: prev.tag.clone(),

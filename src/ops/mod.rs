@@ -4,3 +4,8 @@
 
 pub mod catalog;
 pub mod deployed;
+pub mod interrupt;
+pub mod recover;
+pub mod resolve;
+pub mod swap;
+pub mod validate;

@@ -306,3 +306,105 @@ mod tests {
         assert!(extra.is_empty());
     }
 }
+
+/// The `docker run` command a person would type for the same container, for `--dry-run` plans.
+pub fn docker_run_command(name: &str, body: &ContainerCreateBody) -> String {
+    let mut parts: Vec<String> = vec![
+        "docker run -d".into(),
+        format!("--name {}", shell_word(name)),
+    ];
+    if let Some(h) = &body.host_config {
+        if let Some(p) = &h.restart_policy {
+            let text = super::restart_policy_text(p);
+            if text != "no" {
+                parts.push(format!("--restart {text}"));
+            }
+        }
+        for b in h.binds.iter().flatten() {
+            parts.push(format!("-v {}", shell_word(b)));
+        }
+        for (port, bindings) in h.port_bindings.iter().flatten() {
+            for b in bindings.iter().flatten() {
+                let ip = b
+                    .host_ip
+                    .as_deref()
+                    .filter(|i| !i.is_empty())
+                    .map(|i| format!("{i}:"))
+                    .unwrap_or_default();
+                let container_port = port.trim_end_matches("/tcp");
+                parts.push(format!(
+                    "-p {ip}{}:{container_port}",
+                    b.host_port.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(mode) = h
+            .network_mode
+            .as_deref()
+            .filter(|m| !matches!(*m, "" | "default" | "bridge"))
+        {
+            parts.push(format!("--network {mode}"));
+        }
+    }
+    for e in body.env.iter().flatten() {
+        parts.push(format!("-e {}", shell_word(e)));
+    }
+    let mut labels: Vec<(&String, &String)> = body.labels.iter().flatten().collect();
+    labels.sort();
+    for (k, v) in labels {
+        parts.push(format!("--label {}", shell_word(&format!("{k}={v}"))));
+    }
+    if let Some(ep) = &body.entrypoint {
+        parts.push(format!("--entrypoint {}", shell_word(&ep.join(" "))));
+    }
+    parts.push(body.image.clone().unwrap_or_default());
+    for c in body.cmd.iter().flatten() {
+        parts.push(shell_word(c));
+    }
+    parts.join(" ")
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod run_command_tests {
+    use bollard::models::{HostConfig, PortBinding};
+
+    use super::*;
+
+    #[test]
+    fn dry_run_command_reads_like_docker_run() {
+        let body = ContainerCreateBody {
+            image: Some("reg/app@sha256:abc".into()),
+            env: Some(vec!["A=1".into(), "MSG=hello world".into()]),
+            host_config: Some(HostConfig {
+                binds: Some(vec!["/srv/data:/data".into()]),
+                port_bindings: Some(HashMap::from([(
+                    "8080/tcp".to_string(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some("18080".into()),
+                    }]),
+                )])),
+                restart_policy: Some(super::super::parse_restart_policy("unless-stopped")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            docker_run_command("app", &body),
+            "docker run -d --name app --restart unless-stopped -v /srv/data:/data -p 127.0.0.1:18080:8080 \
+             -e A=1 -e 'MSG=hello world' reg/app@sha256:abc"
+        );
+    }
+}

@@ -34,6 +34,8 @@ pub const LABEL_VERSION: &str = "io.backtrack.version";
 pub const LABEL_EMERGENCY: &str = "io.backtrack.emergency";
 /// Suffix of the stopped previous container kept during a swap, until validation passes.
 pub const BACKUP_SUFFIX: &str = "-backtrack-prev";
+/// Suffix of the container `emergency` runs beside the stopped target.
+pub const EMERGENCY_SUFFIX: &str = "-backtrack-emergency";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -216,7 +218,7 @@ impl Engine {
                     if let Some(c) = self.inspect(&id).await? {
                         let view = ContainerView::from_inspect(&c);
                         if !view.name.ends_with(BACKUP_SUFFIX)
-                            && view.labels.get(LABEL_EMERGENCY).is_none()
+                            && !view.labels.contains_key(LABEL_EMERGENCY)
                         {
                             out.push(view);
                         }

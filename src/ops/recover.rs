@@ -1,0 +1,82 @@
+//! Recovery: an operation that a crash, `kill -9` or a daemon restart interrupted left a
+//! `started` record without a `finished` one. The next backtrack that takes the lock settles it
+//! before doing anything else: before the `committed` record it reverts (the set-aside containers
+//! come back), after it completes (the set-aside containers go).
+
+use chrono::Utc;
+
+use crate::adapters::docker::{BACKUP_SUFFIX, Engine};
+use crate::adapters::state::{Identity, Journal};
+use crate::domain::history::{self, Outcome, Phase, Record};
+use crate::ops::swap::revert_one;
+use crate::output::Printer;
+
+/// Settles every open operation in the journal. Call with the lock held.
+pub async fn settle(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+) -> anyhow::Result<usize> {
+    let records = journal.read()?;
+    let open = history::open_operations(&records);
+    for (started, committed) in &open {
+        let what = format!(
+            "{} to {} started {}",
+            started.op.as_str(),
+            started.to.as_ref().map_or("-".into(), |t| t.display()),
+            started.at.format("%Y-%m-%d %H:%M:%SZ"),
+        );
+        let who = Identity::current();
+        let mut problems = Vec::new();
+        let outcome = if *committed {
+            printer.note(format!(
+                "found an interrupted {what}; it had validated, so finishing it"
+            ));
+            for name in &started.containers {
+                if let Err(e) = engine.remove(&format!("{name}{BACKUP_SUFFIX}")).await {
+                    problems.push(format!("{name}: {e}"));
+                }
+            }
+            Outcome::Ok
+        } else {
+            printer.note(format!(
+                "found an interrupted {what}; putting the previous version back"
+            ));
+            for name in &started.containers {
+                let policy = started.saved.get(name).map_or("no", String::as_str);
+                if let Err(e) = revert_one(engine, name, policy).await {
+                    problems.push(format!("{name}: {e}"));
+                }
+            }
+            if problems.is_empty() {
+                Outcome::RolledBackAfterCrash
+            } else {
+                Outcome::RevertFailed
+            }
+        };
+        let detail = if problems.is_empty() {
+            format!(
+                "settled by pid {} of {}@{}",
+                std::process::id(),
+                who.user,
+                who.host
+            )
+        } else {
+            format!("settling failed: {}", problems.join("; "))
+        };
+        journal.append(&Record {
+            at: Utc::now(),
+            phase: Phase::Finished,
+            result: Some(outcome),
+            detail: Some(detail.clone()),
+            containers: Vec::new(),
+            saved: Default::default(),
+            ..started.clone()
+        })?;
+        if !problems.is_empty() {
+            anyhow::bail!("settle the interrupted {what}: {detail}");
+        }
+        printer.note(format!("settled: {}", outcome.as_str()));
+    }
+    Ok(open.len())
+}

@@ -1,0 +1,157 @@
+//! From a selector typed by a user to one image: the tag (if any), the version and the digest,
+//! using the registry, the journal and what is deployed.
+
+use std::collections::HashSet;
+
+use anyhow::Context as _;
+
+use crate::adapters::registry::{Registry, RegistryError};
+use crate::domain::digest::Digest;
+use crate::domain::history::{self, OperationView};
+use crate::domain::image::{ImageInfo, ImageRef, LKG_TAG};
+use crate::domain::selector::{self, Context, Selector};
+use crate::domain::version::parse_version;
+use crate::ops::catalog::Catalog;
+
+/// The image a selector names.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub image: ImageRef,
+    pub digest: Digest,
+    pub info: ImageInfo,
+}
+
+/// What `last_known_good` names: the registry tag, with the version the journal (or the image's
+/// label) gives it.
+pub async fn last_known_good(
+    registry: &dyn Registry,
+    catalog: &Catalog,
+    ops: &[OperationView],
+) -> anyhow::Result<Option<ImageRef>> {
+    if !catalog.has_tag(LKG_TAG) {
+        return Ok(None);
+    }
+    let Some(digest) = registry.tag_digest(LKG_TAG).await? else {
+        return Ok(None);
+    };
+    let from_journal = ops
+        .iter()
+        .rev()
+        .filter(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
+        .filter_map(|o| o.to.clone())
+        .find(|r| r.digest.as_ref() == Some(&digest));
+    let version = match from_journal.as_ref().and_then(|r| r.version.clone()) {
+        Some(v) => Some(v),
+        None => registry
+            .image_info(&digest)
+            .await
+            .ok()
+            .and_then(|i| version_label(&i)),
+    };
+    let tag = version.as_ref().and_then(|v| {
+        let want = parse_version(v)?;
+        catalog
+            .versions
+            .iter()
+            .find(|t| t.release() == want)
+            .map(|t| t.tag.clone())
+    });
+    Ok(Some(ImageRef {
+        tag,
+        version,
+        digest: Some(digest),
+    }))
+}
+
+fn version_label(info: &ImageInfo) -> Option<String> {
+    info.label(crate::domain::image::LABEL_VERSION)
+        .or_else(|| info.label("version"))
+        .and_then(parse_version)
+        .map(|v| v.to_string())
+}
+
+/// Resolves `input` to one image in the registry.
+pub async fn resolve(
+    registry: &dyn Registry,
+    input: &str,
+    ops: &[OperationView],
+    current: Option<&ImageRef>,
+) -> anyhow::Result<Chosen> {
+    let selector: Selector = input.parse()?;
+    let catalog = Catalog::load(registry).await?;
+    let lkg = match selector {
+        Selector::LastKnownGood => last_known_good(registry, &catalog, ops).await?,
+        _ => None,
+    };
+    let revisions = match &selector {
+        Selector::Revision(_) => revisions(registry, &catalog).await?,
+        _ => Vec::new(),
+    };
+    let failed: HashSet<String> = history::failed_versions(ops);
+    let previous = history::previous(ops, current.and_then(|c| c.version.as_deref()));
+    let ctx = Context {
+        versions: &catalog.versions,
+        current,
+        previous_from_history: previous.as_ref(),
+        failed: Some(&failed),
+        last_known_good: lkg.as_ref(),
+        revisions: &revisions,
+    };
+    let pick = selector::resolve(&selector, &ctx, &registry.name())?;
+    let digest = match (&pick.digest, &pick.tag) {
+        // A digest from the journal is only trusted while the tag still points to it.
+        (Some(d), None) => d.clone(),
+        (_, Some(tag)) => {
+            registry
+                .tag_digest(tag)
+                .await?
+                .ok_or_else(|| RegistryError::ManifestNotFound {
+                    reference: format!("{}:{tag}", registry.name()),
+                })?
+        }
+        (None, None) => unreachable_pick(input)?,
+    };
+    let info = registry
+        .image_info(&digest)
+        .await
+        .with_context(|| format!("read {}", registry.pull_reference(&digest)))?;
+    registry.flush_cache();
+    let version = pick
+        .version
+        .map(|v| crate::domain::version::strip_build(&v).to_string())
+        .or_else(|| version_label(&info));
+    Ok(Chosen {
+        image: ImageRef {
+            tag: pick.tag,
+            version,
+            digest: Some(digest.clone()),
+        },
+        digest,
+        info,
+    })
+}
+
+fn unreachable_pick(input: &str) -> anyhow::Result<Digest> {
+    anyhow::bail!("resolve '{input}': the selector named neither a tag nor a digest")
+}
+
+/// (tag, revision label) of every version tag, for commit selectors.
+async fn revisions(
+    registry: &dyn Registry,
+    catalog: &Catalog,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let tags: Vec<String> = catalog.versions.iter().map(|v| v.tag.clone()).collect();
+    let digests = registry.tag_digests(&tags).await?;
+    let unique: Vec<Digest> = digests
+        .values()
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let infos = registry.image_infos(&unique).await?;
+    registry.flush_cache();
+    Ok(digests
+        .into_iter()
+        .filter_map(|(tag, d)| Some((tag, infos.get(&d)?.revision()?.to_string())))
+        .collect())
+}

@@ -1,0 +1,379 @@
+//! The swap: move the target's containers onto another image, validate, and put the previous
+//! containers back if validation fails.
+//!
+//! Per container: stop the old one, rename it aside (`NAME-backtrack-prev`, restart policy off so
+//! a daemon restart cannot start it), create the clone on the new image under the old name, start
+//! it, validate. The old container is removed only after every container validated, so a revert
+//! is a rename and a start, never a pull. The journal gets the intent before the first change,
+//! a `committed` record once validation passed, and the result at the end.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bollard::models::ContainerCreateBody;
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::adapters::docker::clone::{clone_config, docker_run_command};
+use crate::adapters::docker::{
+    BACKUP_SUFFIX, Engine, EngineError, LABEL_TAG, LABEL_VERSION, parse_restart_policy,
+    restart_policy_text,
+};
+use crate::adapters::registry::PullAuth;
+use crate::adapters::state::{Identity, Journal};
+use crate::domain::history::{Operation, Outcome, Phase, Record};
+use crate::domain::image::ImageRef;
+use crate::error::Failure;
+use crate::ops::deployed::Deployed;
+use crate::ops::{interrupt, validate};
+use crate::output::{Printer, Progress};
+use crate::settings::{HealthSettings, TargetSettings};
+
+/// One container's part of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub from: ImageRef,
+    /// The equivalent `docker run` for the new container.
+    pub docker_run: String,
+    #[serde(skip)]
+    body: ContainerCreateBody,
+    #[serde(skip)]
+    extra_networks: Vec<(String, bollard::models::EndpointSettings)>,
+    #[serde(skip)]
+    stop_timeout: i32,
+    #[serde(skip)]
+    restart_policy: String,
+}
+
+/// Everything the swap will do, computed without changing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub op: Operation,
+    pub target: String,
+    pub from: ImageRef,
+    pub to: ImageRef,
+    pub image: String,
+    pub containers: Vec<ContainerPlan>,
+}
+
+impl Plan {
+    /// The docker commands a person could run by hand for the same change.
+    pub fn manual_commands(&self) -> Vec<String> {
+        let mut cmds = vec![format!("docker pull {}", self.image)];
+        for c in &self.containers {
+            cmds.push(format!(
+                "docker stop {0} && docker rename {0} {0}{BACKUP_SUFFIX}",
+                c.name
+            ));
+            cmds.push(c.docker_run.clone());
+        }
+        cmds.push("# validate, then:".into());
+        for c in &self.containers {
+            cmds.push(format!("docker rm {}{BACKUP_SUFFIX}", c.name));
+        }
+        cmds
+    }
+}
+
+/// Computes the plan: inspects the current containers and derives each clone.
+pub async fn plan(
+    engine: &Engine,
+    op: Operation,
+    target: &TargetSettings,
+    current: &[Deployed],
+    to: &ImageRef,
+    image: &str,
+) -> anyhow::Result<Plan> {
+    let mut containers = Vec::with_capacity(current.len());
+    for d in current {
+        let name = &d.container.name;
+        let old = engine
+            .inspect(name)
+            .await?
+            .ok_or_else(|| EngineError::TargetNotFound {
+                what: format!("container {name}"),
+            })?;
+        let old_image = engine
+            .image(&d.container.image_id)
+            .await?
+            .and_then(|i| i.config)
+            .unwrap_or_default();
+        let mut labels = vec![(LABEL_VERSION, to.version.clone().unwrap_or_default())];
+        if let Some(tag) = &to.tag {
+            labels.push((LABEL_TAG, tag.clone()));
+        }
+        let (mut body, extra_networks) = clone_config(&old, &old_image, image, &labels);
+        if to.tag.is_none()
+            && let Some(l) = body.labels.as_mut()
+        {
+            l.remove(LABEL_TAG);
+        }
+        let stop_timeout = old
+            .config
+            .as_ref()
+            .and_then(|c| c.stop_timeout)
+            .unwrap_or(10) as i32;
+        let restart_policy = old
+            .host_config
+            .as_ref()
+            .and_then(|h| h.restart_policy.as_ref())
+            .map_or_else(|| "no".into(), restart_policy_text);
+        containers.push(ContainerPlan {
+            name: name.clone(),
+            from: d.image.clone(),
+            docker_run: docker_run_command(name, &body),
+            body,
+            extra_networks,
+            stop_timeout,
+            restart_policy,
+        });
+    }
+    Ok(Plan {
+        op,
+        target: target.display(),
+        from: current.first().map(|d| d.image.clone()).unwrap_or_default(),
+        to: to.clone(),
+        image: image.to_string(),
+        containers,
+    })
+}
+
+/// What happened, for the report and the journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    pub op: Operation,
+    pub target: String,
+    pub from: ImageRef,
+    pub to: ImageRef,
+    pub containers: Vec<String>,
+    pub result: Outcome,
+    pub pulled: bool,
+    pub duration_ms: u64,
+    pub detail: Option<String>,
+    /// The last lines of output of a container that failed validation.
+    pub logs: Vec<String>,
+}
+
+/// Runs the plan. `Ok` with `Outcome::Ok` when every container validated; on failure the previous
+/// containers run again and the error says whether restoring worked.
+pub async fn execute(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+    plan: &Plan,
+    auth: Option<&PullAuth>,
+    health: &HealthSettings,
+    reason: Option<&str>,
+) -> anyhow::Result<SwapReport> {
+    let started = Instant::now();
+    let progress = Progress::new(printer, &format!("pulling {}", plan.image));
+    let pulled = engine
+        .pull(&plan.image, auth, |line| {
+            progress.set(&format!("pulling: {line}"))
+        })
+        .await?;
+    progress.finish(&if pulled {
+        format!("pulled {}", plan.image)
+    } else {
+        format!("{} is already present", plan.image)
+    });
+    if interrupt::requested() {
+        return Err(Failure::Interrupted.into());
+    }
+
+    let who = Identity::current();
+    let id = format!(
+        "{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    );
+    let names: Vec<String> = plan.containers.iter().map(|c| c.name.clone()).collect();
+    let base = Record {
+        user: Some(who.user),
+        host: Some(who.host),
+        target: Some(plan.target.clone()),
+        from: Some(plan.from.clone()),
+        to: Some(plan.to.clone()),
+        reason: reason.map(str::to_string),
+        ..Record::new(&id, Utc::now(), plan.op, Phase::Started)
+    };
+    journal.append(&Record {
+        containers: names.clone(),
+        saved: plan
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), c.restart_policy.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        ..base.clone()
+    })?;
+    let finish = |result: Outcome, detail: Option<String>| Record {
+        at: Utc::now(),
+        phase: Phase::Finished,
+        result: Some(result),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        detail,
+        ..base.clone()
+    };
+
+    let mut swapped: Vec<&ContainerPlan> = Vec::new();
+    let mut failure: Option<(String, Vec<String>)> = None;
+    for c in &plan.containers {
+        printer.note(format!(
+            "swapping {}: {} -> {}",
+            c.name,
+            c.from.display(),
+            plan.to.display()
+        ));
+        swapped.push(c);
+        if let Err(e) = swap_one(engine, c).await {
+            failure = Some((format!("swap {}: {e}", c.name), Vec::new()));
+            break;
+        }
+        let progress = Progress::new(
+            printer,
+            &format!(
+                "validating {} (timeout {})",
+                c.name,
+                humantime::format_duration(health.timeout)
+            ),
+        );
+        let result = validate::wait_valid(
+            engine,
+            std::slice::from_ref(&c.name),
+            health,
+            plan.to.version.as_deref(),
+            |s| progress.set(&format!("validating {}: {s}", c.name)),
+        )
+        .await;
+        match result {
+            Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, plan.to.display())),
+            Err(invalid) => {
+                progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
+                let logs = engine.logs_tail(&c.name, 20).await;
+                failure = Some((invalid.why, logs));
+                break;
+            }
+        }
+    }
+
+    if let Some((why, logs)) = failure {
+        printer.note(format!(
+            "putting the previous version back on {}",
+            names.join(", ")
+        ));
+        let mut revert_errors = Vec::new();
+        for c in swapped.iter().rev() {
+            if let Err(e) = revert_one(engine, &c.name, &c.restart_policy).await {
+                revert_errors.push(format!("{}: {e}", c.name));
+            }
+        }
+        let version = plan.to.display();
+        if revert_errors.is_empty() {
+            journal.append(&finish(Outcome::Reverted, Some(why.clone())))?;
+            print_logs(printer, &logs);
+            return Err(Failure::Reverted { version, why }.into());
+        }
+        let revert_error = revert_errors.join("; ");
+        journal.append(&finish(
+            Outcome::RevertFailed,
+            Some(format!("{why}; revert: {revert_error}")),
+        ))?;
+        print_logs(printer, &logs);
+        return Err(Failure::RevertFailed {
+            version,
+            why,
+            revert_error,
+        }
+        .into());
+    }
+
+    // Every container validated: the point of no return.
+    journal.append(&Record {
+        at: Utc::now(),
+        phase: Phase::Committed,
+        ..base.clone()
+    })?;
+    for c in &plan.containers {
+        if let Err(e) = engine.remove(&format!("{}{BACKUP_SUFFIX}", c.name)).await {
+            printer.note(format!(
+                "warning: could not remove the previous container: {e}"
+            ));
+        }
+    }
+    let record = finish(Outcome::Ok, None);
+    journal.append(&record)?;
+    Ok(SwapReport {
+        op: plan.op,
+        target: plan.target.clone(),
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        containers: names,
+        result: Outcome::Ok,
+        pulled,
+        duration_ms: record.duration_ms.unwrap_or_default(),
+        detail: None,
+        logs: Vec::new(),
+    })
+}
+
+fn print_logs(printer: &Printer, logs: &[String]) {
+    if logs.is_empty() {
+        return;
+    }
+    printer.note(format!(
+        "last {} lines of the failed container's output:",
+        logs.len()
+    ));
+    for l in logs {
+        printer.note(format!("  | {l}"));
+    }
+}
+
+/// Stop, set aside, create the clone, start. On error the caller reverts this container too.
+async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+    let backup = format!("{}{BACKUP_SUFFIX}", c.name);
+    if engine.inspect(&backup).await?.is_some() {
+        return Err(EngineError::Container {
+            action: "set aside",
+            container: c.name.clone(),
+            message: format!(
+                "{backup} already exists (left by an earlier run?); remove it or run `backtrack status`"
+            ),
+        });
+    }
+    engine.stop(&c.name, c.stop_timeout).await?;
+    engine.rename(&c.name, &backup).await?;
+    engine
+        .set_restart_policy(&backup, &parse_restart_policy("no"))
+        .await?;
+    engine
+        .create(&c.name, c.body.clone(), &c.extra_networks)
+        .await?;
+    engine.start(&c.name).await?;
+    Ok(())
+}
+
+/// Puts the set-aside container back under its name and starts it. Safe to repeat.
+pub async fn revert_one(
+    engine: &Engine,
+    name: &str,
+    restart_policy: &str,
+) -> Result<(), EngineError> {
+    let backup = format!("{name}{BACKUP_SUFFIX}");
+    if engine.inspect(&backup).await?.is_none() {
+        // Never set aside: the old container is still under its own name.
+        if engine.inspect(name).await?.is_some() {
+            return engine.start(name).await;
+        }
+        return Err(EngineError::TargetNotFound {
+            what: format!("container {name} or {backup}"),
+        });
+    }
+    engine.remove(name).await?;
+    engine.rename(&backup, name).await?;
+    engine
+        .set_restart_policy(name, &parse_restart_policy(restart_policy))
+        .await?;
+    engine.start(name).await
+}

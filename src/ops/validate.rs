@@ -1,0 +1,226 @@
+//! Validation of a deployment: the container runs and is not restarting, Docker's HEALTHCHECK
+//! (when the image has one) says healthy, the `[health] http` probe answers 2xx, and with
+//! `expect_version` the container carries the chosen version. Bounded by `[health] timeout`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::adapters::docker::Engine;
+use crate::domain::version::parse_version;
+use crate::ops::deployed::image_version;
+use crate::ops::interrupt;
+use crate::settings::HealthSettings;
+
+/// With neither a HEALTHCHECK nor an HTTP probe, a container must stay up this long to count.
+const SETTLE: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(200);
+
+/// One check and what it found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Why validation failed, for the person and the journal.
+#[derive(Debug, Clone)]
+pub struct Invalid {
+    pub why: String,
+    pub container: Option<String>,
+}
+
+/// Waits until every container passes, or fails as soon as one cannot pass any more (it exited,
+/// it restarted, its HEALTHCHECK says unhealthy, it carries another version) or time runs out.
+pub async fn wait_valid(
+    engine: &Engine,
+    containers: &[String],
+    health: &HealthSettings,
+    expected_version: Option<&str>,
+    mut progress: impl FnMut(&str),
+) -> Result<(), Invalid> {
+    let start = Instant::now();
+    let deadline = start + health.timeout;
+    let http = http_client();
+    let mut initial_restarts = Vec::with_capacity(containers.len());
+    for name in containers {
+        let live = engine.liveness(name).await.map_err(|e| Invalid {
+            why: e.to_string(),
+            container: Some(name.clone()),
+        })?;
+        initial_restarts.push(live.restart_count);
+        if health.expect_version
+            && let Some(want) = expected_version
+        {
+            check_version(engine, name, want).await?;
+        }
+    }
+    let mut last_status = String::from("not checked yet");
+    loop {
+        if interrupt::requested() {
+            return Err(Invalid {
+                why: "interrupted".into(),
+                container: None,
+            });
+        }
+        let mut all_ok = true;
+        let mut has_healthcheck = false;
+        for (name, restarts) in containers.iter().zip(&initial_restarts) {
+            let live = engine.liveness(name).await.map_err(|e| Invalid {
+                why: e.to_string(),
+                container: Some(name.clone()),
+            })?;
+            let fail = |why: String| Invalid {
+                why,
+                container: Some(name.clone()),
+            };
+            if live.restart_count > *restarts || live.restarting {
+                return Err(fail(format!(
+                    "container {name} restarted (exit code {})",
+                    live.exit_code
+                )));
+            }
+            if !live.running {
+                return Err(fail(format!(
+                    "container {name} is {} (exit code {})",
+                    live.status, live.exit_code
+                )));
+            }
+            match live.health.as_deref() {
+                Some("unhealthy") => {
+                    return Err(fail(format!(
+                        "container {name}: HEALTHCHECK reports unhealthy"
+                    )));
+                }
+                Some("healthy") => has_healthcheck = true,
+                Some(other) => {
+                    has_healthcheck = true;
+                    all_ok = false;
+                    last_status = format!("{name}: health {other}");
+                }
+                None => {}
+            }
+        }
+        if all_ok && let Some(url) = &health.http {
+            match probe(&http, url).await {
+                Ok(()) => {}
+                Err(e) => {
+                    all_ok = false;
+                    last_status = format!("GET {url}: {e}");
+                }
+            }
+        }
+        if all_ok && !has_healthcheck && health.http.is_none() && start.elapsed() < SETTLE {
+            all_ok = false;
+            last_status = "watching that it stays up".into();
+        }
+        if all_ok {
+            return Ok(());
+        }
+        progress(&last_status);
+        if Instant::now() >= deadline {
+            return Err(Invalid {
+                why: format!(
+                    "not healthy within {} ({last_status})",
+                    humantime::format_duration(health.timeout)
+                ),
+                container: None,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn check_version(engine: &Engine, name: &str, want: &str) -> Result<(), Invalid> {
+    let view = engine.view(name).await.ok().flatten();
+    let carried = view.as_ref().and_then(image_version);
+    let want_v = parse_version(want).map(|v| crate::domain::version::strip_build(&v));
+    let got_v = carried
+        .as_deref()
+        .and_then(parse_version)
+        .map(|v| crate::domain::version::strip_build(&v));
+    match (want_v, got_v) {
+        (Some(w), Some(g)) if w == g => Ok(()),
+        (_, None) => Err(Invalid {
+            why: format!(
+                "container {name} carries no version (no org.opencontainers.image.version label or *_VERSION env); \
+                 add one to the image or set expect_version = false in [health]"
+            ),
+            container: Some(name.to_string()),
+        }),
+        (_, Some(g)) => Err(Invalid {
+            why: format!("container {name} carries version {g}, expected {want}"),
+            container: Some(name.to_string()),
+        }),
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .expect("a reqwest client with a timeout builds")
+}
+
+async fn probe(client: &reqwest::Client, url: &str) -> Result<(), String> {
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) if e.is_timeout() => Err("timed out".into()),
+        Err(e) => Err(crate::adapters::registry::root_cause(&e)),
+    }
+}
+
+/// One pass of every check, for `backtrack validate`: no waiting beyond the probe's own timeout.
+pub async fn check_now(
+    engine: &Engine,
+    containers: &[String],
+    health: &HealthSettings,
+    expected_version: Option<&str>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for name in containers {
+        match engine.liveness(name).await {
+            Ok(live) => {
+                checks.push(Check {
+                    name: format!("{name}: running"),
+                    ok: live.running && !live.restarting,
+                    detail: format!("{} (restarts: {})", live.status, live.restart_count),
+                });
+                if let Some(h) = live.health {
+                    checks.push(Check {
+                        name: format!("{name}: healthcheck"),
+                        ok: h == "healthy",
+                        detail: h,
+                    });
+                }
+            }
+            Err(e) => checks.push(Check {
+                name: format!("{name}: running"),
+                ok: false,
+                detail: e.to_string(),
+            }),
+        }
+        if health.expect_version
+            && let Some(want) = expected_version
+        {
+            let r = check_version(engine, name, want).await;
+            checks.push(Check {
+                name: format!("{name}: version"),
+                ok: r.is_ok(),
+                detail: r.err().map_or_else(|| format!("carries {want}"), |e| e.why),
+            });
+        }
+    }
+    if let Some(url) = &health.http {
+        let r = probe(&http_client(), url).await;
+        checks.push(Check {
+            name: format!("GET {url}"),
+            ok: r.is_ok(),
+            detail: r.err().unwrap_or_else(|| "2xx".into()),
+        });
+    }
+    checks
+}

@@ -1,0 +1,489 @@
+//! The test harness: real services (Docker Engine, a Distribution registry) started by
+//! `scripts/test-env`, test images built `FROM scratch` with busybox, and a small builder that runs
+//! the `backtrack` binary in a sandbox of its own (config, state, cache, docker config).
+//!
+//! A service that is not there fails the test with the command that starts it; nothing skips.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+pub const BASE_IMAGE: &str = "backtrack-test-base:1";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The registry address the tests use (`scripts/test-env` starts it).
+pub fn registry() -> String {
+    std::env::var("BACKTRACK_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// Fails loudly when a real service is missing.
+pub fn require_services() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let docker = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        assert!(
+            docker.as_ref().is_ok_and(|o| o.status.success()),
+            "no Docker Engine answers: run `scripts/test-env` (as root) first"
+        );
+        let url = format!("http://{}/v2/", registry());
+        let ok = reqwest::blocking::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .is_ok_and(|r| r.status().is_success());
+        assert!(
+            ok,
+            "no registry answers at {url}: run `scripts/test-env` (as root) first"
+        );
+    });
+}
+
+/// A unique, lowercase name for this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run docker")
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Builds the busybox base image once per machine.
+pub fn base_image() {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap();
+    if *built {
+        return;
+    }
+    if !docker(&["image", "inspect", BASE_IMAGE]).status.success() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+            .expect("copy /bin/busybox (apt-get install busybox-static)");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
+        )
+        .unwrap();
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            BASE_IMAGE,
+            dir.path().to_str().unwrap(),
+        ]);
+    }
+    *built = true;
+}
+
+/// How a test image behaves.
+#[derive(Debug, Clone)]
+pub struct AppImage {
+    pub version: String,
+    /// Extra tags to push for the same image.
+    pub tags: Vec<String>,
+    /// `Some(true)`: a HEALTHCHECK that passes; `Some(false)`: one that always fails.
+    pub healthcheck: Option<bool>,
+    /// The process exits right away with this code instead of serving.
+    pub crash: Option<i32>,
+    pub revision: Option<String>,
+    pub description: Option<String>,
+    /// Bytes of random filler in a layer (for "large image" tests).
+    pub filler_bytes: usize,
+}
+
+impl AppImage {
+    pub fn new(version: &str) -> Self {
+        Self {
+            version: version.into(),
+            tags: vec![],
+            healthcheck: None,
+            crash: None,
+            revision: None,
+            description: None,
+            filler_bytes: 0,
+        }
+    }
+
+    pub fn healthcheck(mut self, passes: bool) -> Self {
+        self.healthcheck = Some(passes);
+        self
+    }
+
+    pub fn crash(mut self, code: i32) -> Self {
+        self.crash = Some(code);
+        self
+    }
+
+    pub fn revision(mut self, rev: &str) -> Self {
+        self.revision = Some(rev.into());
+        self
+    }
+
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    pub fn filler(mut self, bytes: usize) -> Self {
+        self.filler_bytes = bytes;
+        self
+    }
+
+    fn dockerfile(&self) -> String {
+        let v = self.version.trim_start_matches('v');
+        let mut f = format!(
+            "FROM {BASE_IMAGE}\nRUN [\"/bin/sh\",\"-c\",\"mkdir -p /www && echo {v} > /www/health && echo ok > /www/index.html\"]\n"
+        );
+        if self.filler_bytes > 0 {
+            f.push_str("COPY filler /filler\n");
+        }
+        f.push_str(&format!("LABEL org.opencontainers.image.version=\"{v}\"\n"));
+        if let Some(r) = &self.revision {
+            f.push_str(&format!(
+                "LABEL org.opencontainers.image.revision=\"{r}\"\n"
+            ));
+        }
+        if let Some(d) = &self.description {
+            f.push_str(&format!(
+                "LABEL org.opencontainers.image.description=\"{d}\"\n"
+            ));
+        }
+        f.push_str(&format!("ENV APP_VERSION={v}\n"));
+        match self.healthcheck {
+            Some(true) => f.push_str(
+                "HEALTHCHECK --interval=1s --timeout=1s --retries=2 CMD [\"/bin/wget\",\"-q\",\"-O\",\"/dev/null\",\"http://127.0.0.1:8080/health\"]\n",
+            ),
+            Some(false) => f.push_str("HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD [\"/bin/false\"]\n"),
+            None => {}
+        }
+        match self.crash {
+            Some(code) => f.push_str(&format!("CMD [\"/bin/sh\",\"-c\",\"echo starting {v}; echo boom >&2; exit {code}\"]\n")),
+            None => f.push_str(
+                "CMD [\"/bin/sh\",\"-c\",\"trap 'kill $pid; exit 0' TERM; echo serving; httpd -f -p 8080 -h /www & pid=$!; wait $pid\"]\n",
+            ),
+        }
+        f
+    }
+}
+
+/// A repository of its own in the test registry.
+pub struct Repo {
+    pub name: String,
+}
+
+impl Repo {
+    pub fn new(test: &str) -> Self {
+        require_services();
+        Self {
+            name: format!("bt-test/{}", unique(test)),
+        }
+    }
+
+    /// `host/name`.
+    pub fn image(&self) -> String {
+        format!("{}/{}", registry(), self.name)
+    }
+
+    /// Builds and pushes a version (and its extra tags); returns the pushed digest.
+    pub fn push(&self, app: &AppImage) -> String {
+        base_image();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), app.dockerfile()).unwrap();
+        if app.filler_bytes > 0 {
+            let mut data = vec![0u8; app.filler_bytes];
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ app.version.len() as u64;
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            std::fs::write(dir.path().join("filler"), data).unwrap();
+        }
+        let main = format!("{}:{}", self.image(), app.version);
+        docker_ok(&["build", "-q", "-t", &main, dir.path().to_str().unwrap()]);
+        let digest = push_and_digest(&main);
+        for t in &app.tags {
+            let other = format!("{}:{t}", self.image());
+            docker_ok(&["tag", &main, &other]);
+            push_and_digest(&other);
+        }
+        digest
+    }
+
+    /// The digest a tag points to in the registry, by asking it directly.
+    pub fn tag_digest(&self, tag: &str) -> Option<String> {
+        let url = format!("http://{}/v2/{}/manifests/{tag}", registry(), self.name);
+        let resp = reqwest::blocking::Client::new()
+            .head(url)
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+            )
+            .send()
+            .unwrap();
+        resp.status().is_success().then(|| {
+            resp.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+    }
+
+    pub fn tags(&self) -> Vec<String> {
+        let url = format!("http://{}/v2/{}/tags/list", registry(), self.name);
+        let v: serde_json::Value = reqwest::blocking::get(url).unwrap().json().unwrap();
+        let mut tags: Vec<String> = v["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+}
+
+fn push_and_digest(reference: &str) -> String {
+    let out = docker_ok(&["push", reference]);
+    out.lines()
+        .find_map(|l| l.split_whitespace().skip_while(|w| *w != "digest:").nth(1))
+        .unwrap_or_else(|| panic!("no digest in push output of {reference}: {out}"))
+        .to_string()
+}
+
+/// Containers (and their backups) a test made, removed when it ends.
+pub struct Containers {
+    label: String,
+}
+
+impl Containers {
+    pub fn new() -> Self {
+        Self {
+            label: unique("bt"),
+        }
+    }
+
+    /// The label to put on containers so they are cleaned up.
+    pub fn label(&self) -> String {
+        format!("backtrack-test={}", self.label)
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids = docker_ok(&["ps", "-aq", "--filter", &format!("label={}", self.label())]);
+        for id in ids.lines().filter(|l| !l.is_empty()) {
+            docker(&["rm", "-f", id]);
+        }
+    }
+}
+
+/// Runs `backtrack` in a sandbox: its own config, state dir, cache dir and docker config.
+pub struct Test {
+    pub dir: tempfile::TempDir,
+    config: Option<String>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "wrong exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            config: None,
+            args: vec![],
+            env: BTreeMap::new(),
+            stdin: None,
+        }
+    }
+
+    /// A config for `repo` (plus any more TOML, e.g. a [target] section).
+    pub fn repo(self, repo: &Repo, more: &str) -> Self {
+        let toml = format!(
+            "[registry]\nurl = \"{}\"\nrepository = \"{}\"\n{more}",
+            registry(),
+            repo.name
+        );
+        self.config(&toml)
+    }
+
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.args = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn stdin(mut self, input: &str) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("backtrack.toml")
+    }
+
+    pub fn command(&self) -> Command {
+        if let Some(c) = &self.config {
+            std::fs::write(self.config_path(), c).unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backtrack"));
+        cmd.current_dir(self.dir.path())
+            .env_remove("BACKTRACK_CONFIG")
+            .env("BACKTRACK_STATE_DIR", self.state_dir())
+            .env("BACKTRACK_CACHE_DIR", self.dir.path().join("cache"))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env("NO_COLOR", "1")
+            .envs(&self.env);
+        cmd
+    }
+
+    /// Runs `backtrack ARGS` in this sandbox (the builder's own args are ignored).
+    pub fn exec<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.spawn_with(args.into_iter().map(|a| a.as_ref().to_string()).collect())
+    }
+
+    pub fn run(&self) -> Run {
+        self.spawn_with(self.args.clone())
+    }
+
+    fn spawn_with(&self, args: Vec<String>) -> Run {
+        use std::io::Write;
+        let mut cmd = self.command();
+        cmd.args(&args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn backtrack");
+        if let Some(input) = &self.stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
+/// GETs `url` and returns the body, or `None` when it does not answer 2xx.
+pub fn http_get(url: &str) -> Option<String> {
+    let resp = reqwest::blocking::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?;
+    resp.status()
+        .is_success()
+        .then(|| resp.text().unwrap_or_default())
+}
+
+/// Waits (bounded) until `url` answers 2xx; returns the body.
+pub fn wait_http(url: &str, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(body) = http_get(url) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} did not answer within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,17 @@
+//! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
+
+mod harness;
+mod versions;
+
+/// Insta filters that hide what changes from run to run (digests, times, temp paths).
+pub fn redactions() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"sha256:[0-9a-f]{64}", "[DIGEST]"),
+        (r"\b[0-9a-f]{12}\b", "[SHORT]"),
+        (r"\d+ (second|minute|hour|day)s? ago", "[AGO]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
+        (r"bt-test/[a-z-]+-\d+-\d+", "[REPO]"),
+        (r"\b\d+(\.\d)?(B|kB|MB)\b", "[SIZE]"),
+        (r" {2,}", "   "),
+    ]
+}
