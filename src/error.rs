@@ -34,11 +34,7 @@ pub enum Failure {
         revert_error: String,
     },
     #[error("finish: {done} of {total} done, {failed} failed")]
-    Partial {
-        done: usize,
-        total: usize,
-        failed: usize,
-    },
+    Partial { done: usize, total: usize, failed: usize },
     #[error("ask for confirmation: no terminal to ask on")]
     NeedsConfirmation { what: String },
     #[error("go on: cancelled")]
@@ -67,11 +63,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
-            return if e.is_not_found() {
-                NO_SUCH_VERSION
-            } else {
-                REGISTRY
-            };
+            return if e.is_not_found() { NO_SUCH_VERSION } else { REGISTRY };
         }
         if cause.downcast_ref::<ResolveError>().is_some() {
             return NO_SUCH_VERSION;
@@ -82,10 +74,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         {
             return USAGE;
         }
-        if cause
-            .downcast_ref::<LockError>()
-            .is_some_and(LockError::is_held)
-        {
+        if cause.downcast_ref::<LockError>().is_some_and(LockError::is_held) {
             return LOCKED;
         }
         if cause.downcast_ref::<EngineError>().is_some() {

@@ -17,11 +17,7 @@ pub fn main_entry() -> i32 {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                error::USAGE
-            } else {
-                error::OK
-            };
+            let code = if e.use_stderr() { error::USAGE } else { error::OK };
             let _ = e.print();
             return code;
         }

@@ -26,10 +26,7 @@ pub struct Printer {
 
 impl Printer {
     pub fn new(format: OutputFormat, interactive: bool) -> Self {
-        Self {
-            format,
-            interactive,
-        }
+        Self { format, interactive }
     }
 
     pub fn is_json(&self) -> bool {
@@ -77,11 +74,7 @@ where
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(
-            headers
-                .into_iter()
-                .map(|h| Cell::new(h.into().to_uppercase())),
-        );
+        .set_header(headers.into_iter().map(|h| Cell::new(h.into().to_uppercase())));
     for col in t.column_iter_mut() {
         col.set_padding((0, 3));
     }
@@ -149,16 +142,10 @@ impl Progress {
 /// caller checks first) asking is an error, never a hang.
 pub fn confirm(printer: &Printer, question: &str, what: &str) -> anyhow::Result<bool> {
     if !printer.interactive {
-        return Err(crate::error::Failure::NeedsConfirmation {
-            what: what.to_string(),
-        }
-        .into());
+        return Err(crate::error::Failure::NeedsConfirmation { what: what.to_string() }.into());
     }
     let answer = ask(&format!("{question} [y/n]: "))?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
 /// Prints `prompt` to stderr and reads one line from stdin.

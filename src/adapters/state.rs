@@ -56,11 +56,7 @@ impl Journal {
             match serde_json::from_str::<Record>(line) {
                 Ok(r) => out.push(r),
                 // Only a crash in the middle of a write leaves a line like that: skip it, loudly.
-                Err(e) => tracing::warn!(
-                    "skipping torn line {} of {}: {e}",
-                    i + 1,
-                    self.path.display()
-                ),
+                Err(e) => tracing::warn!("skipping torn line {} of {}: {e}", i + 1, self.path.display()),
             }
         }
         Ok(out)
@@ -116,9 +112,7 @@ impl LockError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Held { .. } => {
-                Some("wait for it to finish; the lock is released when that process exits".into())
-            }
+            Self::Held { .. } => Some("wait for it to finish; the lock is released when that process exits".into()),
             Self::Io { .. } => None,
         }
     }
@@ -241,10 +235,7 @@ mod tests {
         let err = lock(dir.path(), "backtrack rollback").unwrap_err();
         assert!(err.is_held());
         let msg = err.to_string();
-        assert!(
-            msg.contains(&format!("pid {}", std::process::id())),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
         assert!(msg.contains("backtrack deploy v1.2.3"), "{msg}");
     }
 }

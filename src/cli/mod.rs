@@ -136,6 +136,9 @@ pub struct MarkGoodArgs {
 pub struct EmergencyArgs {
     #[arg(long)]
     pub dry_run: bool,
+    /// Extra environment for the emergency container (KEY=VALUE lines), like `docker run --env-file`.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<std::path::PathBuf>,
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 }

@@ -10,8 +10,9 @@ use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
+use crate::ops::mark::mark_good;
 use crate::ops::swap::{self, Plan, SwapReport};
-use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve};
+use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
 use crate::output::{Report, ask, confirm};
 
 pub async fn run_deploy(app: &App<'_>, args: &SwapArgs) -> anyhow::Result<()> {
@@ -37,20 +38,13 @@ async fn pick_version(app: &App<'_>) -> anyhow::Result<String> {
     let engine = app.engine().await?;
     let current = deployed::read(&engine, target, &registry.name()).await?;
     let current_version = current.first().and_then(|d| d.image.version.clone());
-    let shown: Vec<&str> = catalog
-        .versions
-        .iter()
-        .take(15)
-        .map(|v| v.tag.as_str())
-        .collect();
+    let shown: Vec<&str> = catalog.versions.iter().take(15).map(|v| v.tag.as_str()).collect();
     if shown.is_empty() {
         anyhow::bail!("offer versions: {} has no version tags", registry.name());
     }
-    app.printer
-        .note(format!("Available versions in {}:", registry.name()));
+    app.printer.note(format!("Available versions in {}:", registry.name()));
     for (i, tag) in shown.iter().enumerate() {
-        let here =
-            catalog.versions[i].version.to_string() == current_version.clone().unwrap_or_default();
+        let here = catalog.versions[i].version.to_string() == current_version.clone().unwrap_or_default();
         app.printer.note(format!(
             "  {:>2}) {tag}{}",
             i + 1,
@@ -113,11 +107,7 @@ impl Report for PlanReport<'_> {
 impl Report for SwapReport {
     fn human(&self) -> String {
         match self.result {
-            Outcome::Unchanged => format!(
-                "{} already runs {}; nothing to do",
-                self.target,
-                self.to.display()
-            ),
+            Outcome::Unchanged => format!("{} already runs {}; nothing to do", self.target, self.to.display()),
             _ => format!(
                 "{} {}: {} -> {} ({}), validated in {:.1}s",
                 match self.op {
@@ -170,10 +160,7 @@ async fn swap_command(
     let current_ref = current.first().map(|d| d.image.clone());
     let chosen = resolve::resolve(registry.as_ref(), input, &ops, current_ref.as_ref()).await?;
 
-    if current
-        .iter()
-        .all(|d| d.digest.as_ref() == Some(&chosen.digest))
-    {
+    if current.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest)) {
         return app.printer.report(&SwapReport {
             op,
             target: target.display(),
@@ -224,5 +211,61 @@ async fn swap_command(
         common.reason.as_deref(),
     )
     .await?;
-    app.printer.report(&report)
+    app.printer.report(&report)?;
+    if common.mark_good {
+        mark_after_validation(app, registry.as_ref(), &engine, &journal, &report, common).await?;
+    }
+    Ok(())
+}
+
+/// `--mark-good [--soak D]`: once validated (and healthy for the soak), point last_known_good at it.
+async fn mark_after_validation(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    engine: &crate::adapters::docker::Engine,
+    journal: &Journal,
+    report: &SwapReport,
+    common: &SwapCommon,
+) -> anyhow::Result<()> {
+    let project = app.project()?;
+    if let Some(soak) = &common.soak {
+        let duration = crate::domain::duration::parse(soak)?;
+        let progress = crate::output::Progress::new(
+            &app.printer,
+            &format!(
+                "soaking {} for {}",
+                report.to.display(),
+                humantime::format_duration(duration)
+            ),
+        );
+        if let Err(invalid) = validate::soak(engine, &report.containers, &project.health, duration).await {
+            progress.finish(&format!(
+                "{} did not stay healthy: {}",
+                report.to.display(),
+                invalid.why
+            ));
+            return Err(Failure::Unhealthy(format!(
+                "soak {}: {}; last_known_good was not moved",
+                report.to.display(),
+                invalid.why
+            ))
+            .into());
+        }
+        progress.finish(&format!("{} stayed healthy", report.to.display()));
+    }
+    let ops = history::operations(&journal.read()?);
+    let catalog = Catalog::load(registry).await?;
+    let previous = resolve::last_known_good(registry, &catalog, &ops).await?;
+    let marked = mark_good(
+        registry,
+        journal,
+        Some(engine),
+        &app.printer,
+        &report.to,
+        previous,
+        common.reason.as_deref(),
+    )
+    .await?;
+    app.printer.note(marked.human());
+    Ok(())
 }

@@ -1,9 +1,293 @@
-//! `backtrack emergency`.
+//! `backtrack emergency`: the seed's emergency rollback made safe. Stop the target's containers,
+//! set them aside, and run the last known good image directly under their names with their
+//! mounts, env and ports. No validation gate and no revert: this is what runs when all else has
+//! failed. It works with the registry unreachable when the image is on this host (`mark-good`
+//! keeps it there), and pulls it by digest otherwise.
+
+use chrono::Utc;
+use serde::Serialize;
+
 use super::App;
+use crate::adapters::docker::clone::{clone_config, docker_run_command};
+use crate::adapters::docker::{
+    Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
+};
+use crate::adapters::registry::Registry;
+use crate::adapters::state::{self, Identity, Journal};
 use crate::cli::EmergencyArgs;
-pub async fn run(_app: &App<'_>, _a: &EmergencyArgs) -> anyhow::Result<()> {
-    Err(crate::error::Failure::NotBuilt {
-        command: "emergency".into(),
+use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::image::{ImageRef, LKG_TAG};
+use crate::error::Failure;
+use crate::ops::mark::{local_lkg_reference, registry_repository};
+use crate::ops::{catalog::Catalog, deployed, recover, resolve, validate};
+use crate::output::{Report, confirm};
+
+#[derive(Debug, Serialize)]
+struct EmergencyReport {
+    dry_run: bool,
+    target: String,
+    last_known_good: ImageRef,
+    /// Where the last known good pointer came from: "registry" or "journal".
+    source: &'static str,
+    image: String,
+    containers: Vec<String>,
+    commands: Vec<String>,
+    healthy: Option<bool>,
+    detail: Option<String>,
+}
+
+impl Report for EmergencyReport {
+    fn human(&self) -> String {
+        let what = format!(
+            "{} ({}, from the {})",
+            self.last_known_good.display(),
+            self.last_known_good.digest.as_ref().map_or("-", |d| d.short()),
+            self.source
+        );
+        if self.dry_run {
+            let mut out = format!(
+                "plan: EMERGENCY on {}: stop {} and run last known good {what} directly\nequivalent docker commands:\n",
+                self.target,
+                self.containers.join(", ")
+            );
+            for c in &self.commands {
+                out.push_str(&format!("  {c}\n"));
+            }
+            out.push_str("dry run: nothing was changed");
+            return out;
+        }
+        let health = match self.healthy {
+            Some(true) => "healthy".to_string(),
+            Some(false) => format!("NOT healthy: {}", self.detail.as_deref().unwrap_or("?")),
+            None => "not checked".into(),
+        };
+        format!(
+            "EMERGENCY: {} now runs last known good {what}; {health}\n\
+             the stopped containers were kept as NAME{PRE_EMERGENCY_SUFFIX}; `backtrack deploy` or `rollback` leaves emergency mode",
+            self.target
+        )
     }
-    .into())
+}
+
+pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let journal = Journal::new(&project.state_dir);
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(state::lock(&project.state_dir, "backtrack emergency")?)
+    };
+    let engine = app.engine().await?;
+    if !args.dry_run {
+        recover::settle(&engine, &journal, &app.printer).await?;
+    }
+    let ops = history::operations(&journal.read()?);
+    let (lkg, source) = find_last_known_good(app, registry.as_ref(), &ops).await?;
+    let digest = lkg.digest.clone().expect("a last known good always has a digest");
+    let image = local_image(&engine, registry.as_ref(), &digest).await?;
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+
+    let mut plans = Vec::new();
+    for d in &current {
+        let old = engine
+            .inspect(&d.container.name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("inspect {}", d.container.name))?;
+        let old_image = engine
+            .image(&d.container.image_id)
+            .await?
+            .and_then(|i| i.config)
+            .unwrap_or_default();
+        let labels = [
+            (LABEL_EMERGENCY, Utc::now().to_rfc3339()),
+            (LABEL_VERSION, lkg.version.clone().unwrap_or_default()),
+            (LABEL_TAG, LKG_TAG.to_string()),
+        ];
+        let (mut body, extra) = clone_config(&old, &old_image, &image, &labels);
+        if let Some(file) = &args.env_file {
+            let extra_env = read_env_file(file)?;
+            let env = body.env.get_or_insert_with(Vec::new);
+            for line in extra_env {
+                let key = line.split('=').next().unwrap_or_default().to_string();
+                env.retain(|e| e.split('=').next() != Some(key.as_str()));
+                env.push(line);
+            }
+        }
+        plans.push((d.container.name.clone(), body, extra));
+    }
+    let mut commands = vec![];
+    for (name, body, _) in &plans {
+        commands.push(format!(
+            "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX}"
+        ));
+        commands.push(docker_run_command(name, body));
+    }
+    let mut report = EmergencyReport {
+        dry_run: args.dry_run,
+        target: target.display(),
+        last_known_good: lkg.clone(),
+        source,
+        image: image.clone(),
+        containers: plans.iter().map(|p| p.0.clone()).collect(),
+        commands,
+        healthy: None,
+        detail: None,
+    };
+    if args.dry_run {
+        return app.printer.report(&report);
+    }
+    if !app.settings.yes {
+        let q = format!(
+            "EMERGENCY: stop {} and run last known good {} directly?",
+            target.display(),
+            lkg.display()
+        );
+        if !confirm(&app.printer, &q, "confirm the emergency rollback")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+
+    let who = Identity::current();
+    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    let started = std::time::Instant::now();
+    let base = Record {
+        user: Some(who.user),
+        host: Some(who.host),
+        target: Some(target.display()),
+        from: current.first().map(|d| d.image.clone()),
+        to: Some(lkg.clone()),
+        reason: args.reason.clone(),
+        detail: Some(format!("containers: {}", report.containers.join(", "))),
+        ..Record::new(&id, Utc::now(), Operation::Emergency, Phase::Started)
+    };
+    journal.append(&base)?;
+    let result = replace_all(&engine, &plans).await;
+    let (outcome, detail) = match &result {
+        Ok(()) => {
+            let names: Vec<String> = plans.iter().map(|p| p.0.clone()).collect();
+            match validate::wait_valid(&engine, &names, &project.health, lkg.version.as_deref(), |_| {}).await {
+                Ok(()) => {
+                    report.healthy = Some(true);
+                    (Outcome::Ok, None)
+                }
+                Err(invalid) => {
+                    report.healthy = Some(false);
+                    report.detail = Some(invalid.why.clone());
+                    (
+                        Outcome::Failed,
+                        Some(format!("running but not healthy: {}", invalid.why)),
+                    )
+                }
+            }
+        }
+        Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
+    };
+    journal.append(&Record {
+        at: Utc::now(),
+        phase: Phase::Finished,
+        result: Some(outcome),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        detail: detail.or(base.detail.clone()),
+        ..base.clone()
+    })?;
+    result?;
+    app.printer.report(&report)?;
+    if report.healthy == Some(false) {
+        return Err(Failure::Unhealthy(format!(
+            "the emergency container runs but is not healthy: {}",
+            report.detail.unwrap_or_default()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The last known good image: the registry's tag when the registry answers, else the journal's
+/// last successful mark-good (the registry may be what is broken).
+async fn find_last_known_good(
+    app: &App<'_>,
+    registry: &dyn Registry,
+    ops: &[history::OperationView],
+) -> anyhow::Result<(ImageRef, &'static str)> {
+    let from_registry = async {
+        let catalog = Catalog::load(registry).await?;
+        resolve::last_known_good(registry, &catalog, ops).await
+    };
+    match from_registry.await {
+        Ok(Some(lkg)) => return Ok((lkg, "registry")),
+        Ok(None) => {}
+        Err(e) => app.printer.note(format!(
+            "registry unreachable ({}); using the last known good from the journal",
+            crate::error::render(&e)
+        )),
+    }
+    ops.iter()
+        .rev()
+        .filter(|o| o.op == Operation::MarkGood && o.result == Some(Outcome::Ok))
+        .find_map(|o| o.to.clone().filter(|t| t.digest.is_some()))
+        .map(|r| (r, "journal"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "find a last known good version: none in the registry or the journal; mark one with `backtrack mark-good`"
+            )
+        })
+}
+
+/// A local reference to the image: by digest if present, else the local last-known-good tag if it
+/// is that digest, else pulled by digest.
+async fn local_image(
+    engine: &Engine,
+    registry: &dyn Registry,
+    digest: &crate::domain::digest::Digest,
+) -> anyhow::Result<String> {
+    let by_digest = registry.pull_reference(digest);
+    if engine.image(&by_digest).await?.is_some() {
+        return Ok(by_digest);
+    }
+    let (repo, tag) = local_lkg_reference(&registry_repository(registry));
+    let local = format!("{repo}:{tag}");
+    if let Some(img) = engine.image(&local).await?
+        && img
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .any(|d| d.ends_with(&format!("@{digest}")))
+    {
+        return Ok(local);
+    }
+    let auth = registry.pull_auth().await.ok();
+    engine.pull(&by_digest, auth.as_ref(), |_| {}).await?;
+    Ok(by_digest)
+}
+
+async fn replace_all(
+    engine: &Engine,
+    plans: &[(
+        String,
+        bollard::models::ContainerCreateBody,
+        Vec<(String, bollard::models::EndpointSettings)>,
+    )],
+) -> anyhow::Result<()> {
+    for (name, body, extra) in plans {
+        let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
+        engine.stop(name, 10).await?;
+        engine.remove(&aside).await?;
+        engine.rename(name, &aside).await?;
+        engine.set_restart_policy(&aside, &parse_restart_policy("no")).await?;
+        engine.create(name, body.clone(), extra).await?;
+        engine.start(name).await?;
+    }
+    Ok(())
+}
+
+fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("read env file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }

@@ -44,7 +44,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let mut warnings = Vec::new();
 
     let current = deployed::read(&engine, target, &registry.name()).await?;
-    let mut containers: Vec<ContainerStatus> = current
+    let containers: Vec<ContainerStatus> = current
         .iter()
         .map(|d| ContainerStatus {
             name: d.container.name.clone(),
@@ -54,16 +54,15 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             tag: d.image.tag.clone(),
             digest: d.digest.clone(),
             image: d.container.image_ref.clone(),
-            emergency: false,
+            emergency: d.container.labels.contains_key(LABEL_EMERGENCY),
         })
         .collect();
-    // An emergency container runs beside the (stopped) target under its own name.
-    for c in emergency_containers(&engine, target).await {
+    for c in containers.iter().filter(|c| c.emergency) {
         warnings.push(format!(
-            "EMERGENCY: {} runs the last known good image directly; deploy or rollback to leave emergency mode",
+            "EMERGENCY: {} runs the last known good image directly since `backtrack emergency`; \
+             `backtrack deploy` or `rollback` leaves emergency mode",
             c.name
         ));
-        containers.push(c);
     }
 
     let last_known_good = match Catalog::load(registry.as_ref()).await {
@@ -88,10 +87,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                 let journal_lkg = ops
                     .iter()
                     .rev()
-                    .find(|o| {
-                        o.op == history::Operation::MarkGood
-                            && o.result == Some(history::Outcome::Ok)
-                    })
+                    .find(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
                     .and_then(|o| o.to.clone());
                 if let Some(j) = journal_lkg
                     && j.digest != l.digest
@@ -127,65 +123,30 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     })
 }
 
-async fn emergency_containers(
-    engine: &crate::adapters::docker::Engine,
-    target: &crate::settings::TargetSettings,
-) -> Vec<ContainerStatus> {
-    let name = format!(
-        "{}{}",
-        target.name,
-        crate::adapters::docker::EMERGENCY_SUFFIX
-    );
-    match engine.view(&name).await {
-        Ok(Some(v)) if v.labels.contains_key(LABEL_EMERGENCY) => vec![ContainerStatus {
-            version: deployed::carried_version(&v),
-            tag: None,
-            digest: v.pinned_digest(),
-            state: v.state.clone(),
-            health: v.health.clone(),
-            image: v.image_ref.clone(),
-            name: v.name,
-            emergency: true,
-        }],
-        _ => Vec::new(),
-    }
-}
-
 impl Report for StatusReport {
     fn human(&self) -> String {
         let mut t = table(["container", "state", "health", "version", "digest", "image"]);
         for c in &self.containers {
             t.add_row(vec![
-                format!(
-                    "{}{}",
-                    c.name,
-                    if c.emergency { " (EMERGENCY)" } else { "" }
-                ),
+                format!("{}{}", c.name, if c.emergency { " (EMERGENCY)" } else { "" }),
                 c.state.clone(),
                 c.health.clone().unwrap_or_else(|| "-".into()),
                 c.version
                     .clone()
                     .or_else(|| c.tag.clone())
                     .unwrap_or_else(|| "?".into()),
-                c.digest
-                    .as_ref()
-                    .map_or("-".into(), |d| d.short().to_string()),
+                c.digest.as_ref().map_or("-".into(), |d| d.short().to_string()),
                 c.image.clone(),
             ]);
         }
-        let mut out = format!(
-            "target:          {}\nregistry:        {}\n",
-            self.target, self.registry
-        );
+        let mut out = format!("target:          {}\nregistry:        {}\n", self.target, self.registry);
         out.push_str(&format!(
             "last_known_good: {}\n\n",
-            self.last_known_good
-                .as_ref()
-                .map_or("(not set)".into(), |l| format!(
-                    "{} ({})",
-                    l.display(),
-                    l.digest.as_ref().map_or("-", |d| d.short())
-                ))
+            self.last_known_good.as_ref().map_or("(not set)".into(), |l| format!(
+                "{} ({})",
+                l.display(),
+                l.digest.as_ref().map_or("-", |d| d.short())
+            ))
         ));
         out.push_str(&render_table(&t));
         for w in &self.warnings {

@@ -21,8 +21,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let engine = app.engine().await?;
-    let current =
-        deployed::read(&engine, target, &format!("{}", project.registry.display())).await?;
+    let current = deployed::read(&engine, target, &project.registry.display()).await?;
     let mut checks = Vec::new();
     for d in &current {
         // The version backtrack deployed, checked against what the image itself says.

@@ -162,9 +162,7 @@ impl Report for VersionsReport {
         for r in &self.tags {
             t.add_row(vec![
                 r.tag.clone(),
-                r.digest
-                    .as_ref()
-                    .map_or("-".into(), |d| d.short().to_string()),
+                r.digest.as_ref().map_or("-".into(), |d| d.short().to_string()),
                 r.pushed
                     .or(r.created)
                     .map_or("-".into(), |c| crate::output::ago(now, c)),
@@ -172,9 +170,7 @@ impl Report for VersionsReport {
                 r.revision
                     .as_deref()
                     .map_or("-".into(), |r| r.chars().take(12).collect()),
-                r.description
-                    .as_deref()
-                    .map_or("-".into(), |d| truncate(d, 40)),
+                r.description.as_deref().map_or("-".into(), |d| truncate(d, 40)),
                 r.marks.join(","),
             ]);
         }

@@ -16,9 +16,7 @@ pub struct DigestError(pub String);
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, DigestError> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| DigestError(s.to_string()))?;
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| DigestError(s.to_string()))?;
         if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(Self(s.to_string()))
         } else {

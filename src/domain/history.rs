@@ -201,10 +201,7 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
             }
         }
     }
-    order
-        .into_iter()
-        .filter_map(|id| by_id.remove(&id))
-        .collect()
+    order.into_iter().filter_map(|id| by_id.remove(&id)).collect()
 }
 
 /// Operations that moved the target and never wrote their `finished` record: a crash or a kill
@@ -222,9 +219,7 @@ pub fn open_operations(records: &[Record]) -> Vec<(Record, bool)> {
         .collect();
     records
         .iter()
-        .filter(|r| {
-            r.phase == Phase::Started && r.op.moves_target() && !finished.contains(r.id.as_str())
-        })
+        .filter(|r| r.phase == Phase::Started && r.op.moves_target() && !finished.contains(r.id.as_str()))
         .map(|r| (r.clone(), committed.contains(r.id.as_str())))
         .collect()
 }
@@ -240,18 +235,13 @@ pub fn failed_versions(ops: &[OperationView]) -> HashSet<String> {
             Some(Outcome::Ok) | Some(Outcome::Unchanged) => {
                 last.insert(version, true);
             }
-            Some(Outcome::Reverted)
-            | Some(Outcome::RevertFailed)
-            | Some(Outcome::RolledBackAfterCrash) => {
+            Some(Outcome::Reverted) | Some(Outcome::RevertFailed) | Some(Outcome::RolledBackAfterCrash) => {
                 last.insert(version, false);
             }
             _ => {}
         }
     }
-    last.into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(v, _)| v)
-        .collect()
+    last.into_iter().filter(|(_, ok)| !ok).map(|(v, _)| v).collect()
 }
 
 /// The versions successfully deployed, most recent first, each once.
@@ -263,10 +253,7 @@ pub fn deployed_versions(ops: &[OperationView]) -> Vec<ImageRef> {
             continue;
         }
         if let Some(to) = &op.to {
-            let key = to
-                .version
-                .clone()
-                .or_else(|| to.digest.as_ref().map(|d| d.to_string()));
+            let key = to.version.clone().or_else(|| to.digest.as_ref().map(|d| d.to_string()));
             if let Some(key) = key
                 && seen.insert(key)
             {
@@ -299,12 +286,7 @@ mod tests {
                 ..Default::default()
             }),
             result,
-            ..Record::new(
-                id,
-                DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-                op,
-                phase,
-            )
+            ..Record::new(id, DateTime::from_timestamp(1_700_000_000, 0).unwrap(), op, phase)
         }
     }
 
@@ -317,11 +299,7 @@ mod tests {
 
     #[test]
     fn previous_walks_back_skipping_current_and_failed() {
-        type Case<'a> = (
-            &'a [(&'a str, &'a str, Outcome)],
-            Option<&'a str>,
-            Option<&'a str>,
-        );
+        type Case<'a> = (&'a [(&'a str, &'a str, Outcome)], Option<&'a str>, Option<&'a str>);
         let cases: &[Case] = &[
             // history, current, expected previous
             (
@@ -374,10 +352,7 @@ mod tests {
             ),
         ];
         for (history, current, want) in cases {
-            let records: Vec<Record> = history
-                .iter()
-                .flat_map(|(id, v, o)| deploy(id, v, *o))
-                .collect();
+            let records: Vec<Record> = history.iter().flat_map(|(id, v, o)| deploy(id, v, *o)).collect();
             let got = previous(&operations(&records), *current);
             assert_eq!(
                 got.and_then(|r| r.version).as_deref(),

@@ -95,12 +95,7 @@ mod tests {
 
     #[test]
     fn sizes_read_like_docker() {
-        for (bytes, want) in [
-            (0, "0B"),
-            (999, "999B"),
-            (1_000, "1.0kB"),
-            (12_345_678, "12.3MB"),
-        ] {
+        for (bytes, want) in [(0, "0B"), (999, "999B"), (1_000, "1.0kB"), (12_345_678, "12.3MB")] {
             assert_eq!(human_size(bytes), want);
         }
     }

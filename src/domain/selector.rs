@@ -77,9 +77,9 @@ impl FromStr for Selector {
         let req_text = strip_v_in_requirement(s);
         match VersionReq::parse(&req_text) {
             Ok(req)
-                if s.chars().next().is_some_and(|c| {
-                    !c.is_ascii_digit() || s.contains(['^', '~', '<', '>', '=', '*', ','])
-                }) =>
+                if s.chars()
+                    .next()
+                    .is_some_and(|c| !c.is_ascii_digit() || s.contains(['^', '~', '<', '>', '=', '*', ','])) =>
             {
                 Ok(Self::Requirement(req))
             }
@@ -181,22 +181,14 @@ impl ResolveError {
                 "versions there include {}; run `backtrack versions` for the list",
                 nearest.join(", ")
             )),
-            Self::NoPrevious { .. } => {
-                Some("name a version instead, e.g. `backtrack rollback v1.2.3`".into())
-            }
-            Self::NoLastKnownGood { .. } => {
-                Some("mark a version good first: `backtrack mark-good [VERSION]`".into())
-            }
+            Self::NoPrevious { .. } => Some("name a version instead, e.g. `backtrack rollback v1.2.3`".into()),
+            Self::NoLastKnownGood { .. } => Some("mark a version good first: `backtrack mark-good [VERSION]`".into()),
         }
     }
 }
 
 /// Resolves a selector. `repository` is only used in error messages.
-pub fn resolve(
-    selector: &Selector,
-    ctx: &Context<'_>,
-    repository: &str,
-) -> Result<Pick, ResolveError> {
+pub fn resolve(selector: &Selector, ctx: &Context<'_>, repository: &str) -> Result<Pick, ResolveError> {
     let no_match = || ResolveError::NoMatch {
         selector: selector.to_string(),
         repository: repository.to_string(),
@@ -238,18 +230,16 @@ pub fn resolve(
             .versions
             .iter()
             .find(|v| {
-                ctx.revisions.iter().any(|(tag, rev)| {
-                    *tag == v.tag && rev.to_ascii_lowercase().starts_with(prefix.as_str())
-                })
+                ctx.revisions
+                    .iter()
+                    .any(|(tag, rev)| *tag == v.tag && rev.to_ascii_lowercase().starts_with(prefix.as_str()))
             })
             .map(Pick::tag)
             .ok_or_else(no_match),
         Selector::LastKnownGood => {
-            let lkg = ctx
-                .last_known_good
-                .ok_or_else(|| ResolveError::NoLastKnownGood {
-                    repository: repository.to_string(),
-                })?;
+            let lkg = ctx.last_known_good.ok_or_else(|| ResolveError::NoLastKnownGood {
+                repository: repository.to_string(),
+            })?;
             Ok(Pick {
                 tag: lkg.tag.clone(),
                 version: lkg.version.as_deref().and_then(parse_version),
@@ -286,9 +276,8 @@ fn resolve_previous(ctx: &Context<'_>) -> Result<Pick, ResolveError> {
         })?;
     let current = strip_build(&current);
     let failed = |v: &VersionTag| {
-        ctx.failed.is_some_and(|f| {
-            f.contains(&v.version.to_string()) || f.contains(&v.release().to_string())
-        })
+        ctx.failed
+            .is_some_and(|f| f.contains(&v.version.to_string()) || f.contains(&v.release().to_string()))
     };
     ctx.versions
         .iter()
@@ -316,22 +305,13 @@ mod tests {
         let cases: Vec<(&str, Selector)> = vec![
             ("v1.4.2", Selector::Exact(Version::new(1, 4, 2))),
             ("1.4.2", Selector::Exact(Version::new(1, 4, 2))),
-            (
-                "^1.3",
-                Selector::Requirement(VersionReq::parse("^1.3").unwrap()),
-            ),
-            (
-                "~1.4",
-                Selector::Requirement(VersionReq::parse("~1.4").unwrap()),
-            ),
+            ("^1.3", Selector::Requirement(VersionReq::parse("^1.3").unwrap())),
+            ("~1.4", Selector::Requirement(VersionReq::parse("~1.4").unwrap())),
             (
                 ">=1.2, <2",
                 Selector::Requirement(VersionReq::parse(">=1.2, <2").unwrap()),
             ),
-            (
-                "^v1.3",
-                Selector::Requirement(VersionReq::parse("^1.3").unwrap()),
-            ),
+            ("^v1.3", Selector::Requirement(VersionReq::parse("^1.3").unwrap())),
             ("previous", Selector::Previous),
             ("last-known-good", Selector::LastKnownGood),
             ("lkg", Selector::LastKnownGood),
@@ -347,15 +327,7 @@ mod tests {
 
     #[test]
     fn invalid_selectors_quote_the_input_and_say_what_is_valid() {
-        for bad in [
-            "",
-            "latest",
-            "sha256:abc",
-            "banana",
-            "1.3",
-            "^1.x.y.z",
-            "abc12",
-        ] {
+        for bad in ["", "latest", "sha256:abc", "banana", "1.3", "^1.x.y.z", "abc12"] {
             let err = bad.parse::<Selector>().unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(&format!("'{bad}'")), "{msg}");
@@ -416,10 +388,7 @@ mod tests {
             "find a version matching '^2' in r"
         );
         assert_eq!(
-            resolve(&sel("^2.0.0-rc.0"), &ctx, "r")
-                .unwrap()
-                .tag
-                .as_deref(),
+            resolve(&sel("^2.0.0-rc.0"), &ctx, "r").unwrap().tag.as_deref(),
             Some("v2.0.0-rc.1")
         );
     }
@@ -432,11 +401,7 @@ mod tests {
             ..Default::default()
         };
         let err = resolve(&sel("v9.9.9"), &ctx, "127.0.0.1:5000/app").unwrap_err();
-        assert!(
-            err.hint().unwrap().contains("v2.0.0-rc.1, v1.10.0"),
-            "{:?}",
-            err.hint()
-        );
+        assert!(err.hint().unwrap().contains("v2.0.0-rc.1, v1.10.0"), "{:?}", err.hint());
     }
 
     #[test]
@@ -474,10 +439,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve(&Selector::Previous, &ctx, "r")
-                .unwrap()
-                .tag
-                .as_deref(),
+            resolve(&Selector::Previous, &ctx, "r").unwrap().tag.as_deref(),
             Some("v1.4.0")
         );
         let lowest = ImageRef {
@@ -513,10 +475,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve(&Selector::Previous, &ctx, "r")
-                .unwrap()
-                .tag
-                .as_deref(),
+            resolve(&Selector::Previous, &ctx, "r").unwrap().tag.as_deref(),
             Some("v1.3.0")
         );
     }

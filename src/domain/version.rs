@@ -70,9 +70,7 @@ pub fn compare_desc(a: &VersionTag, b: &VersionTag) -> Ordering {
 }
 
 /// Splits tags into version tags (sorted, highest first) and other tags (sorted by name).
-pub fn partition_tags<'a>(
-    tags: impl IntoIterator<Item = &'a str>,
-) -> (Vec<VersionTag>, Vec<String>) {
+pub fn partition_tags<'a>(tags: impl IntoIterator<Item = &'a str>) -> (Vec<VersionTag>, Vec<String>) {
     let mut versions = Vec::new();
     let mut others = Vec::new();
     for tag in tags {
@@ -146,14 +144,7 @@ mod tests {
     fn same_version_prefers_tag_without_build_metadata_then_v_prefix() {
         let (versions, _) = partition_tags(["1.4.2_build.7", "1.4.2", "v1.4.2", "v1.4.2_build.9"]);
         let order: Vec<&str> = versions.iter().map(|v| v.tag.as_str()).collect();
-        assert_eq!(
-            order,
-            ["v1.4.2", "1.4.2", "v1.4.2_build.9", "1.4.2_build.7"]
-        );
-        assert!(
-            versions
-                .iter()
-                .all(|v| v.release() == Version::new(1, 4, 2))
-        );
+        assert_eq!(order, ["v1.4.2", "1.4.2", "v1.4.2_build.9", "1.4.2_build.7"]);
+        assert!(versions.iter().all(|v| v.release() == Version::new(1, 4, 2)));
     }
 }

@@ -43,11 +43,7 @@ pub fn image_version(c: &ContainerView) -> Option<String> {
 
 /// Reads the target's containers, with the digest each runs: the digest pinned in its image
 /// reference, else the local image's repo digest for `repository`.
-pub async fn read(
-    engine: &Engine,
-    target: &TargetSettings,
-    repository: &str,
-) -> anyhow::Result<Vec<Deployed>> {
+pub async fn read(engine: &Engine, target: &TargetSettings, repository: &str) -> anyhow::Result<Vec<Deployed>> {
     let containers = engine.target_containers(target).await?;
     let mut out = Vec::with_capacity(containers.len());
     for c in containers {
@@ -75,16 +71,27 @@ pub async fn read(
     Ok(out)
 }
 
-async fn repo_digest(engine: &Engine, image_id: &str, repository: &str) -> Option<Digest> {
+/// The digest of the local image as pushed to `name` (`host/repository`): an exact match first,
+/// else the same repository under another host name (a mirror, or `localhost` for `127.0.0.1`):
+/// a manifest digest names the same content in any registry.
+async fn repo_digest(engine: &Engine, image_id: &str, name: &str) -> Option<Digest> {
     let image = engine.image(image_id).await.ok()??;
-    image
-        .repo_digests
-        .unwrap_or_default()
+    let repo_digests = image.repo_digests.unwrap_or_default();
+    let parsed: Vec<(&str, Digest)> = repo_digests
         .iter()
-        .find_map(|rd| {
+        .filter_map(|rd| {
             let (repo, digest) = rd.rsplit_once('@')?;
-            (repo == repository || repo.ends_with(&format!("/{repository}")))
-                .then(|| Digest::parse(digest).ok())
-                .flatten()
+            Some((repo, Digest::parse(digest).ok()?))
         })
+        .collect();
+    let path = name.split_once('/').map_or(name, |(_, p)| p);
+    parsed
+        .iter()
+        .find(|(repo, _)| *repo == name)
+        .or_else(|| {
+            parsed
+                .iter()
+                .find(|(repo, _)| repo.split_once('/').is_some_and(|(_, p)| p == path))
+        })
+        .map(|(_, d)| d.clone())
 }

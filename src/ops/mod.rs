@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod deployed;
 pub mod interrupt;
+pub mod mark;
 pub mod recover;
 pub mod resolve;
 pub mod swap;

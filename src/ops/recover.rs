@@ -12,11 +12,7 @@ use crate::ops::swap::revert_one;
 use crate::output::Printer;
 
 /// Settles every open operation in the journal. Call with the lock held.
-pub async fn settle(
-    engine: &Engine,
-    journal: &Journal,
-    printer: &Printer,
-) -> anyhow::Result<usize> {
+pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> anyhow::Result<usize> {
     let records = journal.read()?;
     let open = history::open_operations(&records);
     for (started, committed) in &open {
@@ -28,7 +24,11 @@ pub async fn settle(
         );
         let who = Identity::current();
         let mut problems = Vec::new();
-        let outcome = if *committed {
+        let outcome = if started.op == history::Operation::Emergency {
+            // An emergency changes containers without a revert path: say so, touch nothing.
+            problems.push("an emergency was interrupted; check `backtrack status` and `docker ps -a`".into());
+            Outcome::Failed
+        } else if *committed {
             printer.note(format!(
                 "found an interrupted {what}; it had validated, so finishing it"
             ));
@@ -55,12 +55,7 @@ pub async fn settle(
             }
         };
         let detail = if problems.is_empty() {
-            format!(
-                "settled by pid {} of {}@{}",
-                std::process::id(),
-                who.user,
-                who.host
-            )
+            format!("settled by pid {} of {}@{}", std::process::id(), who.user, who.host)
         } else {
             format!("settling failed: {}", problems.join("; "))
         };
@@ -73,7 +68,7 @@ pub async fn settle(
             saved: Default::default(),
             ..started.clone()
         })?;
-        if !problems.is_empty() {
+        if !problems.is_empty() && started.op != history::Operation::Emergency {
             anyhow::bail!("settle the interrupted {what}: {detail}");
         }
         printer.note(format!("settled: {}", outcome.as_str()));

@@ -42,11 +42,7 @@ pub async fn last_known_good(
         .find(|r| r.digest.as_ref() == Some(&digest));
     let version = match from_journal.as_ref().and_then(|r| r.version.clone()) {
         Some(v) => Some(v),
-        None => registry
-            .image_info(&digest)
-            .await
-            .ok()
-            .and_then(|i| version_label(&i)),
+        None => registry.image_info(&digest).await.ok().and_then(|i| version_label(&i)),
     };
     let tag = version.as_ref().and_then(|v| {
         let want = parse_version(v)?;
@@ -101,14 +97,12 @@ pub async fn resolve(
     let digest = match (&pick.digest, &pick.tag) {
         // A digest from the journal is only trusted while the tag still points to it.
         (Some(d), None) => d.clone(),
-        (_, Some(tag)) => {
-            registry
-                .tag_digest(tag)
-                .await?
-                .ok_or_else(|| RegistryError::ManifestNotFound {
-                    reference: format!("{}:{tag}", registry.name()),
-                })?
-        }
+        (_, Some(tag)) => registry
+            .tag_digest(tag)
+            .await?
+            .ok_or_else(|| RegistryError::ManifestNotFound {
+                reference: format!("{}:{tag}", registry.name()),
+            })?,
         (None, None) => unreachable_pick(input)?,
     };
     let info = registry
@@ -136,18 +130,10 @@ fn unreachable_pick(input: &str) -> anyhow::Result<Digest> {
 }
 
 /// (tag, revision label) of every version tag, for commit selectors.
-async fn revisions(
-    registry: &dyn Registry,
-    catalog: &Catalog,
-) -> anyhow::Result<Vec<(String, String)>> {
+async fn revisions(registry: &dyn Registry, catalog: &Catalog) -> anyhow::Result<Vec<(String, String)>> {
     let tags: Vec<String> = catalog.versions.iter().map(|v| v.tag.clone()).collect();
     let digests = registry.tag_digests(&tags).await?;
-    let unique: Vec<Digest> = digests
-        .values()
-        .cloned()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let unique: Vec<Digest> = digests.values().cloned().collect::<HashSet<_>>().into_iter().collect();
     let infos = registry.image_infos(&unique).await?;
     registry.flush_cache();
     Ok(digests

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::adapters::docker::clone::{clone_config, docker_run_command};
 use crate::adapters::docker::{
-    BACKUP_SUFFIX, Engine, EngineError, LABEL_TAG, LABEL_VERSION, parse_restart_policy,
-    restart_policy_text,
+    BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX,
+    parse_restart_policy, restart_policy_text,
 };
 use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{Identity, Journal};
@@ -88,12 +88,9 @@ pub async fn plan(
     let mut containers = Vec::with_capacity(current.len());
     for d in current {
         let name = &d.container.name;
-        let old = engine
-            .inspect(name)
-            .await?
-            .ok_or_else(|| EngineError::TargetNotFound {
-                what: format!("container {name}"),
-            })?;
+        let old = engine.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
+            what: format!("container {name}"),
+        })?;
         let old_image = engine
             .image(&d.container.image_id)
             .await?
@@ -104,16 +101,14 @@ pub async fn plan(
             labels.push((LABEL_TAG, tag.clone()));
         }
         let (mut body, extra_networks) = clone_config(&old, &old_image, image, &labels);
-        if to.tag.is_none()
-            && let Some(l) = body.labels.as_mut()
-        {
-            l.remove(LABEL_TAG);
+        if let Some(l) = body.labels.as_mut() {
+            // A swap leaves emergency mode; a digest-only deploy names no tag.
+            l.remove(LABEL_EMERGENCY);
+            if to.tag.is_none() {
+                l.remove(LABEL_TAG);
+            }
         }
-        let stop_timeout = old
-            .config
-            .as_ref()
-            .and_then(|c| c.stop_timeout)
-            .unwrap_or(10) as i32;
+        let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
         let restart_policy = old
             .host_config
             .as_ref()
@@ -169,9 +164,7 @@ pub async fn execute(
     let started = Instant::now();
     let progress = Progress::new(printer, &format!("pulling {}", plan.image));
     let pulled = engine
-        .pull(&plan.image, auth, |line| {
-            progress.set(&format!("pulling: {line}"))
-        })
+        .pull(&plan.image, auth, |line| progress.set(&format!("pulling: {line}")))
         .await?;
     progress.finish(&if pulled {
         format!("pulled {}", plan.image)
@@ -183,11 +176,7 @@ pub async fn execute(
     }
 
     let who = Identity::current();
-    let id = format!(
-        "{}-{}",
-        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-        std::process::id()
-    );
+    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let names: Vec<String> = plan.containers.iter().map(|c| c.name.clone()).collect();
     let base = Record {
         user: Some(who.user),
@@ -258,10 +247,7 @@ pub async fn execute(
     }
 
     if let Some((why, logs)) = failure {
-        printer.note(format!(
-            "putting the previous version back on {}",
-            names.join(", ")
-        ));
+        printer.note(format!("putting the previous version back on {}", names.join(", ")));
         let mut revert_errors = Vec::new();
         for c in swapped.iter().rev() {
             if let Err(e) = revert_one(engine, &c.name, &c.restart_policy).await {
@@ -295,10 +281,14 @@ pub async fn execute(
         ..base.clone()
     })?;
     for c in &plan.containers {
-        if let Err(e) = engine.remove(&format!("{}{BACKUP_SUFFIX}", c.name)).await {
-            printer.note(format!(
-                "warning: could not remove the previous container: {e}"
-            ));
+        // The previous container, and the original one an emergency set aside, are done with.
+        for leftover in [
+            format!("{}{BACKUP_SUFFIX}", c.name),
+            format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
+        ] {
+            if let Err(e) = engine.remove(&leftover).await {
+                printer.note(format!("warning: could not remove {leftover}: {e}"));
+            }
         }
     }
     let record = finish(Outcome::Ok, None);
@@ -321,10 +311,7 @@ fn print_logs(printer: &Printer, logs: &[String]) {
     if logs.is_empty() {
         return;
     }
-    printer.note(format!(
-        "last {} lines of the failed container's output:",
-        logs.len()
-    ));
+    printer.note(format!("last {} lines of the failed container's output:", logs.len()));
     for l in logs {
         printer.note(format!("  | {l}"));
     }
@@ -337,29 +324,19 @@ async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError>
         return Err(EngineError::Container {
             action: "set aside",
             container: c.name.clone(),
-            message: format!(
-                "{backup} already exists (left by an earlier run?); remove it or run `backtrack status`"
-            ),
+            message: format!("{backup} already exists (left by an earlier run?); remove it or run `backtrack status`"),
         });
     }
     engine.stop(&c.name, c.stop_timeout).await?;
     engine.rename(&c.name, &backup).await?;
-    engine
-        .set_restart_policy(&backup, &parse_restart_policy("no"))
-        .await?;
-    engine
-        .create(&c.name, c.body.clone(), &c.extra_networks)
-        .await?;
+    engine.set_restart_policy(&backup, &parse_restart_policy("no")).await?;
+    engine.create(&c.name, c.body.clone(), &c.extra_networks).await?;
     engine.start(&c.name).await?;
     Ok(())
 }
 
 /// Puts the set-aside container back under its name and starts it. Safe to repeat.
-pub async fn revert_one(
-    engine: &Engine,
-    name: &str,
-    restart_policy: &str,
-) -> Result<(), EngineError> {
+pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Result<(), EngineError> {
     let backup = format!("{name}{BACKUP_SUFFIX}");
     if engine.inspect(&backup).await?.is_none() {
         // Never set aside: the old container is still under its own name.

@@ -89,9 +89,7 @@ pub async fn wait_valid(
             }
             match live.health.as_deref() {
                 Some("unhealthy") => {
-                    return Err(fail(format!(
-                        "container {name}: HEALTHCHECK reports unhealthy"
-                    )));
+                    return Err(fail(format!("container {name}: HEALTHCHECK reports unhealthy")));
                 }
                 Some("healthy") => has_healthcheck = true,
                 Some(other) => {
@@ -223,4 +221,55 @@ pub async fn check_now(
         });
     }
     checks
+}
+
+/// Watches containers that already validated for `duration`: any exit, restart, unhealthy status
+/// or failed HTTP probe ends the soak with the reason.
+pub async fn soak(
+    engine: &Engine,
+    containers: &[String],
+    health: &HealthSettings,
+    duration: Duration,
+) -> Result<(), Invalid> {
+    let deadline = Instant::now() + duration;
+    let http = http_client();
+    let mut restarts = Vec::new();
+    for name in containers {
+        restarts.push(engine.liveness(name).await.map(|l| l.restart_count).unwrap_or(0));
+    }
+    while Instant::now() < deadline {
+        if interrupt::requested() {
+            return Err(Invalid {
+                why: "interrupted".into(),
+                container: None,
+            });
+        }
+        for (name, before) in containers.iter().zip(&restarts) {
+            let live = engine.liveness(name).await.map_err(|e| Invalid {
+                why: e.to_string(),
+                container: Some(name.clone()),
+            })?;
+            if !live.running || live.restart_count > *before || live.health.as_deref() == Some("unhealthy") {
+                return Err(Invalid {
+                    why: format!(
+                        "container {name} did not stay healthy ({}, restarts {}, health {})",
+                        live.status,
+                        live.restart_count,
+                        live.health.as_deref().unwrap_or("-")
+                    ),
+                    container: Some(name.clone()),
+                });
+            }
+        }
+        if let Some(url) = &health.http
+            && let Err(e) = probe(&http, url).await
+        {
+            return Err(Invalid {
+                why: format!("GET {url}: {e}"),
+                container: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }

@@ -71,10 +71,7 @@ pub enum TargetKind {
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
     pub http: Option<String>,
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "serde_human::deserialize"
-    )]
+    #[serde(default = "default_timeout", deserialize_with = "serde_human::deserialize")]
     pub timeout: Duration,
     #[serde(default = "default_true")]
     pub expect_version: bool,
@@ -236,8 +233,7 @@ dockerfile = "Dockerfile"
             .to_string();
         assert!(msg.starts_with("parse b.toml:5:11:"), "{msg}");
         assert!(msg.contains("soon"), "{msg}");
-        let text =
-            "[registry]\nurl = \"x\"\nrepository = \"r\"\n[target]\nkind = \"vm\"\nname = \"a\"\n";
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n[target]\nkind = \"vm\"\nname = \"a\"\n";
         let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
             .unwrap_err()
             .to_string();

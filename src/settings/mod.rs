@@ -106,10 +106,9 @@ pub enum ProjectError {
 impl ProjectError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::NotFound { .. } => Some(
-                "create a backtrack.toml (see README), pass --config FILE, or set BACKTRACK_CONFIG"
-                    .into(),
-            ),
+            Self::NotFound { .. } => {
+                Some("create a backtrack.toml (see README), pass --config FILE, or set BACKTRACK_CONFIG".into())
+            }
             _ => None,
         }
     }
@@ -119,11 +118,7 @@ impl Settings {
     /// Resolves arguments + environment + config. Config problems are kept and reported by the
     /// commands that need the config, so `completions` and `policy check` work anywhere.
     pub fn resolve(global: &GlobalArgs) -> Self {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/root"));
         let state_root = global
             .state_dir
@@ -161,8 +156,7 @@ fn load_project(explicit: Option<PathBuf>, state_root: &Path) -> Result<Project,
             find_upward(&cwd).ok_or(ProjectError::NotFound { cwd })?
         }
     };
-    let file: config::ConfigFile =
-        config::read_toml(&path).map_err(|e| ProjectError::File(e.to_string()))?;
+    let file: config::ConfigFile = config::read_toml(&path).map_err(|e| ProjectError::File(e.to_string()))?;
     resolve_project(&path, file, state_root)
 }
 
@@ -178,10 +172,7 @@ pub fn is_loopback_host(host: &str) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `<account>.dkr.ecr.<region>.amazonaws.com` → (account, region).
@@ -194,11 +185,7 @@ pub fn parse_ecr_host(host: &str) -> Option<(String, String)> {
     }
 }
 
-fn resolve_project(
-    path: &Path,
-    file: config::ConfigFile,
-    state_root: &Path,
-) -> Result<Project, ProjectError> {
+fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> Result<Project, ProjectError> {
     let invalid = |message: String| ProjectError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -209,10 +196,7 @@ fn resolve_project(
         .unwrap_or(Path::new("."));
     let reg = file.registry;
     let (scheme, host) = match reg.url.split_once("://") {
-        Some((s, h)) => (
-            Some(s.to_ascii_lowercase()),
-            h.trim_end_matches('/').to_string(),
-        ),
+        Some((s, h)) => (Some(s.to_ascii_lowercase()), h.trim_end_matches('/').to_string()),
         None => (None, reg.url.trim_end_matches('/').to_string()),
     };
     if host.is_empty() || host.contains('/') {
@@ -227,9 +211,7 @@ fn resolve_project(
         Some("https") => false,
         None => loopback,
         Some(other) => {
-            return Err(invalid(format!(
-                "[registry] url scheme '{other}' is not http or https"
-            )));
+            return Err(invalid(format!("[registry] url scheme '{other}' is not http or https")));
         }
     };
     if plain_http && !loopback && !reg.insecure {
@@ -307,11 +289,7 @@ mod tests {
     fn project(toml: &str) -> Result<Project, ProjectError> {
         let file = config::parse_toml(Path::new("/srv/app/backtrack.toml"), toml)
             .map_err(|e| ProjectError::File(e.to_string()))?;
-        resolve_project(
-            Path::new("/srv/app/backtrack.toml"),
-            file,
-            Path::new("/state"),
-        )
+        resolve_project(Path::new("/srv/app/backtrack.toml"), file, Path::new("/state"))
     }
 
     #[test]
@@ -320,23 +298,18 @@ mod tests {
         assert!(p.registry.plain_http);
         assert_eq!(p.registry.kind, RegistryKind::Oci);
         assert_eq!(p.state_dir, Path::new("/state/127.0.0.1_5000_app"));
-        let p = project("[registry]\nurl = \"registry.example.com\"\nrepository = \"team/app\"\n")
-            .unwrap();
+        let p = project("[registry]\nurl = \"registry.example.com\"\nrepository = \"team/app\"\n").unwrap();
         assert!(!p.registry.plain_http);
-        let err =
-            project("[registry]\nurl = \"http://registry.example.com\"\nrepository = \"app\"\n")
-                .unwrap_err();
+        let err = project("[registry]\nurl = \"http://registry.example.com\"\nrepository = \"app\"\n").unwrap_err();
         assert!(err.to_string().contains("insecure = true"), "{err}");
-        let p = project(
-            "[registry]\nurl = \"http://10.0.0.5:5000\"\nrepository = \"app\"\ninsecure = true\n",
-        )
-        .unwrap();
+        let p = project("[registry]\nurl = \"http://10.0.0.5:5000\"\nrepository = \"app\"\ninsecure = true\n").unwrap();
         assert!(p.registry.plain_http);
     }
 
     #[test]
     fn ecr_kind_is_inferred_from_the_host() {
-        let p = project("[registry]\nurl = \"123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\nrepository = \"app\"\n").unwrap();
+        let p = project("[registry]\nurl = \"123456789012.dkr.ecr.eu-west-1.amazonaws.com\"\nrepository = \"app\"\n")
+            .unwrap();
         assert_eq!(p.registry.kind, RegistryKind::Ecr);
         assert_eq!(
             parse_ecr_host("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),

@@ -97,13 +97,7 @@ pub fn base_image() {
             "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
         )
         .unwrap();
-        docker_ok(&[
-            "build",
-            "-q",
-            "-t",
-            BASE_IMAGE,
-            dir.path().to_str().unwrap(),
-        ]);
+        docker_ok(&["build", "-q", "-t", BASE_IMAGE, dir.path().to_str().unwrap()]);
     }
     *built = true;
 }
@@ -172,14 +166,10 @@ impl AppImage {
         }
         f.push_str(&format!("LABEL org.opencontainers.image.version=\"{v}\"\n"));
         if let Some(r) = &self.revision {
-            f.push_str(&format!(
-                "LABEL org.opencontainers.image.revision=\"{r}\"\n"
-            ));
+            f.push_str(&format!("LABEL org.opencontainers.image.revision=\"{r}\"\n"));
         }
         if let Some(d) = &self.description {
-            f.push_str(&format!(
-                "LABEL org.opencontainers.image.description=\"{d}\"\n"
-            ));
+            f.push_str(&format!("LABEL org.opencontainers.image.description=\"{d}\"\n"));
         }
         f.push_str(&format!("ENV APP_VERSION={v}\n"));
         match self.healthcheck {
@@ -256,12 +246,9 @@ impl Repo {
             )
             .send()
             .unwrap();
-        resp.status().is_success().then(|| {
-            resp.headers()["docker-content-digest"]
-                .to_str()
-                .unwrap()
-                .to_string()
-        })
+        resp.status()
+            .is_success()
+            .then(|| resp.headers()["docker-content-digest"].to_str().unwrap().to_string())
     }
 
     pub fn tags(&self) -> Vec<String> {
@@ -291,9 +278,7 @@ pub struct Containers {
 
 impl Containers {
     pub fn new() -> Self {
-        Self {
-            label: unique("bt"),
-        }
+        Self { label: unique("bt") }
     }
 
     /// The label to put on containers so they are cleaned up.
@@ -348,8 +333,7 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -443,12 +427,7 @@ impl Test {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn backtrack");
         if let Some(input) = &self.stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         } else {
             drop(child.stdin.take());
         }
@@ -468,9 +447,7 @@ pub fn http_get(url: &str) -> Option<String> {
         .timeout(Duration::from_secs(2))
         .send()
         .ok()?;
-    resp.status()
-        .is_success()
-        .then(|| resp.text().unwrap_or_default())
+    resp.status().is_success().then(|| resp.text().unwrap_or_default())
 }
 
 /// Waits (bounded) until `url` answers 2xx; returns the body.
@@ -485,5 +462,70 @@ pub fn wait_http(url: &str, within: Duration) -> String {
             "{url} did not answer within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP proxy in front of the registry that counts the bytes clients send through it, and can be
+/// shut to play a registry that went down (without stopping the one other tests share).
+pub struct CountingProxy {
+    pub addr: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CountingProxy {
+    pub fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicBool::new(true));
+        let (sent2, open2) = (sent.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !open2.load(Ordering::SeqCst) {
+                    drop(client); // the "registry" is down: connections die at once
+                    continue;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(registry()) else {
+                    continue;
+                };
+                let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
+                let (mut u_read, mut u_write) = (upstream.try_clone().unwrap(), upstream);
+                let counter = sent2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match std::io::Read::read(&mut c_read, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                counter.fetch_add(n as u64, Ordering::SeqCst);
+                                if std::io::Write::write_all(&mut u_write, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = u_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { addr, sent, open }
+    }
+
+    /// Bytes sent by clients to the registry so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// From now on the registry behind this address is unreachable.
+    pub fn shut(&self) {
+        self.open.store(false, Ordering::SeqCst);
     }
 }

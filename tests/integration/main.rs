@@ -1,6 +1,8 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
 mod harness;
+mod lkg;
+mod swap;
 mod versions;
 
 /// Insta filters that hide what changes from run to run (digests, times, temp paths).

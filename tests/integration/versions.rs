@@ -10,11 +10,7 @@ fn versions_lists_real_images_in_semver_order() {
     for v in ["v1.9.0", "v1.10.0-rc.1", "v2.0.0-rc.1"] {
         repo.push(&AppImage::new(v));
     }
-    repo.push(
-        &AppImage::new("v1.10.0")
-            .revision("abc1234def5678")
-            .tag("latest"),
-    );
+    repo.push(&AppImage::new("v1.10.0").revision("abc1234def5678").tag("latest"));
     let t = Test::new().repo(&repo, "");
 
     let run = t.exec(["versions"]).success();
@@ -34,20 +30,14 @@ fn versions_lists_real_images_in_semver_order() {
         insta::assert_snapshot!("versions_table", run.stdout);
     });
 
-    let json = t
-        .exec(["versions", "--all", "--output", "json"])
-        .success()
-        .json();
+    let json = t.exec(["versions", "--all", "--output", "json"]).success().json();
     let tags: Vec<&str> = json["tags"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["tag"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        tags,
-        ["v2.0.0-rc.1", "v1.10.0", "v1.10.0-rc.1", "v1.9.0", "latest"]
-    );
+    assert_eq!(tags, ["v2.0.0-rc.1", "v1.10.0", "v1.10.0-rc.1", "v1.9.0", "latest"]);
     assert_eq!(json["total_versions"], 4);
     assert_eq!(json["tags"][1]["revision"], "abc1234def5678");
     assert_eq!(
@@ -68,16 +58,8 @@ fn versions_limit_and_footer() {
         .args(["versions", "--limit", "2"])
         .run()
         .success();
-    assert!(
-        run.stdout.contains("v0.3.0")
-            && run.stdout.contains("v0.2.0")
-            && !run.stdout.contains("v0.1.0")
-    );
-    assert!(
-        run.stdout.contains("(2 of 3 versions shown"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("v0.3.0") && run.stdout.contains("v0.2.0") && !run.stdout.contains("v0.1.0"));
+    assert!(run.stdout.contains("(2 of 3 versions shown"), "{}", run.stdout);
 }
 
 #[test]
@@ -92,11 +74,7 @@ fn versions_of_a_dead_registry_fails_fast_with_exit_3() {
         "{}",
         run.stderr
     );
-    assert!(
-        run.stderr.contains("hint: is the registry running"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("hint: is the registry running"), "{}", run.stderr);
 }
 
 #[test]
@@ -108,8 +86,7 @@ fn versions_of_a_missing_repository_says_so() {
 
 #[test]
 fn config_with_unknown_key_names_file_line_and_column() {
-    let t = Test::new()
-        .config("[registry]\nurl = \"127.0.0.1:5000\"\nrepository = \"a\"\ncolour = \"red\"\n");
+    let t = Test::new().config("[registry]\nurl = \"127.0.0.1:5000\"\nrepository = \"a\"\ncolour = \"red\"\n");
     let run = t.exec(["versions"]).code(2);
     let path = t.config_path();
     assert!(
@@ -123,10 +100,6 @@ fn config_with_unknown_key_names_file_line_and_column() {
 #[test]
 fn missing_config_names_the_fix() {
     let run = Test::new().args(["versions"]).run().code(2);
-    assert!(
-        run.stderr.contains("find backtrack.toml in"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("find backtrack.toml in"), "{}", run.stderr);
     assert!(run.stderr.contains("--config FILE"), "{}", run.stderr);
 }

@@ -8,9 +8,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, NetworkingConfig,
-};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageConfig, NetworkingConfig};
 
 /// The create body for a clone of `old` on `new_image_ref`, and the networks to connect after
 /// creation (the Engine takes one network at create time on older API versions).
@@ -57,9 +55,7 @@ pub fn clone_config(
         c.healthcheck
     };
     let hostname = c.hostname.filter(|h| !h.is_empty() && *h != short_id);
-    let nonempty = |s: Option<String>, image: &Option<String>| {
-        s.filter(|v| !v.is_empty() && Some(v) != image.as_ref())
-    };
+    let nonempty = |s: Option<String>, image: &Option<String>| s.filter(|v| !v.is_empty() && Some(v) != image.as_ref());
 
     let host_config = old.host_config.clone();
     let network_mode = host_config
@@ -78,9 +74,7 @@ pub fn clone_config(
     endpoints.sort_by(|a, b| a.0.cmp(&b.0));
     // The primary network goes in the create call; the rest are connected afterwards. Modes that
     // are no user network (host, none, container:x, the default bridge) take no endpoint config.
-    let user_network = |n: &str| {
-        !matches!(n, "host" | "none" | "bridge" | "default") && !n.starts_with("container:")
-    };
+    let user_network = |n: &str| !matches!(n, "host" | "none" | "bridge" | "default") && !n.starts_with("container:");
     let primary = endpoints
         .iter()
         .position(|(n, _)| *n == network_mode && user_network(n));
@@ -211,11 +205,7 @@ mod tests {
     fn image_defaults_are_dropped_and_user_settings_kept() {
         let old = container(ContainerConfig {
             hostname: Some("0123456789ab".into()),
-            env: s(&[
-                "PATH=/bin",
-                "APP_VERSION=1.0.0",
-                "DATABASE_URL=postgres://db",
-            ]),
+            env: s(&["PATH=/bin", "APP_VERSION=1.0.0", "DATABASE_URL=postgres://db"]),
             cmd: s(&["/bin/app", "--serve"]),
             labels: Some(HashMap::from([
                 ("org.opencontainers.image.version".into(), "1.0.0".into()),
@@ -241,22 +231,13 @@ mod tests {
             "only the user's env is carried"
         );
         assert_eq!(body.cmd, None, "the new image's CMD applies");
-        assert_eq!(
-            body.healthcheck, None,
-            "the new image's HEALTHCHECK applies"
-        );
+        assert_eq!(body.healthcheck, None, "the new image's HEALTHCHECK applies");
         assert_eq!(body.working_dir, None);
         assert_eq!(body.hostname, None, "the generated hostname is not pinned");
         assert_eq!(body.exposed_ports, s(&["9090/tcp"]));
         let labels = body.labels.unwrap();
-        assert_eq!(
-            labels.get("com.example.owner").map(String::as_str),
-            Some("ops")
-        );
-        assert_eq!(
-            labels.get("io.backtrack.tag").map(String::as_str),
-            Some("v1.1.0")
-        );
+        assert_eq!(labels.get("com.example.owner").map(String::as_str), Some("ops"));
+        assert_eq!(labels.get("io.backtrack.tag").map(String::as_str), Some("v1.1.0"));
         assert!(
             !labels.contains_key("org.opencontainers.image.version"),
             "image labels come from the new image"
@@ -295,10 +276,7 @@ mod tests {
         let mut old = container(ContainerConfig::default());
         old.host_config.as_mut().unwrap().network_mode = Some("default".into());
         old.network_settings = Some(NetworkSettings {
-            networks: Some(HashMap::from([(
-                "bridge".to_string(),
-                EndpointSettings::default(),
-            )])),
+            networks: Some(HashMap::from([("bridge".to_string(), EndpointSettings::default())])),
             ..Default::default()
         });
         let (body, extra) = clone_config(&old, &old_image(), "x@sha256:1", &[]);
@@ -309,10 +287,7 @@ mod tests {
 
 /// The `docker run` command a person would type for the same container, for `--dry-run` plans.
 pub fn docker_run_command(name: &str, body: &ContainerCreateBody) -> String {
-    let mut parts: Vec<String> = vec![
-        "docker run -d".into(),
-        format!("--name {}", shell_word(name)),
-    ];
+    let mut parts: Vec<String> = vec!["docker run -d".into(), format!("--name {}", shell_word(name))];
     if let Some(h) = &body.host_config {
         if let Some(p) = &h.restart_policy {
             let text = super::restart_policy_text(p);
@@ -366,10 +341,7 @@ pub fn docker_run_command(name: &str, body: &ContainerCreateBody) -> String {
 
 /// Quotes a word for a POSIX shell when it needs it.
 pub fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

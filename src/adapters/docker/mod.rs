@@ -10,13 +10,12 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, EndpointSettings,
-    HealthStatusEnum, ImageInspect, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, EndpointSettings, HealthStatusEnum,
+    ImageInspect, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -34,8 +33,8 @@ pub const LABEL_VERSION: &str = "io.backtrack.version";
 pub const LABEL_EMERGENCY: &str = "io.backtrack.emergency";
 /// Suffix of the stopped previous container kept during a swap, until validation passes.
 pub const BACKUP_SUFFIX: &str = "-backtrack-prev";
-/// Suffix of the container `emergency` runs beside the stopped target.
-pub const EMERGENCY_SUFFIX: &str = "-backtrack-emergency";
+/// Suffix of a target container that `emergency` stopped and set aside.
+pub const PRE_EMERGENCY_SUFFIX: &str = "-backtrack-pre-emergency";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -58,16 +57,13 @@ pub enum EngineError {
 impl EngineError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Unreachable { .. } => Some(
-                "is dockerd running? set [target] host or DOCKER_HOST if it listens elsewhere"
-                    .into(),
-            ),
-            Self::TargetNotFound { .. } => Some(
-                "check [target] name (and project) in backtrack.toml against `docker ps -a`".into(),
-            ),
-            Self::Pull { .. } => {
-                Some("check that the registry is reachable from the docker engine".into())
+            Self::Unreachable { .. } => {
+                Some("is dockerd running? set [target] host or DOCKER_HOST if it listens elsewhere".into())
             }
+            Self::TargetNotFound { .. } => {
+                Some("check [target] name (and project) in backtrack.toml against `docker ps -a`".into())
+            }
+            Self::Pull { .. } => Some("check that the registry is reachable from the docker engine".into()),
             _ => None,
         }
     }
@@ -94,19 +90,11 @@ impl ContainerView {
         let config = c.config.clone().unwrap_or_default();
         let state = c.state.clone().unwrap_or_default();
         Self {
-            name: c
-                .name
-                .clone()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
+            name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
             id: c.id.clone().unwrap_or_default(),
             image_ref: config.image.unwrap_or_default(),
             image_id: c.image.clone().unwrap_or_default(),
-            state: state
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "unknown".into()),
+            state: state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
             health: state.health.and_then(|h| h.status).and_then(|s| match s {
                 HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
                 other => Some(other.to_string()),
@@ -119,9 +107,7 @@ impl ContainerView {
 
     /// The manifest digest pinned in `Config.Image`, if the container was created by digest.
     pub fn pinned_digest(&self) -> Option<Digest> {
-        self.image_ref
-            .rsplit_once('@')
-            .and_then(|(_, d)| Digest::parse(d).ok())
+        self.image_ref.rsplit_once('@').and_then(|(_, d)| Digest::parse(d).ok())
     }
 
     pub fn running(&self) -> bool {
@@ -171,10 +157,7 @@ impl Engine {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| unreachable(short_error(&e)))?;
-        Ok(Self {
-            docker,
-            host: shown,
-        })
+        Ok(Self { docker, host: shown })
     }
 
     pub fn host(&self) -> &str {
@@ -183,16 +166,11 @@ impl Engine {
 
     /// The target's containers (one for a container target, every replica of a compose service),
     /// sorted by name. Backup containers of an unfinished swap are not part of the target.
-    pub async fn target_containers(
-        &self,
-        target: &TargetSettings,
-    ) -> Result<Vec<ContainerView>, EngineError> {
+    pub async fn target_containers(&self, target: &TargetSettings) -> Result<Vec<ContainerView>, EngineError> {
         match target.kind {
             TargetKind::Container => match self.inspect(&target.name).await? {
                 Some(c) => Ok(vec![ContainerView::from_inspect(&c)]),
-                None => Err(EngineError::TargetNotFound {
-                    what: target.display(),
-                }),
+                None => Err(EngineError::TargetNotFound { what: target.display() }),
             },
             TargetKind::Compose => {
                 let project = target.project.clone().unwrap_or_default();
@@ -217,17 +195,13 @@ impl Engine {
                     let Some(id) = summary.id else { continue };
                     if let Some(c) = self.inspect(&id).await? {
                         let view = ContainerView::from_inspect(&c);
-                        if !view.name.ends_with(BACKUP_SUFFIX)
-                            && !view.labels.contains_key(LABEL_EMERGENCY)
-                        {
+                        if !view.name.ends_with(BACKUP_SUFFIX) && !view.name.ends_with(PRE_EMERGENCY_SUFFIX) {
                             out.push(view);
                         }
                     }
                 }
                 if out.is_empty() {
-                    return Err(EngineError::TargetNotFound {
-                        what: target.display(),
-                    });
+                    return Err(EngineError::TargetNotFound { what: target.display() });
                 }
                 out.sort_by(|a, b| {
                     let n = |v: &ContainerView| {
@@ -242,17 +216,13 @@ impl Engine {
             }
             TargetKind::Swarm => Err(EngineError::Other {
                 action: format!("use {}", target.display()),
-                message: "swarm targets are not built yet; use kind = \"container\" or \"compose\""
-                    .into(),
+                message: "swarm targets are not built yet; use kind = \"container\" or \"compose\"".into(),
             }),
         }
     }
 
     /// Inspects a container; `None` when there is none by that name or id.
-    pub async fn inspect(
-        &self,
-        name: &str,
-    ) -> Result<Option<ContainerInspectResponse>, EngineError> {
+    pub async fn inspect(&self, name: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
         match self.docker.inspect_container(name, None).await {
             Ok(c) => Ok(Some(c)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -261,11 +231,7 @@ impl Engine {
     }
 
     pub async fn view(&self, name: &str) -> Result<Option<ContainerView>, EngineError> {
-        Ok(self
-            .inspect(name)
-            .await?
-            .as_ref()
-            .map(ContainerView::from_inspect))
+        Ok(self.inspect(name).await?.as_ref().map(ContainerView::from_inspect))
     }
 
     /// Inspects a local image; `None` when it is not present.
@@ -287,17 +253,13 @@ impl Engine {
         if self.image(reference).await?.is_some() {
             return Ok(false);
         }
-        let opts = CreateImageOptionsBuilder::default()
-            .from_image(reference)
-            .build();
-        let creds = auth
-            .filter(|a| a.username.is_some())
-            .map(|a| DockerCredentials {
-                username: a.username.clone(),
-                password: a.password.clone(),
-                serveraddress: Some(a.server.clone()),
-                ..Default::default()
-            });
+        let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
+        let creds = auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
+            username: a.username.clone(),
+            password: a.password.clone(),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
         let mut stream = self.docker.create_image(Some(opts), None, creds);
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| EngineError::Pull {
@@ -313,11 +275,7 @@ impl Engine {
             if let Some(status) = info.status {
                 let line = match (info.id, info.progress_detail) {
                     (Some(id), Some(p)) if p.total.unwrap_or(0) > 0 => {
-                        format!(
-                            "{id}: {status} {}/{}",
-                            p.current.unwrap_or(0),
-                            p.total.unwrap_or(0)
-                        )
+                        format!("{id}: {status} {}/{}", p.current.unwrap_or(0), p.total.unwrap_or(0))
                     }
                     (Some(id), _) => format!("{id}: {status}"),
                     (None, _) => status,
@@ -341,14 +299,10 @@ impl Engine {
     }
 
     pub async fn stop(&self, name: &str, timeout_secs: i32) -> Result<(), EngineError> {
-        let opts = StopContainerOptionsBuilder::default()
-            .t(timeout_secs)
-            .build();
+        let opts = StopContainerOptionsBuilder::default().t(timeout_secs).build();
         match self.docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(container_err("stop", name, &e)),
         }
     }
@@ -356,17 +310,13 @@ impl Engine {
     pub async fn start(&self, name: &str) -> Result<(), EngineError> {
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(container_err("start", name, &e)),
         }
     }
 
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
-        let opts = RenameContainerOptionsBuilder::default()
-            .name(new_name)
-            .build();
+        let opts = RenameContainerOptionsBuilder::default().name(new_name).build();
         self.docker
             .rename_container(name, opts)
             .await
@@ -383,11 +333,7 @@ impl Engine {
         }
     }
 
-    pub async fn set_restart_policy(
-        &self,
-        name: &str,
-        policy: &RestartPolicy,
-    ) -> Result<(), EngineError> {
+    pub async fn set_restart_policy(&self, name: &str, policy: &RestartPolicy) -> Result<(), EngineError> {
         let body = ContainerUpdateBody {
             restart_policy: Some(policy.clone()),
             ..Default::default()
@@ -419,20 +365,15 @@ impl Engine {
             self.docker
                 .connect_network(network, req)
                 .await
-                .map_err(|e| {
-                    container_err("connect network", &format!("{name} to {network}"), &e)
-                })?;
+                .map_err(|e| container_err("connect network", &format!("{name} to {network}"), &e))?;
         }
         Ok(created.id)
     }
 
     pub async fn liveness(&self, name: &str) -> Result<Liveness, EngineError> {
-        let c = self
-            .inspect(name)
-            .await?
-            .ok_or_else(|| EngineError::TargetNotFound {
-                what: format!("container {name}"),
-            })?;
+        let c = self.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
+            what: format!("container {name}"),
+        })?;
         let state = c.state.unwrap_or_default();
         Ok(Liveness {
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -466,18 +407,13 @@ impl Engine {
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
     )
 }
 
 fn short_error(e: &bollard::errors::Error) -> String {
     match e {
-        bollard::errors::Error::DockerResponseServerError { message, .. } => {
-            message.trim().to_string()
-        }
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.trim().to_string(),
         other => crate::adapters::registry::root_cause(other),
     }
 }
@@ -507,9 +443,7 @@ pub fn restart_policy_text(p: &RestartPolicy) -> String {
 }
 
 pub fn parse_restart_policy(s: &str) -> RestartPolicy {
-    let (name, count) = s
-        .split_once(':')
-        .map_or((s, None), |(n, c)| (n, c.parse().ok()));
+    let (name, count) = s.split_once(':').map_or((s, None), |(n, c)| (n, c.parse().ok()));
     let name = match name {
         "always" => RestartPolicyNameEnum::ALWAYS,
         "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,

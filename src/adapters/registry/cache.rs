@@ -44,11 +44,7 @@ impl InfoCache {
     }
 
     pub fn get(&self, digest: &Digest) -> Option<ImageInfo> {
-        self.entries
-            .lock()
-            .expect("cache lock")
-            .get(digest)
-            .cloned()
+        self.entries.lock().expect("cache lock").get(digest).cloned()
     }
 
     pub fn put(&self, info: ImageInfo) {
@@ -67,13 +63,7 @@ impl InfoCache {
         if !*dirty {
             return;
         }
-        let mut all: Vec<ImageInfo> = self
-            .entries
-            .lock()
-            .expect("cache lock")
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<ImageInfo> = self.entries.lock().expect("cache lock").values().cloned().collect();
         all.sort_by(|a, b| a.digest.cmp(&b.digest));
         let result = (|| -> std::io::Result<()> {
             if let Some(dir) = path.parent() {

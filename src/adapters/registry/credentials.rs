@@ -15,9 +15,7 @@ pub async fn for_host(host: &str) -> RegistryAuth {
 
 fn lookup(host: &str) -> RegistryAuth {
     match docker_credential::get_credential(host) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, pass)) => {
-            RegistryAuth::Basic(user, pass)
-        }
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, pass)) => RegistryAuth::Basic(user, pass),
         Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
             tracing::warn!(
                 "identity tokens in the docker config are not supported for {host}; trying anonymous access"

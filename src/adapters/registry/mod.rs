@@ -66,10 +66,7 @@ pub trait Registry: Send + Sync {
     async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError>;
 
     /// Metadata of many images, fetched concurrently (and from the cache where it has them).
-    async fn image_infos(
-        &self,
-        digests: &[Digest],
-    ) -> Result<HashMap<Digest, ImageInfo>, RegistryError> {
+    async fn image_infos(&self, digests: &[Digest]) -> Result<HashMap<Digest, ImageInfo>, RegistryError> {
         futures::stream::iter(digests.iter().cloned())
             .map(|d| async move { self.image_info(&d).await.map(|i| (d, i)) })
             .buffer_unordered(CONCURRENCY)
@@ -117,10 +114,7 @@ pub trait Registry: Send + Sync {
 }
 
 /// Opens the registry the settings name.
-pub fn open(
-    settings: &RegistrySettings,
-    cache: Arc<cache::InfoCache>,
-) -> Result<Box<dyn Registry>, RegistryError> {
+pub fn open(settings: &RegistrySettings, cache: Arc<cache::InfoCache>) -> Result<Box<dyn Registry>, RegistryError> {
     match settings.kind {
         RegistryKind::Oci => Ok(Box::new(oci::OciRegistry::new(settings, cache)?)),
         RegistryKind::Ecr => Err(RegistryError::Unsupported {
@@ -137,10 +131,7 @@ pub enum RegistryError {
     #[error("authenticate to registry {registry}: {cause}")]
     Unauthorized { registry: String, cause: String },
     #[error("access {repository}: access denied{}", action.as_ref().map(|a| format!(" for {a}")).unwrap_or_default())]
-    Denied {
-        repository: String,
-        action: Option<String>,
-    },
+    Denied { repository: String, action: Option<String> },
     #[error("find repository {repository}: it does not exist")]
     RepositoryNotFound { repository: String },
     #[error("find {reference}: no such tag or manifest")]
@@ -166,9 +157,9 @@ impl RegistryError {
             Self::Unreachable { .. } => {
                 Some("is the registry running, and is [registry] url in backtrack.toml right?".into())
             }
-            Self::Unauthorized { registry, .. } => {
-                Some(format!("log in with `docker login {registry}` (backtrack reads ~/.docker/config.json)"))
-            }
+            Self::Unauthorized { registry, .. } => Some(format!(
+                "log in with `docker login {registry}` (backtrack reads ~/.docker/config.json)"
+            )),
             Self::Denied { .. } => Some("the credentials lack permission for this repository".into()),
             Self::RepositoryNotFound { .. } => {
                 Some("check [registry] repository in backtrack.toml, or push a first image".into())

@@ -78,9 +78,7 @@ impl OciRegistry {
     }
 
     async fn auth(&self) -> &RegistryAuth {
-        self.auth
-            .get_or_init(|| credentials::for_host(&self.host))
-            .await
+        self.auth.get_or_init(|| credentials::for_host(&self.host)).await
     }
 
     fn tag_ref(&self, tag: &str) -> Reference {
@@ -88,11 +86,7 @@ impl OciRegistry {
     }
 
     fn digest_ref(&self, digest: &Digest) -> Reference {
-        Reference::with_digest(
-            self.host.clone(),
-            self.repository.clone(),
-            digest.to_string(),
-        )
+        Reference::with_digest(self.host.clone(), self.repository.clone(), digest.to_string())
     }
 
     /// Maps an `oci-client` error to one a person can act on.
@@ -100,16 +94,14 @@ impl OciRegistry {
         let registry = self.host.clone();
         let repository = self.name();
         match err {
-            OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
-                RegistryError::Unreachable {
-                    registry,
-                    cause: if e.is_timeout() {
-                        "timed out".into()
-                    } else {
-                        root_cause(&e)
-                    },
-                }
-            }
+            OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => RegistryError::Unreachable {
+                registry,
+                cause: if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    root_cause(&e)
+                },
+            },
             OciDistributionError::RequestError(e) => RegistryError::Unreachable {
                 registry,
                 cause: root_cause(&e),
@@ -122,17 +114,13 @@ impl OciRegistry {
                 registry,
                 cause: msg.trim().to_string(),
             },
-            OciDistributionError::ImageManifestNotFoundError(_) => {
-                RegistryError::ManifestNotFound {
-                    reference: reference.to_string(),
-                }
-            }
+            OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::ManifestNotFound {
+                reference: reference.to_string(),
+            },
             OciDistributionError::RegistryError { envelope, .. } => {
                 let first = envelope.errors.first();
                 match first.map(|e| &e.code) {
-                    Some(OciErrorCode::NameUnknown) => {
-                        RegistryError::RepositoryNotFound { repository }
-                    }
+                    Some(OciErrorCode::NameUnknown) => RegistryError::RepositoryNotFound { repository },
                     Some(OciErrorCode::ManifestUnknown) | Some(OciErrorCode::NotFound) => {
                         RegistryError::ManifestNotFound {
                             reference: reference.to_string(),
@@ -155,11 +143,9 @@ impl OciRegistry {
                     },
                 }
             }
-            OciDistributionError::ServerError { code: 404, .. } => {
-                RegistryError::ManifestNotFound {
-                    reference: reference.to_string(),
-                }
-            }
+            OciDistributionError::ServerError { code: 404, .. } => RegistryError::ManifestNotFound {
+                reference: reference.to_string(),
+            },
             OciDistributionError::ServerError { code, message, .. } => RegistryError::Protocol {
                 registry,
                 message: format!("HTTP {code}: {}", message.trim()),
@@ -171,21 +157,17 @@ impl OciRegistry {
         }
     }
 
-    async fn manifest_raw(
-        &self,
-        digest: &Digest,
-    ) -> Result<(bytes::Bytes, RawManifest), RegistryError> {
+    async fn manifest_raw(&self, digest: &Digest) -> Result<(bytes::Bytes, RawManifest), RegistryError> {
         let reference = self.digest_ref(digest);
         let (bytes, _) = self
             .client
             .pull_manifest_raw(&reference, self.auth().await, ACCEPT)
             .await
             .map_err(|e| self.classify(&format!("{}@{digest}", self.name()), e))?;
-        let parsed: RawManifest =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-                registry: self.host.clone(),
-                message: format!("parse manifest {digest}: {e}"),
-            })?;
+        let parsed: RawManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+            registry: self.host.clone(),
+            message: format!("parse manifest {digest}: {e}"),
+        })?;
         Ok((bytes, parsed))
     }
 
@@ -255,11 +237,7 @@ impl Registry for OciRegistry {
                 .list_tags(&reference, auth, Some(PAGE), last.as_deref())
                 .await
                 .map_err(|e| self.classify(&self.name(), e))?;
-            let fresh: Vec<String> = page
-                .tags
-                .into_iter()
-                .filter(|t| seen.insert(t.clone()))
-                .collect();
+            let fresh: Vec<String> = page.tags.into_iter().filter(|t| seen.insert(t.clone())).collect();
             // A page with nothing new is the end (some registries ignore `last`); so is a short one.
             let done = fresh.is_empty() || fresh.len() < PAGE;
             last = fresh.last().cloned();
@@ -273,17 +251,11 @@ impl Registry for OciRegistry {
 
     async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
         let reference = self.tag_ref(tag);
-        match self
-            .client
-            .fetch_manifest_digest(&reference, self.auth().await)
-            .await
-        {
-            Ok(d) => Digest::parse(&d)
-                .map(Some)
-                .map_err(|e| RegistryError::Protocol {
-                    registry: self.host.clone(),
-                    message: e.to_string(),
-                }),
+        match self.client.fetch_manifest_digest(&reference, self.auth().await).await {
+            Ok(d) => Digest::parse(&d).map(Some).map_err(|e| RegistryError::Protocol {
+                registry: self.host.clone(),
+                message: e.to_string(),
+            }),
             Err(e) => match self.classify(&format!("{}:{tag}", self.name()), e) {
                 RegistryError::ManifestNotFound { .. } => Ok(None),
                 other => Err(other),
@@ -309,19 +281,14 @@ impl Registry for OciRegistry {
                 "application/vnd.oci.image.manifest.v1+json".into()
             }
         });
-        let content_type = reqwest::header::HeaderValue::from_str(&media_type).map_err(|e| {
-            RegistryError::Protocol {
+        let content_type =
+            reqwest::header::HeaderValue::from_str(&media_type).map_err(|e| RegistryError::Protocol {
                 registry: self.host.clone(),
                 message: format!("media type {media_type:?}: {e}"),
-            }
-        })?;
+            })?;
         // Push rights are checked (and a push token fetched) before the PUT.
         self.client
-            .auth(
-                &self.tag_ref(tag),
-                self.auth().await,
-                RegistryOperation::Push,
-            )
+            .auth(&self.tag_ref(tag), self.auth().await, RegistryOperation::Push)
             .await
             .map_err(|e| self.classify(&format!("{}:{tag}", self.name()), e))?;
         self.client
@@ -447,11 +414,9 @@ fn pick_platform(entries: &[IndexEntry]) -> Option<String> {
                 .is_some_and(|p| p.os == "linux" && p.architecture == arch)
         })
         .or_else(|| {
-            entries.iter().find(|e| {
-                e.platform
-                    .as_ref()
-                    .is_none_or(|p| p.architecture != "unknown")
-            })
+            entries
+                .iter()
+                .find(|e| e.platform.as_ref().is_none_or(|p| p.architecture != "unknown"))
         })
         .map(|e| e.digest.clone())
 }

@@ -1,0 +1,125 @@
+//! Marking a version last known good: the `last_known_good` tag in the registry is moved by
+//! re-putting the version's manifest bytes (no blob moves), the journal records it, and the image
+//! is kept on this host under a local tag so `emergency` finds it with the registry down and
+//! Docker's image GC leaves it alone.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::adapters::docker::Engine;
+use crate::adapters::registry::Registry;
+use crate::adapters::state::{Identity, Journal};
+use crate::domain::history::{Operation, Outcome, Phase, Record};
+use crate::domain::image::{ImageRef, LKG_TAG};
+use crate::output::Printer;
+
+/// The local image name that keeps the last known good image of `repository` on this host.
+pub fn local_lkg_reference(repository: &str) -> (String, &'static str) {
+    (format!("backtrack/{repository}"), "lkg")
+}
+
+#[derive(Debug, Serialize)]
+pub struct MarkReport {
+    pub dry_run: bool,
+    pub repository: String,
+    pub marked: ImageRef,
+    pub previous: Option<ImageRef>,
+    /// The local tag keeping the image on this host, when the engine was reachable.
+    pub local_image: Option<String>,
+}
+
+impl crate::output::Report for MarkReport {
+    fn human(&self) -> String {
+        let digest = self.marked.digest.as_ref().map_or("-", |d| d.short());
+        let was = self.previous.as_ref().map_or("(not set)".to_string(), |p| p.display());
+        if self.dry_run {
+            return format!(
+                "would point {LKG_TAG} in {} at {} ({digest}); it points at {was} now\ndry run: nothing was changed",
+                self.repository,
+                self.marked.display()
+            );
+        }
+        let mut out = format!(
+            "{LKG_TAG} in {} now points at {} ({digest}); was {was}",
+            self.repository,
+            self.marked.display()
+        );
+        if let Some(local) = &self.local_image {
+            out.push_str(&format!("\nkept on this host as {local}"));
+        }
+        out
+    }
+}
+
+pub async fn mark_good(
+    registry: &dyn Registry,
+    journal: &Journal,
+    engine: Option<&Engine>,
+    printer: &Printer,
+    image: &ImageRef,
+    previous: Option<ImageRef>,
+    reason: Option<&str>,
+) -> anyhow::Result<MarkReport> {
+    let digest = image
+        .digest
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("mark {}: its digest is unknown", image.display()))?;
+    let who = Identity::current();
+    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    let base = Record {
+        user: Some(who.user),
+        host: Some(who.host),
+        from: previous.clone(),
+        to: Some(image.clone()),
+        reason: reason.map(str::to_string),
+        ..Record::new(&id, Utc::now(), Operation::MarkGood, Phase::Started)
+    };
+    journal.append(&base)?;
+    let started = std::time::Instant::now();
+    if let Err(e) = registry.retag(&digest, LKG_TAG).await {
+        journal.append(&Record {
+            at: Utc::now(),
+            phase: Phase::Finished,
+            result: Some(Outcome::Failed),
+            detail: Some(e.to_string()),
+            ..base.clone()
+        })?;
+        return Err(anyhow::Error::new(e).context(format!("point {LKG_TAG} at {}", image.display())));
+    }
+    journal.append(&Record {
+        at: Utc::now(),
+        phase: Phase::Finished,
+        result: Some(Outcome::Ok),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..base
+    })?;
+
+    let mut local_image = None;
+    if let Some(engine) = engine {
+        let reference = registry.pull_reference(&digest);
+        let auth = registry.pull_auth().await.ok();
+        let (repo, tag) = local_lkg_reference(&registry_repository(registry));
+        match engine.pull(&reference, auth.as_ref(), |_| {}).await {
+            Ok(_) => match engine.tag_image(&reference, &repo, tag).await {
+                Ok(()) => local_image = Some(format!("{repo}:{tag}")),
+                Err(e) => printer.note(format!("warning: could not keep the image on this host: {e}")),
+            },
+            Err(e) => printer.note(format!(
+                "warning: could not pull {reference} to keep it on this host (emergency will need the registry): {e}"
+            )),
+        }
+    }
+    Ok(MarkReport {
+        dry_run: false,
+        repository: registry.name(),
+        marked: image.clone(),
+        previous,
+        local_image,
+    })
+}
+
+/// The repository part of `host/repository`.
+pub fn registry_repository(registry: &dyn Registry) -> String {
+    let name = registry.name();
+    name.split_once('/').map_or(name.clone(), |(_, r)| r.to_string())
+}
