@@ -262,14 +262,14 @@ async fn local_image(
     Ok(by_digest)
 }
 
-async fn replace_all(
-    engine: &Engine,
-    plans: &[(
-        String,
-        bollard::models::ContainerCreateBody,
-        Vec<(String, bollard::models::EndpointSettings)>,
-    )],
-) -> anyhow::Result<()> {
+/// One container to replace: its name, the create body and the networks to connect after.
+type Replacement = (
+    String,
+    bollard::models::ContainerCreateBody,
+    Vec<(String, bollard::models::EndpointSettings)>,
+);
+
+async fn replace_all(engine: &Engine, plans: &[Replacement]) -> anyhow::Result<()> {
     for (name, body, extra) in plans {
         let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
         engine.stop(name, 10).await?;
