@@ -102,8 +102,14 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             lkg
         }
         Err(e) => {
-            warnings.push(format!("registry: {}", crate::error::render(&e)));
-            None
+            warnings.push(format!(
+                "registry: {}; last_known_good is taken from the journal",
+                crate::error::render(&e)
+            ));
+            ops.iter()
+                .rev()
+                .find(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
+                .and_then(|o| o.to.clone())
         }
     };
     for (open, _) in history::open_operations(&records) {

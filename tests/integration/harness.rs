@@ -302,7 +302,6 @@ pub struct Test {
     config: Option<String>,
     args: Vec<String>,
     env: BTreeMap<String, String>,
-    stdin: Option<String>,
 }
 
 pub struct Run {
@@ -344,7 +343,6 @@ impl Test {
             config: None,
             args: vec![],
             env: BTreeMap::new(),
-            stdin: None,
         }
     }
 
@@ -374,11 +372,6 @@ impl Test {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.insert(k.into(), v.into());
-        self
-    }
-
-    pub fn stdin(mut self, input: &str) -> Self {
-        self.stdin = Some(input.into());
         self
     }
 
@@ -419,18 +412,13 @@ impl Test {
     }
 
     fn spawn_with(&self, args: Vec<String>) -> Run {
-        use std::io::Write;
         let mut cmd = self.command();
         cmd.args(&args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn backtrack");
-        if let Some(input) = &self.stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        } else {
-            drop(child.stdin.take());
-        }
+        drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
