@@ -163,4 +163,6 @@ pub struct PruneArgs {
 pub enum PolicyCommand {
     /// Validate a policy file without touching anything.
     Check { file: PathBuf },
+    /// Convert an ECR lifecycle policy (JSON) into a backtrack policy (TOML on stdout).
+    ImportEcr { file: PathBuf },
 }

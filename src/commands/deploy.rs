@@ -235,7 +235,7 @@ async fn mark_after_validation(
             &format!(
                 "soaking {} for {}",
                 report.to.display(),
-                humantime::format_duration(duration)
+                crate::domain::duration::format(duration)
             ),
         );
         if let Err(invalid) = validate::soak(engine, &report.containers, &project.health, duration).await {

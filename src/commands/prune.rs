@@ -1,9 +1,270 @@
-//! `backtrack prune`.
+//! `backtrack prune [--policy FILE] [--dry-run]`: apply a retention policy to the registry. The
+//! plan lists every image with KEEP or DELETE and every reason; deletes run concurrently, a failed
+//! delete is reported and the rest go on, and running again finishes the job.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
 use super::App;
+use crate::adapters::registry::{RegistryError, RemoteImage};
+use crate::adapters::state::{self, Identity, Journal};
 use crate::cli::PruneArgs;
-pub async fn run(_app: &App<'_>, _a: &PruneArgs) -> anyhow::Result<()> {
-    Err(crate::error::Failure::NotBuilt {
-        command: "prune".into(),
+use crate::domain::digest::Digest;
+use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::image::{LKG_TAG, human_size};
+use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
+use crate::error::Failure;
+use crate::ops::deployed;
+use crate::output::{Report, ago, confirm, render_table, table};
+
+const DELETE_CONCURRENCY: usize = 8;
+
+#[derive(Debug, Serialize)]
+struct PruneReport {
+    dry_run: bool,
+    repository: String,
+    policy: String,
+    #[serde(flatten)]
+    plan: Plan,
+    /// Deletes that failed, with the error (after a real run).
+    failed: Vec<(Digest, String)>,
+}
+
+impl Report for PruneReport {
+    fn human(&self) -> String {
+        let now = Utc::now();
+        let mut t = table(["action", "tags", "digest", "pushed", "size", "reasons"]);
+        for d in &self.plan.decisions {
+            t.add_row(vec![
+                match d.action {
+                    Action::Keep => "keep".to_string(),
+                    Action::Delete => "DELETE".to_string(),
+                },
+                if d.tags.is_empty() {
+                    "<untagged>".into()
+                } else {
+                    d.tags.join(",")
+                },
+                d.digest.short().to_string(),
+                d.pushed.map_or("-".into(), |p| ago(now, p)),
+                d.size.map_or("-".into(), human_size),
+                d.reasons.join("; "),
+            ]);
+        }
+        let mut out = render_table(&t);
+        out.push_str(&format!(
+            "\n{}: {} kept, {} {}, {} freed",
+            self.repository,
+            self.plan.kept,
+            self.plan.deleted,
+            if self.dry_run { "to delete" } else { "deleted" },
+            human_size(self.plan.bytes_freed)
+        ));
+        for (d, e) in &self.failed {
+            out.push_str(&format!("\nfailed to delete {}: {e}", d.short()));
+        }
+        if self.dry_run {
+            out.push_str("\ndry run: nothing was deleted");
+        }
+        out
     }
-    .into())
+}
+
+pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let path = args
+        .policy
+        .clone()
+        .or_else(|| project.retention_policy.clone())
+        .context("choose a policy: pass --policy FILE or set [retention] policy in backtrack.toml")?;
+    let policy = crate::settings::policy::load(&path)?;
+    let registry = app.registry()?;
+    let journal = Journal::new(&project.state_dir);
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(state::lock(&project.state_dir, "backtrack prune")?)
+    };
+
+    // What is deployed is protected, so not knowing it is not an option for a real run.
+    let mut deployed_digests = BTreeSet::new();
+    if let Some(target) = &project.target {
+        let engine = app
+            .engine()
+            .await
+            .context("read what is deployed (prune protects it)")?;
+        for d in deployed::read(&engine, target, &registry.name()).await? {
+            match d.digest {
+                Some(digest) => {
+                    deployed_digests.insert(digest);
+                }
+                None => anyhow::bail!(
+                    "protect what {} runs: the digest of {} is unknown in {}; refusing to prune",
+                    target.display(),
+                    d.container.name,
+                    registry.name()
+                ),
+            }
+        }
+    } else {
+        app.printer
+            .note("note: no [target] in the config: nothing is protected as deployed");
+    }
+
+    let images = registry
+        .images()
+        .await
+        .with_context(|| format!("list images of {}", registry.name()))?;
+    let need_info: Vec<Digest> = images
+        .iter()
+        .filter(|i| i.pushed.is_none() || i.size.is_none())
+        .map(|i| i.digest.clone())
+        .collect();
+    let infos = registry.image_infos(&need_info).await?;
+    registry.flush_cache();
+    let entries: Vec<ImageEntry> = images
+        .iter()
+        .map(|i| {
+            let info = infos.get(&i.digest);
+            ImageEntry {
+                digest: i.digest.clone(),
+                tags: i.tags.clone(),
+                pushed: i.pushed.or_else(|| info.and_then(|x| x.pushed.or(x.created))),
+                size: i.size.or_else(|| info.and_then(|x| x.size)),
+            }
+        })
+        .collect();
+    let ops = history::operations(&journal.read()?);
+    let facts = Facts {
+        deployed: deployed_digests,
+        recent_deployments: history::deployed_versions(&ops)
+            .into_iter()
+            .filter_map(|r| r.digest)
+            .collect(),
+        now: Utc::now(),
+    };
+    let plan = retention::plan(&policy, &entries, &facts);
+    let mut report = PruneReport {
+        dry_run: args.dry_run,
+        repository: registry.name(),
+        policy: path.display().to_string(),
+        plan,
+        failed: Vec::new(),
+    };
+    if args.dry_run || report.plan.deleted == 0 {
+        return app.printer.report(&report);
+    }
+    if !app.settings.yes {
+        app.printer.note(report.human());
+        let q = format!("Delete {} images from {}?", report.plan.deleted, registry.name());
+        if !confirm(&app.printer, &q, "confirm the deletes")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    // The pointer may have moved while the plan was read: never delete what it names now.
+    let lkg_now = registry.tag_digest(LKG_TAG).await?;
+    let doomed: Vec<RemoteImage> = report
+        .plan
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Delete && Some(&d.digest) != lkg_now.as_ref())
+        .map(|d| RemoteImage {
+            digest: d.digest.clone(),
+            tags: d.tags.clone(),
+            pushed: d.pushed,
+            size: d.size,
+        })
+        .collect();
+
+    let who = Identity::current();
+    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    let base = Record {
+        user: Some(who.user),
+        host: Some(who.host),
+        detail: Some(format!("policy {}: {} to delete", path.display(), doomed.len())),
+        ..Record::new(&id, Utc::now(), Operation::Prune, Phase::Started)
+    };
+    journal.append(&base)?;
+    let started = std::time::Instant::now();
+    let bar = app.printer.interactive.then(|| {
+        let b = indicatif::ProgressBar::new(doomed.len() as u64);
+        b.set_message("deleting");
+        b
+    });
+    let registry_ref = registry.as_ref();
+    let results: Vec<(Digest, Result<(), RegistryError>)> = futures::stream::iter(doomed.iter())
+        .map(|img| async move { (img.digest.clone(), registry_ref.delete(img).await) })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .inspect(|_| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+        })
+        .collect()
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some((_, Err(e @ RegistryError::DeleteDisabled { .. }))) = results
+        .iter()
+        .find(|(_, r)| matches!(r, Err(RegistryError::DeleteDisabled { .. })))
+    {
+        let msg = e.to_string();
+        journal.append(&Record {
+            at: Utc::now(),
+            phase: Phase::Finished,
+            result: Some(Outcome::Failed),
+            detail: Some(msg),
+            ..base.clone()
+        })?;
+        return Err(RegistryError::DeleteDisabled {
+            registry: registry.name(),
+        }
+        .into());
+    }
+    for (digest, r) in &results {
+        if let Err(e) = r {
+            report.failed.push((digest.clone(), e.to_string()));
+        }
+    }
+    let failed_set: BTreeSet<&Digest> = report.failed.iter().map(|(d, _)| d).collect();
+    let skipped = report.plan.deleted - doomed.len();
+    report.plan.deleted = doomed.len() - report.failed.len();
+    report.plan.kept += skipped + report.failed.len();
+    report.plan.bytes_freed = doomed
+        .iter()
+        .filter(|i| !failed_set.contains(&i.digest))
+        .filter_map(|i| i.size)
+        .sum();
+    journal.append(&Record {
+        at: Utc::now(),
+        phase: Phase::Finished,
+        result: Some(if report.failed.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        }),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        detail: Some(format!(
+            "policy {}: deleted {}, failed {}",
+            path.display(),
+            report.plan.deleted,
+            report.failed.len()
+        )),
+        ..base
+    })?;
+    app.printer.report(&report)?;
+    if !report.failed.is_empty() {
+        return Err(Failure::Partial {
+            done: report.plan.deleted,
+            total: doomed.len(),
+            failed: report.failed.len(),
+        }
+        .into());
+    }
+    Ok(())
 }

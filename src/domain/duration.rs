@@ -59,3 +59,27 @@ mod tests {
         }
     }
 }
+
+/// A duration the way users write one: `90d`, `12h`, `15m`, `30s` (largest whole unit).
+pub fn format(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn formats_in_the_largest_whole_unit() {
+        for (secs, want) in [(90 * 86_400, "90d"), (7200, "2h"), (90, "90s"), (900, "15m"), (0, "0s")] {
+            assert_eq!(format(Duration::from_secs(secs)), want);
+        }
+    }
+}

@@ -8,5 +8,6 @@ pub mod digest;
 pub mod duration;
 pub mod history;
 pub mod image;
+pub mod retention;
 pub mod selector;
 pub mod version;

@@ -224,7 +224,7 @@ pub async fn execute(
             &format!(
                 "validating {} (timeout {})",
                 c.name,
-                humantime::format_duration(health.timeout)
+                crate::domain::duration::format(health.timeout)
             ),
         );
         let result = validate::wait_valid(

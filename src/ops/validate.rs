@@ -121,7 +121,7 @@ pub async fn wait_valid(
             return Err(Invalid {
                 why: format!(
                     "not healthy within {} ({last_status})",
-                    humantime::format_duration(health.timeout)
+                    crate::domain::duration::format(health.timeout)
                 ),
                 container: None,
             });

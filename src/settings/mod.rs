@@ -4,6 +4,7 @@
 //! **Commands never read the environment or the config file themselves**; they get `Settings`.
 
 pub mod config;
+pub mod policy;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

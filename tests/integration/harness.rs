@@ -192,6 +192,8 @@ impl AppImage {
 /// A repository of its own in the test registry.
 pub struct Repo {
     pub name: String,
+    /// `host:port` of the registry holding it (the shared test registry unless said otherwise).
+    pub host: String,
 }
 
 impl Repo {
@@ -199,12 +201,21 @@ impl Repo {
         require_services();
         Self {
             name: format!("bt-test/{}", unique(test)),
+            host: registry(),
+        }
+    }
+
+    /// A repository in another registry (e.g. an `OwnRegistry`).
+    pub fn in_registry(test: &str, host: &str) -> Self {
+        Self {
+            host: host.to_string(),
+            ..Self::new(test)
         }
     }
 
     /// `host/name`.
     pub fn image(&self) -> String {
-        format!("{}/{}", registry(), self.name)
+        format!("{}/{}", self.host, self.name)
     }
 
     /// Builds and pushes a version (and its extra tags); returns the pushed digest.
@@ -236,7 +247,7 @@ impl Repo {
 
     /// The digest a tag points to in the registry, by asking it directly.
     pub fn tag_digest(&self, tag: &str) -> Option<String> {
-        let url = format!("http://{}/v2/{}/manifests/{tag}", registry(), self.name);
+        let url = format!("http://{}/v2/{}/manifests/{tag}", self.host, self.name);
         let resp = reqwest::blocking::Client::new()
             .head(url)
             .header(
@@ -252,7 +263,7 @@ impl Repo {
     }
 
     pub fn tags(&self) -> Vec<String> {
-        let url = format!("http://{}/v2/{}/tags/list", registry(), self.name);
+        let url = format!("http://{}/v2/{}/tags/list", self.host, self.name);
         let v: serde_json::Value = reqwest::blocking::get(url).unwrap().json().unwrap();
         let mut tags: Vec<String> = v["tags"]
             .as_array()
@@ -350,8 +361,7 @@ impl Test {
     pub fn repo(self, repo: &Repo, more: &str) -> Self {
         let toml = format!(
             "[registry]\nurl = \"{}\"\nrepository = \"{}\"\n{more}",
-            registry(),
-            repo.name
+            repo.host, repo.name
         );
         self.config(&toml)
     }
@@ -515,5 +525,103 @@ impl CountingProxy {
     /// From now on the registry behind this address is unreachable.
     pub fn shut(&self) {
         self.open.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Repo {
+    /// Pushes a small image straight over the registry API (no Docker): one shared layer, a config
+    /// of its own (so a distinct digest) with `labels` and `created`. Returns the manifest digest.
+    /// Not runnable: for catalog and retention tests that need many versions fast.
+    pub fn push_synthetic(&self, tags: &[&str], created: &str) -> String {
+        let http = reqwest::blocking::Client::new();
+        let base = format!("http://{}/v2/{}", self.host, self.name);
+        let upload = |bytes: &[u8]| -> String {
+            use sha2::Digest as _;
+            let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+            let start = http.post(format!("{base}/blobs/uploads/")).send().unwrap();
+            assert_eq!(start.status().as_u16(), 202, "start upload: {:?}", start.text());
+            let location = start.headers()["location"].to_str().unwrap().to_string();
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{}{location}", self.host)
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let put = http
+                .put(format!("{url}{sep}digest={digest}"))
+                .body(bytes.to_vec())
+                .send()
+                .unwrap();
+            assert_eq!(put.status().as_u16(), 201, "finish upload: {:?}", put.text());
+            digest
+        };
+        let layer = b"backtrack synthetic layer";
+        let layer_digest = upload(layer);
+        let version = tags.iter().find_map(|t| t.strip_prefix('v')).unwrap_or("none");
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "created": created,
+            "config": {"Labels": {"org.opencontainers.image.version": version, "test.tags": tags.join(",")}},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        })
+        .to_string();
+        let config_digest = upload(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": layer.len(), "digest": layer_digest}],
+        })
+        .to_string();
+        let mut digest = String::new();
+        for tag in tags {
+            let resp = http
+                .put(format!("{base}/manifests/{tag}"))
+                .header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+                .body(manifest.clone())
+                .send()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 201, "put manifest {tag}: {:?}", resp.text());
+            digest = resp.headers()["docker-content-digest"].to_str().unwrap().to_string();
+        }
+        digest
+    }
+}
+
+/// A Distribution registry of the test's own, on a free loopback port (for configurations the
+/// shared one does not have, such as deletes disabled). Stopped when dropped.
+pub struct OwnRegistry {
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRegistry {
+    pub fn start(deletes: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {deletes}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry, or scripts/test-env)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while http_get(&format!("http://{addr}/v2/")).is_none() {
+            assert!(std::time::Instant::now() < deadline, "own registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

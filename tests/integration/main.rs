@@ -2,6 +2,7 @@
 
 mod harness;
 mod lkg;
+mod prune;
 mod swap;
 mod versions;
 

@@ -341,10 +341,7 @@ fn a_swap_killed_mid_way_is_settled_by_the_next_run() {
         "[target]\nkind = \"container\"\nname = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{}/nothing-here\"\ntimeout = \"60s\"\nexpect_version = false\n",
         d.name, d.port
     );
-    let repo2 = Repo {
-        name: repo.name.clone(),
-    };
-    let t = Test::new().repo(&repo2, &toml);
+    let t = Test::new().repo(&repo, &toml);
     let mut child = t
         .command()
         .args(["deploy", "v1.1.0"])

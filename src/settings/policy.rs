@@ -1,0 +1,52 @@
+//! Reading retention policy files: TOML errors and impossible rules both come back located at
+//! file:line:column with a hint.
+
+use std::path::Path;
+
+use super::config::{FileError, line_col, parse_toml};
+use crate::domain::retention::Policy;
+
+pub fn load(path: &Path) -> Result<Policy, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Policy, FileError> {
+    let policy: Policy = parse_toml(path, text)?;
+    if let Some(p) = policy.problems().into_iter().next() {
+        let (line, column) = line_col(text, p.offset);
+        return Err(FileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: p.message,
+        });
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_are_located() {
+        let text = "description = \"x\"\n\n[[keep]]\nnewest = 0\n";
+        let err = parse(Path::new("p.toml"), text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("parse p.toml:3:1: [[keep]] rule 1: newest = 0 keeps nothing"),
+            "{err}"
+        );
+        let err = parse(Path::new("p.toml"), "[[keep]]\nnewest = 3\nolder_than = \"3d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("parse p.toml:3:1: unknown field `older_than`"), "{err}");
+        let err = parse(Path::new("p.toml"), "[[keep]]\nnewest_per = \"patch\"\ncount = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.toml:2:14") && err.contains("patch"), "{err}");
+    }
+}
