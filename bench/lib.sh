@@ -53,6 +53,9 @@ secs() { awk -v u="$1" 'BEGIN {printf "%.3f", u/1e6}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "inf"; else printf "%.2f", a/b}'; }
 # le A B — exit 0 when A <= B (floats).
 le() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a <= b)}'; }
+# ratio_le A B LIMIT / ratio_ge A B LIMIT — exit 0 when A/B <= LIMIT (>= LIMIT), unrounded.
+ratio_le() { awk -v a="$1" -v b="$2" -v l="$3" 'BEGIN {exit !(b > 0 && a / b <= l)}'; }
+ratio_ge() { awk -v a="$1" -v b="$2" -v l="$3" 'BEGIN {exit !(b > 0 && a / b >= l)}'; }
 # verdict OK — PASS or MISS.
 verdict() { if "$@"; then echo PASS; else echo MISS; fi; }
 

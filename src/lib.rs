@@ -52,7 +52,7 @@ pub fn main_entry() -> i32 {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,aws_config=error",
         1 => "backtrack=info",
         _ => "backtrack=debug",
     };

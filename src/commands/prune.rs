@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use futures::StreamExt;
 use serde::Serialize;
 
 use super::App;
@@ -20,8 +19,6 @@ use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
 use crate::error::Failure;
 use crate::ops::deployed;
 use crate::output::{Report, ago, confirm, render_table, table};
-
-const DELETE_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Serialize)]
 struct PruneReport {
@@ -195,17 +192,12 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         b.set_message("deleting");
         b
     });
-    let registry_ref = registry.as_ref();
-    let results: Vec<(Digest, Result<(), RegistryError>)> = futures::stream::iter(doomed.iter())
-        .map(|img| async move { (img.digest.clone(), registry_ref.delete(img).await) })
-        .buffer_unordered(DELETE_CONCURRENCY)
-        .inspect(|_| {
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        })
-        .collect()
-        .await;
+    let tick = || {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    };
+    let results = registry.delete_many(&doomed, &tick).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
+mod ecr;
 mod harness;
 mod lkg;
 mod prune;

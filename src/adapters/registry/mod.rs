@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod ecr;
 pub mod oci;
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ use crate::settings::{RegistryKind, RegistrySettings};
 
 /// How many registry requests run at once when a command needs many.
 pub const CONCURRENCY: usize = 16;
+/// How many deletes run at once.
+pub const DELETE_CONCURRENCY: usize = 8;
 
 /// One image (manifest digest) in the repository with every tag on it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,6 +109,24 @@ pub trait Registry: Send + Sync {
     /// remove them all at once, registries that untag (ECR) remove exactly these.
     async fn delete(&self, image: &RemoteImage) -> Result<(), RegistryError>;
 
+    /// Deletes many images with bounded concurrency (or in batches where the registry has them),
+    /// calling `tick` once per image; one result per image, failures do not stop the rest.
+    async fn delete_many(
+        &self,
+        images: &[RemoteImage],
+        tick: &(dyn Fn() + Sync),
+    ) -> Vec<(Digest, Result<(), RegistryError>)> {
+        futures::stream::iter(images.iter().cloned())
+            .map(|img| async move {
+                let r = self.delete(&img).await;
+                tick();
+                (img.digest, r)
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
     /// Credentials for the Docker Engine to pull from this registry.
     async fn pull_auth(&self) -> Result<PullAuth, RegistryError>;
 
@@ -117,10 +138,7 @@ pub trait Registry: Send + Sync {
 pub fn open(settings: &RegistrySettings, cache: Arc<cache::InfoCache>) -> Result<Box<dyn Registry>, RegistryError> {
     match settings.kind {
         RegistryKind::Oci => Ok(Box::new(oci::OciRegistry::new(settings, cache)?)),
-        RegistryKind::Ecr => Err(RegistryError::Unsupported {
-            registry: settings.display(),
-            what: "ECR registries (kind = \"ecr\") are not built yet; use an OCI registry".into(),
-        }),
+        RegistryKind::Ecr => Ok(Box::new(ecr::EcrRegistry::new(settings, cache))),
     }
 }
 
@@ -157,6 +175,11 @@ impl RegistryError {
             Self::Unreachable { .. } => {
                 Some("is the registry running, and is [registry] url in backtrack.toml right?".into())
             }
+            Self::Unauthorized { registry, cause } if registry.contains(".dkr.ecr.") || cause.contains("AWS") => Some(
+                "give backtrack AWS credentials: AWS_PROFILE or [registry.ecr] profile, `aws sso login`, \
+                 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an instance role"
+                    .into(),
+            ),
             Self::Unauthorized { registry, .. } => Some(format!(
                 "log in with `docker login {registry}` (backtrack reads ~/.docker/config.json)"
             )),

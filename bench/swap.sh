@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Benchmark: how long a swap takes, from command start to the new version answering its health
+# endpoint, for a tiny busybox httpd app whose target image is already in the registry and pulled.
+#
+#   raw floor    docker rm -f bench-app && docker run -d ... IMAGE@digest, then curl every 20 ms
+#   backtrack    backtrack deploy vX --yes (returns after its own validation), then one curl
+#   seed path    docker build --no-cache of the app from source, then rm -f + run + curl
+# Each measured run starts with bench-app running the other version (v1.0.0 <-> v1.1.0), the
+# three methods interleaved; median of BENCH_RUNS (7) runs each.
+# Targets: backtrack <= 1.15x the raw floor; the seed path >= 4x slower than backtrack.
+# Also: `backtrack deploy` of a version whose 100 MB image is not on the machine (must pull), and
+# the raw `docker pull` of that image / a raw swap with pull, for comparison (BENCH_PULL_RUNS, 3).
+#
+# Run:   bench/swap.sh
+# Needs: Docker Engine + the registry from scripts/test-env, /bin/busybox (busybox-static), curl.
+# Knobs: BACKTRACK=path/to/binary (default target/release/backtrack, built if missing),
+#        BENCH_REGISTRY (127.0.0.1:5000), BENCH_RUNS (7), BENCH_PULL_RUNS (3).
+# Uses port 127.0.0.1:18090 and containers bench-app / bench-app-backtrack-prev, removed on exit
+# along with the images the seed path built. Leaves 127.0.0.1:5000/bench/swap:{v1.0.0,v1.1.0,v2.0.0}
+# in the registry (v2.0.0 is reused by later runs) and the v1 images locally.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+registry=${BENCH_REGISTRY:-127.0.0.1:5000}
+image=$registry/bench/swap
+runs=${BENCH_RUNS:-7}
+pull_runs=${BENCH_PULL_RUNS:-3}
+port=18090
+url=http://127.0.0.1:$port/health
+app=bench-app
+export DOCKER_BUILDKIT=0
+
+need_tools curl:curl docker:docker.io /usr/bin/time:time
+[ -x /bin/busybox ] || need_tools /bin/busybox:busybox-static
+docker info >/dev/null 2>&1 || die "no Docker Engine (run scripts/test-env)"
+curl -fsS "http://$registry/v2/" >/dev/null || die "no registry at $registry (run scripts/test-env)"
+find_backtrack
+
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
+work=$(mktemp -d /tmp/bench-swap.XXXXXX)
+seed_images=()
+cleanup() {
+  docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+  [ ${#seed_images[@]} -eq 0 ] || docker rmi -f "${seed_images[@]}" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+  die "something already answers on 127.0.0.1:$port"
+fi
+
+cat >"$work/backtrack.toml" <<TOML
+[registry]
+url = "$registry"
+repository = "bench/swap"
+
+[target]
+kind = "container"
+name = "$app"
+
+[health]
+http = "$url"
+timeout = "30s"
+TOML
+export BACKTRACK_STATE_DIR=$work/state BACKTRACK_CACHE_DIR=$work/cache
+cfg=$work/backtrack.toml
+
+# --- the app -----------------------------------------------------------------------------------
+ctx=$work/ctx
+mkdir -p "$ctx"
+cp /bin/busybox "$ctx/busybox"
+write_dockerfile() { # write_dockerfile FILE [EXTRA_LINE]
+  cat >"$1" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG VERSION
+RUN mkdir -p /www && echo "$VERSION" > /www/health
+LABEL org.opencontainers.image.version=$VERSION
+ENV APP_VERSION=$VERSION
+EXPOSE 8080
+CMD ["/bin/sh", "-c", "trap 'kill $pid; exit 0' TERM; httpd -f -p 8080 -h /www & pid=$!; wait $pid"]
+DOCKERFILE
+  if [ $# -gt 1 ]; then echo "$2" >>"$1"; fi
+}
+write_dockerfile "$ctx/Dockerfile"
+
+# repo_digest REF: IMAGE@sha256:... of a local image as pushed to $image.
+repo_digest() {
+  docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$1" | grep -m1 "^$image@"
+}
+
+declare -A ref=()
+for v in v1.0.0 v1.1.0; do
+  say "building and pushing $image:$v"
+  docker build -q --build-arg VERSION=$v -t "$image:$v" "$ctx" >/dev/null 2>"$work/build.err" || { cat "$work/build.err" >&2; die "build $v failed"; }
+  docker push -q "$image:$v" >/dev/null 2>"$work/push.err" || { cat "$work/push.err" >&2; die "push $v failed"; }
+  ref[$v]=$(repo_digest "$image:$v")
+done
+
+# --- measuring ---------------------------------------------------------------------------------
+# wait_version WANT [SECONDS]: poll the endpoint every 20 ms until it answers WANT.
+wait_version() {
+  local want=$1 deadline=$((SECONDS + ${2:-30})) body
+  while :; do
+    if body=$(curl -fs --max-time 1 "$url" 2>/dev/null) && [ "$body" = "$want" ]; then return 0; fi
+    [ $SECONDS -lt $deadline ] || { say "endpoint never answered $want (last: '${body:-}')"; return 1; }
+    sleep 0.02
+  done
+}
+run_app() { # run_app IMAGE_REF
+  docker run -d --name "$app" -p "127.0.0.1:$port:8080" "$1" >/dev/null
+}
+raw_swap() { # raw_swap VERSION IMAGE_REF
+  docker rm -f "$app" >/dev/null && run_app "$2" && wait_version "$1"
+}
+bt_swap() { # bt_swap VERSION
+  timeout 120 "$BACKTRACK" --config "$cfg" deploy "$1" --yes >"$work/bt.out" 2>"$work/bt.err" || {
+    say "backtrack deploy $1 failed (exit $?):"; sed 's/^/    /' "$work/bt.err" >&2; return 1
+  }
+  bt_returned=${EPOCHREALTIME/./}
+  wait_version "$1" 5
+}
+seed_swap() { # seed_swap VERSION
+  docker build -q --no-cache --build-arg VERSION="$1" --iidfile "$work/iid" "$ctx" >/dev/null 2>"$work/build.err" || {
+    cat "$work/build.err" >&2; return 1
+  }
+  local id; id=$(cat "$work/iid"); seed_images+=("$id")
+  docker rm -f "$app" >/dev/null && run_app "$id" && wait_version "$1"
+}
+
+# timed ARRAY CMD...: appends CMD's wall time (us) to ARRAY; a failure is counted, not timed.
+declare -A fails=()
+timed() {
+  local -n _acc=$1; local key=$1; shift
+  local t0 t1 rc=0
+  t0=${EPOCHREALTIME/./}
+  "$@" || rc=$?
+  t1=${EPOCHREALTIME/./}
+  if [ $rc -ne 0 ]; then fails[$key]=$(( ${fails[$key]:-0} + 1 )); say "FAILED (exit $rc): $*"; return 1; fi
+  _acc+=($(( 10#$t1 - 10#$t0 )))
+  last_t0=$t0
+}
+
+other() { if [ "$1" = v1.0.0 ]; then echo v1.1.0; else echo v1.0.0; fi; }
+settle() { sleep 0.5; }
+# ensure_on VERSION: bench-app runs VERSION from the registry image (repairs after a failure).
+ensure_on() {
+  if [ "$(curl -fs --max-time 1 "$url" 2>/dev/null || true)" != "$1" ] || ! docker inspect "$app" >/dev/null 2>&1; then
+    docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+    run_app "${ref[$1]}" && wait_version "$1"
+  fi
+}
+
+say "warming up (one swap of each kind, not timed)"
+current=v1.0.0
+run_app "${ref[$current]}"; wait_version "$current"
+for m in raw bt; do
+  next=$(other "$current")
+  case $m in raw) raw_swap "$next" "${ref[$next]}" ;; bt) bt_swap "$next" ;; esac
+  current=$next; settle
+done
+
+s_raw=() s_bt=() s_bt_cmd=() s_seed=()
+say "timing: $runs runs each of raw / backtrack / seed path, interleaved"
+for ((i = 1; i <= runs; i++)); do
+  next=$(other "$current"); ensure_on "$current"; settle
+  timed s_raw raw_swap "$next" "${ref[$next]}" && current=$next || current=unknown
+  [ "$current" != unknown ] || { current=v1.0.0; ensure_on v1.0.0; }
+  next=$(other "$current"); settle
+  if timed s_bt bt_swap "$next"; then
+    s_bt_cmd+=($(( 10#$bt_returned - 10#$last_t0 ))); current=$next
+  else
+    current=v1.0.0; ensure_on v1.0.0
+  fi
+  next=$(other "$current"); settle
+  timed s_seed seed_swap "$next" || true
+  # The seed path leaves a locally built image running; put the registry image back (untimed).
+  docker rm -f "$app" >/dev/null; run_app "${ref[$next]}"; wait_version "$next"; current=$next
+  say "  run $i: raw $(secs "${s_raw[-1]:-0}")s, backtrack $(secs "${s_bt[-1]:-0}")s, seed path $(secs "${s_seed[-1]:-0}")s"
+done
+
+# --- a 100 MB image that has to be pulled ------------------------------------------------------
+big=v2.0.0
+have_big=$(curl -fs -o /dev/null -w '%{http_code}' -I \
+  -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$registry/v2/bench/swap/manifests/$big" || true)
+if [ "$have_big" != 200 ]; then
+  say "building and pushing $image:$big (with 100 MB of random bytes)"
+  head -c 100M /dev/urandom >"$ctx/big.bin"
+  write_dockerfile "$ctx/Dockerfile.big" "COPY big.bin /big.bin"
+  docker build -q -f "$ctx/Dockerfile.big" --build-arg VERSION=$big -t "$image:$big" "$ctx" >/dev/null 2>"$work/build.err" \
+    || { cat "$work/build.err" >&2; die "build $big failed"; }
+  docker push -q "$image:$big" >/dev/null 2>"$work/push.err" || { cat "$work/push.err" >&2; die "push $big failed"; }
+  rm -f "$ctx/big.bin"
+fi
+big_digest=$(curl -fsI -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$registry/v2/bench/swap/manifests/$big" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest" {print $2}')
+[ -n "$big_digest" ] || die "no digest for $image:$big"
+big_ref=$image@$big_digest
+big_size=$(curl -fs -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$registry/v2/bench/swap/manifests/$big_digest" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(sum(l["size"] for l in m["layers"]) + m["config"]["size"])')
+
+# drop_big: bench-app off the big image, and the big image gone from the machine.
+drop_big() {
+  ensure_on v1.0.0; current=v1.0.0
+  local id
+  for r in "$big_ref" "$image:$big"; do
+    id=$(docker image inspect --format '{{.Id}}' "$r" 2>/dev/null || true)
+    [ -z "$id" ] || docker rmi -f "$id" >/dev/null
+  done
+  ! docker image inspect "$big_ref" >/dev/null 2>&1 || die "could not remove $big_ref"
+}
+
+raw_pull() { docker pull -q "$big_ref" >/dev/null; }
+raw_pull_swap() { docker pull -q "$big_ref" >/dev/null && raw_swap "$big" "$big_ref"; }
+s_bt_pull=() s_raw_pull=() s_raw_pull_swap=()
+say "timing: $pull_runs runs each of swaps that pull $image:$big ($(awk -v b="$big_size" 'BEGIN {printf "%.0f MB", b/1e6}'))"
+for ((i = 1; i <= pull_runs; i++)); do
+  drop_big; settle
+  timed s_bt_pull bt_swap "$big" || true
+  drop_big; settle
+  timed s_raw_pull raw_pull || true
+  drop_big; settle
+  timed s_raw_pull_swap raw_pull_swap || true
+  say "  run $i: backtrack with pull $(secs "${s_bt_pull[-1]:-0}")s, docker pull $(secs "${s_raw_pull[-1]:-0}")s, raw swap with pull $(secs "${s_raw_pull_swap[-1]:-0}")s"
+done
+drop_big   # leaves the machine without the 100 MB image
+
+# --- report ------------------------------------------------------------------------------------
+for a in s_raw s_bt s_seed s_bt_pull s_raw_pull s_raw_pull_swap; do
+  declare -n arr=$a
+  [ ${#arr[@]} -gt 0 ] || die "every run of $a failed"
+  unset -n arr
+done
+m_raw=$(median_us "${s_raw[@]}")
+m_bt=$(median_us "${s_bt[@]}")
+m_bt_cmd=$(median_us "${s_bt_cmd[@]}")
+m_seed=$(median_us "${s_seed[@]}")
+m_bt_pull=$(median_us "${s_bt_pull[@]}")
+m_raw_pull=$(median_us "${s_raw_pull[@]}")
+m_raw_pull_swap=$(median_us "${s_raw_pull_swap[@]}")
+r_bt=$(ratio "$m_bt" "$m_raw")
+r_seed=$(ratio "$m_seed" "$m_bt")
+r_pull=$(ratio "$m_bt_pull" "$m_raw_pull_swap")
+
+echo
+echo "swap to a version already pulled: start of command -> new version answers $url"
+echo "  $(nproc) CPUs, Docker $(docker version --format '{{.Server.Version}}'), median of ${#s_bt[@]} runs (pull: ${#s_bt_pull[@]}), backtrack $("$BACKTRACK" --version 2>/dev/null | awk '{print $NF}')"
+echo "  load average at start: $load_start, at end: $(cut -d" " -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
+echo
+table_head
+table_row "raw floor: rm -f + run + poll" "$(secs "$m_raw") s" "" "" "" "(baseline)"
+table_row "backtrack deploy (image present)" "$(secs "$m_bt") s" "$(secs "$m_raw") s" "${r_bt}x" "<= 1.15x raw" "$(verdict ratio_le "$m_bt" "$m_raw" 1.15)"
+table_row "  of which until deploy returned" "$(secs "$m_bt_cmd") s" "" "" "" "(info)"
+table_row "seed path: build --no-cache + rm + run" "$(secs "$m_seed") s" "$(secs "$m_bt") s" "${r_seed}x" ">= 4x bt" "$(verdict ratio_ge "$m_seed" "$m_bt" 4)"
+table_row "backtrack deploy with pull (100 MB)" "$(secs "$m_bt_pull") s" "$(secs "$m_raw_pull_swap") s" "${r_pull}x" "" "(info)"
+table_row "raw: docker pull + rm -f + run + poll" "$(secs "$m_raw_pull_swap") s" "" "" "" "(info)"
+table_row "raw: docker pull alone (100 MB)" "$(secs "$m_raw_pull") s" "" "" "" "(info)"
+for k in "${!fails[@]}"; do table_row "failed runs: $k" "${fails[$k]}" "" "" "0" "MISS"; done
+echo
+echo "samples (s):"
+for name in raw bt bt_cmd seed bt_pull raw_pull raw_pull_swap; do
+  declare -n arr="s_$name"
+  printf '  %-13s' "$name"; for v in "${arr[@]}"; do printf ' %s' "$(secs "$v")"; done; echo
+  unset -n arr
+done
