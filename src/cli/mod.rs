@@ -85,6 +85,9 @@ pub struct VersionsArgs {
     /// Show at most N versions (0: no limit) [default: 20, or none with --all].
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Ask the registry for every version tag's digest instead of trusting the cache.
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, Args)]

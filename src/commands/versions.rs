@@ -90,20 +90,28 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     if has_lkg && !args.all {
         lookup.push(LKG_TAG.to_string());
     }
-    let digests = registry
-        .tag_digests(&lookup)
-        .await
-        .with_context(|| format!("resolve tags of {}", registry.name()))?;
-    let unique: Vec<Digest> = shown
-        .iter()
-        .filter_map(|(t, _)| digests.get(t).cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let infos = registry
-        .image_infos(&unique)
-        .await
-        .with_context(|| format!("read image metadata from {}", registry.name()))?;
+    // Version tags may come from the cache; if one of those digests is gone (pruned elsewhere),
+    // ask the registry for all of them once more.
+    let mut refresh = args.refresh;
+    let (digests, infos) = loop {
+        let digests = registry
+            .listing_tag_digests(&lookup, refresh)
+            .await
+            .with_context(|| format!("resolve tags of {}", registry.name()))?;
+        let unique: Vec<Digest> = shown
+            .iter()
+            .filter_map(|(t, _)| digests.get(t).cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match registry.image_infos(&unique).await {
+            Ok(infos) => break (digests, infos),
+            Err(e) if e.is_not_found() && !refresh => refresh = true,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("read image metadata from {}", registry.name())));
+            }
+        }
+    };
     registry.flush_cache();
 
     let lkg_digest = digests.get(LKG_TAG);

@@ -138,7 +138,6 @@ impl EcrRepo {
     }
 }
 
-
 #[test]
 fn ecr_versions_have_the_same_shape_as_oci() {
     let repo = EcrRepo::new("versions", ImageTagMutability::Mutable);

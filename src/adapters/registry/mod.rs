@@ -65,6 +65,17 @@ pub trait Registry: Send + Sync {
             .await
     }
 
+    /// Digests of tags for a listing, where the registry may answer version tags from the cache
+    /// (version tags are immutable by convention). Never used to act on anything.
+    async fn listing_tag_digests(
+        &self,
+        tags: &[String],
+        refresh: bool,
+    ) -> Result<HashMap<String, Digest>, RegistryError> {
+        let _ = refresh;
+        self.tag_digests(tags).await
+    }
+
     /// Metadata of one image.
     async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError>;
 

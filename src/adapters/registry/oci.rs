@@ -1,5 +1,10 @@
-//! The OCI Distribution registry (Docker Registry v2, CNCF Distribution, Harbor, GHCR, ...)
-//! through `oci-client`, plus the one call it lacks (manifest DELETE) over the same HTTP stack.
+//! The OCI Distribution registry (Docker Registry v2, CNCF Distribution, Harbor, GHCR, ...).
+//!
+//! `oci-client` answers the authentication challenge (bearer token or basic credentials, from the
+//! docker config); the requests themselves go over one keep-alive `reqwest` client with that
+//! authorization, because `oci-client` re-probes `/v2/` before every request on anonymous
+//! registries, hides the `Link` header of tag lists, and has no DELETE. Idempotent requests are
+//! retried once when the connection drops; a 401 refreshes the token once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +16,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -18,6 +24,7 @@ use super::cache::InfoCache;
 use super::{PullAuth, Registry, RegistryError, credentials, root_cause};
 use crate::domain::digest::Digest;
 use crate::domain::image::ImageInfo;
+use crate::domain::version::VersionTag;
 use crate::settings::RegistrySettings;
 
 /// Manifest media types we ask for, single images and multi-platform indexes alike.
@@ -29,6 +36,7 @@ const ACCEPT: &[&str] = &[
 ];
 
 const PAGE: usize = 1000;
+const ACCEPT_HEADER: &str = "accept";
 
 pub struct OciRegistry {
     client: Client,
@@ -37,6 +45,9 @@ pub struct OciRegistry {
     repository: String,
     scheme: &'static str,
     auth: OnceCell<RegistryAuth>,
+    /// The Authorization header for pulls and for pushes (`None` inside: anonymous).
+    pull_header: tokio::sync::Mutex<Option<Option<HeaderValue>>>,
+    push_header: tokio::sync::Mutex<Option<Option<HeaderValue>>>,
     cache: Arc<InfoCache>,
 }
 
@@ -73,6 +84,8 @@ impl OciRegistry {
             repository: settings.repository.clone(),
             scheme: if settings.plain_http { "http" } else { "https" },
             auth: OnceCell::new(),
+            pull_header: tokio::sync::Mutex::new(None),
+            push_header: tokio::sync::Mutex::new(None),
             cache,
         })
     }
@@ -83,10 +96,6 @@ impl OciRegistry {
 
     fn tag_ref(&self, tag: &str) -> Reference {
         Reference::with_tag(self.host.clone(), self.repository.clone(), tag.to_string())
-    }
-
-    fn digest_ref(&self, digest: &Digest) -> Reference {
-        Reference::with_digest(self.host.clone(), self.repository.clone(), digest.to_string())
     }
 
     /// Maps an `oci-client` error to one a person can act on.
@@ -157,18 +166,148 @@ impl OciRegistry {
         }
     }
 
-    async fn manifest_raw(&self, digest: &Digest) -> Result<(bytes::Bytes, RawManifest), RegistryError> {
-        let reference = self.digest_ref(digest);
-        let (bytes, _) = self
+    /// The Authorization header for `op`, worked out once per run (again when `refresh`).
+    async fn auth_header(&self, op: RegistryOperation, refresh: bool) -> Result<Option<HeaderValue>, RegistryError> {
+        let slot = match op {
+            RegistryOperation::Pull => &self.pull_header,
+            RegistryOperation::Push => &self.push_header,
+        };
+        let mut slot = slot.lock().await;
+        if let (Some(h), false) = (slot.as_ref(), refresh) {
+            return Ok(h.clone());
+        }
+        let auth = self.auth().await;
+        let token = self
             .client
-            .pull_manifest_raw(&reference, self.auth().await, ACCEPT)
+            .auth(&self.tag_ref("latest"), auth, op)
             .await
-            .map_err(|e| self.classify(&format!("{}@{digest}", self.name()), e))?;
+            .map_err(|e| self.classify(&self.name(), e))?;
+        let header = match (token, auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => {
+                use base64::Engine as _;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
+            }
+            _ => None,
+        }
+        .and_then(|h| HeaderValue::from_str(&h).ok());
+        *slot = Some(header.clone());
+        Ok(header)
+    }
+
+    /// Sends a request built by `build`, with authorization; retries once on a dropped
+    /// connection (idempotent requests only) and once with a fresh token on a 401.
+    async fn send(
+        &self,
+        op: RegistryOperation,
+        idempotent: bool,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut refreshed = false;
+        let mut retried = false;
+        loop {
+            let header = self.auth_header(op, refreshed).await?;
+            let mut req = build(&self.http);
+            if let Some(h) = header {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
+            }
+            match req.send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed => refreshed = true,
+                Ok(r) => return Ok(r),
+                Err(e) if idempotent && !retried && (e.is_connect() || e.is_request()) && !e.is_timeout() => {
+                    tracing::debug!("retrying after {}", root_cause(&e));
+                    retried = true;
+                }
+                Err(e) => {
+                    return Err(RegistryError::Unreachable {
+                        registry: self.host.clone(),
+                        cause: if e.is_timeout() {
+                            "timed out".into()
+                        } else {
+                            root_cause(&e)
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Turns an error status into the error a person can act on.
+    async fn status_error(&self, reference: &str, resp: reqwest::Response) -> RegistryError {
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let code = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        match (status, code.as_str()) {
+            (_, "NAME_UNKNOWN") => RegistryError::RepositoryNotFound {
+                repository: self.name(),
+            },
+            (404, _) | (_, "MANIFEST_UNKNOWN") => RegistryError::ManifestNotFound {
+                reference: reference.to_string(),
+            },
+            (401, _) | (_, "UNAUTHORIZED") => RegistryError::Unauthorized {
+                registry: self.host.clone(),
+                cause: format!("the registry answered {status} for {reference}"),
+            },
+            (403, _) | (_, "DENIED") => RegistryError::Denied {
+                repository: self.name(),
+                action: None,
+            },
+            _ => RegistryError::Protocol {
+                registry: self.host.clone(),
+                message: format!("{reference}: HTTP {status}: {}", body.trim()),
+            },
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("{}://{}/v2/{}", self.scheme, self.host, self.repository)
+    }
+
+    async fn manifest_raw(&self, digest: &Digest) -> Result<(bytes::Bytes, RawManifest), RegistryError> {
+        let reference = format!("{}@{digest}", self.name());
+        let url = format!("{}/manifests/{digest}", self.base());
+        let resp = self
+            .send(RegistryOperation::Pull, true, |c| {
+                c.get(&url).header(ACCEPT_HEADER, ACCEPT.join(", "))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(&reference, resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(|e| RegistryError::Unreachable {
+            registry: self.host.clone(),
+            cause: root_cause(&e),
+        })?;
+        if Digest::of_bytes(&bytes) != *digest {
+            return Err(RegistryError::Protocol {
+                registry: self.host.clone(),
+                message: format!("manifest {digest} does not match its digest"),
+            });
+        }
         let parsed: RawManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
             registry: self.host.clone(),
             message: format!("parse manifest {digest}: {e}"),
         })?;
         Ok((bytes, parsed))
+    }
+
+    async fn blob(&self, digest: &str) -> Result<bytes::Bytes, RegistryError> {
+        let reference = format!("{}@{digest}", self.name());
+        let url = format!("{}/blobs/{digest}", self.base());
+        let resp = self.send(RegistryOperation::Pull, true, |c| c.get(&url)).await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(&reference, resp).await);
+        }
+        resp.bytes().await.map_err(|e| RegistryError::Unreachable {
+            registry: self.host.clone(),
+            cause: root_cause(&e),
+        })
     }
 
     async fn fetch_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError> {
@@ -192,11 +331,7 @@ impl OciRegistry {
             });
         };
         let size = config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
-        let mut blob = Vec::with_capacity(config.size as usize);
-        self.client
-            .pull_blob(&self.digest_ref(digest), config.digest.as_str(), &mut blob)
-            .await
-            .map_err(|e| self.classify(&format!("{}@{}", self.name(), config.digest), e))?;
+        let blob = self.blob(&config.digest).await?;
         let parsed: RawConfig = serde_json::from_slice(&blob).unwrap_or_default();
         Ok(ImageInfo {
             digest: digest.clone(),
@@ -205,13 +340,6 @@ impl OciRegistry {
             size: Some(size),
             labels: parsed.config.and_then(|c| c.labels).unwrap_or_default(),
         })
-    }
-
-    fn manifest_url(&self, reference: &str) -> String {
-        format!(
-            "{}://{}/v2/{}/manifests/{reference}",
-            self.scheme, self.host, self.repository
-        )
     }
 }
 
@@ -226,41 +354,121 @@ impl Registry for OciRegistry {
     }
 
     async fn list_tags(&self) -> Result<Vec<String>, RegistryError> {
-        let reference = self.tag_ref("latest");
-        let auth = self.auth().await;
         let mut all: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut last: Option<String> = None;
+        let mut url = format!("{}/tags/list?n={PAGE}", self.base());
         loop {
-            let page = self
-                .client
-                .list_tags(&reference, auth, Some(PAGE), last.as_deref())
-                .await
-                .map_err(|e| self.classify(&self.name(), e))?;
-            let fresh: Vec<String> = page.tags.into_iter().filter(|t| seen.insert(t.clone())).collect();
-            // A page with nothing new is the end (some registries ignore `last`); so is a short one.
-            let done = fresh.is_empty() || fresh.len() < PAGE;
-            last = fresh.last().cloned();
-            all.extend(fresh);
-            if done {
-                break;
+            let resp = self.send(RegistryOperation::Pull, true, |c| c.get(&url)).await?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(&self.name(), resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|l| l.to_str().ok())
+                .and_then(next_link);
+            let page: TagList = resp.json().await.map_err(|e| RegistryError::Protocol {
+                registry: self.host.clone(),
+                message: format!("parse the tag list: {}", root_cause(&e)),
+            })?;
+            let before = all.len();
+            all.extend(
+                page.tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| seen.insert(t.clone())),
+            );
+            // Follow `Link: <...>; rel="next"`; a page with nothing new ends it too.
+            match next {
+                Some(n) if all.len() > before => {
+                    url = if n.starts_with("http") {
+                        n
+                    } else {
+                        format!("{}://{}{n}", self.scheme, self.host)
+                    };
+                }
+                _ => break,
             }
         }
         Ok(all)
     }
 
     async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
-        let reference = self.tag_ref(tag);
-        match self.client.fetch_manifest_digest(&reference, self.auth().await).await {
-            Ok(d) => Digest::parse(&d).map(Some).map_err(|e| RegistryError::Protocol {
-                registry: self.host.clone(),
-                message: e.to_string(),
-            }),
-            Err(e) => match self.classify(&format!("{}:{tag}", self.name()), e) {
+        let reference = format!("{}:{tag}", self.name());
+        let url = format!("{}/manifests/{tag}", self.base());
+        let resp = self
+            .send(RegistryOperation::Pull, true, |c| {
+                c.head(&url).header(ACCEPT_HEADER, ACCEPT.join(", "))
+            })
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            // A HEAD has no body to tell a missing tag from a missing repository: ask once more.
+            let check = self
+                .send(RegistryOperation::Pull, true, |c| {
+                    c.get(&url).header(ACCEPT_HEADER, ACCEPT.join(", "))
+                })
+                .await?;
+            return match self.status_error(&reference, check).await {
                 RegistryError::ManifestNotFound { .. } => Ok(None),
                 other => Err(other),
-            },
+            };
         }
+        if !resp.status().is_success() {
+            return Err(self.status_error(&reference, resp).await);
+        }
+        let header = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let digest = match header {
+            Some(d) => d,
+            None => {
+                // Registries that omit the header: hash the manifest itself.
+                let full = self
+                    .send(RegistryOperation::Pull, true, |c| {
+                        c.get(&url).header(ACCEPT_HEADER, ACCEPT.join(", "))
+                    })
+                    .await?;
+                let bytes = full.bytes().await.map_err(|e| RegistryError::Unreachable {
+                    registry: self.host.clone(),
+                    cause: root_cause(&e),
+                })?;
+                Digest::of_bytes(&bytes).to_string()
+            }
+        };
+        Digest::parse(&digest).map(Some).map_err(|e| RegistryError::Protocol {
+            registry: self.host.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    async fn listing_tag_digests(
+        &self,
+        tags: &[String],
+        refresh: bool,
+    ) -> Result<std::collections::HashMap<String, Digest>, RegistryError> {
+        let name = self.name();
+        let mut out = std::collections::HashMap::new();
+        let mut ask = Vec::new();
+        for t in tags {
+            let cached = (!refresh && VersionTag::parse(t).is_some())
+                .then(|| self.cache.version_tag(&name, t))
+                .flatten();
+            match cached {
+                Some(d) => {
+                    out.insert(t.clone(), d);
+                }
+                None => ask.push(t.clone()),
+            }
+        }
+        for (t, d) in self.tag_digests(&ask).await? {
+            if VersionTag::parse(&t).is_some() {
+                self.cache.put_version_tag(&name, &t, &d);
+            }
+            out.insert(t, d);
+        }
+        Ok(out)
     }
 
     async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError> {
@@ -281,45 +489,44 @@ impl Registry for OciRegistry {
                 "application/vnd.oci.image.manifest.v1+json".into()
             }
         });
-        let content_type =
-            reqwest::header::HeaderValue::from_str(&media_type).map_err(|e| RegistryError::Protocol {
-                registry: self.host.clone(),
-                message: format!("media type {media_type:?}: {e}"),
-            })?;
-        // Push rights are checked (and a push token fetched) before the PUT.
-        self.client
-            .auth(&self.tag_ref(tag), self.auth().await, RegistryOperation::Push)
-            .await
-            .map_err(|e| self.classify(&format!("{}:{tag}", self.name()), e))?;
-        self.client
-            .push_manifest_raw(&self.tag_ref(tag), bytes, content_type)
-            .await
-            .map_err(|e| self.classify(&format!("{}:{tag}", self.name()), e))?;
+        let reference = format!("{}:{tag}", self.name());
+        let url = format!("{}/manifests/{tag}", self.base());
+        // The same bytes under another name: no blob moves, the digest cannot change.
+        let resp = self
+            .send(RegistryOperation::Push, true, |c| {
+                c.put(&url)
+                    .header(reqwest::header::CONTENT_TYPE, media_type.as_str())
+                    .body(bytes.clone())
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(match self.status_error(&reference, resp).await {
+                RegistryError::Protocol { message, .. }
+                    if message.contains("TAG_INVALID") || message.contains("immutable") =>
+                {
+                    RegistryError::ImmutableTag {
+                        repository: self.name(),
+                        tag: tag.to_string(),
+                    }
+                }
+                other => other,
+            });
+        }
+        self.cache.forget(&self.name(), None, Some(tag));
         Ok(())
     }
 
     async fn delete(&self, image: &super::RemoteImage) -> Result<(), RegistryError> {
-        let reference = self.digest_ref(&image.digest);
-        let auth = self.auth().await;
-        let token = self
-            .client
-            .auth(&reference, auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| self.classify(&self.name(), e))?;
-        let mut req = self.http.delete(self.manifest_url(image.digest.as_str()));
-        req = match (&token, auth) {
-            (Some(t), _) => req.bearer_auth(t),
-            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-            _ => req,
-        };
-        let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
-            registry: self.host.clone(),
-            cause: root_cause(&e),
-        })?;
+        let url = format!("{}/manifests/{}", self.base(), image.digest);
+        let resp = self.send(RegistryOperation::Push, true, |c| c.delete(&url)).await?;
         let status = resp.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            // Gone, as wanted (already gone counts: running prune again finishes the job).
+            self.cache.forget(&self.name(), Some(&image.digest), None);
+            return Ok(());
+        }
         let body = resp.text().await.unwrap_or_default();
         match status.as_u16() {
-            200..=299 | 404 => Ok(()), // already gone is what we wanted
             405 => Err(RegistryError::DeleteDisabled {
                 registry: self.host.clone(),
             }),
@@ -356,6 +563,21 @@ impl Registry for OciRegistry {
     fn flush_cache(&self) {
         self.cache.flush();
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
+/// The target of `rel="next"` in a `Link` header.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .contains("rel=\"next\"")
+            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,4 +641,22 @@ fn pick_platform(entries: &[IndexEntry]) -> Option<String> {
                 .find(|e| e.platform.as_ref().is_none_or(|p| p.architecture != "unknown"))
         })
         .map(|e| e.digest.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_is_read_from_the_link_header() {
+        assert_eq!(
+            next_link("</v2/app/tags/list?n=1000&last=v1.2.3>; rel=\"next\"").as_deref(),
+            Some("/v2/app/tags/list?n=1000&last=v1.2.3")
+        );
+        assert_eq!(
+            next_link("<https://x/a>; rel=\"prev\", <https://x/b>; rel=\"next\"").as_deref(),
+            Some("https://x/b")
+        );
+        assert_eq!(next_link("<https://x/a>; rel=\"prev\""), None);
+    }
 }
