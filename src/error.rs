@@ -5,6 +5,8 @@
 //! The codes are documented in README.md and in `backtrack --help`.
 
 use crate::adapters::docker::EngineError;
+use crate::adapters::docker::build::BuildError;
+use crate::adapters::git::GitError;
 use crate::adapters::registry::RegistryError;
 use crate::adapters::state::LockError;
 use crate::domain::selector::{ResolveError, SelectorError};
@@ -45,6 +47,8 @@ pub enum Failure {
     NotBuilt { command: String },
     #[error("validate: {0}")]
     Unhealthy(String),
+    #[error("find {what}")]
+    NeedsRebuild { what: String },
 }
 
 /// The exit code for an error: the first typed error in the chain decides.
@@ -60,6 +64,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::Interrupted => INTERRUPTED,
                 Failure::NotBuilt { .. } => ERROR,
                 Failure::Unhealthy(_) => ERROR,
+                Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
@@ -79,6 +84,20 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<EngineError>().is_some() {
             return ENGINE;
+        }
+        if let Some(e) = cause.downcast_ref::<GitError>() {
+            return if matches!(e, GitError::NoSuchTag { .. }) {
+                NO_SUCH_VERSION
+            } else {
+                ERROR
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<BuildError>() {
+            return if matches!(e, BuildError::Engine(_)) {
+                ENGINE
+            } else {
+                ERROR
+            };
         }
     }
     ERROR
@@ -102,10 +121,19 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = cause.downcast_ref::<LockError>() {
             return e.hint();
         }
+        if let Some(e) = cause.downcast_ref::<GitError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<BuildError>() {
+            return e.hint();
+        }
         if let Some(Failure::NeedsConfirmation { what }) = cause.downcast_ref::<Failure>() {
             return Some(format!(
                 "{what}: pass --yes to go ahead without a prompt, or --dry-run to see the plan"
             ));
+        }
+        if let Some(Failure::NeedsRebuild { .. }) = cause.downcast_ref::<Failure>() {
+            return Some("pass --rebuild to build it from its Git tag, push it and deploy it".into());
         }
         if let Some(Failure::RevertFailed { .. }) = cause.downcast_ref::<Failure>() {
             return Some("a person must act: see `backtrack status` and `docker ps -a`".into());

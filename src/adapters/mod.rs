@@ -5,5 +5,6 @@
 //! a person can act, a hint.** They make no decisions: those belong to `domain` and `commands`.
 
 pub mod docker;
+pub mod git;
 pub mod registry;
 pub mod state;

@@ -67,6 +67,8 @@ pub enum Command {
     Validate,
     /// Apply a retention policy to the registry.
     Prune(PruneArgs),
+    /// Build the current checkout as a versioned image (and push it with --push).
+    Build(BuildArgs),
     /// Work with retention policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -120,6 +122,10 @@ pub struct SwapCommon {
     /// With --mark-good: it must also stay healthy this long first (e.g. 2m).
     #[arg(long, value_name = "DURATION", requires = "mark_good")]
     pub soak: Option<String>,
+    /// If the version's image is gone from the registry but its Git tag exists, build it from Git,
+    /// push it, then deploy it (without this, backtrack asks, or fails without a terminal).
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +150,19 @@ pub struct EmergencyArgs {
     pub env_file: Option<std::path::PathBuf>,
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The version to tag [default: `git describe --tags`].
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Push the image to the registry after building it.
+    #[arg(long)]
+    pub push: bool,
+    /// Build even though the checkout has uncommitted changes.
+    #[arg(long)]
+    pub allow_dirty: bool,
 }
 
 #[derive(Debug, Args)]

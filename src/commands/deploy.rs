@@ -11,6 +11,7 @@ use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::mark::mark_good;
+use crate::ops::rebuild;
 use crate::ops::swap::{self, Plan, SwapReport};
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
 use crate::output::{Report, ask, confirm};
@@ -124,6 +125,28 @@ impl Report for SwapReport {
     }
 }
 
+/// The version to rebuild when resolution failed only because its image is gone: an exact
+/// version with no tag in the registry, or a tag (from the journal) that no longer exists.
+fn missing_version(err: &anyhow::Error, input: &str) -> Option<semver::Version> {
+    use crate::adapters::registry::RegistryError;
+    use crate::domain::selector::{ResolveError, Selector};
+    use crate::domain::version::{parse_version, strip_build};
+    for cause in err.chain() {
+        if let Some(ResolveError::NoMatch { .. }) = cause.downcast_ref::<ResolveError>()
+            && let Ok(Selector::Exact(v)) = input.parse::<Selector>()
+        {
+            return Some(strip_build(&v));
+        }
+        if let Some(RegistryError::ManifestNotFound { reference }) = cause.downcast_ref::<RegistryError>() {
+            return reference
+                .rsplit_once(':')
+                .and_then(|(_, tag)| parse_version(tag))
+                .map(|v| strip_build(&v));
+        }
+    }
+    None
+}
+
 async fn swap_command(
     app: &App<'_>,
     op: Operation,
@@ -158,7 +181,66 @@ async fn swap_command(
     let ops = history::operations(&journal.read()?);
     let current = deployed::read(&engine, target, &registry.name()).await?;
     let current_ref = current.first().map(|d| d.image.clone());
-    let chosen = resolve::resolve(registry.as_ref(), input, &ops, current_ref.as_ref()).await?;
+    let (chosen, note) = match resolve::resolve(registry.as_ref(), input, &ops, current_ref.as_ref()).await {
+        Ok(c) => (c, None),
+        Err(e) => {
+            let Some(version) = missing_version(&e, input) else {
+                return Err(e);
+            };
+            let (repo, git_tag, commit) = match rebuild::git_tag_for(&project.rebuild, &version) {
+                Ok(found) => found,
+                Err(git_err) => {
+                    app.printer.note(format!("not rebuilding from Git: {git_err}"));
+                    return Err(e);
+                }
+            };
+            let what = format!(
+                "{version} in {}: its image is not there, but Git tag {git_tag} ({}) is in {}",
+                registry.name(),
+                &commit[..12.min(commit.len())],
+                repo.path.display()
+            );
+            if common.dry_run {
+                app.printer.note(format!(
+                    "{what}\nplan: rebuild {git_tag} from Git in a scratch worktree, push it, then swap"
+                ));
+                app.printer.note("dry run: nothing was changed");
+                return Ok(());
+            }
+            if !common.rebuild {
+                let ask = app.settings.interactive && !app.settings.yes;
+                if !ask {
+                    return Err(Failure::NeedsRebuild { what }.into());
+                }
+                app.printer.note(&what);
+                if !confirm(
+                    &app.printer,
+                    "Rebuild it from Git, push it and deploy it?",
+                    "confirm the rebuild",
+                )? {
+                    return Err(Failure::Cancelled.into());
+                }
+            }
+            let rebuilt =
+                rebuild::rebuild(&engine, registry.as_ref(), &app.printer, &project.rebuild, &version).await?;
+            let info = registry.image_info(&rebuilt.digest).await?;
+            let note = format!(
+                "rebuilt from Git tag {} (commit {})",
+                rebuilt.git_tag,
+                &rebuilt.commit[..12.min(rebuilt.commit.len())]
+            );
+            let chosen = resolve::Chosen {
+                image: ImageRef {
+                    tag: Some(rebuilt.image_tag),
+                    version: Some(version.to_string()),
+                    digest: Some(rebuilt.digest.clone()),
+                },
+                digest: rebuilt.digest,
+                info,
+            };
+            (chosen, Some(note))
+        }
+    };
 
     if current.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest)) {
         return app.printer.report(&SwapReport {
@@ -176,7 +258,8 @@ async fn swap_command(
     }
 
     let image = registry.pull_reference(&chosen.digest);
-    let plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
+    let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
+    plan.note = note;
     if common.dry_run {
         return app.printer.report(&PlanReport {
             dry_run: true,

@@ -1,6 +1,7 @@
 //! Commands: one file per subcommand, each a plain async function taking the resolved settings
 //! and its own arguments. They wire adapters to domain decisions and hand a report to the printer.
 
+mod build;
 mod completions;
 mod deploy;
 mod emergency;
@@ -71,6 +72,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Validate => validate::run(&app).await,
         Command::Prune(args) => prune::run(&app, &args).await,
         Command::Policy(cmd) => policy::run(&app, cmd).await,
+        Command::Build(args) => build::run(&app, &args).await,
         Command::Completions { shell } => completions::run(shell),
     }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod deployed;
 pub mod interrupt;
 pub mod mark;
+pub mod rebuild;
 pub mod recover;
 pub mod resolve;
 pub mod swap;

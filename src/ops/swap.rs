@@ -55,6 +55,8 @@ pub struct Plan {
     pub to: ImageRef,
     pub image: String,
     pub containers: Vec<ContainerPlan>,
+    /// How the image came to be, for the journal (e.g. rebuilt from Git).
+    pub note: Option<String>,
 }
 
 impl Plan {
@@ -131,6 +133,7 @@ pub async fn plan(
         to: to.clone(),
         image: image.to_string(),
         containers,
+        note: None,
     })
 }
 
@@ -185,6 +188,7 @@ pub async fn execute(
         from: Some(plan.from.clone()),
         to: Some(plan.to.clone()),
         reason: reason.map(str::to_string),
+        detail: plan.note.clone(),
         ..Record::new(&id, Utc::now(), plan.op, Phase::Started)
     };
     journal.append(&Record {
@@ -201,7 +205,7 @@ pub async fn execute(
         phase: Phase::Finished,
         result: Some(result),
         duration_ms: Some(started.elapsed().as_millis() as u64),
-        detail,
+        detail: detail.or(base.detail.clone()),
         ..base.clone()
     };
 

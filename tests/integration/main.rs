@@ -4,6 +4,7 @@ mod ecr;
 mod harness;
 mod lkg;
 mod prune;
+mod rebuild;
 mod swap;
 mod versions;
 

@@ -2,6 +2,7 @@
 //! primitive steps of a swap (stop, rename, create a clone on another image, start, remove),
 //! plus what validation reads (state, health, logs).
 
+pub mod build;
 pub mod clone;
 
 use std::collections::HashMap;
@@ -411,7 +412,7 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
-fn short_error(e: &bollard::errors::Error) -> String {
+pub(crate) fn short_error(e: &bollard::errors::Error) -> String {
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.trim().to_string(),
         other => crate::adapters::registry::root_cause(other),
