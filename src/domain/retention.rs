@@ -5,7 +5,7 @@
 //! dry run explains each keep and each delete. Pure: the caller passes the images, what is
 //! deployed, the journal's recent deployments, and "now".
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -281,16 +281,27 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
             }
         }
     }
-    let releases_desc: Vec<&Version> = releases.iter().rev().collect();
-    let prereleases_desc: Vec<&Version> = prereleases.iter().rev().collect();
-    let rank = |list: &[&Version], v: &Version| list.iter().position(|x| *x == v).map(|p| p + 1);
-    // Rank within the version's major or minor line.
-    let line_rank = |per: Per, v: &Version| {
-        let same = |x: &&&Version| match per {
-            Per::Major => x.major == v.major,
-            Per::Minor => x.major == v.major && x.minor == v.minor,
-        };
-        releases_desc.iter().filter(same).position(|x| *x == v).map(|p| p + 1)
+    // Ranks (1 = highest), computed once: overall, per major line, per minor line.
+    let mut release_rank: HashMap<&Version, usize> = HashMap::new();
+    let mut major_rank: HashMap<&Version, usize> = HashMap::new();
+    let mut minor_rank: HashMap<&Version, usize> = HashMap::new();
+    let mut per_major: HashMap<u64, usize> = HashMap::new();
+    let mut per_minor: HashMap<(u64, u64), usize> = HashMap::new();
+    for (i, v) in releases.iter().rev().enumerate() {
+        release_rank.insert(v, i + 1);
+        let m = per_major.entry(v.major).or_default();
+        *m += 1;
+        major_rank.insert(v, *m);
+        let n = per_minor.entry((v.major, v.minor)).or_default();
+        *n += 1;
+        minor_rank.insert(v, *n);
+    }
+    let prerelease_rank: HashMap<&Version, usize> =
+        prereleases.iter().rev().enumerate().map(|(i, v)| (v, i + 1)).collect();
+    let rank = |v: &Version| release_rank.get(v).copied();
+    let line_rank = |per: Per, v: &Version| match per {
+        Per::Major => major_rank.get(v).copied(),
+        Per::Minor => minor_rank.get(v).copied(),
     };
     let recent: HashSet<&Digest> = facts.recent_deployments.iter().take(policy.protect.history).collect();
 
@@ -335,10 +346,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 let r = rule.get_ref();
                 let label = format!("keep {} ({})", i + 1, rule_name(r));
                 if let Some(n) = r.newest {
-                    match released
-                        .iter()
-                        .find_map(|v| rank(&releases_desc, &v.release()).map(|k| (v, k)))
-                    {
+                    match released.iter().find_map(|v| rank(&v.release()).map(|k| (v, k))) {
                         Some((v, k)) if k <= n => keep.push(format!("{label}: {} is #{k}", v.tag)),
                         Some((v, k)) => passed.push(format!("{label}: {} is #{k}", v.tag)),
                         None => passed.push(format!("{label}: no released version tag")),
@@ -374,7 +382,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                     Some(p) => {
                         let best = pre
                             .iter()
-                            .filter_map(|v| rank(&prereleases_desc, &v.release()).map(|k| (v, k)))
+                            .filter_map(|v| prerelease_rank.get(&v.release()).map(|k| (v, *k)))
                             .min_by_key(|(_, k)| *k);
                         match best {
                             Some((v, k)) if k <= p.newest => keep.push(format!("prereleases: {} is #{k}", v.tag)),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -48,6 +49,8 @@ pub struct OciRegistry {
     /// The Authorization header for pulls and for pushes (`None` inside: anonymous).
     pull_header: tokio::sync::Mutex<Option<Option<HeaderValue>>>,
     push_header: tokio::sync::Mutex<Option<Option<HeaderValue>>>,
+    /// Manifests already fetched in this run (a listing GETs them by tag), by digest.
+    seen: std::sync::Mutex<std::collections::HashMap<Digest, RawManifest>>,
     cache: Arc<InfoCache>,
 }
 
@@ -86,6 +89,7 @@ impl OciRegistry {
             auth: OnceCell::new(),
             pull_header: tokio::sync::Mutex::new(None),
             push_header: tokio::sync::Mutex::new(None),
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             cache,
         })
     }
@@ -310,8 +314,39 @@ impl OciRegistry {
         })
     }
 
+    /// GETs a manifest by tag: its digest and content in one request. `None` when no such tag.
+    async fn manifest_by_tag(&self, tag: &str) -> Result<Option<(Digest, RawManifest)>, RegistryError> {
+        let reference = format!("{}:{tag}", self.name());
+        let url = format!("{}/manifests/{tag}", self.base());
+        let resp = self
+            .send(RegistryOperation::Pull, true, |c| {
+                c.get(&url).header(ACCEPT_HEADER, ACCEPT.join(", "))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return match self.status_error(&reference, resp).await {
+                RegistryError::ManifestNotFound { .. } => Ok(None),
+                other => Err(other),
+            };
+        }
+        let bytes = resp.bytes().await.map_err(|e| RegistryError::Unreachable {
+            registry: self.host.clone(),
+            cause: root_cause(&e),
+        })?;
+        let digest = Digest::of_bytes(&bytes);
+        let parsed: RawManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+            registry: self.host.clone(),
+            message: format!("parse manifest {reference}: {e}"),
+        })?;
+        Ok(Some((digest, parsed)))
+    }
+
     async fn fetch_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError> {
-        let (_, mut manifest) = self.manifest_raw(digest).await?;
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        let mut manifest = match seen {
+            Some(m) => m,
+            None => self.manifest_raw(digest).await?.1,
+        };
         if let Some(entries) = &manifest.manifests {
             // A multi-platform index: describe the image for this machine's platform.
             let child = pick_platform(entries).ok_or_else(|| RegistryError::Protocol {
@@ -462,9 +497,21 @@ impl Registry for OciRegistry {
                 None => ask.push(t.clone()),
             }
         }
-        for (t, d) in self.tag_digests(&ask).await? {
+        // GET rather than HEAD: the manifest comes along, so describing the image later costs
+        // one request (its config) instead of two.
+        let fetched: Vec<(String, Option<(Digest, RawManifest)>)> = futures::stream::iter(ask)
+            .map(|t| async move { self.manifest_by_tag(&t).await.map(|m| (t, m)) })
+            .buffer_unordered(super::CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, m) in fetched {
+            let Some((d, manifest)) = m else { continue };
             if VersionTag::parse(&t).is_some() {
                 self.cache.put_version_tag(&name, &t, &d);
+            }
+            if self.cache.get(&d).is_none() {
+                seen.insert(d.clone(), manifest);
             }
             out.insert(t, d);
         }
@@ -580,7 +627,7 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawManifest {
     media_type: Option<String>,
@@ -590,20 +637,20 @@ struct RawManifest {
     layers: Vec<Descriptor>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Descriptor {
     digest: String,
     #[serde(default)]
     size: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct IndexEntry {
     digest: String,
     platform: Option<Platform>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Platform {
     os: String,
     architecture: String,
