@@ -116,12 +116,18 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .images()
         .await
         .with_context(|| format!("list images of {}", registry.name()))?;
-    let need_info: Vec<Digest> = images
-        .iter()
-        .filter(|i| i.pushed.is_none() || i.size.is_none())
-        .map(|i| i.digest.clone())
-        .collect();
-    let infos = registry.image_infos(&need_info).await?;
+    // Push times are fetched only when a rule needs them; otherwise what the cache knows is shown.
+    let missing = |i: &&RemoteImage| i.pushed.is_none() || i.size.is_none();
+    let infos = if policy.uses_time() {
+        let need: Vec<Digest> = images.iter().filter(missing).map(|i| i.digest.clone()).collect();
+        registry.image_infos(&need).await?
+    } else {
+        images
+            .iter()
+            .filter(missing)
+            .filter_map(|i| registry.cached_info(&i.digest).map(|info| (i.digest.clone(), info)))
+            .collect()
+    };
     registry.flush_cache();
     let entries: Vec<ImageEntry> = images
         .iter()

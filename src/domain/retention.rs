@@ -140,6 +140,11 @@ impl Policy {
         out
     }
 
+    /// Whether any rule looks at push times (only then must every image's time be fetched).
+    pub fn uses_time(&self) -> bool {
+        self.untagged.is_some() || self.keep.iter().any(|r| r.get_ref().pushed_within.is_some())
+    }
+
     /// The policy in words, one line per rule (for `policy check`).
     pub fn describe(&self) -> Vec<String> {
         let mut out = vec!["always protected: what the target runs now, and last_known_good".to_string()];

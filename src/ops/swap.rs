@@ -1,9 +1,10 @@
 //! The swap: move the target's containers onto another image, validate, and put the previous
 //! containers back if validation fails.
 //!
-//! Per container: stop the old one, rename it aside (`NAME-backtrack-prev`, restart policy off so
-//! a daemon restart cannot start it), create the clone on the new image under the old name, start
-//! it, validate. The old container is removed only after every container validated, so a revert
+//! Per container: create the clone on the new image under a temporary name
+//! (`NAME-backtrack-next`) while the old one stops, rename the old one aside
+//! (`NAME-backtrack-prev`, restart policy off so a daemon restart cannot start it) and the new one
+//! to the old name, start it, validate. The old container is removed only after every container validated, so a revert
 //! is a rename and a start, never a pull. The journal gets the intent before the first change,
 //! a `committed` record once validation passed, and the result at the end.
 
@@ -16,7 +17,7 @@ use serde::Serialize;
 
 use crate::adapters::docker::clone::{clone_config, docker_run_command};
 use crate::adapters::docker::{
-    BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX,
+    BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
     parse_restart_policy, restart_policy_text,
 };
 use crate::adapters::registry::PullAuth;
@@ -331,17 +332,27 @@ async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError>
             message: format!("{backup} already exists (left by an earlier run?); remove it or run `backtrack status`"),
         });
     }
-    engine.stop(&c.name, c.stop_timeout).await?;
+    // The new container is created under a temporary name while the old one stops: creating
+    // binds no port, so this takes it off the critical path.
+    let next = format!("{}{NEXT_SUFFIX}", c.name);
+    engine.remove(&next).await?;
+    let (stopped, created) = tokio::join!(
+        engine.stop(&c.name, c.stop_timeout),
+        engine.create(&next, c.body.clone(), &c.extra_networks)
+    );
+    stopped?;
+    created?;
     engine.rename(&c.name, &backup).await?;
-    engine.set_restart_policy(&backup, &parse_restart_policy("no")).await?;
-    engine.create(&c.name, c.body.clone(), &c.extra_networks).await?;
+    engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
+    engine.set_restart_policy(&backup, &parse_restart_policy("no")).await?;
     Ok(())
 }
 
 /// Puts the set-aside container back under its name and starts it. Safe to repeat.
 pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Result<(), EngineError> {
     let backup = format!("{name}{BACKUP_SUFFIX}");
+    engine.remove(&format!("{name}{NEXT_SUFFIX}")).await?;
     if engine.inspect(&backup).await?.is_none() {
         // Never set aside: the old container is still under its own name.
         if engine.inspect(name).await?.is_some() {

@@ -14,7 +14,14 @@ use crate::settings::HealthSettings;
 
 /// With neither a HEALTHCHECK nor an HTTP probe, a container must stay up this long to count.
 const SETTLE: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(200);
+/// Polling starts fast (a healthy app is noticed within a few ms) and slows down over time.
+fn poll_interval(elapsed: Duration) -> Duration {
+    match elapsed.as_millis() {
+        0..=2_000 => Duration::from_millis(20),
+        2_001..=10_000 => Duration::from_millis(100),
+        _ => Duration::from_millis(250),
+    }
+}
 
 /// One check and what it found.
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +133,7 @@ pub async fn wait_valid(
                 container: None,
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll_interval(start.elapsed())).await;
     }
 }
 

@@ -478,3 +478,66 @@ fn compose_cleanup_on_failure(run: &crate::harness::Run, compose: &dyn Fn(&[&str
         compose(&["down"]);
     }
 }
+
+#[test]
+fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
+    let repo = Repo::new("picker");
+    for v in ["v1.0.0", "v1.1.0", "v1.2.0"] {
+        repo.push(&AppImage::new(v));
+    }
+    let containers = Containers::new();
+    let d = run_container(&repo, "v1.2.0", &containers);
+    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let url = format!("http://127.0.0.1:{}/health", d.port);
+    // `script` gives backtrack a real terminal; the answers go in on its input.
+    let on_terminal = |answers: &str| {
+        let mut cmd = t.command();
+        let program = format!("{} rollback", env!("CARGO_BIN_EXE_backtrack"));
+        let mut script = std::process::Command::new("script");
+        script.args(["-qec", &program, "/dev/null"]).current_dir(t.dir.path());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let _ = cmd.get_program();
+        let mut child = script
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), answers.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // Pick #3 (v1.0.0), then say no: nothing changes.
+    let screen = on_terminal("3\nn\n");
+    assert!(screen.contains("v1.2.0   (deployed)"), "{screen}");
+    assert!(
+        screen.contains("Roll back container") && screen.contains("to 1.0.0? [y/n]"),
+        "{screen}"
+    );
+    assert_eq!(http_get(&url).unwrap().trim(), "1.2.0");
+    // Pick #2 (v1.1.0) and confirm.
+    let screen = on_terminal("2\ny\n");
+    assert!(screen.contains("rolled back container"), "{screen}");
+    assert_eq!(http_get(&url).unwrap().trim(), "1.1.0");
+}
+
+#[test]
+fn status_reports_drift_when_the_deployed_tag_moves() {
+    let repo = Repo::new("drift");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let d = run_container(&repo, "v1.0.0", &containers);
+    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    t.exec(["deploy", "v1.1.0"]).success();
+    // Someone re-pushes v1.1.0 with different content.
+    repo.push(&AppImage::new("v1.1.0").revision("f00dfeed"));
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("drift: tag v1.1.0 now points to"), "{warnings}");
+}

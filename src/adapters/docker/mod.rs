@@ -34,6 +34,8 @@ pub const LABEL_VERSION: &str = "io.backtrack.version";
 pub const LABEL_EMERGENCY: &str = "io.backtrack.emergency";
 /// Suffix of the stopped previous container kept during a swap, until validation passes.
 pub const BACKUP_SUFFIX: &str = "-backtrack-prev";
+/// Suffix of the new container while it is created beside the old one, before the renames.
+pub const NEXT_SUFFIX: &str = "-backtrack-next";
 /// Suffix of a target container that `emergency` stopped and set aside.
 pub const PRE_EMERGENCY_SUFFIX: &str = "-backtrack-pre-emergency";
 
@@ -196,7 +198,10 @@ impl Engine {
                     let Some(id) = summary.id else { continue };
                     if let Some(c) = self.inspect(&id).await? {
                         let view = ContainerView::from_inspect(&c);
-                        if !view.name.ends_with(BACKUP_SUFFIX) && !view.name.ends_with(PRE_EMERGENCY_SUFFIX) {
+                        if ![BACKUP_SUFFIX, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX]
+                            .iter()
+                            .any(|s| view.name.ends_with(s))
+                        {
                             out.push(view);
                         }
                     }

@@ -88,6 +88,12 @@ pub trait Registry: Send + Sync {
             .await
     }
 
+    /// Metadata already on disk, without asking the registry.
+    fn cached_info(&self, digest: &Digest) -> Option<ImageInfo> {
+        let _ = digest;
+        None
+    }
+
     /// Every image with its tags (for retention).
     async fn images(&self) -> Result<Vec<RemoteImage>, RegistryError> {
         let tags = self.list_tags().await?;

@@ -607,6 +607,10 @@ impl Registry for OciRegistry {
         })
     }
 
+    fn cached_info(&self, digest: &Digest) -> Option<ImageInfo> {
+        self.cache.get(digest)
+    }
+
     fn flush_cache(&self) {
         self.cache.flush();
     }
