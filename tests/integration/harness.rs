@@ -191,6 +191,8 @@ impl AppImage {
 
 /// A repository of its own in the test registry.
 pub struct Repo {
+    /// Basic credentials for registries that want them.
+    pub basic: Option<(String, String)>,
     pub name: String,
     /// `host:port` of the registry holding it (the shared test registry unless said otherwise).
     pub host: String,
@@ -200,6 +202,7 @@ impl Repo {
     pub fn new(test: &str) -> Self {
         require_services();
         Self {
+            basic: None,
             name: format!("bt-test/{}", unique(test)),
             host: registry(),
         }
@@ -534,11 +537,15 @@ impl Repo {
     /// Not runnable: for catalog and retention tests that need many versions fast.
     pub fn push_synthetic(&self, tags: &[&str], created: &str) -> String {
         let http = reqwest::blocking::Client::new();
+        let authed = |r: reqwest::blocking::RequestBuilder| match &self.basic {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        };
         let base = format!("http://{}/v2/{}", self.host, self.name);
         let upload = |bytes: &[u8]| -> String {
             use sha2::Digest as _;
             let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
-            let start = http.post(format!("{base}/blobs/uploads/")).send().unwrap();
+            let start = authed(http.post(format!("{base}/blobs/uploads/"))).send().unwrap();
             assert_eq!(start.status().as_u16(), 202, "start upload: {:?}", start.text());
             let location = start.headers()["location"].to_str().unwrap().to_string();
             let url = if location.starts_with("http") {
@@ -547,8 +554,7 @@ impl Repo {
                 format!("http://{}{location}", self.host)
             };
             let sep = if url.contains('?') { '&' } else { '?' };
-            let put = http
-                .put(format!("{url}{sep}digest={digest}"))
+            let put = authed(http.put(format!("{url}{sep}digest={digest}")))
                 .body(bytes.to_vec())
                 .send()
                 .unwrap();
@@ -574,8 +580,7 @@ impl Repo {
         .to_string();
         let mut digest = String::new();
         for tag in tags {
-            let resp = http
-                .put(format!("{base}/manifests/{tag}"))
+            let resp = authed(http.put(format!("{base}/manifests/{tag}")))
                 .header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
                 .body(manifest.clone())
                 .send()
@@ -597,12 +602,25 @@ pub struct OwnRegistry {
 
 impl OwnRegistry {
     pub fn start(deletes: bool) -> Self {
+        Self::start_with(deletes, None)
+    }
+
+    /// With `htpasswd` (a line `user:bcrypt-hash`), the registry wants basic credentials.
+    pub fn start_with(deletes: bool, htpasswd: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {deletes}\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some(line) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: backtrack-test\n    path: {}\n",
+                path.display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")
             .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
@@ -611,7 +629,8 @@ impl OwnRegistry {
             .spawn()
             .expect("docker-registry (apt-get install docker-registry, or scripts/test-env)");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while http_get(&format!("http://{addr}/v2/")).is_none() {
+        let up = |addr: &str| std::net::TcpStream::connect(addr).is_ok();
+        while !up(&addr) {
             assert!(std::time::Instant::now() < deadline, "own registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

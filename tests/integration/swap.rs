@@ -491,7 +491,7 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
     let url = format!("http://127.0.0.1:{}/health", d.port);
     // `script` gives backtrack a real terminal; the answers go in on its input.
     let on_terminal = |answers: &str| {
-        let mut cmd = t.command();
+        let cmd = t.command();
         let program = format!("{} rollback", env!("CARGO_BIN_EXE_backtrack"));
         let mut script = std::process::Command::new("script");
         script.args(["-qec", &program, "/dev/null"]).current_dir(t.dir.path());
@@ -501,7 +501,6 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
                 None => script.env_remove(k),
             };
         }
-        let _ = cmd.get_program();
         let mut child = script
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -540,4 +539,48 @@ fn status_reports_drift_when_the_deployed_tag_moves() {
     let status = t.exec(["status", "--output", "json"]).success().json();
     let warnings = status["warnings"].to_string();
     assert!(warnings.contains("drift: tag v1.1.0 now points to"), "{warnings}");
+}
+
+#[test]
+fn user_networks_and_aliases_are_kept() {
+    let repo = Repo::new("networks");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let net = crate::harness::unique("bt-net");
+    let other = crate::harness::unique("bt-net2");
+    docker_ok(&["network", "create", &net]);
+    docker_ok(&["network", "create", &other]);
+    let name = crate::harness::unique("bt-netapp");
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &containers.label(),
+        "--network",
+        &net,
+        "--network-alias",
+        "api",
+        &format!("{}:v1.0.0", repo.image()),
+    ]);
+    docker_ok(&["network", "connect", "--alias", "api-metrics", &other, &name]);
+    let t = Test::new().repo(
+        &repo,
+        &format!("[target]\nkind = \"container\"\nname = \"{name}\"\n[health]\ntimeout = \"20s\"\n"),
+    );
+    let run = t.exec(["deploy", "v1.1.0"]);
+    let aliases = |network: &str| {
+        inspect(
+            &name,
+            &format!("{{{{json (index .NetworkSettings.Networks \"{network}\").Aliases}}}}"),
+        )
+    };
+    let (a1, a2) = (aliases(&net), aliases(&other));
+    drop(containers);
+    docker(&["network", "rm", &net, &other]);
+    run.success();
+    assert!(a1.contains("\"api\""), "{a1}");
+    assert!(a2.contains("\"api-metrics\""), "{a2}");
 }

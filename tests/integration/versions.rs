@@ -103,3 +103,47 @@ fn missing_config_names_the_fix() {
     assert!(run.stderr.contains("find backtrack.toml in"), "{}", run.stderr);
     assert!(run.stderr.contains("--config FILE"), "{}", run.stderr);
 }
+
+/// `s3cret`, hashed with bcrypt as htpasswd wants it.
+const HTPASSWD: &str = "ci:$2b$12$osA6IjKEnVJDsMQ8YfiRQ.VID6VJ/Dinz2.BT8eZE39p/qUU/z1.O";
+
+#[test]
+fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
+    use base64::Engine as _;
+    let own = crate::harness::OwnRegistry::start_with(true, Some(HTPASSWD));
+    let mut repo = Repo::in_registry("auth", &own.addr);
+    repo.basic = Some(("ci".into(), "s3cret".into()));
+    repo.push_synthetic(&["v1.0.0"], "2026-01-01T00:00:00Z");
+
+    // No credentials: one clear line, the registry's exit code, and how to log in.
+    let t = Test::new().repo(&repo, "");
+    let run = t.exec(["versions"]).code(3);
+    assert!(
+        run.stderr.contains(&format!("authenticate to registry {}", own.addr)),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("hint: log in with `docker login {}`", own.addr)),
+        "{}",
+        run.stderr
+    );
+
+    // `docker login` leaves an `auths` entry: backtrack uses it.
+    let docker_config = t.dir.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!("{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}", own.addr),
+    )
+    .unwrap();
+    let json = t.exec(["versions", "--output", "json"]).success().json();
+    assert_eq!(json["tags"][0]["tag"], "v1.0.0");
+    let marked = t.exec(["mark-good", "v1.0.0", "--output", "json"]).success().json();
+    assert_eq!(
+        marked["marked"]["version"], "1.0.0",
+        "pushing (the retag) authenticates too"
+    );
+}

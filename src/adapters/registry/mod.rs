@@ -22,7 +22,7 @@ use crate::settings::{RegistryKind, RegistrySettings};
 /// How many registry requests run at once when a command needs many.
 pub const CONCURRENCY: usize = 16;
 /// How many deletes run at once.
-pub const DELETE_CONCURRENCY: usize = 8;
+pub const DELETE_CONCURRENCY: usize = 16;
 
 /// One image (manifest digest) in the repository with every tag on it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -226,4 +226,84 @@ pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A registry double whose deletes fail for one digest: a fault a real registry will not
+    /// produce on demand.
+    struct FailsOne {
+        bad: Digest,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Registry for FailsOne {
+        fn name(&self) -> String {
+            "fake/repo".into()
+        }
+        fn pull_reference(&self, digest: &Digest) -> String {
+            format!("fake/repo@{digest}")
+        }
+        async fn list_tags(&self) -> Result<Vec<String>, RegistryError> {
+            Ok(Vec::new())
+        }
+        async fn tag_digest(&self, _: &str) -> Result<Option<Digest>, RegistryError> {
+            Ok(None)
+        }
+        async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError> {
+            Err(RegistryError::ManifestNotFound {
+                reference: digest.to_string(),
+            })
+        }
+        async fn retag(&self, _: &Digest, _: &str) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn delete(&self, image: &RemoteImage) -> Result<(), RegistryError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if image.digest == self.bad {
+                Err(RegistryError::Protocol {
+                    registry: "fake".into(),
+                    message: "HTTP 500: disk on fire".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        async fn pull_auth(&self) -> Result<PullAuth, RegistryError> {
+            Ok(PullAuth::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delete_is_reported_and_the_rest_go_on() {
+        let digest = |n: u64| Digest::parse(&format!("sha256:{n:064x}")).unwrap();
+        let images: Vec<RemoteImage> = (1..=20)
+            .map(|n| RemoteImage {
+                digest: digest(n),
+                tags: vec![format!("v1.0.{n}")],
+                pushed: None,
+                size: None,
+            })
+            .collect();
+        let fake = FailsOne {
+            bad: digest(7),
+            calls: AtomicUsize::new(0),
+        };
+        let ticks = AtomicUsize::new(0);
+        let results = fake
+            .delete_many(&images, &|| {
+                ticks.fetch_add(1, Ordering::SeqCst);
+            })
+            .await;
+        assert_eq!(results.len(), 20);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 20, "every delete was tried");
+        assert_eq!(ticks.load(Ordering::SeqCst), 20, "progress ticked once per image");
+        let failed: Vec<&Digest> = results.iter().filter(|(_, r)| r.is_err()).map(|(d, _)| d).collect();
+        assert_eq!(failed, [&digest(7)]);
+    }
 }
