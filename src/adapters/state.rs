@@ -171,6 +171,18 @@ pub fn lock(state_dir: &Path, command: &str) -> Result<Lock, LockError> {
     Ok(Lock { _file: file })
 }
 
+/// The `started` record of a new operation: a fresh id, now, and who runs it.
+pub fn begin(op: crate::domain::history::Operation) -> Record {
+    let who = Identity::current();
+    let now = chrono::Utc::now();
+    let id = format!("{}-{}", now.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    Record {
+        user: Some(who.user),
+        host: Some(who.host),
+        ..Record::new(&id, now, op, crate::domain::history::Phase::Started)
+    }
+}
+
 /// Who runs this backtrack, for the journal.
 #[derive(Debug, Clone)]
 pub struct Identity {

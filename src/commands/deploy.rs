@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::App;
-use crate::adapters::state::{self, Journal};
+use crate::adapters::state::Journal;
 use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
@@ -158,14 +158,7 @@ async fn swap_command(
     let target = app.target()?;
     let registry = app.registry()?;
     let journal = Journal::new(&project.state_dir);
-    let _lock = if common.dry_run {
-        None
-    } else {
-        Some(state::lock(
-            &project.state_dir,
-            &format!("backtrack {} {input}", op.as_str()),
-        )?)
-    };
+    let _lock = app.lock_unless(common.dry_run, &format!("backtrack {} {input}", op.as_str()))?;
     let engine = app.engine().await?;
     if common.dry_run {
         let open = history::open_operations(&journal.read()?).len();

@@ -13,9 +13,9 @@ use crate::adapters::docker::{
     Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
 };
 use crate::adapters::registry::Registry;
-use crate::adapters::state::{self, Identity, Journal};
+use crate::adapters::state::{self, Journal};
 use crate::cli::EmergencyArgs;
-use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::{ImageRef, LKG_TAG};
 use crate::error::Failure;
 use crate::ops::mark::{local_lkg_reference, registry_repository};
@@ -74,11 +74,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let target = app.target()?;
     let registry = app.registry()?;
     let journal = Journal::new(&project.state_dir);
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(state::lock(&project.state_dir, "backtrack emergency")?)
-    };
+    let _lock = app.lock_unless(args.dry_run, "backtrack emergency")?;
     let engine = app.engine().await?;
     if !args.dry_run {
         recover::settle(&engine, &journal, &app.printer).await?;
@@ -149,18 +145,14 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         }
     }
 
-    let who = Identity::current();
-    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let started = std::time::Instant::now();
     let base = Record {
-        user: Some(who.user),
-        host: Some(who.host),
         target: Some(target.display()),
         from: current.first().map(|d| d.image.clone()),
         to: Some(lkg.clone()),
         reason: args.reason.clone(),
         detail: Some(format!("containers: {}", report.containers.join(", "))),
-        ..Record::new(&id, Utc::now(), Operation::Emergency, Phase::Started)
+        ..state::begin(Operation::Emergency)
     };
     journal.append(&base)?;
     let result = replace_all(&engine, &plans).await;
@@ -184,14 +176,8 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         }
         Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
     };
-    journal.append(&Record {
-        at: Utc::now(),
-        phase: Phase::Finished,
-        result: Some(outcome),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        detail: detail.or(base.detail.clone()),
-        ..base.clone()
-    })?;
+    let elapsed = started.elapsed().as_millis() as u64;
+    journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), detail))?;
     result?;
     app.printer.report(&report)?;
     if report.healthy == Some(false) {

@@ -2,7 +2,7 @@
 //! target runs now). A version whose last validation failed is refused unless `--force`.
 
 use super::App;
-use crate::adapters::state::{self, Journal};
+use crate::adapters::state::Journal;
 use crate::cli::MarkGoodArgs;
 use crate::domain::history;
 use crate::domain::image::ImageRef;
@@ -13,11 +13,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let registry = app.registry()?;
     let journal = Journal::new(&project.state_dir);
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(state::lock(&project.state_dir, "backtrack mark-good")?)
-    };
+    let _lock = app.lock_unless(args.dry_run, "backtrack mark-good")?;
     let ops = history::operations(&journal.read()?);
     // The engine is needed to know what is deployed, and to keep the image on this host.
     let engine = match app.target() {

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
+use crate::adapters::state;
 use crate::cli::Command;
 use crate::output::Printer;
 use crate::settings::{Project, Settings, TargetSettings};
@@ -48,6 +49,14 @@ impl App<'_> {
                 project.config_path.display()
             )
         })
+    }
+
+    /// The state lock for a command that changes something; none for a dry run.
+    pub fn lock_unless(&self, dry_run: bool, command: &str) -> anyhow::Result<Option<state::Lock>> {
+        if dry_run {
+            return Ok(None);
+        }
+        Ok(Some(state::lock(&self.project()?.state_dir, command)?))
     }
 
     pub async fn engine(&self) -> anyhow::Result<Engine> {

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::App;
 use crate::adapters::registry::{RegistryError, RemoteImage};
-use crate::adapters::state::{self, Identity, Journal};
+use crate::adapters::state::{self, Journal};
 use crate::cli::PruneArgs;
 use crate::domain::digest::Digest;
-use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::{LKG_TAG, human_size};
 use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
 use crate::error::Failure;
@@ -81,11 +81,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
     let policy = crate::settings::policy::load(&path)?;
     let registry = app.registry()?;
     let journal = Journal::new(&project.state_dir);
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(state::lock(&project.state_dir, "backtrack prune")?)
-    };
+    let _lock = app.lock_unless(args.dry_run, "backtrack prune")?;
 
     // What is deployed is protected, so not knowing it is not an option for a real run.
     let mut deployed_digests = BTreeSet::new();
@@ -183,13 +179,9 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         })
         .collect();
 
-    let who = Identity::current();
-    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let base = Record {
-        user: Some(who.user),
-        host: Some(who.host),
         detail: Some(format!("policy {}: {} to delete", path.display(), doomed.len())),
-        ..Record::new(&id, Utc::now(), Operation::Prune, Phase::Started)
+        ..state::begin(Operation::Prune)
     };
     journal.append(&base)?;
     let started = std::time::Instant::now();
@@ -212,13 +204,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .find(|(_, r)| matches!(r, Err(RegistryError::DeleteDisabled { .. })))
     {
         let msg = e.to_string();
-        journal.append(&Record {
-            at: Utc::now(),
-            phase: Phase::Finished,
-            result: Some(Outcome::Failed),
-            detail: Some(msg),
-            ..base.clone()
-        })?;
+        journal.append(&base.finish(Utc::now(), Outcome::Failed, None, Some(msg)))?;
         return Err(RegistryError::DeleteDisabled {
             registry: registry.name(),
         }
@@ -238,23 +224,19 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .filter(|i| !failed_set.contains(&i.digest))
         .filter_map(|i| i.size)
         .sum();
-    journal.append(&Record {
-        at: Utc::now(),
-        phase: Phase::Finished,
-        result: Some(if report.failed.is_empty() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        }),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        detail: Some(format!(
-            "policy {}: deleted {}, failed {}",
-            path.display(),
-            report.plan.deleted,
-            report.failed.len()
-        )),
-        ..base
-    })?;
+    let outcome = if report.failed.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    };
+    let detail = format!(
+        "policy {}: deleted {}, failed {}",
+        path.display(),
+        report.plan.deleted,
+        report.failed.len()
+    );
+    let elapsed = started.elapsed().as_millis() as u64;
+    journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), Some(detail)))?;
     app.printer.report(&report)?;
     if !report.failed.is_empty() {
         return Err(Failure::Partial {

@@ -136,6 +136,21 @@ impl Record {
             saved: BTreeMap::new(),
         }
     }
+
+    /// The `finished` record of the operation this `started` record began; `detail` defaults to
+    /// the start's.
+    pub fn finish(&self, at: DateTime<Utc>, result: Outcome, duration_ms: Option<u64>, detail: Option<String>) -> Self {
+        Self {
+            at,
+            phase: Phase::Finished,
+            result: Some(result),
+            duration_ms,
+            detail: detail.or_else(|| self.detail.clone()),
+            containers: Vec::new(),
+            saved: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// An operation as `history` shows it: its start merged with its end.

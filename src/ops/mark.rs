@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::Registry;
-use crate::adapters::state::{Identity, Journal};
-use crate::domain::history::{Operation, Outcome, Phase, Record};
+use crate::adapters::state::{self, Journal};
+use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::{ImageRef, LKG_TAG};
 use crate::output::Printer;
 
@@ -64,35 +64,20 @@ pub async fn mark_good(
         .digest
         .clone()
         .ok_or_else(|| anyhow::anyhow!("mark {}: its digest is unknown", image.display()))?;
-    let who = Identity::current();
-    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let base = Record {
-        user: Some(who.user),
-        host: Some(who.host),
         from: previous.clone(),
         to: Some(image.clone()),
         reason: reason.map(str::to_string),
-        ..Record::new(&id, Utc::now(), Operation::MarkGood, Phase::Started)
+        ..state::begin(Operation::MarkGood)
     };
     journal.append(&base)?;
     let started = std::time::Instant::now();
     if let Err(e) = registry.retag(&digest, LKG_TAG).await {
-        journal.append(&Record {
-            at: Utc::now(),
-            phase: Phase::Finished,
-            result: Some(Outcome::Failed),
-            detail: Some(e.to_string()),
-            ..base.clone()
-        })?;
+        journal.append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
         return Err(anyhow::Error::new(e).context(format!("point {LKG_TAG} at {}", image.display())));
     }
-    journal.append(&Record {
-        at: Utc::now(),
-        phase: Phase::Finished,
-        result: Some(Outcome::Ok),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        ..base
-    })?;
+    let elapsed = started.elapsed().as_millis() as u64;
+    journal.append(&base.finish(Utc::now(), Outcome::Ok, Some(elapsed), None))?;
 
     let mut local_image = None;
     if let Some(engine) = engine {

@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::adapters::docker::{BACKUP_SUFFIX, Engine};
 use crate::adapters::state::{Identity, Journal};
-use crate::domain::history::{self, Outcome, Phase, Record};
+use crate::domain::history::{self, Outcome};
 use crate::ops::swap::revert_one;
 use crate::output::Printer;
 
@@ -59,15 +59,7 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
         } else {
             format!("settling failed: {}", problems.join("; "))
         };
-        journal.append(&Record {
-            at: Utc::now(),
-            phase: Phase::Finished,
-            result: Some(outcome),
-            detail: Some(detail.clone()),
-            containers: Vec::new(),
-            saved: Default::default(),
-            ..started.clone()
-        })?;
+        journal.append(&started.finish(Utc::now(), outcome, None, Some(detail.clone())))?;
         if !problems.is_empty() && started.op != history::Operation::Emergency {
             anyhow::bail!("settle the interrupted {what}: {detail}");
         }

@@ -21,7 +21,7 @@ use crate::adapters::docker::{
     parse_restart_policy, restart_policy_text,
 };
 use crate::adapters::registry::PullAuth;
-use crate::adapters::state::{Identity, Journal};
+use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Phase, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
@@ -179,18 +179,14 @@ pub async fn execute(
         return Err(Failure::Interrupted.into());
     }
 
-    let who = Identity::current();
-    let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let names: Vec<String> = plan.containers.iter().map(|c| c.name.clone()).collect();
     let base = Record {
-        user: Some(who.user),
-        host: Some(who.host),
         target: Some(plan.target.clone()),
         from: Some(plan.from.clone()),
         to: Some(plan.to.clone()),
         reason: reason.map(str::to_string),
         detail: plan.note.clone(),
-        ..Record::new(&id, Utc::now(), plan.op, Phase::Started)
+        ..state::begin(plan.op)
     };
     journal.append(&Record {
         containers: names.clone(),
@@ -201,13 +197,8 @@ pub async fn execute(
             .collect::<BTreeMap<_, _>>(),
         ..base.clone()
     })?;
-    let finish = |result: Outcome, detail: Option<String>| Record {
-        at: Utc::now(),
-        phase: Phase::Finished,
-        result: Some(result),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        detail: detail.or(base.detail.clone()),
-        ..base.clone()
+    let finish = |result: Outcome, detail: Option<String>| {
+        base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
     };
 
     let mut swapped: Vec<&ContainerPlan> = Vec::new();

@@ -285,6 +285,21 @@ fn push_and_digest(reference: &str) -> String {
         .to_string()
 }
 
+/// Runs `image` the way a user would (`docker run -d -p 127.0.0.1:PORT:8080 ... image`) under a
+/// fresh name, labelled for cleanup, and waits until it answers; returns (name, port).
+pub fn run_app(image: &str, containers: &Containers, extra: &[&str]) -> (String, u16) {
+    let name = unique("bt-app");
+    let port = free_port();
+    let label = containers.label();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mut args = vec!["run", "-d", "--name", &name, "--label", &label, "-p", &publish];
+    args.extend_from_slice(extra);
+    args.push(image);
+    docker_ok(&args);
+    wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10));
+    (name, port)
+}
+
 /// Containers (and their backups) a test made, removed when it ends.
 pub struct Containers {
     label: String,

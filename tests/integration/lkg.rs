@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{AppImage, Containers, CountingProxy, Repo, Test, docker_ok, free_port, http_get, wait_http};
+use crate::harness::{AppImage, Containers, CountingProxy, Repo, Test, docker_ok, http_get, wait_http};
 
 fn manifest_bytes(repo: &Repo, reference: &str) -> Vec<u8> {
     let url = format!(
@@ -30,22 +30,7 @@ struct App {
 }
 
 fn run_app(repo: &Repo, tag: &str, containers: &Containers) -> App {
-    let name = crate::harness::unique("bt-lkg");
-    let port = free_port();
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        &containers.label(),
-        "-e",
-        "SECRET=kept",
-        "-p",
-        &format!("127.0.0.1:{port}:8080"),
-        &format!("{}:{tag}", repo.image()),
-    ]);
-    wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10));
+    let (name, port) = crate::harness::run_app(&format!("{}:{tag}", repo.image()), containers, &["-e", "SECRET=kept"]);
     App { name, port }
 }
 

@@ -3,9 +3,8 @@
 //! with deletes disabled gets a clear error. Plus the shipped policies pass `policy check`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use crate::harness::{AppImage, Containers, OwnRegistry, Repo, Test, docker_ok, free_port, wait_http};
+use crate::harness::{AppImage, Containers, OwnRegistry, Repo, Test, docker_ok};
 
 const POLICY: &str = r#"
 description = "test policy"
@@ -56,20 +55,7 @@ fn prune_deletes_exactly_what_the_plan_says_and_never_what_is_protected() {
         synthetic.insert(tags[0], repo.push_synthetic(tags, &days_ago(age)));
     }
     let containers = Containers::new();
-    let name = crate::harness::unique("bt-prune");
-    let port = free_port();
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        &containers.label(),
-        "-p",
-        &format!("127.0.0.1:{port}:8080"),
-        &format!("{}:v1.0.0", repo.image()),
-    ]);
-    wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10));
+    let (name, port) = crate::harness::run_app(&format!("{}:v1.0.0", repo.image()), &containers, &[]);
     let t = Test::new().repo(
         &repo,
         &format!(

@@ -173,19 +173,7 @@ fn missing_tags_and_failing_builds_give_clear_errors() {
     git(app.path(), &["tag", "v1.2.0"]);
     repo.push(&AppImage::new("v1.1.0"));
     let containers = Containers::new();
-    let name = crate::harness::unique("bt-rebuild-err");
-    let port = free_port();
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        &containers.label(),
-        "-p",
-        &format!("127.0.0.1:{port}:8080"),
-        &format!("{}:v1.1.0", repo.image()),
-    ]);
+    let (name, port) = crate::harness::run_app(&format!("{}:v1.1.0", repo.image()), &containers, &[]);
     let t = Test::new().repo(&repo, &config(&repo, app.path(), &name, port));
 
     let run = t.exec(["deploy", "v0.9.0", "--rebuild"]).code(4);

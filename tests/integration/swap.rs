@@ -61,6 +61,16 @@ fn inspect(name: &str, format: &str) -> String {
     docker_ok(&["inspect", name, "--format", format])
 }
 
+/// Waits (bounded) until a swap of `name` is under way: the previous container is set aside.
+fn wait_until_set_aside(name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while backups_of(name).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the swap never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn backups_of(name: &str) -> String {
     docker_ok(&[
         "ps",
@@ -349,13 +359,7 @@ fn a_swap_killed_mid_way_is_settled_by_the_next_run() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the swap is under way: the previous container has been set aside.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while backups_of(&d.name).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the swap never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_set_aside(&d.name);
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     assert_eq!(
@@ -404,12 +408,7 @@ fn ctrl_c_during_validation_puts_the_previous_version_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while backups_of(&d.name).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the swap never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_set_aside(&d.name);
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
