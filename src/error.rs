@@ -49,6 +49,8 @@ pub enum Failure {
     Unhealthy(String),
     #[error("find {what}")]
     NeedsRebuild { what: String },
+    #[error("settle the interrupted {what}: {detail}")]
+    SettleFailed { what: String, detail: String },
 }
 
 /// The exit code for an error: the first typed error in the chain decides.
@@ -65,6 +67,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::NotBuilt { .. } => ERROR,
                 Failure::Unhealthy(_) => ERROR,
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
+                Failure::SettleFailed { .. } => REVERT_FAILED,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
@@ -135,7 +138,7 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         if let Some(Failure::NeedsRebuild { .. }) = cause.downcast_ref::<Failure>() {
             return Some("pass --rebuild to build it from its Git tag, push it and deploy it".into());
         }
-        if let Some(Failure::RevertFailed { .. }) = cause.downcast_ref::<Failure>() {
+        if let Some(Failure::RevertFailed { .. } | Failure::SettleFailed { .. }) = cause.downcast_ref::<Failure>() {
             return Some("a person must act: see `backtrack status` and `docker ps -a`".into());
         }
         None

@@ -235,7 +235,16 @@ async fn swap_command(
         }
     };
 
-    if current.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest)) {
+    // Already there, unless it runs there in emergency mode: then the swap leaves that mode.
+    let in_emergency = |d: &deployed::Deployed| {
+        d.container
+            .labels
+            .contains_key(crate::adapters::docker::LABEL_EMERGENCY)
+    };
+    if current
+        .iter()
+        .all(|d| d.digest.as_ref() == Some(&chosen.digest) && !in_emergency(d))
+    {
         return app.printer.report(&SwapReport {
             op,
             target: target.display(),

@@ -19,6 +19,7 @@ use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::{ImageRef, LKG_TAG};
 use crate::error::Failure;
 use crate::ops::mark::{local_lkg_reference, registry_repository};
+use crate::ops::swap::restore_original;
 use crate::ops::{catalog::Catalog, deployed, recover, resolve, validate};
 use crate::output::{Report, confirm};
 
@@ -77,7 +78,11 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let _lock = app.lock_unless(args.dry_run, "backtrack emergency")?;
     let engine = app.engine().await?;
     if !args.dry_run {
-        recover::settle(&engine, &journal, &app.printer).await?;
+        crate::ops::interrupt::install();
+        if let Err(e) = recover::settle(&engine, &journal, &app.printer).await {
+            // The emergency is the last resort: go on, but say what is left to look at.
+            app.printer.note(format!("warning: {}", crate::error::render(&e)));
+        }
     }
     let ops = history::operations(&journal.read()?);
     let (lkg, source) = find_last_known_good(app, registry.as_ref(), &ops).await?;
@@ -86,6 +91,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let current = deployed::read(&engine, target, &registry.name()).await?;
 
     let mut plans = Vec::new();
+    let mut saved_policies = std::collections::BTreeMap::new();
     for d in &current {
         let old = engine
             .inspect(&d.container.name)
@@ -96,12 +102,26 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
             .await?
             .and_then(|i| i.config)
             .unwrap_or_default();
-        let labels = [
+        let mut labels = vec![
             (LABEL_EMERGENCY, Utc::now().to_rfc3339()),
-            (LABEL_VERSION, lkg.version.clone().unwrap_or_default()),
             (LABEL_TAG, LKG_TAG.to_string()),
         ];
+        if let Some(v) = &lkg.version {
+            labels.push((LABEL_VERSION, v.clone()));
+        }
         let (mut body, extra) = clone_config(&old, &old_image, &image, &labels);
+        if lkg.version.is_none()
+            && let Some(l) = body.labels.as_mut()
+        {
+            l.remove(LABEL_VERSION);
+        }
+        saved_policies.insert(
+            d.container.name.clone(),
+            old.host_config
+                .as_ref()
+                .and_then(|h| h.restart_policy.as_ref())
+                .map_or_else(|| "no".to_string(), crate::adapters::docker::restart_policy_text),
+        );
         if let Some(file) = &args.env_file {
             let extra_env = read_env_file(file)?;
             let env = body.env.get_or_insert_with(Vec::new);
@@ -154,7 +174,11 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         detail: Some(format!("containers: {}", report.containers.join(", "))),
         ..state::begin(Operation::Emergency)
     };
-    journal.append(&base)?;
+    journal.append(&Record {
+        containers: report.containers.clone(),
+        saved: saved_policies,
+        ..base.clone()
+    })?;
     let result = replace_all(&engine, &plans).await;
     let (outcome, detail) = match &result {
         Ok(()) => {
@@ -257,15 +281,35 @@ type Replacement = (
 
 async fn replace_all(engine: &Engine, plans: &[Replacement]) -> anyhow::Result<()> {
     for (name, body, extra) in plans {
-        let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
-        engine.stop(name, 10).await?;
-        engine.remove(&aside).await?;
-        engine.rename(name, &aside).await?;
-        engine.set_restart_policy(&aside, &parse_restart_policy("no")).await?;
-        engine.create(name, body.clone(), extra).await?;
-        engine.start(name).await?;
+        if let Err(e) = replace_one(engine, name, body, extra).await {
+            // Never leave the target without a container: the set-aside one comes back.
+            if let Err(undo) = restore_original(engine, name, "no").await {
+                anyhow::bail!("{e}; putting the original container back failed too: {undo}");
+            }
+            return Err(e.into());
+        }
     }
     Ok(())
+}
+
+async fn replace_one(
+    engine: &Engine,
+    name: &str,
+    body: &bollard::models::ContainerCreateBody,
+    extra: &[(String, bollard::models::EndpointSettings)],
+) -> Result<(), crate::adapters::docker::EngineError> {
+    let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
+    engine.stop(name, 10).await?;
+    if engine.inspect(&aside).await?.is_some() {
+        // A second emergency: the original is already set aside; only the first one's
+        // replacement goes.
+        engine.remove(name).await?;
+    } else {
+        engine.set_restart_policy(name, &parse_restart_policy("no")).await?;
+        engine.rename(name, &aside).await?;
+    }
+    engine.create(name, body.clone(), extra).await?;
+    engine.start(name).await
 }
 
 fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {

@@ -243,6 +243,12 @@ pub fn open_operations(records: &[Record]) -> Vec<(Record, bool)> {
 pub fn failed_versions(ops: &[OperationView]) -> HashSet<String> {
     let mut last: BTreeMap<String, bool> = BTreeMap::new();
     for op in ops.iter().filter(|o| o.op.moves_target()) {
+        // An emergency says the version it left was bad.
+        if op.op == Operation::Emergency
+            && let Some(from) = op.from.as_ref().and_then(|f| f.version.clone())
+        {
+            last.insert(from, false);
+        }
         let Some(version) = op.to.as_ref().and_then(|t| t.version.clone()) else {
             continue;
         };
@@ -375,6 +381,26 @@ mod tests {
                 "history {history:?} current {current:?}"
             );
         }
+    }
+
+    #[test]
+    fn previous_after_an_emergency_skips_the_version_it_left() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.extend(deploy("b", "1.1.0", Outcome::Ok));
+        let mut started = rec("c", Operation::Emergency, Phase::Started, "1.0.0", None);
+        started.from = Some(ImageRef {
+            version: Some("1.1.0".into()),
+            ..Default::default()
+        });
+        records.push(started.finish(started.at, Outcome::Ok, None, None));
+        records.insert(records.len() - 1, started);
+        records.extend(deploy("d", "0.9.0", Outcome::Ok));
+        let ops = operations(&records);
+        assert!(failed_versions(&ops).contains("1.1.0"));
+        assert_eq!(
+            previous(&ops, Some("0.9.0")).and_then(|r| r.version).as_deref(),
+            Some("1.0.0")
+        );
     }
 
     #[test]

@@ -351,7 +351,11 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 let r = rule.get_ref();
                 let label = format!("keep {} ({})", i + 1, rule_name(r));
                 if let Some(n) = r.newest {
-                    match released.iter().find_map(|v| rank(&v.release()).map(|k| (v, k))) {
+                    match released
+                        .iter()
+                        .filter_map(|v| rank(&v.release()).map(|k| (v, k)))
+                        .min_by_key(|(_, k)| *k)
+                    {
                         Some((v, k)) if k <= n => keep.push(format!("{label}: {} is #{k}", v.tag)),
                         Some((v, k)) => passed.push(format!("{label}: {} is #{k}", v.tag)),
                         None => passed.push(format!("{label}: no released version tag")),
@@ -359,7 +363,8 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 } else if let (Some(per), Some(c)) = (r.newest_per, r.count) {
                     match released
                         .iter()
-                        .find_map(|v| line_rank(per, &v.release()).map(|k| (v, k)))
+                        .filter_map(|v| line_rank(per, &v.release()).map(|k| (v, k)))
+                        .min_by_key(|(_, k)| *k)
                     {
                         Some((v, k)) if k <= c => keep.push(format!("{label}: {} is #{k} of its line", v.tag)),
                         Some((v, k)) => passed.push(format!("{label}: {} is #{k} of its line", v.tag)),
@@ -626,6 +631,32 @@ expire_after = "7d"
             ]
         );
         assert_eq!(plan.bytes_freed, 2000);
+    }
+
+    #[test]
+    fn an_image_is_ranked_by_its_best_tag() {
+        // One digest carries v1.2.0 and v1.2.1: it holds the newest version, so it stays.
+        let p = policy("[[keep]]\nnewest = 1\n[[keep]]\nnewest_per = \"minor\"\ncount = 1\n");
+        let images = [
+            img(1, &["v1.2.0", "v1.2.1"], 5),
+            img(2, &["v1.1.0"], 9),
+            img(3, &["v1.1.1"], 8),
+        ];
+        let plan = plan(
+            &p,
+            &images,
+            &Facts {
+                now: now(),
+                ..Default::default()
+            },
+        );
+        let kept: Vec<&str> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.action == Action::Keep)
+            .map(|d| d.tags[0].as_str())
+            .collect();
+        assert_eq!(kept, ["v1.2.1", "v1.1.1"]);
     }
 
     #[test]

@@ -25,8 +25,17 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
         let who = Identity::current();
         let mut problems = Vec::new();
         let outcome = if started.op == history::Operation::Emergency {
-            // An emergency changes containers without a revert path: say so, touch nothing.
-            problems.push("an emergency was interrupted; check `backtrack status` and `docker ps -a`".into());
+            // An emergency has no revert; only a target left without a container gets its
+            // original one back.
+            printer.note(format!("found an interrupted {what}"));
+            for name in &started.containers {
+                let policy = started.saved.get(name).map_or("no", String::as_str);
+                match crate::ops::swap::restore_original(engine, name, policy).await {
+                    Ok(true) => printer.note(format!("{name} had no container: its original one is back")),
+                    Ok(false) => {}
+                    Err(e) => problems.push(format!("{name}: {e}")),
+                }
+            }
             Outcome::Failed
         } else if *committed {
             printer.note(format!(
@@ -60,8 +69,8 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
             format!("settling failed: {}", problems.join("; "))
         };
         journal.append(&started.finish(Utc::now(), outcome, None, Some(detail.clone())))?;
-        if !problems.is_empty() && started.op != history::Operation::Emergency {
-            anyhow::bail!("settle the interrupted {what}: {detail}");
+        if !problems.is_empty() {
+            return Err(crate::error::Failure::SettleFailed { what, detail }.into());
         }
         printer.note(format!("settled: {}", outcome.as_str()));
     }

@@ -94,21 +94,45 @@ pub async fn resolve(
         revisions: &revisions,
     };
     let pick = selector::resolve(&selector, &ctx, &registry.name())?;
-    let digest = match (&pick.digest, &pick.tag) {
-        // A digest from the journal is only trusted while the tag still points to it.
-        (Some(d), None) => d.clone(),
-        (_, Some(tag)) => registry
-            .tag_digest(tag)
+    // A digest the pointer or the journal names is what was validated: it wins over where a tag
+    // of the same version points now, as long as the registry still has it. The tag is kept for
+    // display only while it points to that digest.
+    let by_tag = |tag: String| async move {
+        registry
+            .tag_digest(&tag)
             .await?
             .ok_or_else(|| RegistryError::ManifestNotFound {
                 reference: format!("{}:{tag}", registry.name()),
-            })?,
+            })
+    };
+    let mut tag = pick.tag.clone();
+    let (digest, info) = match (&pick.digest, &pick.tag) {
+        (Some(d), t) => match registry.image_info(d).await {
+            Ok(info) => {
+                if let Some(t) = t
+                    && registry.tag_digest(t).await?.as_ref() != Some(d)
+                {
+                    tag = None;
+                }
+                (d.clone(), info)
+            }
+            Err(e) if e.is_not_found() && t.is_some() => {
+                let d = by_tag(t.clone().unwrap_or_default()).await?;
+                let info = registry.image_info(&d).await?;
+                (d, info)
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (None, Some(t)) => {
+            let d = by_tag(t.clone()).await?;
+            let info = registry
+                .image_info(&d)
+                .await
+                .with_context(|| format!("read {}", registry.pull_reference(&d)))?;
+            (d, info)
+        }
         (None, None) => unreachable_pick(input)?,
     };
-    let info = registry
-        .image_info(&digest)
-        .await
-        .with_context(|| format!("read {}", registry.pull_reference(&digest)))?;
     registry.flush_cache();
     let version = pick
         .version
@@ -116,7 +140,7 @@ pub async fn resolve(
         .or_else(|| version_label(&info));
     Ok(Chosen {
         image: ImageRef {
-            tag: pick.tag,
+            tag,
             version,
             digest: Some(digest.clone()),
         },
@@ -125,7 +149,7 @@ pub async fn resolve(
     })
 }
 
-fn unreachable_pick(input: &str) -> anyhow::Result<Digest> {
+fn unreachable_pick(input: &str) -> anyhow::Result<(Digest, ImageInfo)> {
     anyhow::bail!("resolve '{input}': the selector named neither a tag nor a digest")
 }
 

@@ -94,12 +94,37 @@ pub async fn plan(
         let old = engine.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
             what: format!("container {name}"),
         })?;
+        let backup = format!("{name}{BACKUP_SUFFIX}");
+        if engine.inspect(&backup).await?.is_some() {
+            return Err(EngineError::Container {
+                action: "swap",
+                container: name.clone(),
+                message: format!(
+                    "{backup} is left from an earlier run; look at it (`docker inspect {backup}`) and remove it \
+                     (`docker rm {backup}`) before swapping again"
+                ),
+            }
+            .into());
+        }
+        if old.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+            return Err(EngineError::Container {
+                action: "swap",
+                container: name.clone(),
+                message: "it runs with --rm, so stopping it would delete it and leave nothing to revert to; \
+                          recreate it without --rm"
+                    .into(),
+            }
+            .into());
+        }
         let old_image = engine
             .image(&d.container.image_id)
             .await?
             .and_then(|i| i.config)
             .unwrap_or_default();
-        let mut labels = vec![(LABEL_VERSION, to.version.clone().unwrap_or_default())];
+        let mut labels = Vec::new();
+        if let Some(v) = &to.version {
+            labels.push((LABEL_VERSION, v.clone()));
+        }
         if let Some(tag) = &to.tag {
             labels.push((LABEL_TAG, tag.clone()));
         }
@@ -109,6 +134,9 @@ pub async fn plan(
             l.remove(LABEL_EMERGENCY);
             if to.tag.is_none() {
                 l.remove(LABEL_TAG);
+            }
+            if to.version.is_none() {
+                l.remove(LABEL_VERSION);
             }
         }
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
@@ -316,13 +344,6 @@ fn print_logs(printer: &Printer, logs: &[String]) {
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
 async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
-    if engine.inspect(&backup).await?.is_some() {
-        return Err(EngineError::Container {
-            action: "set aside",
-            container: c.name.clone(),
-            message: format!("{backup} already exists (left by an earlier run?); remove it or run `backtrack status`"),
-        });
-    }
     // The new container is created under a temporary name while the old one stops: creating
     // binds no port, so this takes it off the critical path.
     let next = format!("{}{NEXT_SUFFIX}", c.name);
@@ -332,11 +353,12 @@ async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError>
         engine.create(&next, c.body.clone(), &c.extra_networks)
     );
     stopped?;
+    // Off before anything else: a daemon restart must not start the old one beside the new one.
+    engine.set_restart_policy(&c.name, &parse_restart_policy("no")).await?;
     created?;
     engine.rename(&c.name, &backup).await?;
     engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
-    engine.set_restart_policy(&backup, &parse_restart_policy("no")).await?;
     Ok(())
 }
 
@@ -347,6 +369,9 @@ pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Re
     if engine.inspect(&backup).await?.is_none() {
         // Never set aside: the old container is still under its own name.
         if engine.inspect(name).await?.is_some() {
+            engine
+                .set_restart_policy(name, &parse_restart_policy(restart_policy))
+                .await?;
             return engine.start(name).await;
         }
         return Err(EngineError::TargetNotFound {
@@ -359,4 +384,23 @@ pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Re
         .set_restart_policy(name, &parse_restart_policy(restart_policy))
         .await?;
     engine.start(name).await
+}
+
+/// When the target's name is empty but its original container is set aside, puts it back and
+/// starts it (after a failed or interrupted emergency).
+pub async fn restore_original(
+    engine: &Engine,
+    name: &str,
+    restart_policy: &str,
+) -> Result<bool, crate::adapters::docker::EngineError> {
+    let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
+    if engine.inspect(name).await?.is_some() || engine.inspect(&aside).await?.is_none() {
+        return Ok(false);
+    }
+    engine.rename(&aside, name).await?;
+    engine
+        .set_restart_policy(name, &parse_restart_policy(restart_policy))
+        .await?;
+    engine.start(name).await?;
+    Ok(true)
 }

@@ -208,3 +208,53 @@ fn emergency_runs_the_last_known_good_image_with_the_registry_down() {
     assert_eq!(last["op"], "emergency");
     assert_eq!(last["result"], "ok");
 }
+
+#[test]
+fn deploy_lkg_uses_the_pointer_digest_even_when_the_version_tag_moved() {
+    let repo = Repo::new("lkgdigest");
+    let good = repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let app = run_app(&repo, "v1.0.0", &containers);
+    let t = Test::new().repo(&repo, &target(&app));
+    t.exec(["mark-good"]).success();
+    t.exec(["deploy", "v1.1.0"]).success();
+    // v1.0.0 is pushed again with other content: the pointer still names what validated.
+    let moved = repo.push(&AppImage::new("v1.0.0").revision("0ther"));
+    assert_ne!(moved, good);
+    t.exec(["rollback", "lkg"]).success();
+    let image = docker_ok(&["inspect", &app.name, "--format", "{{.Config.Image}}"]);
+    assert_eq!(image, format!("{}@{good}", repo.image()));
+}
+
+#[test]
+fn a_second_emergency_keeps_the_original_container_and_a_deploy_leaves_emergency_mode() {
+    let repo = Repo::new("emergency2");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let app = run_app(&repo, "v1.0.0", &containers);
+    let t = Test::new().repo(&repo, &target(&app));
+    t.exec(["mark-good"]).success();
+    t.exec(["deploy", "v1.1.0"]).success();
+    let original = docker_ok(&["inspect", &app.name, "--format", "{{.Id}}"]);
+    let aside = format!("{}-backtrack-pre-emergency", app.name);
+    t.exec(["emergency", "--yes"]).success();
+    assert_eq!(docker_ok(&["inspect", &aside, "--format", "{{.Id}}"]), original);
+    t.exec(["emergency", "--yes"]).success();
+    assert_eq!(
+        docker_ok(&["inspect", &aside, "--format", "{{.Id}}"]),
+        original,
+        "still the original"
+    );
+    assert_eq!(health(&app), "1.0.0");
+    // The same version again, but out of emergency mode: not "already runs".
+    let run = t.exec(["deploy", "lkg"]).success();
+    assert!(run.stdout.contains("deployed"), "{}", run.stdout);
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert_eq!(status["containers"][0]["emergency"], false, "{status}");
+    assert!(
+        !crate::harness::docker(&["inspect", &aside]).status.success(),
+        "the set-aside original is removed"
+    );
+}

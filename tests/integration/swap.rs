@@ -583,3 +583,48 @@ fn user_networks_and_aliases_are_kept() {
     assert!(a1.contains("\"api\""), "{a1}");
     assert!(a2.contains("\"api-metrics\""), "{a2}");
 }
+
+#[test]
+fn a_leftover_backup_container_stops_the_swap_before_it_touches_anything() {
+    let repo = Repo::new("leftover");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let d = run_container(&repo, "v1.0.0", &containers);
+    let leftover = format!("{}-backtrack-prev", d.name);
+    docker_ok(&[
+        "create",
+        "--name",
+        &leftover,
+        "--label",
+        &containers.label(),
+        &format!("{}:v1.0.0", repo.image()),
+    ]);
+    let (running, left) = (inspect(&d.name, "{{.Id}}"), inspect(&leftover, "{{.Id}}"));
+    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let run = t.exec(["deploy", "v1.1.0"]).code(9);
+    assert!(run.stderr.contains("is left from an earlier run"), "{}", run.stderr);
+    assert_eq!(
+        inspect(&d.name, "{{.Id}}"),
+        running,
+        "the running container was not touched"
+    );
+    assert_eq!(inspect(&d.name, "{{.State.Running}}"), "true");
+    assert_eq!(inspect(&leftover, "{{.Id}}"), left, "the leftover was not touched");
+}
+
+#[test]
+fn a_target_started_with_rm_is_refused() {
+    let repo = Repo::new("autorm");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let (name, port) = crate::harness::run_app(&format!("{}:v1.0.0", repo.image()), &containers, &["--rm"]);
+    let t = Test::new().repo(&repo, &format!("[target]\nkind = \"container\"\nname = \"{name}\"\n"));
+    let run = t.exec(["deploy", "v1.1.0"]).code(9);
+    assert!(run.stderr.contains("it runs with --rm"), "{}", run.stderr);
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{port}/health")).unwrap().trim(),
+        "1.0.0"
+    );
+}
