@@ -83,10 +83,14 @@ pub async fn wait_valid(
                 container: Some(name.clone()),
             };
             if live.restart_count > *restarts || live.restarting {
-                return Err(fail(format!(
-                    "container {name} restarted (exit code {})",
-                    live.exit_code
-                )));
+                return Err(fail(if live.restarting {
+                    format!("container {name} exited with code {} and is restarting", live.exit_code)
+                } else {
+                    format!(
+                        "container {name} exited and was restarted {} time(s) by its restart policy",
+                        live.restart_count - restarts
+                    )
+                }));
             }
             if !live.running {
                 return Err(fail(format!(
