@@ -533,6 +533,18 @@ mod tests {
         }
     }
 
+    /// The plan with no protections beyond the policy's own, as of `now()`.
+    fn plan_now(p: &Policy, images: &[ImageEntry]) -> Plan {
+        plan(
+            p,
+            images,
+            &Facts {
+                now: now(),
+                ..Default::default()
+            },
+        )
+    }
+
     fn actions(plan: &Plan) -> Vec<(String, Action)> {
         plan.decisions
             .iter()
@@ -604,14 +616,7 @@ expire_after = "7d"
             img(4, &["v1.2.0"], 2),
             img(5, &["v1.2.1"], 3),
         ];
-        let plan = plan(
-            &p,
-            &images,
-            &Facts {
-                now: now(),
-                ..Default::default()
-            },
-        );
+        let plan = plan_now(&p, &images);
         assert_eq!(
             actions(&plan),
             vec![
@@ -642,14 +647,7 @@ expire_after = "7d"
             img(2, &["v1.1.0"], 9),
             img(3, &["v1.1.1"], 8),
         ];
-        let plan = plan(
-            &p,
-            &images,
-            &Facts {
-                now: now(),
-                ..Default::default()
-            },
-        );
+        let plan = plan_now(&p, &images);
         let kept: Vec<&str> = plan
             .decisions
             .iter()
@@ -710,14 +708,7 @@ expire_after = "7d"
             img(2, &["v2.0.0-rc.1"], 1),
             img(3, &["v1.0.0"], 100),
         ];
-        let plan = plan(
-            &p,
-            &images,
-            &Facts {
-                now: now(),
-                ..Default::default()
-            },
-        );
+        let plan = plan_now(&p, &images);
         assert_eq!(
             actions(&plan),
             vec![
@@ -736,14 +727,7 @@ expire_after = "7d"
             img(2, &["sha-bbb"], 30),
             img(3, &["nightly"], 30),
         ];
-        let plan = plan(
-            &p,
-            &images,
-            &Facts {
-                now: now(),
-                ..Default::default()
-            },
-        );
+        let plan = plan_now(&p, &images);
         assert_eq!(
             actions(&plan),
             vec![
