@@ -84,7 +84,10 @@ pub async fn wait_valid(
             };
             if live.restart_count > *restarts || live.restarting {
                 return Err(fail(if live.restarting {
-                    format!("container {name} exited (exit code {}) and is restarting", live.exit_code)
+                    format!(
+                        "container {name} exited (exit code {}) and is restarting",
+                        live.exit_code
+                    )
                 } else {
                     format!(
                         "container {name} exited and was restarted {} time(s) by its restart policy",
