@@ -50,6 +50,33 @@ fn run_container(repo: &Repo, tag: &str, containers: &Containers) -> Deployment 
     }
 }
 
+/// The usual start of a swap test: `from` and `to` pushed, a container running `from` the way a
+/// user would start it, and a sandbox pointing at both. The digest of `to` comes back too.
+struct Setup {
+    repo: Repo,
+    d: Deployment,
+    t: Test,
+    to_digest: String,
+    _containers: Containers,
+}
+
+fn setup(test: &str, from: AppImage, to: AppImage) -> Setup {
+    let repo = Repo::new(test);
+    let from_tag = from.version.clone();
+    repo.push(&from);
+    let to_digest = repo.push(&to);
+    let containers = Containers::new();
+    let d = run_container(&repo, &from_tag, &containers);
+    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    Setup {
+        repo,
+        d,
+        t,
+        to_digest,
+        _containers: containers,
+    }
+}
+
 fn target_toml(d: &Deployment, timeout: &str) -> String {
     format!(
         "[target]\nkind = \"container\"\nname = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\ntimeout = \"{timeout}\"\n",
@@ -84,12 +111,14 @@ fn backups_of(name: &str) -> String {
 
 #[test]
 fn deploy_and_rollback_move_a_container_between_versions_keeping_its_configuration() {
-    let repo = Repo::new("swap");
-    repo.push(&AppImage::new("v1.0.0"));
-    let v11 = repo.push(&AppImage::new("v1.1.0"));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo,
+        d,
+        t,
+        to_digest,
+        _containers,
+    } = setup("swap", AppImage::new("v1.0.0"), AppImage::new("v1.1.0"));
+    let v11 = to_digest;
 
     let run = t.exec(["deploy", "v1.1.0", "--reason", "ship 1.1"]).success();
     assert!(run.stdout.contains("deployed container"), "{}", run.stdout);
@@ -170,12 +199,18 @@ fn deploy_and_rollback_move_a_container_between_versions_keeping_its_configurati
 
 #[test]
 fn failing_healthcheck_is_reverted_with_exit_6_and_recorded() {
-    let repo = Repo::new("revert");
-    repo.push(&AppImage::new("v1.0.0").healthcheck(true));
-    repo.push(&AppImage::new("v1.1.0").healthcheck(false));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo: _,
+        d,
+        t,
+        to_digest,
+        _containers,
+    } = setup(
+        "revert",
+        AppImage::new("v1.0.0").healthcheck(true),
+        AppImage::new("v1.1.0").healthcheck(false),
+    );
+    let _ = to_digest;
     let id_before = inspect(&d.name, "{{.Id}}");
 
     let run = t.exec(["deploy", "v1.1.0"]).code(6);
@@ -208,12 +243,14 @@ fn failing_healthcheck_is_reverted_with_exit_6_and_recorded() {
 
 #[test]
 fn container_that_exits_is_reverted_and_its_logs_are_shown() {
-    let repo = Repo::new("crash");
-    repo.push(&AppImage::new("v1.0.0"));
-    repo.push(&AppImage::new("v1.1.0").crash(3));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo: _,
+        d,
+        t,
+        to_digest,
+        _containers,
+    } = setup("crash", AppImage::new("v1.0.0"), AppImage::new("v1.1.0").crash(3));
+    let _ = to_digest;
     let run = t.exec(["deploy", "^1.1"]).code(6);
     assert!(run.stderr.contains("exit code 3"), "{}", run.stderr);
     assert!(
@@ -260,12 +297,14 @@ fn expect_version_rejects_an_image_carrying_another_version() {
 
 #[test]
 fn dry_run_changes_nothing_and_prints_the_docker_commands() {
-    let repo = Repo::new("dryrun");
-    repo.push(&AppImage::new("v1.0.0"));
-    let v2 = repo.push(&AppImage::new("v2.0.0"));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo,
+        d,
+        t,
+        to_digest,
+        _containers,
+    } = setup("dryrun", AppImage::new("v1.0.0"), AppImage::new("v2.0.0"));
+    let v2 = to_digest;
     let id_before = inspect(&d.name, "{{.Id}}");
     let run = t.exec(["deploy", "latest-version", "--dry-run"]).success();
     assert!(
@@ -298,12 +337,14 @@ fn dry_run_changes_nothing_and_prints_the_docker_commands() {
 
 #[test]
 fn a_second_backtrack_is_refused_while_the_lock_is_held() {
-    let repo = Repo::new("lock");
-    repo.push(&AppImage::new("v1.0.0"));
-    repo.push(&AppImage::new("v1.1.0"));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo,
+        d,
+        t,
+        to_digest,
+        _containers,
+    } = setup("lock", AppImage::new("v1.0.0"), AppImage::new("v1.1.0"));
+    let _ = to_digest;
     // Another backtrack holds the lock: take it the way backtrack does, from this process.
     let state = t
         .state_dir()
@@ -526,12 +567,14 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
 
 #[test]
 fn status_reports_drift_when_the_deployed_tag_moves() {
-    let repo = Repo::new("drift");
-    repo.push(&AppImage::new("v1.0.0"));
-    repo.push(&AppImage::new("v1.1.0"));
-    let containers = Containers::new();
-    let d = run_container(&repo, "v1.0.0", &containers);
-    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    let Setup {
+        repo,
+        d: _,
+        t,
+        to_digest,
+        _containers,
+    } = setup("drift", AppImage::new("v1.0.0"), AppImage::new("v1.1.0"));
+    let _ = to_digest;
     t.exec(["deploy", "v1.1.0"]).success();
     // Someone re-pushes v1.1.0 with different content.
     repo.push(&AppImage::new("v1.1.0").revision("f00dfeed"));
