@@ -43,8 +43,6 @@ pub enum Failure {
     Cancelled,
     #[error("finish: interrupted")]
     Interrupted,
-    #[error("run `{command}`: this command is not built yet")]
-    NotBuilt { command: String },
     #[error("validate: {0}")]
     Unhealthy(String),
     #[error("find {what}")]
@@ -64,7 +62,6 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::NeedsConfirmation { .. } => USAGE,
                 Failure::Cancelled => ERROR,
                 Failure::Interrupted => INTERRUPTED,
-                Failure::NotBuilt { .. } => ERROR,
                 Failure::Unhealthy(_) => ERROR,
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
                 Failure::SettleFailed { .. } => REVERT_FAILED,

@@ -57,14 +57,6 @@ impl InfoCache {
         }
     }
 
-    /// A cache that only lives in memory.
-    pub fn in_memory() -> Self {
-        Self {
-            path: None,
-            state: Mutex::new(State::default()),
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

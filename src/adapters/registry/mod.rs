@@ -175,8 +175,6 @@ pub enum RegistryError {
     DeleteDisabled { registry: String },
     #[error("move tag {tag} in {repository}: the repository's tags are immutable")]
     ImmutableTag { repository: String, tag: String },
-    #[error("use {registry}: {what}")]
-    Unsupported { registry: String, what: String },
     #[error("talk to registry {registry}: {message}")]
     Protocol { registry: String, message: String },
 }
