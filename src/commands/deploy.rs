@@ -174,7 +174,8 @@ async fn swap_command(
     let ops = history::operations(&journal.read()?);
     let current = deployed::read(&engine, target, &registry.name()).await?;
     let current_ref = current.first().map(|d| d.image.clone());
-    let (chosen, note) = match resolve::resolve(registry.as_ref(), input, &ops, current_ref.as_ref()).await {
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let (chosen, note) = match resolve::resolve(registry.as_ref(), &catalog, input, &ops, current_ref.as_ref()).await {
         Ok(c) => (c, None),
         Err(e) => {
             let Some(version) = missing_version(&e, input) else {
@@ -298,7 +299,7 @@ async fn swap_command(
     .await?;
     app.printer.report(&report)?;
     if common.mark_good {
-        mark_after_validation(app, registry.as_ref(), &engine, &journal, &report, common).await?;
+        mark_after_validation(app, registry.as_ref(), &catalog, &engine, &journal, &report, common).await?;
     }
     Ok(())
 }
@@ -307,6 +308,7 @@ async fn swap_command(
 async fn mark_after_validation(
     app: &App<'_>,
     registry: &dyn crate::adapters::registry::Registry,
+    catalog: &Catalog,
     engine: &crate::adapters::docker::Engine,
     journal: &Journal,
     report: &SwapReport,
@@ -339,8 +341,7 @@ async fn mark_after_validation(
         progress.finish(&format!("{} stayed healthy", report.to.display()));
     }
     let ops = history::operations(&journal.read()?);
-    let catalog = Catalog::load(registry).await?;
-    let previous = resolve::last_known_good(registry, &catalog, &ops).await?;
+    let previous = resolve::last_known_good(registry, catalog, &ops).await?;
     let marked = mark_good(
         registry,
         journal,

@@ -117,10 +117,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         }
         saved_policies.insert(
             d.container.name.clone(),
-            old.host_config
-                .as_ref()
-                .and_then(|h| h.restart_policy.as_ref())
-                .map_or_else(|| "no".to_string(), crate::adapters::docker::restart_policy_text),
+            crate::adapters::docker::restart_policy_of(&old),
         );
         if let Some(file) = &args.env_file {
             let extra_env = read_env_file(file)?;
@@ -233,11 +230,9 @@ async fn find_last_known_good(
             crate::error::render(&e)
         )),
     }
-    ops.iter()
-        .rev()
-        .filter(|o| o.op == Operation::MarkGood && o.result == Some(Outcome::Ok))
-        .find_map(|o| o.to.clone().filter(|t| t.digest.is_some()))
-        .map(|r| (r, "journal"))
+    history::marked_good(ops)
+        .find(|t| t.digest.is_some())
+        .map(|r| (r.clone(), "journal"))
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "find a last known good version: none in the registry or the journal; mark one with `backtrack mark-good`"

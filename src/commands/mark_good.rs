@@ -36,9 +36,10 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let catalog = Catalog::load(registry.as_ref()).await?;
     let chosen: ImageRef = match &args.selector {
         Some(s) => {
-            resolve::resolve(registry.as_ref(), s, &ops, current.as_ref())
+            resolve::resolve(registry.as_ref(), &catalog, s, &ops, current.as_ref())
                 .await?
                 .image
         }
@@ -63,7 +64,6 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
             "mark {v} good: its last validation failed (see `backtrack history`); pass --force if you are sure"
         );
     }
-    let catalog = Catalog::load(registry.as_ref()).await?;
     let previous = resolve::last_known_good(registry.as_ref(), &catalog, &ops).await?;
     if args.dry_run {
         return app.printer.report(&MarkReport {

@@ -83,21 +83,15 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                 }
             }
             let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops).await?;
-            if let Some(l) = &lkg {
-                let journal_lkg = ops
-                    .iter()
-                    .rev()
-                    .find(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
-                    .and_then(|o| o.to.clone());
-                if let Some(j) = journal_lkg
-                    && j.digest != l.digest
-                {
-                    warnings.push(format!(
-                        "last_known_good: the registry tag names {} but the journal last marked {}",
-                        l.digest.as_ref().map_or("-", |d| d.short()),
-                        j.display()
-                    ));
-                }
+            if let Some(l) = &lkg
+                && let Some(j) = history::marked_good(&ops).next()
+                && j.digest != l.digest
+            {
+                warnings.push(format!(
+                    "last_known_good: the registry tag names {} but the journal last marked {}",
+                    l.digest.as_ref().map_or("-", |d| d.short()),
+                    j.display()
+                ));
             }
             lkg
         }
@@ -106,10 +100,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                 "registry: {}; last_known_good is taken from the journal",
                 crate::error::render(&e)
             ));
-            ops.iter()
-                .rev()
-                .find(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
-                .and_then(|o| o.to.clone())
+            history::marked_good(&ops).next().cloned()
         }
     };
     for (open, _) in history::open_operations(&records) {

@@ -285,6 +285,15 @@ pub fn deployed_versions(ops: &[OperationView]) -> Vec<ImageRef> {
     out
 }
 
+/// What the journal says `last_known_good` names: the images successfully marked good, most
+/// recent first.
+pub fn marked_good(ops: &[OperationView]) -> impl Iterator<Item = &ImageRef> {
+    ops.iter()
+        .rev()
+        .filter(|o| o.op == Operation::MarkGood && o.result == Some(Outcome::Ok))
+        .filter_map(|o| o.to.as_ref())
+}
+
 /// `previous`: the version deployed before the current one, skipping versions whose validation
 /// failed. `None` when the journal has no such version (the caller then takes the next lower
 /// version).

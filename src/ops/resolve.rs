@@ -34,12 +34,7 @@ pub async fn last_known_good(
     let Some(digest) = registry.tag_digest(LKG_TAG).await? else {
         return Ok(None);
     };
-    let from_journal = ops
-        .iter()
-        .rev()
-        .filter(|o| o.op == history::Operation::MarkGood && o.result == Some(history::Outcome::Ok))
-        .filter_map(|o| o.to.clone())
-        .find(|r| r.digest.as_ref() == Some(&digest));
+    let from_journal = history::marked_good(ops).find(|r| r.digest.as_ref() == Some(&digest));
     let version = match from_journal.as_ref().and_then(|r| r.version.clone()) {
         Some(v) => Some(v),
         None => registry.image_info(&digest).await.ok().and_then(|i| version_label(&i)),
@@ -69,18 +64,18 @@ fn version_label(info: &ImageInfo) -> Option<String> {
 /// Resolves `input` to one image in the registry.
 pub async fn resolve(
     registry: &dyn Registry,
+    catalog: &Catalog,
     input: &str,
     ops: &[OperationView],
     current: Option<&ImageRef>,
 ) -> anyhow::Result<Chosen> {
     let selector: Selector = input.parse()?;
-    let catalog = Catalog::load(registry).await?;
     let lkg = match selector {
-        Selector::LastKnownGood => last_known_good(registry, &catalog, ops).await?,
+        Selector::LastKnownGood => last_known_good(registry, catalog, ops).await?,
         _ => None,
     };
     let revisions = match &selector {
-        Selector::Revision(_) => revisions(registry, &catalog).await?,
+        Selector::Revision(_) => revisions(registry, catalog).await?,
         _ => Vec::new(),
     };
     let failed: HashSet<String> = history::failed_versions(ops);

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::adapters::docker::clone::{clone_config, docker_run_command};
 use crate::adapters::docker::{
     BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
-    parse_restart_policy, restart_policy_text,
+    parse_restart_policy, restart_policy_of,
 };
 use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{self, Journal};
@@ -140,11 +140,7 @@ pub async fn plan(
             }
         }
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
-        let restart_policy = old
-            .host_config
-            .as_ref()
-            .and_then(|h| h.restart_policy.as_ref())
-            .map_or_else(|| "no".into(), restart_policy_text);
+        let restart_policy = restart_policy_of(&old);
         containers.push(ContainerPlan {
             name: name.clone(),
             from: d.image.clone(),

@@ -156,10 +156,6 @@ impl Engine {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| unreachable(short_error(&e)))?;
-        tokio::time::timeout(Duration::from_secs(5), docker.ping())
-            .await
-            .map_err(|_| unreachable("no answer within 5s".into()))?
-            .map_err(|e| unreachable(short_error(&e)))?;
         Ok(Self { docker, host: shown })
     }
 
@@ -437,6 +433,14 @@ fn other(action: &str, e: &bollard::errors::Error) -> EngineError {
         action: action.to_string(),
         message: short_error(e),
     }
+}
+
+/// The restart policy of an inspected container, as text (`no` when it has none).
+pub fn restart_policy_of(c: &ContainerInspectResponse) -> String {
+    c.host_config
+        .as_ref()
+        .and_then(|h| h.restart_policy.as_ref())
+        .map_or_else(|| "no".into(), restart_policy_text)
 }
 
 /// `RestartPolicy` as text (`always`, `on-failure:3`) and back, for the journal.
