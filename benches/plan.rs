@@ -38,6 +38,7 @@ fn main() {
     let facts = Facts {
         deployed: [images[4000].digest.clone()].into(),
         recent_deployments: images[3990..4000].iter().map(|i| i.digest.clone()).collect(),
+        other_targets: Default::default(),
         now,
     };
     let tags: Vec<String> = images.iter().flat_map(|i| i.tags.clone()).collect();

@@ -49,6 +49,11 @@ pub enum Failure {
     NeedsRebuild { what: String },
     #[error("settle the interrupted {what}: {detail}")]
     SettleFailed { what: String, detail: String },
+    #[error(
+        "record {what} in the journal: {error}; it validated and stays in place (the previous containers \
+         were removed), and the next backtrack run records it as completed"
+    )]
+    NotRecorded { what: String, error: String },
 }
 
 /// The exit code for an error: the first typed error in the chain decides.
@@ -65,6 +70,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::Unhealthy(_) => ERROR,
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
                 Failure::SettleFailed { .. } => REVERT_FAILED,
+                Failure::NotRecorded { .. } => ERROR,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {

@@ -65,6 +65,23 @@ impl Printer {
     }
 }
 
+/// Text from users or the journal made safe to show on a terminal: control characters (newlines,
+/// escape sequences that could recolour or rewrite the screen) are shown escaped, never obeyed.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            '\r' => "\\r".to_string(),
+            '\t' => "\\t".to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// A borderless table with upper-case headers, like `docker ps`.
 pub fn table<I, S>(headers: I) -> Table
 where

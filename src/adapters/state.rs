@@ -1,12 +1,18 @@
-//! The local state store of one registry + repository: the history journal (append-only JSON
-//! lines, each write fsynced) and the lock that keeps two backtracks off the same target.
+//! The local state store of one target: the history journal (append-only JSON lines, each write
+//! fsynced), the lock that keeps two backtracks off the same target, and a small `target.json`
+//! saying which target and repository the folder belongs to (so `prune` can find every target
+//! built from a repository).
 //!
 //! **Every operation that moves the target appends its intent before acting**, so a crash leaves
 //! a `started` record without a `finished` one, which the next run detects and settles.
+//! **The lock holder's identity is on disk before the lock is taken**, so whoever fails to take it
+//! can always name the live holder (found by pid in `/proc/locks`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::domain::history::Record;
 
@@ -20,15 +26,48 @@ pub enum StateError {
     },
 }
 
+/// What a state folder belongs to, written beside its journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetMeta {
+    /// `container NAME`, `compose service P/S`, as the journal's records name it.
+    pub target: String,
+    /// The engine address (`local` for the default socket).
+    pub engine: String,
+    /// `host/repository` of the registry the target's images come from.
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+impl TargetMeta {
+    pub const FILE: &'static str = "target.json";
+
+    pub fn read(state_dir: &Path) -> Option<Self> {
+        let text = std::fs::read(state_dir.join(Self::FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    /// Written beside the journal when the journal is first created.
+    meta: Option<TargetMeta>,
 }
 
 impl Journal {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             path: state_dir.join("history.jsonl"),
+            meta: None,
+        }
+    }
+
+    /// A journal that writes `target.json` beside itself on its first append.
+    pub fn for_target(state_dir: &Path, meta: TargetMeta) -> Self {
+        Self {
+            meta: Some(meta),
+            ..Self::new(state_dir)
         }
     }
 
@@ -36,9 +75,11 @@ impl Journal {
         &self.path
     }
 
-    /// Every record, oldest first. A torn line (a crash during a write) is skipped with a warning.
+    /// Every record, oldest first. A line that is not a record (a crash during a write tears it,
+    /// possibly inside a multi-byte character; or someone edited the file) is skipped with a
+    /// warning naming its line: one bad line never stops backtrack.
     pub fn read(&self) -> Result<Vec<Record>, StateError> {
-        let text = match std::fs::read_to_string(&self.path) {
+        let bytes = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
@@ -49,14 +90,17 @@ impl Journal {
             }
         };
         let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<Record>(line) {
+            match serde_json::from_slice::<Record>(line) {
                 Ok(r) => out.push(r),
-                // Only a crash in the middle of a write leaves a line like that: skip it, loudly.
-                Err(e) => tracing::warn!("skipping torn line {} of {}: {e}", i + 1, self.path.display()),
+                Err(e) => tracing::warn!(
+                    "skipping line {} of {}: not a journal record ({e})",
+                    i + 1,
+                    self.path.display()
+                ),
             }
         }
         Ok(out)
@@ -71,6 +115,14 @@ impl Journal {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        if let Ok(spec) = std::env::var(FAULT_ENV)
+            && spec == format!("journal-{}", record.phase.as_str())
+        {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("no space left on device (injected by {FAULT_ENV})"),
+            )));
+        }
         let mut line = serde_json::to_vec(record).expect("records serialize");
         line.push(b'\n');
         let mut f = OpenOptions::new()
@@ -78,8 +130,9 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
         // A previous crash may have left a torn line without its newline: end it first.
-        if f.metadata().map_err(io)?.len() > 0 {
+        if len > 0 {
             let mut r = File::open(&self.path).map_err(io)?;
             r.seek(SeekFrom::End(-1)).map_err(io)?;
             let mut last = [0u8; 1];
@@ -87,10 +140,70 @@ impl Journal {
             if last[0] != b'\n' {
                 line.insert(0, b'\n');
             }
+        } else if let Some(meta) = &self.meta
+            && let Some(dir) = self.path.parent()
+        {
+            write_atomic(
+                &dir.join(TargetMeta::FILE),
+                &serde_json::to_vec_pretty(meta).expect("meta serializes"),
+            )
+            .map_err(io)?;
         }
         f.write_all(&line).map_err(io)?;
         f.sync_data().map_err(io)
     }
+
+    /// Starts this journal from the records of a journal kept in the old layout (one per registry
+    /// repository, shared by every target) that `keep` says belong here. Does nothing when this
+    /// journal exists already or the old one does not. Returns how many records were taken.
+    pub fn adopt_legacy(&self, legacy: &Path, keep: impl Fn(&Record) -> bool) -> Result<usize, StateError> {
+        if self.path.exists() || !legacy.is_file() {
+            return Ok(0);
+        }
+        let records: Vec<Record> = Journal::new(legacy.parent().unwrap_or(Path::new(".")))
+            .read()?
+            .into_iter()
+            .filter(|r| keep(r))
+            .collect();
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let mut text = Vec::new();
+        for r in &records {
+            text.extend(serde_json::to_vec(r).expect("records serialize"));
+            text.push(b'\n');
+        }
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            if let Some(meta) = &self.meta {
+                write_atomic(
+                    &dir.join(TargetMeta::FILE),
+                    &serde_json::to_vec_pretty(meta).expect("meta serializes"),
+                )
+                .map_err(io)?;
+            }
+        }
+        write_atomic(&self.path, &text).map_err(io)?;
+        Ok(records.len())
+    }
+}
+
+/// Test-only fault injection: `BACKTRACK_TEST_FAULT=journal-committed` makes the write of that
+/// record fail as a full disk would (a real full disk cannot be had on demand at that moment).
+pub const FAULT_ENV: &str = "BACKTRACK_TEST_FAULT";
+
+/// Writes a file whole or not at all: a temporary file beside it, fsynced, renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,14 +231,51 @@ impl LockError {
     }
 }
 
-/// An exclusive lock on the state folder, released on drop (or when the process dies).
+/// Who holds (or held) a lock: written by the holder before it takes the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub user: String,
+    pub host: String,
+    /// The command line it runs, e.g. `backtrack deploy v1.2.0`.
+    pub command: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} of {}@{}, running `{}` since {}",
+            self.pid,
+            self.user,
+            self.host,
+            self.command,
+            self.since.format("%Y-%m-%d %H:%M:%SZ")
+        )
+    }
+}
+
+/// An exclusive lock on the state folder, released on drop (or when the process dies: a dead
+/// holder's lock is free at once, and its identity file is cleared by the next holder).
 #[derive(Debug)]
 pub struct Lock {
+    identity: PathBuf,
     _file: File,
 }
 
-/// Takes the lock without waiting; the holder's identity is written into the lock file so a
-/// second backtrack can say who holds it.
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.identity);
+    }
+}
+
+fn identity_path(state_dir: &Path, pid: u32) -> PathBuf {
+    state_dir.join(format!("holder-{pid}.json"))
+}
+
+/// Takes the lock without waiting. This process's identity is written (whole, to a file of its
+/// own) before it tries, so a second backtrack that finds the lock taken can name the holder.
 pub fn lock(state_dir: &Path, command: &str) -> Result<Lock, LockError> {
     let path = state_dir.join("lock");
     let io = |source| LockError::Io {
@@ -133,7 +283,17 @@ pub fn lock(state_dir: &Path, command: &str) -> Result<Lock, LockError> {
         source,
     };
     std::fs::create_dir_all(state_dir).map_err(io)?;
-    let mut file = OpenOptions::new()
+    let who = Identity::current();
+    let me = Holder {
+        pid: std::process::id(),
+        user: who.user,
+        host: who.host,
+        command: command.to_string(),
+        since: chrono::Utc::now(),
+    };
+    let identity = identity_path(state_dir, me.pid);
+    write_atomic(&identity, &serde_json::to_vec(&me).expect("holder serializes")).map_err(io)?;
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
@@ -141,34 +301,77 @@ pub fn lock(state_dir: &Path, command: &str) -> Result<Lock, LockError> {
         .open(&path)
         .map_err(io)?;
     match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(LockError::Held {
-                path,
-                holder: if holder.is_empty() {
-                    "holder unknown".into()
-                } else {
-                    holder.to_string()
-                },
-            });
+        Ok(()) => {
+            clear_dead_identities(state_dir);
+            Ok(Lock { identity, _file: file })
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let _ = std::fs::remove_file(&identity);
+            let holder = holder_of(&path, state_dir).map_or_else(
+                || "holder unknown".to_string(),
+                |(pid, h)| h.map_or_else(|| format!("pid {pid}"), |h| h.to_string()),
+            );
+            Err(LockError::Held { path, holder })
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            let _ = std::fs::remove_file(&identity);
+            Err(io(e))
+        }
     }
-    let who = Identity::current();
-    let info = format!(
-        "pid {} of {}@{}, running `{command}` since {}",
-        std::process::id(),
-        who.user,
-        who.host,
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ")
-    );
-    file.set_len(0).map_err(io)?;
-    file.write_all(info.as_bytes()).map_err(io)?;
-    file.sync_data().map_err(io)?;
-    Ok(Lock { _file: file })
+}
+
+/// The live holder of the state folder's lock, if another process holds it now.
+pub fn holder(state_dir: &Path) -> Option<Holder> {
+    let path = state_dir.join("lock");
+    let file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+    match file.try_lock() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => holder_of(&path, state_dir).and_then(|(_, h)| h),
+        Err(_) => None,
+    }
+}
+
+/// The pid holding the flock on `lock` (from `/proc/locks`) and the identity it wrote.
+fn holder_of(lock: &Path, state_dir: &Path) -> Option<(u32, Option<Holder>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(lock).ok()?;
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; waiters have a `->` field.
+        if fields.get(1) != Some(&"FLOCK") || fields.contains(&"->") {
+            return None;
+        }
+        (fields.get(5) == Some(&want.as_str())).then(|| fields.get(4)?.parse().ok())?
+    })?;
+    let identity = std::fs::read(identity_path(state_dir, pid))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Holder>(&b).ok());
+    Some((pid, identity))
+}
+
+/// Removes identity files of processes that are gone (killed while holding the lock, say).
+fn clear_dead_identities(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("holder-")?.strip_suffix(".json"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The `started` record of a new operation: a fresh id, now, and who runs it.
@@ -191,8 +394,10 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The person: `SUDO_USER` first (under sudo, USER is root), then `USER`, `LOGNAME`, the
+    /// password database.
     pub fn current() -> Self {
-        let user = ["USER", "LOGNAME", "SUDO_USER"]
+        let user = ["SUDO_USER", "USER", "LOGNAME"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
             .or_else(user_from_passwd)
@@ -241,13 +446,165 @@ mod tests {
     }
 
     #[test]
+    fn journal_line_torn_inside_a_multibyte_character_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        let mut r = record("a");
+        r.reason = Some("déploiement urgent ✓".into());
+        j.append(&r).unwrap();
+        let whole = serde_json::to_vec(&Record {
+            id: "b".into(),
+            ..r.clone()
+        })
+        .unwrap();
+        // Cut inside the 3-byte check mark: the line is not valid UTF-8 any more.
+        let cut = whole.windows(3).position(|w| w == "✓".as_bytes()).unwrap() + 1;
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(&whole[..cut]).unwrap();
+        f.write_all(b"\n\xff\xfe garbage\n").unwrap();
+        drop(f);
+        j.append(&record("c")).unwrap();
+        let ids: Vec<String> = j.read().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["a", "c"]);
+    }
+
+    #[test]
+    fn legacy_journal_is_adopted_once_with_only_this_targets_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("old");
+        let old = Journal::new(&legacy);
+        for (id, target) in [
+            ("a", Some("container web")),
+            ("b", Some("container worker")),
+            ("c", None),
+        ] {
+            old.append(&Record {
+                target: target.map(str::to_string),
+                ..record(id)
+            })
+            .unwrap();
+        }
+        let new = Journal::new(&dir.path().join("new"));
+        let keep = |r: &Record| r.target.as_deref().is_none_or(|t| t == "container web");
+        assert_eq!(new.adopt_legacy(old.path(), keep).unwrap(), 2);
+        let ids: Vec<String> = new.read().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["a", "c"]);
+        // Adopted once: later records of the old journal are not copied again.
+        old.append(&record("d")).unwrap();
+        assert_eq!(new.adopt_legacy(old.path(), keep).unwrap(), 0);
+        assert_eq!(new.read().unwrap().len(), 2);
+    }
+
+    /// Starts `lock_child_process` holding the lock on `dir`; returns it once it holds it.
+    fn child_holding(dir: &Path, command: &str) -> (std::process::Child, u32) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "adapters::state::tests::lock_child_process",
+                "--nocapture",
+            ])
+            .env("BACKTRACK_LOCK_CHILD_DIR", dir)
+            .env("BACKTRACK_LOCK_CHILD_COMMAND", command)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let pid = lines
+            .find_map(|l| l.ok()?.strip_prefix("WON ")?.parse().ok())
+            .expect("the child took the lock");
+        // Keep reading, so the child's last lines never meet a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, pid)
+    }
+
+    #[test]
     fn second_lock_says_who_holds_it() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = lock(dir.path(), "backtrack deploy v1.2.3").unwrap();
+        let (mut child, pid) = child_holding(dir.path(), "backtrack deploy v1.2.3");
         let err = lock(dir.path(), "backtrack rollback").unwrap_err();
         assert!(err.is_held());
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(msg.contains(&format!("pid {pid} of")), "{msg}");
         assert!(msg.contains("backtrack deploy v1.2.3"), "{msg}");
+        let h = holder(dir.path()).expect("a live holder");
+        assert_eq!((h.pid, h.command.as_str()), (pid, "backtrack deploy v1.2.3"));
+        child.wait().unwrap();
+        // The holder is gone: the lock is free, with nobody named.
+        assert_eq!(holder(dir.path()), None);
+        drop(lock(dir.path(), "backtrack rollback").unwrap());
+    }
+
+    #[test]
+    fn released_lock_has_no_holder_and_leaves_no_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(lock(dir.path(), "backtrack deploy v1").unwrap());
+        assert_eq!(holder(dir.path()), None);
+        assert!(!identity_path(dir.path(), std::process::id()).exists());
+        // A dead process's identity file is cleared by the next holder.
+        let stale = identity_path(dir.path(), u32::MAX - 1);
+        std::fs::write(&stale, b"{}").unwrap();
+        let _l = lock(dir.path(), "backtrack status").unwrap();
+        assert!(!stale.exists());
+    }
+
+    /// The child side of `lock_identity_under_concurrent_starts`: take the lock, say so, hold it.
+    #[test]
+    #[ignore = "a child process of lock_identity_under_concurrent_starts"]
+    fn lock_child_process() {
+        let dir = std::env::var("BACKTRACK_LOCK_CHILD_DIR").expect("run by lock_identity_under_concurrent_starts");
+        let command = std::env::var("BACKTRACK_LOCK_CHILD_COMMAND").unwrap_or_else(|_| "child".into());
+        match lock(Path::new(&dir), &command) {
+            Ok(_l) => {
+                println!("WON {}", std::process::id());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Err(e) => println!("LOST {e}"),
+        }
+    }
+
+    #[test]
+    fn lock_identity_under_concurrent_starts() {
+        let exe = std::env::current_exe().unwrap();
+        for round in 0..15 {
+            let dir = tempfile::tempdir().unwrap();
+            let spawn = || {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "adapters::state::tests::lock_child_process",
+                        "--nocapture",
+                    ])
+                    .env("BACKTRACK_LOCK_CHILD_DIR", dir.path())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let (a, b) = (spawn(), spawn());
+            let outs: Vec<String> = [a, b]
+                .into_iter()
+                .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
+                .collect();
+            let won: Vec<&str> = outs
+                .iter()
+                .filter_map(|o| o.lines().find_map(|l| l.strip_prefix("WON ")))
+                .collect();
+            let lost: Vec<&str> = outs
+                .iter()
+                .filter_map(|o| o.lines().find_map(|l| l.strip_prefix("LOST ")))
+                .collect();
+            if won.len() == 2 {
+                continue; // one finished before the other started: no contention this round
+            }
+            assert_eq!((won.len(), lost.len()), (1, 1), "round {round}: {outs:?}");
+            assert!(
+                lost[0].contains(&format!("pid {} of", won[0])),
+                "round {round}: the loser named the wrong holder: {} (winner pid {})",
+                lost[0],
+                won[0]
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
-use crate::ops::mark::mark_good;
+use crate::ops::mark::{MarkRequest, mark_good};
 use crate::ops::rebuild;
 use crate::ops::swap::{self, Plan, SwapReport};
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
@@ -112,6 +112,7 @@ impl Report for SwapReport {
             _ => format!(
                 "{} {}: {} -> {} ({}), validated in {:.1}s",
                 match self.op {
+                    Operation::Rollback if self.forward => "rolled forward",
                     Operation::Rollback => "rolled back",
                     _ => "deployed",
                 },
@@ -157,7 +158,7 @@ async fn swap_command(
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
-    let journal = Journal::new(&project.state_dir);
+    let journal = app.journal()?;
     let _lock = app.lock_unless(common.dry_run, &format!("backtrack {} {input}", op.as_str()))?;
     let engine = app.engine().await?;
     if common.dry_run {
@@ -175,7 +176,16 @@ async fn swap_command(
     let current = deployed::read(&engine, target, &registry.name()).await?;
     let current_ref = current.first().map(|d| d.image.clone());
     let catalog = Catalog::load(registry.as_ref()).await?;
-    let (chosen, note) = match resolve::resolve(registry.as_ref(), &catalog, input, &ops, current_ref.as_ref()).await {
+    let (chosen, note) = match resolve::resolve(
+        registry.as_ref(),
+        &catalog,
+        input,
+        &ops,
+        current_ref.as_ref(),
+        &project.lkg_tag(),
+    )
+    .await
+    {
         Ok(c) => (c, None),
         Err(e) => {
             let Some(version) = missing_version(&e, input) else {
@@ -253,6 +263,7 @@ async fn swap_command(
             to: chosen.image.clone(),
             containers: current.iter().map(|d| d.container.name.clone()).collect(),
             result: Outcome::Unchanged,
+            forward: false,
             pulled: false,
             duration_ms: 0,
             detail: None,
@@ -260,6 +271,15 @@ async fn swap_command(
         });
     }
 
+    // A rollback goes back: one that would move to a higher version says so and is confirmed.
+    let forward = op == Operation::Rollback && is_higher(&chosen.image, current_ref.as_ref());
+    if forward {
+        app.printer.note(format!(
+            "note: this rollback goes forward: {} -> {} is a higher version",
+            current_ref.as_ref().map_or("-".into(), ImageRef::display),
+            chosen.image.display()
+        ));
+    }
     let image = registry.pull_reference(&chosen.digest);
     let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
     plan.note = note;
@@ -270,24 +290,29 @@ async fn swap_command(
             plan: &plan,
         });
     }
-    if confirm_first && !app.settings.yes {
+    if (confirm_first || forward) && !app.settings.yes {
         let q = format!(
             "{} {} from {} to {}?",
-            if op == Operation::Rollback {
-                "Roll back"
-            } else {
-                "Deploy"
+            match op {
+                Operation::Rollback if forward => "Roll forward",
+                Operation::Rollback => "Roll back",
+                _ => "Deploy",
             },
             target.display(),
             current_ref.as_ref().map_or("-".into(), ImageRef::display),
             chosen.image.display()
         );
-        if !confirm(&app.printer, &q, "confirm the rollback")? {
+        let what = if forward {
+            "confirm a rollback to a higher version"
+        } else {
+            "confirm the rollback"
+        };
+        if !confirm(&app.printer, &q, what)? {
             return Err(Failure::Cancelled.into());
         }
     }
     let auth = registry.pull_auth().await?;
-    let report = swap::execute(
+    let mut report = swap::execute(
         &engine,
         &journal,
         &app.printer,
@@ -297,11 +322,53 @@ async fn swap_command(
         common.reason.as_deref(),
     )
     .await?;
+    report.forward = forward;
+    write_version_env(app, target, &current, &report);
     app.printer.report(&report)?;
     if common.mark_good {
         mark_after_validation(app, registry.as_ref(), &catalog, &engine, &journal, &report, common).await?;
     }
     Ok(())
+}
+
+/// Whether `to` is a higher version than `from` (both known).
+fn is_higher(to: &ImageRef, from: Option<&ImageRef>) -> bool {
+    use crate::domain::version::{parse_version, strip_build};
+    let v = |r: &ImageRef| r.version.as_deref().and_then(parse_version).map(|v| strip_build(&v));
+    matches!((v(to), from.and_then(v)), (Some(t), Some(f)) if t > f)
+}
+
+/// Compose with `version_env`: the deployed tag goes to the project's `.env`, so a later
+/// `docker-compose up -d` keeps it. A failure here is a warning: the swap itself is done.
+fn write_version_env(
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    current: &[deployed::Deployed],
+    report: &SwapReport,
+) {
+    let Some(key) = &target.version_env else { return };
+    let Some(tag) = &report.to.tag else {
+        app.printer.note(format!(
+            "warning: {key} not written to .env: {} has no tag (deployed by digest)",
+            report.to.display()
+        ));
+        return;
+    };
+    let dir = current
+        .iter()
+        .find_map(|d| d.container.labels.get(crate::ops::compose_env::WORKING_DIR_LABEL));
+    let Some(dir) = dir else {
+        app.printer.note(format!(
+            "warning: {key} not written: the containers do not say which folder their compose project is in"
+        ));
+        return;
+    };
+    match crate::ops::compose_env::write(std::path::Path::new(dir), key, tag) {
+        Ok(path) => app.printer.note(format!("wrote {key}={tag} to {}", path.display())),
+        Err(e) => app.printer.note(format!(
+            "warning: {e}; a later `docker-compose up -d` may go back to the old version"
+        )),
+    }
 }
 
 /// `--mark-good [--soak D]`: once validated (and healthy for the soak), point last_known_good at it.
@@ -341,15 +408,19 @@ async fn mark_after_validation(
         progress.finish(&format!("{} stayed healthy", report.to.display()));
     }
     let ops = history::operations(&journal.read()?);
-    let previous = resolve::last_known_good(registry, catalog, &ops).await?;
+    let pointer = project.lkg_tag();
+    let previous = resolve::last_known_good(registry, catalog, &ops, &pointer).await?;
     let marked = mark_good(
         registry,
         journal,
         Some(engine),
         &app.printer,
-        &report.to,
-        previous,
-        common.reason.as_deref(),
+        MarkRequest {
+            image: &report.to,
+            pointer: &pointer,
+            previous,
+            reason: common.reason.as_deref(),
+        },
     )
     .await?;
     app.printer.note(marked.human());

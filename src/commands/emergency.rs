@@ -13,13 +13,13 @@ use crate::adapters::docker::{
     Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
 };
 use crate::adapters::registry::Registry;
-use crate::adapters::state::{self, Journal};
+use crate::adapters::state;
 use crate::cli::EmergencyArgs;
 use crate::domain::history::{self, Operation, Outcome, Record};
-use crate::domain::image::{ImageRef, LKG_TAG};
+use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::mark::{local_lkg_reference, registry_repository};
-use crate::ops::swap::restore_original;
+use crate::ops::swap::undo_emergency_one;
 use crate::ops::{catalog::Catalog, deployed, recover, resolve, validate};
 use crate::output::{Report, confirm};
 
@@ -74,7 +74,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
-    let journal = Journal::new(&project.state_dir);
+    let journal = app.journal()?;
     let _lock = app.lock_unless(args.dry_run, "backtrack emergency")?;
     let engine = app.engine().await?;
     if !args.dry_run {
@@ -85,9 +85,10 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         }
     }
     let ops = history::operations(&journal.read()?);
-    let (lkg, source) = find_last_known_good(app, registry.as_ref(), &ops).await?;
+    let pointer = project.lkg_tag();
+    let (lkg, source) = find_last_known_good(app, registry.as_ref(), &ops, &pointer).await?;
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
-    let image = local_image(&engine, registry.as_ref(), &digest).await?;
+    let image = local_image(&engine, registry.as_ref(), &digest, &pointer).await?;
     let current = deployed::read(&engine, target, &registry.name()).await?;
 
     let mut plans = Vec::new();
@@ -102,10 +103,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
             .await?
             .and_then(|i| i.config)
             .unwrap_or_default();
-        let mut labels = vec![
-            (LABEL_EMERGENCY, Utc::now().to_rfc3339()),
-            (LABEL_TAG, LKG_TAG.to_string()),
-        ];
+        let mut labels = vec![(LABEL_EMERGENCY, Utc::now().to_rfc3339()), (LABEL_TAG, pointer.clone())];
         if let Some(v) = &lkg.version {
             labels.push((LABEL_VERSION, v.clone()));
         }
@@ -173,10 +171,10 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     };
     journal.append(&Record {
         containers: report.containers.clone(),
-        saved: saved_policies,
+        saved: saved_policies.clone(),
         ..base.clone()
     })?;
-    let result = replace_all(&engine, &plans).await;
+    let result = replace_all(&engine, &plans, &saved_policies).await;
     let (outcome, detail) = match &result {
         Ok(()) => {
             let names: Vec<String> = plans.iter().map(|p| p.0.clone()).collect();
@@ -217,10 +215,11 @@ async fn find_last_known_good(
     app: &App<'_>,
     registry: &dyn Registry,
     ops: &[history::OperationView],
+    pointer: &str,
 ) -> anyhow::Result<(ImageRef, &'static str)> {
     let from_registry = async {
         let catalog = Catalog::load(registry).await?;
-        resolve::last_known_good(registry, &catalog, ops).await
+        resolve::last_known_good(registry, &catalog, ops, pointer).await
     };
     match from_registry.await {
         Ok(Some(lkg)) => return Ok((lkg, "registry")),
@@ -246,12 +245,13 @@ async fn local_image(
     engine: &Engine,
     registry: &dyn Registry,
     digest: &crate::domain::digest::Digest,
+    pointer: &str,
 ) -> anyhow::Result<String> {
     let by_digest = registry.pull_reference(digest);
     if engine.image(&by_digest).await?.is_some() {
         return Ok(by_digest);
     }
-    let (repo, tag) = local_lkg_reference(&registry_repository(registry));
+    let (repo, tag) = local_lkg_reference(&registry_repository(registry), pointer);
     let local = format!("{repo}:{tag}");
     if let Some(img) = engine.image(&local).await?
         && img
@@ -274,15 +274,41 @@ type Replacement = (
     Vec<(String, bollard::models::EndpointSettings)>,
 );
 
-async fn replace_all(engine: &Engine, plans: &[Replacement]) -> anyhow::Result<()> {
-    for (name, body, extra) in plans {
-        if let Err(e) = replace_one(engine, name, body, extra).await {
-            // Never leave the target without a container: the set-aside one comes back.
-            if let Err(undo) = restore_original(engine, name, "no").await {
-                anyhow::bail!("{e}; putting the original container back failed too: {undo}");
+/// Replaces every container, all or nothing: when one fails, every container already replaced
+/// (and the failing one) gets its original back, so replicas never end up on mixed versions.
+async fn replace_all(
+    engine: &Engine,
+    plans: &[Replacement],
+    saved: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for (i, (name, body, extra)) in plans.iter().enumerate() {
+        let Err(e) = replace_one(engine, name, body, extra).await else {
+            continue;
+        };
+        let mut problems = Vec::new();
+        for (n, _, _) in plans[..=i].iter().rev() {
+            let policy = saved.get(n).map(String::as_str);
+            let undone = match undo_emergency_one(engine, n, policy).await {
+                // Never set aside: the original is still under its name, maybe stopped.
+                Ok(false) => engine.start(n).await,
+                Ok(true) => Ok(()),
+                Err(x) => Err(x),
+            };
+            if let Err(x) = undone {
+                problems.push(format!("{n}: {x}"));
             }
-            return Err(e.into());
         }
+        let names: Vec<&str> = plans.iter().map(|p| p.0.as_str()).collect();
+        if problems.is_empty() {
+            anyhow::bail!(
+                "replace {name}: {e}; every original container ({}) was put back",
+                names.join(", ")
+            );
+        }
+        anyhow::bail!(
+            "replace {name}: {e}; putting the original containers back failed too: {}",
+            problems.join("; ")
+        );
     }
     Ok(())
 }

@@ -4,10 +4,9 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::App;
-use crate::adapters::state::Journal;
 use crate::cli::HistoryArgs;
 use crate::domain::history::{self, OperationView};
-use crate::output::{Report, ago, render_table, table};
+use crate::output::{Report, ago, escape, render_table, table};
 
 #[derive(Debug, Serialize)]
 struct HistoryReport {
@@ -15,8 +14,7 @@ struct HistoryReport {
 }
 
 pub async fn run(app: &App<'_>, args: &HistoryArgs) -> anyhow::Result<()> {
-    let project = app.project()?;
-    let records = Journal::new(&project.state_dir).read()?;
+    let records = app.journal()?.read()?;
     let mut operations = history::operations(&records);
     if args.limit > 0 && operations.len() > args.limit {
         operations.drain(..operations.len() - args.limit);
@@ -37,11 +35,11 @@ impl Report for HistoryReport {
             t.add_row(vec![
                 ago(now, o.started),
                 o.op.as_str().to_string(),
-                format!(
+                escape(&format!(
                     "{}@{}",
                     o.user.as_deref().unwrap_or("?"),
                     o.host.as_deref().unwrap_or("?")
-                ),
+                )),
                 o.from.as_ref().map_or("-".into(), |r| r.display()),
                 o.to.as_ref().map_or("-".into(), |r| r.display()),
                 o.to.as_ref()
@@ -50,10 +48,7 @@ impl Report for HistoryReport {
                 o.result.map_or("interrupted?", |r| r.as_str()).to_string(),
                 o.duration_ms
                     .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-                o.reason
-                    .clone()
-                    .or_else(|| o.detail.clone())
-                    .unwrap_or_else(|| "-".into()),
+                escape(o.reason.as_deref().or(o.detail.as_deref()).unwrap_or("-")),
             ]);
         }
         render_table(&t)

@@ -2,19 +2,19 @@
 //! target runs now). A version whose last validation failed is refused unless `--force`.
 
 use super::App;
-use crate::adapters::state::Journal;
 use crate::cli::MarkGoodArgs;
 use crate::domain::history;
 use crate::domain::image::ImageRef;
-use crate::ops::mark::{MarkReport, mark_good};
+use crate::ops::mark::{MarkReport, MarkRequest, mark_good};
 use crate::ops::{catalog::Catalog, deployed, resolve};
 
 pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let registry = app.registry()?;
-    let journal = Journal::new(&project.state_dir);
+    let journal = app.journal()?;
     let _lock = app.lock_unless(args.dry_run, "backtrack mark-good")?;
     let ops = history::operations(&journal.read()?);
+    let pointer = project.lkg_tag();
     // The engine is needed to know what is deployed, and to keep the image on this host.
     let engine = match app.target() {
         Ok(_) => Some(app.engine().await?),
@@ -23,7 +23,15 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     };
     let current: Option<ImageRef> = match (&engine, app.target()) {
         (Some(engine), Ok(target)) => {
-            let d = deployed::read(engine, target, &registry.name()).await?;
+            let d = match deployed::read(engine, target, &registry.name()).await {
+                Ok(d) => d,
+                // A named version needs nothing from the target.
+                Err(e) if args.selector.is_some() => {
+                    tracing::info!("what the target runs is unknown: {e:#}");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let digests: std::collections::BTreeSet<_> = d.iter().filter_map(|d| d.digest.clone()).collect();
             if args.selector.is_none() && digests.len() > 1 {
                 anyhow::bail!(
@@ -39,7 +47,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     let catalog = Catalog::load(registry.as_ref()).await?;
     let chosen: ImageRef = match &args.selector {
         Some(s) => {
-            resolve::resolve(registry.as_ref(), &catalog, s, &ops, current.as_ref())
+            resolve::resolve(registry.as_ref(), &catalog, s, &ops, current.as_ref(), &pointer)
                 .await?
                 .image
         }
@@ -64,11 +72,12 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
             "mark {v} good: its last validation failed (see `backtrack history`); pass --force if you are sure"
         );
     }
-    let previous = resolve::last_known_good(registry.as_ref(), &catalog, &ops).await?;
+    let previous = resolve::last_known_good(registry.as_ref(), &catalog, &ops, &pointer).await?;
     if args.dry_run {
         return app.printer.report(&MarkReport {
             dry_run: true,
             repository: registry.name(),
+            pointer,
             marked: chosen,
             previous,
             local_image: None,
@@ -79,9 +88,12 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
         &journal,
         engine.as_ref(),
         &app.printer,
-        &chosen,
-        previous,
-        args.reason.as_deref(),
+        MarkRequest {
+            image: &chosen,
+            pointer: &pointer,
+            previous,
+            reason: args.reason.as_deref(),
+        },
     )
     .await?;
     app.printer.report(&report)

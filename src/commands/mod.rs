@@ -19,7 +19,7 @@ use anyhow::Context as _;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
-use crate::adapters::state;
+use crate::adapters::state::{self, Journal, TargetMeta};
 use crate::cli::Command;
 use crate::output::Printer;
 use crate::settings::{Project, Settings, TargetSettings};
@@ -49,6 +49,32 @@ impl App<'_> {
                 project.config_path.display()
             )
         })
+    }
+
+    /// The journal of the target (or of the repository, for a config without `[target]`). The
+    /// first time a target's journal is opened, the records of the old shared journal that
+    /// belong to it are taken over.
+    pub fn journal(&self) -> anyhow::Result<Journal> {
+        let project = self.project()?;
+        let Some(t) = project.target.as_ref() else {
+            return Ok(Journal::new(&project.state_dir));
+        };
+        let me = t.display();
+        let journal = Journal::for_target(
+            &project.state_dir,
+            TargetMeta {
+                target: me.clone(),
+                engine: t.engine_id.clone(),
+                repository: project.registry.display(),
+                environment: t.environment.clone(),
+            },
+        );
+        let legacy = project.legacy_state_dir.join("history.jsonl");
+        let taken = journal.adopt_legacy(&legacy, |r| r.target.as_deref().is_none_or(|x| x == me))?;
+        if taken > 0 {
+            tracing::info!("took {taken} records of {me} from {}", legacy.display());
+        }
+        Ok(journal)
     }
 
     /// The state lock for a command that changes something; none for a dry run.

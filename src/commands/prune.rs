@@ -10,14 +10,14 @@ use serde::Serialize;
 
 use super::App;
 use crate::adapters::registry::{RegistryError, RemoteImage};
-use crate::adapters::state::{self, Journal};
+use crate::adapters::state;
 use crate::cli::PruneArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history::{self, Operation, Outcome, Record};
-use crate::domain::image::{LKG_TAG, human_size};
+use crate::domain::image::{human_size, is_lkg_tag};
 use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
 use crate::error::Failure;
-use crate::ops::deployed;
+use crate::ops::{deployed, targets};
 use crate::output::{Report, ago, confirm, render_table, table};
 
 #[derive(Debug, Serialize)]
@@ -80,7 +80,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .context("choose a policy: pass --policy FILE or set [retention] policy in backtrack.toml")?;
     let policy = crate::settings::policy::load(&path)?;
     let registry = app.registry()?;
-    let journal = Journal::new(&project.state_dir);
+    let journal = app.journal()?;
     let _lock = app.lock_unless(args.dry_run, "backtrack prune")?;
 
     // What is deployed is protected, so not knowing it is not an option for a real run.
@@ -138,12 +138,35 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         })
         .collect();
     let ops = history::operations(&journal.read()?);
+    // Other targets built from this repository (staging and prod, web and worker) keep what
+    // their own journals say they run and recently ran.
+    let mut other_targets = std::collections::BTreeMap::new();
+    for sib in targets::siblings(&project.state_root, &registry.name(), &project.state_dir) {
+        for r in history::deployed_versions(&sib.ops)
+            .into_iter()
+            .take(policy.protect.history)
+        {
+            if let Some(d) = r.digest {
+                other_targets.insert(
+                    d,
+                    format!(
+                        "among the last {} versions deployed on {}",
+                        policy.protect.history, sib.meta.target
+                    ),
+                );
+            }
+        }
+        if let Some(d) = history::last_committed(&sib.ops).and_then(|o| o.to.as_ref()?.digest.clone()) {
+            other_targets.insert(d, format!("{} runs it (its journal)", sib.meta.target));
+        }
+    }
     let facts = Facts {
         deployed: deployed_digests,
         recent_deployments: history::deployed_versions(&ops)
             .into_iter()
             .filter_map(|r| r.digest)
             .collect(),
+        other_targets,
         now: Utc::now(),
     };
     let plan = retention::plan(&policy, &entries, &facts);
@@ -164,13 +187,23 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             return Err(Failure::Cancelled.into());
         }
     }
-    // The pointer may have moved while the plan was read: never delete what it names now.
-    let lkg_now = registry.tag_digest(LKG_TAG).await?;
+    // A pointer may have moved while the plan was read: never delete what one names now.
+    let mut pointers: BTreeSet<String> = images
+        .iter()
+        .flat_map(|i| i.tags.iter().filter(|t| is_lkg_tag(t)).cloned())
+        .collect();
+    pointers.insert(project.lkg_tag());
+    let mut lkg_now = BTreeSet::new();
+    for tag in &pointers {
+        if let Some(d) = registry.tag_digest(tag).await? {
+            lkg_now.insert(d);
+        }
+    }
     let doomed: Vec<RemoteImage> = report
         .plan
         .decisions
         .iter()
-        .filter(|d| d.action == Action::Delete && Some(&d.digest) != lkg_now.as_ref())
+        .filter(|d| d.action == Action::Delete && !lkg_now.contains(&d.digest))
         .map(|d| RemoteImage {
             digest: d.digest.clone(),
             tags: d.tags.clone(),

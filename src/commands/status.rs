@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::App;
 use crate::adapters::docker::{LABEL_EMERGENCY, LABEL_TAG};
-use crate::adapters::state::Journal;
+use crate::adapters::state;
 use crate::domain::history;
 use crate::domain::image::ImageRef;
 use crate::ops::{catalog::Catalog, deployed, resolve};
@@ -39,7 +39,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let target = app.target()?;
     let registry = app.registry()?;
     let engine = app.engine().await?;
-    let records = Journal::new(&project.state_dir).read()?;
+    let records = app.journal()?.read()?;
     let ops = history::operations(&records);
     let mut warnings = Vec::new();
 
@@ -82,7 +82,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
-            let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops).await?;
+            let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops, &project.lkg_tag()).await?;
             if let Some(l) = &lkg
                 && let Some(j) = history::marked_good(&ops).next()
                 && j.digest != l.digest
@@ -103,13 +103,46 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             history::marked_good(&ops).next().cloned()
         }
     };
+    // Drift: what runs is not what backtrack last put there (someone ran `docker-compose up`,
+    // `docker run`, a CI job...).
+    if let Some(last) = history::last_committed(&ops)
+        && let Some(want) = last.to.as_ref().and_then(|t| t.digest.as_ref())
+    {
+        for d in &current {
+            if d.digest.as_ref() != Some(want) {
+                warnings.push(format!(
+                    "drift: {} runs {} but backtrack's last {} put {} ({}) there {}; something else changed it",
+                    d.container.name,
+                    d.digest
+                        .as_ref()
+                        .map_or_else(|| d.container.image_ref.clone(), |x| x.short().to_string()),
+                    last.op.as_str(),
+                    last.to.as_ref().map_or("-".into(), ImageRef::display),
+                    want.short(),
+                    crate::output::ago(chrono::Utc::now(), last.started)
+                ));
+            }
+        }
+    }
+    let holder = state::holder(&project.state_dir);
     for (open, _) in history::open_operations(&records) {
-        warnings.push(format!(
-            "an operation did not finish: {} to {} started {} (the next deploy or rollback settles it)",
+        let what = format!(
+            "{} to {} started {}",
             open.op.as_str(),
             open.to.as_ref().map_or("-".into(), ImageRef::display),
             open.at.format("%Y-%m-%d %H:%M:%SZ")
-        ));
+        );
+        match &holder {
+            Some(h) => warnings.push(format!("in progress: {what}, by {h}")),
+            None => warnings.push(format!(
+                "an operation did not finish: {what} (the next deploy or rollback settles it)"
+            )),
+        }
+    }
+    if let Some(h) = &holder
+        && history::open_operations(&records).is_empty()
+    {
+        warnings.push(format!("in progress: {h}"));
     }
     app.printer.report(&StatusReport {
         target: target.display(),

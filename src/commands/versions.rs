@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::App;
 use crate::cli::VersionsArgs;
 use crate::domain::digest::Digest;
-use crate::domain::image::{LKG_TAG, human_size};
+use crate::domain::history;
+use crate::domain::image::{human_size, is_lkg_tag};
 use crate::ops::{catalog::Catalog, deployed};
 use crate::output::{Report, render_table, table};
 
@@ -39,7 +40,9 @@ struct Row {
     size: Option<u64>,
     revision: Option<String>,
     description: Option<String>,
-    marks: Vec<&'static str>,
+    /// `deployed`, `last_known_good` (or `last_known_good-ENV`, one per environment pointing at
+    /// it), `failed` (its last validation on this target failed).
+    marks: Vec<String>,
 }
 
 pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
@@ -86,10 +89,18 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     }
 
     let mut lookup: Vec<String> = shown.iter().map(|(t, _)| t.clone()).collect();
-    let has_lkg = catalog.has_tag(LKG_TAG);
-    if has_lkg && !args.all {
-        lookup.push(LKG_TAG.to_string());
+    // Every environment's pointer (`last_known_good`, `last_known_good-prod`, ...).
+    let pointers: Vec<String> = catalog.others.iter().filter(|t| is_lkg_tag(t)).cloned().collect();
+    if !args.all {
+        lookup.extend(pointers.iter().cloned());
     }
+    let failed = match app.journal().and_then(|j| Ok(j.read()?)) {
+        Ok(records) => history::failed_versions(&history::operations(&records)),
+        Err(e) => {
+            tracing::info!("failed marks unavailable: {e:#}");
+            Default::default()
+        }
+    };
     // Version tags may come from the cache; if one of those digests is gone (pruned elsewhere),
     // ask the registry for all of them once more.
     let mut refresh = args.refresh;
@@ -114,7 +125,7 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     };
     registry.flush_cache();
 
-    let lkg_digest = digests.get(LKG_TAG);
+    let pointer_digests: Vec<(&String, &Digest)> = pointers.iter().filter_map(|p| Some((p, digests.get(p)?))).collect();
     let rows = shown
         .into_iter()
         .map(|(tag, version)| {
@@ -122,10 +133,17 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
             let info = digest.as_ref().and_then(|d| infos.get(d));
             let mut marks = Vec::new();
             if digest.is_some() && deployed.iter().any(|d| Some(d) == digest.as_ref()) {
-                marks.push("deployed");
+                marks.push("deployed".to_string());
             }
-            if digest.is_some() && lkg_digest == digest.as_ref() && tag != LKG_TAG {
-                marks.push("last_known_good");
+            if !is_lkg_tag(&tag) {
+                for (p, d) in &pointer_digests {
+                    if digest.as_ref() == Some(*d) {
+                        marks.push(p.to_string());
+                    }
+                }
+            }
+            if version.as_ref().is_some_and(|v| failed.contains(v)) {
+                marks.push("failed".to_string());
             }
             Row {
                 tag,
@@ -175,10 +193,12 @@ impl Report for VersionsReport {
                     .or(r.created)
                     .map_or("-".into(), |c| crate::output::ago(now, c)),
                 r.size.map_or("-".into(), human_size),
-                r.revision
+                r.revision.as_deref().map_or("-".into(), |r| {
+                    crate::output::escape(&r.chars().take(12).collect::<String>())
+                }),
+                r.description
                     .as_deref()
-                    .map_or("-".into(), |r| r.chars().take(12).collect()),
-                r.description.as_deref().map_or("-".into(), |d| truncate(d, 40)),
+                    .map_or("-".into(), |d| crate::output::escape(&truncate(d, 40))),
                 r.marks.join(","),
             ]);
         }

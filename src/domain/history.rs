@@ -50,6 +50,16 @@ pub enum Phase {
     Finished,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Committed => "committed",
+            Self::Finished => "finished",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -59,6 +69,9 @@ pub enum Outcome {
     Reverted,
     /// Validation failed and putting the previous version back failed too.
     RevertFailed,
+    /// Reverted because the HTTP probe never reached anything (connection refused or DNS errors
+    /// for the whole timeout): the probe's address is in doubt, not the version.
+    ProbeUnreachable,
     /// Failed before the target was touched.
     Failed,
     /// Found half done by a later run and put back to the previous state.
@@ -73,6 +86,7 @@ impl Outcome {
             Self::Ok => "ok",
             Self::Reverted => "reverted",
             Self::RevertFailed => "revert-failed",
+            Self::ProbeUnreachable => "reverted-probe-unreachable",
             Self::Failed => "failed",
             Self::RolledBackAfterCrash => "rolled-back-after-crash",
             Self::Unchanged => "unchanged",
@@ -294,15 +308,90 @@ pub fn marked_good(ops: &[OperationView]) -> impl Iterator<Item = &ImageRef> {
         .filter_map(|o| o.to.as_ref())
 }
 
-/// `previous`: the version deployed before the current one, skipping versions whose validation
-/// failed. `None` when the journal has no such version (the caller then takes the next lower
-/// version).
+/// The key a version is known by in the journal's rules: its version, else its digest.
+fn key(r: &ImageRef) -> Option<String> {
+    r.version.clone().or_else(|| r.digest.as_ref().map(ToString::to_string))
+}
+
+/// The undo stack behind `previous`: a deploy pushes the version it put in place, a rollback
+/// (or an emergency) pops back to the version it went to. Versions popped by a rollback, and the
+/// version a rollback left, are "rolled back from": `previous` skips them until they are deployed
+/// again, so two rollbacks in a row go further back instead of forward again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Undo {
+    /// Bottom first; each version once, where it was last put.
+    pub stack: Vec<ImageRef>,
+    pub rolled_back_from: HashSet<String>,
+}
+
+pub fn undo(ops: &[OperationView]) -> Undo {
+    let mut u = Undo::default();
+    for op in ops {
+        if !op.op.moves_target() || op.result != Some(Outcome::Ok) {
+            continue;
+        }
+        let Some(to) = &op.to else { continue };
+        let Some(to_key) = key(to) else { continue };
+        match op.op {
+            Operation::Deploy => {
+                u.stack.retain(|r| key(r).as_deref() != Some(to_key.as_str()));
+                u.stack.push(to.clone());
+            }
+            _ => {
+                if let Some(from) = op.from.as_ref().and_then(key)
+                    && from != to_key
+                {
+                    u.rolled_back_from.insert(from);
+                }
+                match u.stack.iter().rposition(|r| key(r).as_deref() == Some(to_key.as_str())) {
+                    Some(at) => {
+                        for popped in u.stack.drain(at + 1..) {
+                            u.rolled_back_from.extend(key(&popped));
+                        }
+                        // The stack keeps what was recorded at the deploy, refreshed by this op.
+                        u.stack[at] = to.clone();
+                    }
+                    None => {
+                        if let Some(top) = u.stack.last()
+                            && op.from.as_ref().and_then(key) == key(top)
+                        {
+                            u.stack.pop();
+                        }
+                        u.stack.push(to.clone());
+                    }
+                }
+            }
+        }
+        u.rolled_back_from.remove(&to_key);
+    }
+    u
+}
+
+/// What `previous` must skip: versions whose last validation failed, and versions rolled back
+/// from (until deployed again).
+pub fn skipped_by_previous(ops: &[OperationView]) -> HashSet<String> {
+    let mut out = failed_versions(ops);
+    out.extend(undo(ops).rolled_back_from);
+    out
+}
+
+/// `previous`: undo. The version below the current one on the undo stack, skipping versions whose
+/// validation failed and versions rolled back from. `None` when the journal has no such version
+/// (the caller then takes the next lower version).
 pub fn previous(ops: &[OperationView], current_version: Option<&str>) -> Option<ImageRef> {
-    let failed = failed_versions(ops);
-    deployed_versions(ops).into_iter().find(|r| {
+    let skip = skipped_by_previous(ops);
+    undo(ops).stack.into_iter().rev().find(|r| {
         let v = r.version.as_deref();
-        v != current_version && !v.is_some_and(|v| failed.contains(v))
+        v != current_version && !key(r).is_some_and(|k| skip.contains(&k))
     })
+}
+
+/// The operation that last put something on the target and completed: what should run there
+/// now, unless something else changed it since (drift).
+pub fn last_committed(ops: &[OperationView]) -> Option<&OperationView> {
+    ops.iter()
+        .rev()
+        .find(|o| o.op.moves_target() && o.result == Some(Outcome::Ok) && o.to.is_some())
 }
 
 #[cfg(test)]
@@ -390,6 +479,138 @@ mod tests {
                 "history {history:?} current {current:?}"
             );
         }
+    }
+
+    fn moved(id: &str, op: Operation, from: &str, to: &str, result: Outcome) -> Vec<Record> {
+        let v = |s: &str| {
+            Some(ImageRef {
+                version: Some(s.into()),
+                ..Default::default()
+            })
+        };
+        let started = Record {
+            from: v(from),
+            to: v(to),
+            ..Record::new(
+                id,
+                DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                op,
+                Phase::Started,
+            )
+        };
+        let finished = started.finish(started.at, result, None, None);
+        vec![started, finished]
+    }
+
+    #[test]
+    fn previous_is_an_undo_stack() {
+        use Operation::{Deploy as D, Emergency as E, Rollback as R};
+        type Step<'a> = (Operation, &'a str, &'a str);
+        // history (op, from, to), current, expected previous, expected rolled-back-from
+        type Case<'a> = (&'a [Step<'a>], &'a str, Option<&'a str>, &'a [&'a str]);
+        let cases: &[Case] = &[
+            // rollback twice goes further back, never forward to the version just left
+            (
+                &[
+                    (D, "", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                    (D, "1.1.0", "1.2.0"),
+                    (R, "1.2.0", "1.1.0"),
+                ],
+                "1.1.0",
+                Some("1.0.0"),
+                &["1.2.0"],
+            ),
+            (
+                &[
+                    (D, "", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                    (D, "1.1.0", "1.2.0"),
+                    (R, "1.2.0", "1.1.0"),
+                    (R, "1.1.0", "1.0.0"),
+                ],
+                "1.0.0",
+                None,
+                &["1.1.0", "1.2.0"],
+            ),
+            // deployed again: no longer skipped
+            (
+                &[
+                    (D, "", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                    (R, "1.1.0", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                ],
+                "1.1.0",
+                Some("1.0.0"),
+                &[],
+            ),
+            // a rollback to a version that was never on the stack pops the one it left
+            (
+                &[(D, "", "1.0.0"), (D, "1.0.0", "1.1.0"), (R, "1.1.0", "0.9.0")],
+                "0.9.0",
+                Some("1.0.0"),
+                &["1.1.0"],
+            ),
+            // an emergency to last_known_good pops like a rollback
+            (
+                &[
+                    (D, "", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                    (D, "1.1.0", "1.2.0"),
+                    (E, "1.2.0", "1.0.0"),
+                ],
+                "1.0.0",
+                None,
+                &["1.1.0", "1.2.0"],
+            ),
+            // a redeploy moves the version to the top instead of repeating it
+            (
+                &[
+                    (D, "", "1.0.0"),
+                    (D, "1.0.0", "1.1.0"),
+                    (D, "1.1.0", "1.0.0"),
+                    (D, "1.0.0", "1.2.0"),
+                ],
+                "1.2.0",
+                Some("1.0.0"),
+                &[],
+            ),
+        ];
+        for (steps, current, want, skipped) in cases {
+            let records: Vec<Record> = steps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (op, from, to))| moved(&i.to_string(), *op, from, to, Outcome::Ok))
+                .collect();
+            let ops = operations(&records);
+            let got = previous(&ops, Some(current)).and_then(|r| r.version);
+            assert_eq!(got.as_deref(), *want, "steps {steps:?}");
+            let mut rolled: Vec<String> = undo(&ops).rolled_back_from.into_iter().collect();
+            rolled.sort();
+            assert_eq!(rolled, *skipped, "steps {steps:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_probe_does_not_fail_the_version() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.extend(deploy("b", "1.1.0", Outcome::ProbeUnreachable));
+        records.extend(deploy("c", "1.2.0", Outcome::Reverted));
+        let failed = failed_versions(&operations(&records));
+        assert!(!failed.contains("1.1.0"));
+        assert!(failed.contains("1.2.0"));
+    }
+
+    #[test]
+    fn last_committed_is_the_last_completed_move() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.extend(moved("b", Operation::Rollback, "1.0.0", "0.9.0", Outcome::Ok));
+        records.extend(deploy("c", "1.2.0", Outcome::Reverted));
+        records.push(rec("d", Operation::MarkGood, Phase::Started, "1.2.0", None));
+        let ops = operations(&records);
+        let last = last_committed(&ops).unwrap();
+        assert_eq!(last.to.as_ref().and_then(|t| t.version.as_deref()), Some("0.9.0"));
     }
 
     #[test]

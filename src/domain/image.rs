@@ -15,6 +15,14 @@ pub const LABEL_SOURCE: &str = "org.opencontainers.image.source";
 /// The tag that names the last known good version.
 pub const LKG_TAG: &str = "last_known_good";
 
+/// A `last_known_good` pointer of any environment: `last_known_good` or `last_known_good-ENV`.
+pub fn is_lkg_tag(tag: &str) -> bool {
+    tag == LKG_TAG
+        || tag
+            .strip_prefix(LKG_TAG)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('-'))
+}
+
 /// Metadata of one image (one manifest digest), from its manifest and config blob. Immutable for a
 /// digest, so it is cached on disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
 use super::duration::serde_human;
-use super::image::LKG_TAG;
+use super::image::is_lkg_tag;
 use super::version::VersionTag;
 
 /// A policy file (`retention-policies/*.toml`).
@@ -239,6 +239,9 @@ pub struct Facts {
     pub deployed: BTreeSet<Digest>,
     /// Distinct digests deployed successfully, most recent first (from the journal).
     pub recent_deployments: Vec<Digest>,
+    /// Images other targets built from this repository need (what they last ran, their recent
+    /// deployments), from their journals, each with why.
+    pub other_targets: BTreeMap<Digest, String>,
     pub now: DateTime<Utc>,
 }
 
@@ -318,8 +321,11 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
             if facts.deployed.contains(&img.digest) {
                 keep.push("protected: the target runs it now".to_string());
             }
-            if img.tags.iter().any(|t| t == LKG_TAG) {
-                keep.push(format!("protected: tagged {LKG_TAG}"));
+            for t in img.tags.iter().filter(|t| is_lkg_tag(t)) {
+                keep.push(format!("protected: tagged {t}"));
+            }
+            if let Some(why) = facts.other_targets.get(&img.digest) {
+                keep.push(format!("protected: {why}"));
             }
             if recent.contains(&img.digest) {
                 keep.push(format!(
@@ -336,7 +342,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
             let others: Vec<&String> = img
                 .tags
                 .iter()
-                .filter(|t| VersionTag::parse(t).is_none() && t.as_str() != LKG_TAG)
+                .filter(|t| VersionTag::parse(t).is_none() && !is_lkg_tag(t))
                 .collect();
             for t in &others {
                 if !policy.other_tags.prune.iter().any(|p| glob_match(p, t)) {
@@ -494,8 +500,11 @@ pub fn protected(images: &[ImageEntry], facts: &Facts, history: usize) -> BTreeM
         if facts.deployed.contains(&img.digest) {
             out.insert(img.digest.clone(), "deployed");
         }
-        if img.tags.iter().any(|t| t == LKG_TAG) {
-            out.insert(img.digest.clone(), LKG_TAG);
+        if img.tags.iter().any(|t| is_lkg_tag(t)) {
+            out.insert(img.digest.clone(), "last_known_good");
+        }
+        if facts.other_targets.contains_key(&img.digest) {
+            out.insert(img.digest.clone(), "another target");
         }
     }
     for d in facts.recent_deployments.iter().take(history) {
@@ -672,6 +681,7 @@ expire_after = "7d"
         let facts = Facts {
             deployed: [digest(3)].into(),
             recent_deployments: vec![digest(5), digest(6)],
+            other_targets: BTreeMap::new(),
             now: now(),
         };
         let plan = plan(&p, &images, &facts);
@@ -841,6 +851,7 @@ expire_after = "7d"
             .prop_map(|(deployed, recent)| Facts {
                 deployed: deployed.into_iter().map(digest).collect(),
                 recent_deployments: recent.into_iter().map(digest).collect(),
+                other_targets: BTreeMap::new(),
                 now: now(),
             })
     }

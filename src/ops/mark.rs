@@ -13,15 +13,18 @@ use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::{ImageRef, LKG_TAG};
 use crate::output::Printer;
 
-/// The local image name that keeps the last known good image of `repository` on this host.
-pub fn local_lkg_reference(repository: &str) -> (String, &'static str) {
-    (format!("backtrack/{repository}"), "lkg")
+/// The local image name that keeps the image a pointer names on this host:
+/// `backtrack/REPO:lkg` (or `:lkg-ENV` for `last_known_good-ENV`).
+pub fn local_lkg_reference(repository: &str, pointer: &str) -> (String, String) {
+    (format!("backtrack/{repository}"), pointer.replacen(LKG_TAG, "lkg", 1))
 }
 
 #[derive(Debug, Serialize)]
 pub struct MarkReport {
     pub dry_run: bool,
     pub repository: String,
+    /// The pointer tag moved: `last_known_good` or `last_known_good-ENV`.
+    pub pointer: String,
     pub marked: ImageRef,
     pub previous: Option<ImageRef>,
     /// The local tag keeping the image on this host, when the engine was reachable.
@@ -34,13 +37,15 @@ impl crate::output::Report for MarkReport {
         let was = self.previous.as_ref().map_or("(not set)".to_string(), |p| p.display());
         if self.dry_run {
             return format!(
-                "would point {LKG_TAG} in {} at {} ({digest}); it points at {was} now\ndry run: nothing was changed",
+                "would point {} in {} at {} ({digest}); it points at {was} now\ndry run: nothing was changed",
+                self.pointer,
                 self.repository,
                 self.marked.display()
             );
         }
         let mut out = format!(
-            "{LKG_TAG} in {} now points at {} ({digest}); was {was}",
+            "{} in {} now points at {} ({digest}); was {was}",
+            self.pointer,
             self.repository,
             self.marked.display()
         );
@@ -51,15 +56,29 @@ impl crate::output::Report for MarkReport {
     }
 }
 
+/// What to mark: the image, the pointer tag to move, where it points now, and why.
+#[derive(Debug)]
+pub struct MarkRequest<'a> {
+    pub image: &'a ImageRef,
+    /// `last_known_good` or `last_known_good-ENV`.
+    pub pointer: &'a str,
+    pub previous: Option<ImageRef>,
+    pub reason: Option<&'a str>,
+}
+
 pub async fn mark_good(
     registry: &dyn Registry,
     journal: &Journal,
     engine: Option<&Engine>,
     printer: &Printer,
-    image: &ImageRef,
-    previous: Option<ImageRef>,
-    reason: Option<&str>,
+    request: MarkRequest<'_>,
 ) -> anyhow::Result<MarkReport> {
+    let MarkRequest {
+        image,
+        pointer,
+        previous,
+        reason,
+    } = request;
     let digest = image
         .digest
         .clone()
@@ -68,13 +87,14 @@ pub async fn mark_good(
         from: previous.clone(),
         to: Some(image.clone()),
         reason: reason.map(str::to_string),
+        detail: Some(format!("pointer {pointer}")),
         ..state::begin(Operation::MarkGood)
     };
     journal.append(&base)?;
     let started = std::time::Instant::now();
-    if let Err(e) = registry.retag(&digest, LKG_TAG).await {
+    if let Err(e) = registry.retag(&digest, pointer).await {
         journal.append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
-        return Err(anyhow::Error::new(e).context(format!("point {LKG_TAG} at {}", image.display())));
+        return Err(anyhow::Error::new(e).context(format!("point {pointer} at {}", image.display())));
     }
     let elapsed = started.elapsed().as_millis() as u64;
     journal.append(&base.finish(Utc::now(), Outcome::Ok, Some(elapsed), None))?;
@@ -83,9 +103,9 @@ pub async fn mark_good(
     if let Some(engine) = engine {
         let reference = registry.pull_reference(&digest);
         let auth = registry.pull_auth().await.ok();
-        let (repo, tag) = local_lkg_reference(&registry_repository(registry));
+        let (repo, tag) = local_lkg_reference(&registry_repository(registry), pointer);
         match engine.pull(&reference, auth.as_ref(), |_| {}).await {
-            Ok(_) => match engine.tag_image(&reference, &repo, tag).await {
+            Ok(_) => match engine.tag_image(&reference, &repo, &tag).await {
                 Ok(()) => local_image = Some(format!("{repo}:{tag}")),
                 Err(e) => printer.note(format!("warning: could not keep the image on this host: {e}")),
             },
@@ -97,6 +117,7 @@ pub async fn mark_good(
     Ok(MarkReport {
         dry_run: false,
         repository: registry.name(),
+        pointer: pointer.to_string(),
         marked: image.clone(),
         previous,
         local_image,

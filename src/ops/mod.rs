@@ -3,6 +3,7 @@
 //! a swap a crash left half done. Commands stay thin; the domain stays pure.
 
 pub mod catalog;
+pub mod compose_env;
 pub mod deployed;
 pub mod interrupt;
 pub mod mark;
@@ -10,4 +11,5 @@ pub mod rebuild;
 pub mod recover;
 pub mod resolve;
 pub mod swap;
+pub mod targets;
 pub mod validate;

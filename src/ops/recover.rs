@@ -1,7 +1,10 @@
 //! Recovery: an operation that a crash, `kill -9` or a daemon restart interrupted left a
 //! `started` record without a `finished` one. The next backtrack that takes the lock settles it
 //! before doing anything else: before the `committed` record it reverts (the set-aside containers
-//! come back), after it completes (the set-aside containers go).
+//! come back), after it completes (the set-aside containers go). One that validated but could
+//! not write its `committed` record (a full disk) removed its set-aside containers anyway: a
+//! target found on the new digest with nothing set aside is recorded as completed, not reverted.
+//! A restart policy is only ever set back to what the operation saved.
 
 use chrono::Utc;
 
@@ -29,7 +32,7 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
             // original one back.
             printer.note(format!("found an interrupted {what}"));
             for name in &started.containers {
-                let policy = started.saved.get(name).map_or("no", String::as_str);
+                let policy = started.saved.get(name).map(String::as_str);
                 match crate::ops::swap::restore_original(engine, name, policy).await {
                     Ok(true) => printer.note(format!("{name} had no container: its original one is back")),
                     Ok(false) => {}
@@ -47,12 +50,17 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
                 }
             }
             Outcome::Ok
+        } else if completed_without_record(engine, started).await {
+            printer.note(format!(
+                "found an unrecorded {what}; it had validated and runs, so recording it as done"
+            ));
+            Outcome::Ok
         } else {
             printer.note(format!(
                 "found an interrupted {what}; putting the previous version back"
             ));
             for name in &started.containers {
-                let policy = started.saved.get(name).map_or("no", String::as_str);
+                let policy = started.saved.get(name).map(String::as_str);
                 if let Err(e) = revert_one(engine, name, policy).await {
                     problems.push(format!("{name}: {e}"));
                 }
@@ -75,4 +83,24 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
         printer.note(format!("settled: {}", outcome.as_str()));
     }
     Ok(open.len())
+}
+
+/// A swap that validated but whose `committed` record was lost: every container runs the digest
+/// it went to and nothing is set aside (a swap only removes what it set aside after validating).
+async fn completed_without_record(engine: &Engine, started: &history::Record) -> bool {
+    let Some(to) = started.to.as_ref().and_then(|t| t.digest.as_ref()) else {
+        return false;
+    };
+    if started.from.as_ref().and_then(|f| f.digest.as_ref()) == Some(to) || started.containers.is_empty() {
+        return false;
+    }
+    for name in &started.containers {
+        let aside = engine.inspect(&format!("{name}{BACKUP_SUFFIX}")).await;
+        let view = engine.view(name).await;
+        match (aside, view) {
+            (Ok(None), Ok(Some(v))) if v.pinned_digest().as_ref() == Some(to) => {}
+            _ => return false,
+        }
+    }
+    true
 }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::adapters::registry::{Registry, RegistryError};
 use crate::domain::digest::Digest;
 use crate::domain::history::{self, OperationView};
-use crate::domain::image::{ImageInfo, ImageRef, LKG_TAG};
+use crate::domain::image::{ImageInfo, ImageRef};
 use crate::domain::selector::{self, Context, Selector};
 use crate::domain::version::parse_version;
 use crate::ops::catalog::Catalog;
@@ -21,17 +21,19 @@ pub struct Chosen {
     pub info: ImageInfo,
 }
 
-/// What `last_known_good` names: the registry tag, with the version the journal (or the image's
+/// What the target's `last_known_good` pointer (`pointer`: `last_known_good` or
+/// `last_known_good-ENV`) names: the registry tag, with the version the journal (or the image's
 /// label) gives it.
 pub async fn last_known_good(
     registry: &dyn Registry,
     catalog: &Catalog,
     ops: &[OperationView],
+    pointer: &str,
 ) -> anyhow::Result<Option<ImageRef>> {
-    if !catalog.has_tag(LKG_TAG) {
+    if !catalog.has_tag(pointer) {
         return Ok(None);
     }
-    let Some(digest) = registry.tag_digest(LKG_TAG).await? else {
+    let Some(digest) = registry.tag_digest(pointer).await? else {
         return Ok(None);
     };
     let from_journal = history::marked_good(ops).find(|r| r.digest.as_ref() == Some(&digest));
@@ -68,17 +70,18 @@ pub async fn resolve(
     input: &str,
     ops: &[OperationView],
     current: Option<&ImageRef>,
+    pointer: &str,
 ) -> anyhow::Result<Chosen> {
     let selector: Selector = input.parse()?;
     let lkg = match selector {
-        Selector::LastKnownGood => last_known_good(registry, catalog, ops).await?,
+        Selector::LastKnownGood => last_known_good(registry, catalog, ops, pointer).await?,
         _ => None,
     };
     let revisions = match &selector {
         Selector::Revision(_) => revisions(registry, catalog).await?,
         _ => Vec::new(),
     };
-    let failed: HashSet<String> = history::failed_versions(ops);
+    let failed: HashSet<String> = history::skipped_by_previous(ops);
     let previous = history::previous(ops, current.and_then(|c| c.version.as_deref()));
     let ctx = Context {
         versions: &catalog.versions,

@@ -171,6 +171,8 @@ pub struct SwapReport {
     pub to: ImageRef,
     pub containers: Vec<String>,
     pub result: Outcome,
+    /// A rollback to a higher version than what ran (confirmed by the user or `--yes`).
+    pub forward: bool,
     pub pulled: bool,
     pub duration_ms: u64,
     pub detail: Option<String>,
@@ -226,7 +228,8 @@ pub async fn execute(
     };
 
     let mut swapped: Vec<&ContainerPlan> = Vec::new();
-    let mut failure: Option<(String, Vec<String>)> = None;
+    // Why, the failed container's last lines, and whether only an unreachable probe failed.
+    let mut failure: Option<(String, Vec<String>, bool)> = None;
     for c in &plan.containers {
         printer.note(format!(
             "swapping {}: {} -> {}",
@@ -236,7 +239,7 @@ pub async fn execute(
         ));
         swapped.push(c);
         if let Err(e) = swap_one(engine, c).await {
-            failure = Some((format!("swap {}: {e}", c.name), Vec::new()));
+            failure = Some((format!("swap {}: {e}", c.name), Vec::new(), false));
             break;
         }
         let progress = Progress::new(
@@ -260,23 +263,29 @@ pub async fn execute(
             Err(invalid) => {
                 progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
                 let logs = engine.logs_tail(&c.name, 20).await;
-                failure = Some((invalid.why, logs));
+                failure = Some((invalid.why, logs, invalid.probe_unreachable));
                 break;
             }
         }
     }
 
-    if let Some((why, logs)) = failure {
+    if let Some((why, logs, probe_unreachable)) = failure {
         printer.note(format!("putting the previous version back on {}", names.join(", ")));
         let mut revert_errors = Vec::new();
         for c in swapped.iter().rev() {
-            if let Err(e) = revert_one(engine, &c.name, &c.restart_policy).await {
+            if let Err(e) = revert_one(engine, &c.name, Some(&c.restart_policy)).await {
                 revert_errors.push(format!("{}: {e}", c.name));
             }
         }
         let version = plan.to.display();
         if revert_errors.is_empty() {
-            journal.append(&finish(Outcome::Reverted, Some(why.clone())))?;
+            // An unreachable probe says nothing about the version: it is not marked failed.
+            let outcome = if probe_unreachable {
+                Outcome::ProbeUnreachable
+            } else {
+                Outcome::Reverted
+            };
+            journal.append(&finish(outcome, Some(why.clone())))?;
             print_logs(printer, &logs);
             return Err(Failure::Reverted { version, why }.into());
         }
@@ -295,11 +304,11 @@ pub async fn execute(
     }
 
     // Every container validated: the point of no return.
-    journal.append(&Record {
+    let committed = journal.append(&Record {
         at: Utc::now(),
         phase: Phase::Committed,
         ..base.clone()
-    })?;
+    });
     for c in &plan.containers {
         // The previous container, and the original one an emergency set aside, are done with.
         for leftover in [
@@ -312,7 +321,21 @@ pub async fn execute(
         }
     }
     let record = finish(Outcome::Ok, None);
-    journal.append(&record)?;
+    let finished = journal.append(&record);
+    if let Err(e) = committed.and(finished) {
+        // The validated version stays: with the set-aside containers gone, the next run finds the
+        // target on the new digest with nothing to put back, and records the operation as done.
+        return Err(Failure::NotRecorded {
+            what: format!(
+                "the validated {} {} on {}",
+                plan.op.as_str(),
+                plan.to.display(),
+                plan.target
+            ),
+            error: e.to_string(),
+        }
+        .into());
+    }
     Ok(SwapReport {
         op: plan.op,
         target: plan.target.clone(),
@@ -320,6 +343,7 @@ pub async fn execute(
         to: plan.to.clone(),
         containers: names,
         result: Outcome::Ok,
+        forward: false,
         pulled,
         duration_ms: record.duration_ms.unwrap_or_default(),
         detail: None,
@@ -358,16 +382,17 @@ async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError>
     Ok(())
 }
 
-/// Puts the set-aside container back under its name and starts it. Safe to repeat.
-pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Result<(), EngineError> {
+/// Puts the set-aside container back under its name and starts it. Safe to repeat. The restart
+/// policy is restored only when it was saved (`None`: leave whatever the container has).
+pub async fn revert_one(engine: &Engine, name: &str, restart_policy: Option<&str>) -> Result<(), EngineError> {
     let backup = format!("{name}{BACKUP_SUFFIX}");
     engine.remove(&format!("{name}{NEXT_SUFFIX}")).await?;
     if engine.inspect(&backup).await?.is_none() {
         // Never set aside: the old container is still under its own name.
         if engine.inspect(name).await?.is_some() {
-            engine
-                .set_restart_policy(name, &parse_restart_policy(restart_policy))
-                .await?;
+            if let Some(policy) = restart_policy {
+                engine.set_restart_policy(name, &parse_restart_policy(policy)).await?;
+            }
             return engine.start(name).await;
         }
         return Err(EngineError::TargetNotFound {
@@ -376,9 +401,9 @@ pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Re
     }
     engine.remove(name).await?;
     engine.rename(&backup, name).await?;
-    engine
-        .set_restart_policy(name, &parse_restart_policy(restart_policy))
-        .await?;
+    if let Some(policy) = restart_policy {
+        engine.set_restart_policy(name, &parse_restart_policy(policy)).await?;
+    }
     engine.start(name).await
 }
 
@@ -387,16 +412,32 @@ pub async fn revert_one(engine: &Engine, name: &str, restart_policy: &str) -> Re
 pub async fn restore_original(
     engine: &Engine,
     name: &str,
-    restart_policy: &str,
+    restart_policy: Option<&str>,
 ) -> Result<bool, crate::adapters::docker::EngineError> {
     let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
     if engine.inspect(name).await?.is_some() || engine.inspect(&aside).await?.is_none() {
         return Ok(false);
     }
     engine.rename(&aside, name).await?;
-    engine
-        .set_restart_policy(name, &parse_restart_policy(restart_policy))
-        .await?;
+    if let Some(policy) = restart_policy {
+        engine.set_restart_policy(name, &parse_restart_policy(policy)).await?;
+    }
     engine.start(name).await?;
     Ok(true)
+}
+
+/// Undoes an emergency on one container: whatever runs under the name goes and the original,
+/// set aside, comes back with its restart policy (when saved) and is started. `Ok(false)` when
+/// there is no original to put back.
+pub async fn undo_emergency_one(
+    engine: &Engine,
+    name: &str,
+    restart_policy: Option<&str>,
+) -> Result<bool, crate::adapters::docker::EngineError> {
+    let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
+    if engine.inspect(&aside).await?.is_none() {
+        return Ok(false);
+    }
+    engine.remove(name).await?;
+    restore_original(engine, name, restart_policy).await
 }

@@ -36,6 +36,9 @@ pub struct Check {
 pub struct Invalid {
     pub why: String,
     pub container: Option<String>,
+    /// The HTTP probe was the only check failing and it never reached anything (connection
+    /// refused, DNS error) for the whole timeout: `[health] http` is in doubt, not the version.
+    pub probe_unreachable: bool,
 }
 
 /// Waits until every container passes, or fails as soon as one cannot pass any more (it exited,
@@ -55,6 +58,7 @@ pub async fn wait_valid(
         let live = engine.liveness(name).await.map_err(|e| Invalid {
             why: e.to_string(),
             container: Some(name.clone()),
+            probe_unreachable: false,
         })?;
         initial_restarts.push(live.restart_count);
         if health.expect_version
@@ -64,11 +68,14 @@ pub async fn wait_valid(
         }
     }
     let mut last_status = String::from("not checked yet");
+    // Whether the probe ever reached a server (any HTTP answer, or a read that timed out).
+    let (mut probed, mut probe_reached) = (false, false);
     loop {
         if interrupt::requested() {
             return Err(Invalid {
                 why: "interrupted".into(),
                 container: None,
+                probe_unreachable: false,
             });
         }
         let mut all_ok = true;
@@ -77,10 +84,12 @@ pub async fn wait_valid(
             let live = engine.liveness(name).await.map_err(|e| Invalid {
                 why: e.to_string(),
                 container: Some(name.clone()),
+                probe_unreachable: false,
             })?;
             let fail = |why: String| Invalid {
                 why,
                 container: Some(name.clone()),
+                probe_unreachable: false,
             };
             if live.restart_count > *restarts || live.restarting {
                 return Err(fail(if live.restarting {
@@ -115,11 +124,13 @@ pub async fn wait_valid(
             }
         }
         if all_ok && let Some(url) = &health.http {
+            probed = true;
             match probe(&http, url).await {
                 Ok(()) => {}
                 Err(e) => {
+                    probe_reached |= e.reached;
                     all_ok = false;
-                    last_status = format!("GET {url}: {e}");
+                    last_status = format!("GET {url}: {}", e.message);
                 }
             }
         }
@@ -132,12 +143,24 @@ pub async fn wait_valid(
         }
         progress(&last_status);
         if Instant::now() >= deadline {
+            if probed && !probe_reached {
+                return Err(Invalid {
+                    why: format!(
+                        "the probe never reached anything within {} ({last_status}); the container \
+                         ran; check [health] http (it is requested from this machine)",
+                        crate::domain::duration::format(health.timeout)
+                    ),
+                    container: None,
+                    probe_unreachable: true,
+                });
+            }
             return Err(Invalid {
                 why: format!(
                     "not healthy within {} ({last_status})",
                     crate::domain::duration::format(health.timeout)
                 ),
                 container: None,
+                probe_unreachable: false,
             });
         }
         tokio::time::sleep(poll_interval(start.elapsed())).await;
@@ -160,10 +183,12 @@ async fn check_version(engine: &Engine, name: &str, want: &str) -> Result<(), In
                  add one to the image or set expect_version = false in [health]"
             ),
             container: Some(name.to_string()),
+            probe_unreachable: false,
         }),
         (_, Some(g)) => Err(Invalid {
             why: format!("container {name} carries version {g}, expected {want}"),
             container: Some(name.to_string()),
+            probe_unreachable: false,
         }),
     }
 }
@@ -171,17 +196,28 @@ async fn check_version(engine: &Engine, name: &str, want: &str) -> Result<(), In
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
         .no_proxy()
         .build()
         .expect("a reqwest client with a timeout builds")
 }
 
-async fn probe(client: &reqwest::Client, url: &str) -> Result<(), String> {
+/// Why a probe failed, and whether it reached a server at all.
+#[derive(Debug)]
+struct ProbeError {
+    message: String,
+    /// An HTTP answer came back, or the connection was made and then timed out.
+    reached: bool,
+}
+
+async fn probe(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
+    let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
     match client.get(url).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-        Err(e) if e.is_timeout() => Err("timed out".into()),
-        Err(e) => Err(crate::adapters::registry::root_cause(&e)),
+        Ok(r) => fail(format!("HTTP {}", r.status().as_u16()), true),
+        Err(e) if e.is_connect() => fail(crate::adapters::registry::root_cause(&e), false),
+        Err(e) if e.is_timeout() => fail("timed out".into(), true),
+        Err(e) => fail(crate::adapters::registry::root_cause(&e), true),
     }
 }
 
@@ -231,7 +267,7 @@ pub async fn check_now(
         checks.push(Check {
             name: format!("GET {url}"),
             ok: r.is_ok(),
-            detail: r.err().unwrap_or_else(|| "2xx".into()),
+            detail: r.err().map_or_else(|| "2xx".into(), |e| e.message),
         });
     }
     checks
@@ -256,12 +292,14 @@ pub async fn soak(
             return Err(Invalid {
                 why: "interrupted".into(),
                 container: None,
+                probe_unreachable: false,
             });
         }
         for (name, before) in containers.iter().zip(&restarts) {
             let live = engine.liveness(name).await.map_err(|e| Invalid {
                 why: e.to_string(),
                 container: Some(name.clone()),
+                probe_unreachable: false,
             })?;
             if !live.running || live.restart_count > *before || live.health.as_deref() == Some("unhealthy") {
                 return Err(Invalid {
@@ -272,6 +310,7 @@ pub async fn soak(
                         live.health.as_deref().unwrap_or("-")
                     ),
                     container: Some(name.clone()),
+                    probe_unreachable: false,
                 });
             }
         }
@@ -279,8 +318,9 @@ pub async fn soak(
             && let Err(e) = probe(&http, url).await
         {
             return Err(Invalid {
-                why: format!("GET {url}: {e}"),
+                why: format!("GET {url}: {}", e.message),
                 container: None,
+                probe_unreachable: false,
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -57,6 +57,12 @@ pub struct TargetSection {
     pub name: String,
     pub project: Option<String>,
     pub host: Option<String>,
+    /// Names this target's `last_known_good` pointer: tag `last_known_good-ENV`.
+    #[serde(default, deserialize_with = "checked::environment")]
+    pub environment: Option<String>,
+    /// Compose: the variable of the project's `.env` that the compose file's image tag reads.
+    #[serde(default, deserialize_with = "checked::env_name")]
+    pub version_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -67,9 +73,20 @@ pub enum TargetKind {
     Swarm,
 }
 
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Compose => "compose",
+            Self::Swarm => "swarm",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
+    #[serde(default, deserialize_with = "checked::probe_url")]
     pub http: Option<String>,
     #[serde(default = "default_timeout", deserialize_with = "serde_human::deserialize")]
     pub timeout: Duration,
@@ -128,6 +145,76 @@ fn dot() -> PathBuf {
 
 fn dockerfile() -> PathBuf {
     PathBuf::from("Dockerfile")
+}
+
+/// Values checked as they are read, so a bad one is reported at its file:line:column.
+mod checked {
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    fn check<'de, D: Deserializer<'de>>(
+        d: D,
+        rule: fn(&str) -> Result<(), String>,
+    ) -> Result<Option<String>, D::Error> {
+        let v = String::deserialize(d)?;
+        rule(&v).map_err(D::Error::custom)?;
+        Ok(Some(v))
+    }
+
+    pub fn probe_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, super::check_probe_url)
+    }
+
+    pub fn environment<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, |v| {
+            let ok = (1..=100).contains(&v.len())
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "environment '{v}' must be letters, digits, '.', '_' or '-' (it becomes part of the tag last_known_good-ENV)"
+                ))
+            }
+        })
+    }
+
+    pub fn env_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, |v| {
+            let ok = v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "version_env '{v}' is not a variable name (letters, digits and '_')"
+                ))
+            }
+        })
+    }
+}
+
+/// `[health] http` must be a full http(s) URL: without a scheme the probe can never connect, the
+/// deploy waits its whole timeout and reverts a good version.
+pub fn check_probe_url(v: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(v).map_err(|e| {
+        if v.contains("://") {
+            format!("[health] http '{v}' is not a URL: {e}")
+        } else {
+            format!("[health] http '{v}' has no scheme; write it as http://{v}")
+        }
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "[health] http '{v}': scheme '{}' is not http or https (write http://{v})",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("[health] http '{v}' names no host"));
+    }
+    Ok(())
 }
 
 /// A TOML file (config or policy) that does not parse, located precisely.
@@ -238,6 +325,45 @@ dockerfile = "Dockerfile"
             .unwrap_err()
             .to_string();
         assert!(msg.contains("b.toml:5:8") && msg.contains("vm"), "{msg}");
+    }
+
+    #[test]
+    fn health_url_without_a_scheme_is_refused_where_it_is_written() {
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n[health]\nhttp = \"127.0.0.1:18231/health\"\n";
+        let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("parse b.toml:5:8:"), "{msg}");
+        assert!(msg.contains("write it as http://127.0.0.1:18231/health"), "{msg}");
+        for (url, ok) in [
+            ("http://127.0.0.1:8080/health", true),
+            ("https://app.internal/ready", true),
+            ("localhost:8080", false),
+            ("ftp://127.0.0.1/x", false),
+            ("http://", false),
+            ("", false),
+        ] {
+            assert_eq!(check_probe_url(url).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn environment_and_version_env_are_checked() {
+        let base = "[registry]\nurl = \"x\"\nrepository = \"r\"\n[target]\nkind = \"compose\"\nname = \"a\"\n";
+        let c: ConfigFile = parse_toml(
+            Path::new("b.toml"),
+            &format!("{base}environment = \"prod\"\nversion_env = \"APP_VERSION\"\n"),
+        )
+        .unwrap();
+        let t = c.target.unwrap();
+        assert_eq!(t.environment.as_deref(), Some("prod"));
+        assert_eq!(t.version_env.as_deref(), Some("APP_VERSION"));
+        for bad in ["environment = \"pr od\"", "environment = \"\"", "version_env = \"1X\""] {
+            let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), &format!("{base}{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with("parse b.toml:7:"), "{bad}: {msg}");
+        }
     }
 
     #[test]

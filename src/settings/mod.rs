@@ -36,8 +36,30 @@ pub struct Project {
     /// Retention policy file, relative paths taken from the config file's folder.
     pub retention_policy: Option<PathBuf>,
     pub rebuild: RebuildSettings,
-    /// State (journal, lock) of this registry + repository.
+    /// State (journal, lock) of the target: `<state root>/targets/<engine>_<kind>_<name>`, or
+    /// `<state root>/repositories/<registry>_<repository>` for a config without `[target]`.
     pub state_dir: PathBuf,
+    /// Where releases before per-target state kept the journal of this registry + repository
+    /// (shared by every target built from it); read once to start the target's journal.
+    pub legacy_state_dir: PathBuf,
+    /// The folder holding every target's state (`--state-dir`, `$BACKTRACK_STATE_DIR`, ...).
+    pub state_root: PathBuf,
+}
+
+impl Project {
+    /// The tag of this target's `last_known_good` pointer: `last_known_good`, or
+    /// `last_known_good-ENV` with `[target] environment = "ENV"`.
+    pub fn lkg_tag(&self) -> String {
+        lkg_tag(self.target.as_ref().and_then(|t| t.environment.as_deref()))
+    }
+}
+
+/// The pointer tag of an environment (none: the plain `last_known_good`).
+pub fn lkg_tag(environment: Option<&str>) -> String {
+    match environment {
+        Some(env) => format!("{}-{env}", crate::domain::image::LKG_TAG),
+        None => crate::domain::image::LKG_TAG.to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +89,10 @@ pub struct TargetSettings {
     pub project: Option<String>,
     /// Docker host (`unix://`, `tcp://`); `None` = DOCKER_HOST, then the local socket.
     pub host: Option<String>,
+    /// The engine as the state folder names it: `host`, else `$DOCKER_HOST`, else `local`.
+    pub engine_id: String,
+    pub environment: Option<String>,
+    pub version_env: Option<String>,
 }
 
 impl TargetSettings {
@@ -231,11 +257,26 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
         return Err(invalid("[registry] repository is empty".into()));
     }
     let target = file.target.map(|t| TargetSettings {
+        engine_id: t
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "local".into()),
         kind: t.kind,
         name: t.name,
         project: t.project,
         host: t.host,
+        environment: t.environment,
+        version_env: t.version_env,
     });
+    if let Some(t) = &target
+        && t.version_env.is_some()
+        && t.kind != TargetKind::Compose
+    {
+        return Err(invalid(
+            "[target] version_env only applies to kind = \"compose\" (it writes the compose project's .env)".into(),
+        ));
+    }
     if let Some(t) = &target
         && t.kind == TargetKind::Compose
         && t.project.is_none()
@@ -244,7 +285,19 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
             "[target] kind = \"compose\" needs `project` (the compose project name, e.g. the folder name)".into(),
         ));
     }
-    let state_dir = state_root.join(sanitize(&format!("{host}_{repository}")));
+    let state_dir = match &target {
+        Some(t) => state_root.join("targets").join(sanitize(&format!(
+            "{}_{}_{}{}",
+            t.engine_id,
+            t.kind.as_str(),
+            t.project.as_deref().map(|p| format!("{p}_")).unwrap_or_default(),
+            t.name
+        ))),
+        None => state_root
+            .join("repositories")
+            .join(sanitize(&format!("{host}_{repository}"))),
+    };
+    let legacy_state_dir = state_root.join(sanitize(&format!("{host}_{repository}")));
     Ok(Project {
         config_path: path.to_path_buf(),
         registry: RegistrySettings {
@@ -268,6 +321,8 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
             dockerfile: file.rebuild.dockerfile,
         },
         state_dir,
+        legacy_state_dir,
+        state_root: state_root.to_path_buf(),
     })
 }
 
@@ -298,7 +353,8 @@ mod tests {
         let p = project("[registry]\nurl = \"127.0.0.1:5000\"\nrepository = \"app\"\n").unwrap();
         assert!(p.registry.plain_http);
         assert_eq!(p.registry.kind, RegistryKind::Oci);
-        assert_eq!(p.state_dir, Path::new("/state/127.0.0.1_5000_app"));
+        assert_eq!(p.state_dir, Path::new("/state/repositories/127.0.0.1_5000_app"));
+        assert_eq!(p.legacy_state_dir, Path::new("/state/127.0.0.1_5000_app"));
         let p = project("[registry]\nurl = \"registry.example.com\"\nrepository = \"team/app\"\n").unwrap();
         assert!(!p.registry.plain_http);
         let err = project("[registry]\nurl = \"http://registry.example.com\"\nrepository = \"app\"\n").unwrap_err();
@@ -325,6 +381,40 @@ mod tests {
             p.retention_policy.unwrap(),
             Path::new("/srv/app/retention-policies/default.toml")
         );
+    }
+
+    #[test]
+    fn state_belongs_to_the_target_and_the_pointer_to_its_environment() {
+        let base = "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\n";
+        let web = project(&format!(
+            "{base}kind = \"container\"\nname = \"web\"\nhost = \"unix:///run/docker.sock\"\n"
+        ))
+        .unwrap();
+        let worker = project(&format!(
+            "{base}kind = \"container\"\nname = \"worker\"\nhost = \"unix:///run/docker.sock\"\n"
+        ))
+        .unwrap();
+        assert_ne!(web.state_dir, worker.state_dir);
+        assert_eq!(web.legacy_state_dir, worker.legacy_state_dir);
+        assert_eq!(
+            web.state_dir,
+            Path::new("/state/targets/unix____run_docker.sock_container_web")
+        );
+        assert_eq!(web.lkg_tag(), "last_known_good");
+        let prod = project(&format!(
+            "{base}kind = \"compose\"\nproject = \"shop\"\nname = \"web\"\nhost = \"tcp://10.0.0.5:2376\"\nenvironment = \"prod\"\n"
+        ))
+        .unwrap();
+        assert_eq!(prod.lkg_tag(), "last_known_good-prod");
+        assert_eq!(
+            prod.state_dir,
+            Path::new("/state/targets/tcp___10.0.0.5_2376_compose_shop_web")
+        );
+        let err = project(&format!(
+            "{base}kind = \"container\"\nname = \"web\"\nversion_env = \"V\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("only applies to kind = \"compose\""), "{err}");
     }
 
     #[test]
