@@ -118,6 +118,9 @@ impl Journal {
         if let Ok(spec) = std::env::var(FAULT_ENV)
             && spec == format!("journal-{}", record.phase.as_str())
         {
+            DISK_FULL.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if DISK_FULL.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 format!("no space left on device (injected by {FAULT_ENV})"),
@@ -193,8 +196,10 @@ impl Journal {
 }
 
 /// Test-only fault injection: `BACKTRACK_TEST_FAULT=journal-committed` makes the write of that
-/// record fail as a full disk would (a real full disk cannot be had on demand at that moment).
+/// record, and every journal write after it in this process, fail as a full disk would (a real
+/// full disk cannot be had on demand at that moment).
 pub const FAULT_ENV: &str = "BACKTRACK_TEST_FAULT";
+static DISK_FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Writes a file whole or not at all: a temporary file beside it, fsynced, renamed over it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

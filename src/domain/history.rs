@@ -71,7 +71,7 @@ pub enum Outcome {
     RevertFailed,
     /// Reverted because the HTTP probe never reached anything (connection refused or DNS errors
     /// for the whole timeout): the probe's address is in doubt, not the version.
-    ProbeUnreachable,
+    RevertedProbeUnreachable,
     /// Failed before the target was touched.
     Failed,
     /// Found half done by a later run and put back to the previous state.
@@ -86,7 +86,7 @@ impl Outcome {
             Self::Ok => "ok",
             Self::Reverted => "reverted",
             Self::RevertFailed => "revert-failed",
-            Self::ProbeUnreachable => "reverted-probe-unreachable",
+            Self::RevertedProbeUnreachable => "reverted-probe-unreachable",
             Self::Failed => "failed",
             Self::RolledBackAfterCrash => "rolled-back-after-crash",
             Self::Unchanged => "unchanged",
@@ -595,7 +595,7 @@ mod tests {
     #[test]
     fn an_unreachable_probe_does_not_fail_the_version() {
         let mut records = deploy("a", "1.0.0", Outcome::Ok);
-        records.extend(deploy("b", "1.1.0", Outcome::ProbeUnreachable));
+        records.extend(deploy("b", "1.1.0", Outcome::RevertedProbeUnreachable));
         records.extend(deploy("c", "1.2.0", Outcome::Reverted));
         let failed = failed_versions(&operations(&records));
         assert!(!failed.contains("1.1.0"));

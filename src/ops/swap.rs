@@ -281,7 +281,7 @@ pub async fn execute(
         if revert_errors.is_empty() {
             // An unreachable probe says nothing about the version: it is not marked failed.
             let outcome = if probe_unreachable {
-                Outcome::ProbeUnreachable
+                Outcome::RevertedProbeUnreachable
             } else {
                 Outcome::Reverted
             };

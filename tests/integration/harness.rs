@@ -116,6 +116,8 @@ pub struct AppImage {
     pub description: Option<String>,
     /// Bytes of random filler in a layer (for "large image" tests).
     pub filler_bytes: usize,
+    /// A user the image knows (in /etc/passwd), for `docker run --user NAME`.
+    pub user: Option<String>,
 }
 
 impl AppImage {
@@ -128,7 +130,13 @@ impl AppImage {
             revision: None,
             description: None,
             filler_bytes: 0,
+            user: None,
         }
+    }
+
+    pub fn user(mut self, name: &str) -> Self {
+        self.user = Some(name.into());
+        self
     }
 
     pub fn healthcheck(mut self, passes: bool) -> Self {
@@ -163,6 +171,11 @@ impl AppImage {
         );
         if self.filler_bytes > 0 {
             f.push_str("COPY filler /filler\n");
+        }
+        if let Some(u) = &self.user {
+            f.push_str(&format!(
+                "RUN [\"/bin/sh\",\"-c\",\"mkdir -p /etc && echo {u}:x:1000:1000::/:/bin/sh > /etc/passwd\"]\n"
+            ));
         }
         f.push_str(&format!("LABEL org.opencontainers.image.version=\"{v}\"\n"));
         if let Some(r) = &self.revision {
@@ -403,8 +416,20 @@ impl Test {
         self
     }
 
+    pub fn without_env(mut self, k: &str) -> Self {
+        self.env.remove(k);
+        self
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The state folder of a container target on the local engine (journal, lock).
+    pub fn target_state_dir(&self, container: &str) -> PathBuf {
+        self.state_dir()
+            .join("targets")
+            .join(format!("local_container_{container}"))
     }
 
     pub fn config_path(&self) -> PathBuf {

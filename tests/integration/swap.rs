@@ -345,27 +345,39 @@ fn a_second_backtrack_is_refused_while_the_lock_is_held() {
         _containers,
     } = setup("lock", AppImage::new("v1.0.0"), AppImage::new("v1.1.0"));
     let _ = to_digest;
-    // Another backtrack holds the lock: take it the way backtrack does, from this process.
-    let state = t
-        .state_dir()
-        .join(format!("{}_{}", crate::harness::registry(), repo.name).replace([':', '/'], "_"));
+    // Another backtrack holds the lock: take it the way backtrack does, from this process, with
+    // the identity a holder writes before it locks.
+    let _ = repo;
+    let state = t.target_state_dir(&d.name);
     std::fs::create_dir_all(&state).unwrap();
-    let mut f = std::fs::OpenOptions::new()
+    let me = std::process::id();
+    std::fs::write(
+        state.join(format!("holder-{me}.json")),
+        format!(
+            r#"{{"pid":{me},"user":"alice","host":"web1","command":"backtrack deploy v9","since":"2026-01-01T00:00:00Z"}}"#
+        ),
+    )
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(state.join("lock"))
         .unwrap();
     f.try_lock().unwrap();
-    std::io::Write::write_all(
-        &mut f,
-        b"pid 4242 of alice@web1, running `backtrack deploy v9` since 2026-01-01",
-    )
-    .unwrap();
+    let status = t.exec(["status"]).success();
+    assert!(
+        status.stdout.contains(&format!(
+            "in progress: pid {me} of alice@web1, running `backtrack deploy v9`"
+        )),
+        "{}",
+        status.stdout
+    );
     let run = t.exec(["deploy", "v1.1.0"]).code(5);
     assert!(
-        run.stderr
-            .contains("another backtrack holds it (pid 4242 of alice@web1"),
+        run.stderr.contains(&format!(
+            "another backtrack holds it (pid {me} of alice@web1, running `backtrack deploy v9`"
+        )),
         "{}",
         run.stderr
     );
