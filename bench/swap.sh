@@ -8,6 +8,9 @@
 # Each measured run starts with bench-app running the other version (v1.0.0 <-> v1.1.0), the
 # three methods interleaved; median of BENCH_RUNS (7) runs each.
 # Targets: backtrack <= 1.15x the raw floor; the seed path >= 4x slower than backtrack.
+# Unavailability window (BENCH_WINDOW_RUNS, 5): GET the health URL every 10 ms during a swap; the
+# longest time from a failed request to the next answer, raw floor vs backtrack. Target:
+# backtrack's window <= the raw floor's.
 # Also: `backtrack deploy` of a version whose 100 MB image is not on the machine (must pull), and
 # the raw `docker pull` of that image / a raw swap with pull, for comparison (BENCH_PULL_RUNS, 3).
 #
@@ -27,6 +30,7 @@ registry=${BENCH_REGISTRY:-127.0.0.1:5000}
 image=$registry/bench/swap
 runs=${BENCH_RUNS:-7}
 pull_runs=${BENCH_PULL_RUNS:-3}
+window_runs=${BENCH_WINDOW_RUNS:-5}
 port=18090
 url=http://127.0.0.1:$port/health
 app=bench-app
@@ -183,6 +187,30 @@ for ((i = 1; i <= runs; i++)); do
   say "  run $i: raw $(secs "${s_raw[-1]:-0}")s, backtrack $(secs "${s_bt[-1]:-0}")s, seed path $(secs "${s_seed[-1]:-0}")s"
 done
 
+# --- unavailability window ---------------------------------------------------------------------
+# windowed ARRAY CMD...: runs CMD while bench/window.py polls the endpoint; appends the longest
+# failure run (us) to ARRAY.
+windowed() {
+  local -n _w=$1; shift
+  rm -f "$work/stop"
+  python3 "$BENCH_DIR/window.py" "$url" "$work/stop" >"$work/window" &
+  local poller=$!
+  sleep 0.1
+  "$@" || { touch "$work/stop"; wait "$poller" || true; return 1; }
+  touch "$work/stop"
+  wait "$poller"
+  _w+=($(cat "$work/window"))
+}
+w_raw=() w_bt=()
+say "unavailability window: $window_runs runs each of raw / backtrack, polling every 10 ms"
+for ((i = 1; i <= window_runs; i++)); do
+  next=$(other "$current"); ensure_on "$current"; settle
+  windowed w_raw raw_swap "$next" "${ref[$next]}" && current=$next || { current=v1.0.0; ensure_on v1.0.0; }
+  next=$(other "$current"); settle
+  windowed w_bt bt_swap "$next" && current=$next || { current=v1.0.0; ensure_on v1.0.0; }
+  say "  run $i: raw window $(secs "${w_raw[-1]:-0}")s, backtrack window $(secs "${w_bt[-1]:-0}")s"
+done
+
 # --- a 100 MB image that has to be pulled ------------------------------------------------------
 big=v2.0.0
 have_big=$(curl -fs -o /dev/null -w '%{http_code}' -I \
@@ -231,7 +259,7 @@ done
 drop_big   # leaves the machine without the 100 MB image
 
 # --- report ------------------------------------------------------------------------------------
-for a in s_raw s_bt s_seed s_bt_pull s_raw_pull s_raw_pull_swap; do
+for a in s_raw s_bt s_seed s_bt_pull s_raw_pull s_raw_pull_swap w_raw w_bt; do
   declare -n arr=$a
   [ ${#arr[@]} -gt 0 ] || die "every run of $a failed"
   unset -n arr
@@ -246,6 +274,8 @@ m_raw_pull_swap=$(median_us "${s_raw_pull_swap[@]}")
 r_bt=$(ratio "$m_bt" "$m_raw")
 r_seed=$(ratio "$m_seed" "$m_bt")
 r_pull=$(ratio "$m_bt_pull" "$m_raw_pull_swap")
+m_w_raw=$(median_us "${w_raw[@]}")
+m_w_bt=$(median_us "${w_bt[@]}")
 
 echo
 echo "swap to a version already pulled: start of command -> new version answers $url"
@@ -256,6 +286,8 @@ table_head
 table_row "raw floor: rm -f + run + poll" "$(secs "$m_raw") s" "" "" "" "(baseline)"
 table_row "backtrack deploy (image present)" "$(secs "$m_bt") s" "$(secs "$m_raw") s" "${r_bt}x" "<= 1.15x raw" "$(verdict ratio_le "$m_bt" "$m_raw" 1.15)"
 table_row "  of which until deploy returned" "$(secs "$m_bt_cmd") s" "" "" "" "(info)"
+table_row "unavailable: raw floor (longest gap)" "$(secs "$m_w_raw") s" "" "" "" "(baseline)"
+table_row "unavailable: backtrack deploy" "$(secs "$m_w_bt") s" "$(secs "$m_w_raw") s" "$(ratio "$m_w_bt" "$m_w_raw")x" "<= raw" "$(verdict le "$m_w_bt" "$m_w_raw")"
 table_row "seed path: build --no-cache + rm + run" "$(secs "$m_seed") s" "$(secs "$m_bt") s" "${r_seed}x" ">= 4x bt" "$(verdict ratio_ge "$m_seed" "$m_bt" 4)"
 table_row "backtrack deploy with pull (100 MB)" "$(secs "$m_bt_pull") s" "$(secs "$m_raw_pull_swap") s" "${r_pull}x" "" "(info)"
 table_row "raw: docker pull + rm -f + run + poll" "$(secs "$m_raw_pull_swap") s" "" "" "" "(info)"
@@ -263,8 +295,8 @@ table_row "raw: docker pull alone (100 MB)" "$(secs "$m_raw_pull") s" "" "" "" "
 for k in "${!fails[@]}"; do table_row "failed runs: $k" "${fails[$k]}" "" "" "0" "MISS"; done
 echo
 echo "samples (s):"
-for name in raw bt bt_cmd seed bt_pull raw_pull raw_pull_swap; do
-  declare -n arr="s_$name"
+for name in s_raw s_bt s_bt_cmd s_seed s_bt_pull s_raw_pull s_raw_pull_swap w_raw w_bt; do
+  declare -n arr="$name"
   printf '  %-13s' "$name"; for v in "${arr[@]}"; do printf ' %s' "$(secs "$v")"; done; echo
   unset -n arr
 done
