@@ -161,8 +161,14 @@ pub fn confirm(printer: &Printer, question: &str, what: &str) -> anyhow::Result<
     if !printer.interactive {
         return Err(crate::error::Failure::NeedsConfirmation { what: what.to_string() }.into());
     }
-    let answer = ask(&format!("{question} [y/n]: "))?;
-    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+    loop {
+        let answer = ask(&format!("{question} [y/n]: "))?;
+        match answer.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => return Ok(true),
+            "n" | "no" => return Ok(false),
+            _ => eprintln!("please answer y or n"),
+        }
+    }
 }
 
 /// Prints `prompt` to stderr and reads one line from stdin.
@@ -171,6 +177,9 @@ pub fn ask(prompt: &str) -> anyhow::Result<String> {
     eprint!("{prompt}");
     std::io::stderr().flush()?;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        // End of input (Ctrl-D): no answer will ever come.
+        return Err(crate::error::Failure::Cancelled.into());
+    }
     Ok(line.trim().to_string())
 }

@@ -31,37 +31,95 @@ pub async fn run_rollback(app: &App<'_>, args: &RollbackArgs) -> anyhow::Result<
     }
 }
 
-/// The seed's session: list versions (marking the deployed one), read a choice.
+/// The seed's session: list versions with their dates and marks (deployed, last_known_good,
+/// failed), say what the default `previous` is, read a choice (asked again until it is one).
 async fn pick_version(app: &App<'_>) -> anyhow::Result<String> {
+    let project = app.project()?;
     let registry = app.registry()?;
     let target = app.target()?;
     let catalog = Catalog::load(registry.as_ref()).await?;
     let engine = app.engine().await?;
     let current = deployed::read(&engine, target, &registry.name()).await?;
-    let current_version = current.first().and_then(|d| d.image.version.clone());
-    let shown: Vec<&str> = catalog.versions.iter().take(15).map(|v| v.tag.as_str()).collect();
+    let current_ref = current.first().map(|d| d.image.clone());
+    let shown: Vec<String> = catalog.versions.iter().take(15).map(|v| v.tag.clone()).collect();
     if shown.is_empty() {
         anyhow::bail!("offer versions: {} has no version tags", registry.name());
     }
+    let ops = history::operations(&app.journal()?.read()?);
+    let failed = history::failed_versions(&ops);
+    let pointer = project.lkg_tag();
+    let mut lookup = shown.clone();
+    if catalog.has_tag(&pointer) {
+        lookup.push(pointer.clone());
+    }
+    let digests = registry.tag_digests(&lookup).await?;
+    let unique: Vec<_> = digests
+        .values()
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let infos = registry.image_infos(&unique).await.unwrap_or_default();
+    registry.flush_cache();
+    let default = resolve::resolve(
+        registry.as_ref(),
+        &catalog,
+        "previous",
+        &ops,
+        current_ref.as_ref(),
+        &pointer,
+    )
+    .await
+    .ok();
+    let now = chrono::Utc::now();
     app.printer.note(format!("Available versions in {}:", registry.name()));
+    let mut t = crate::output::table(["", "version", "created", "marks"]);
     for (i, tag) in shown.iter().enumerate() {
-        let here = catalog.versions[i].version.to_string() == current_version.clone().unwrap_or_default();
-        app.printer.note(format!(
-            "  {:>2}) {tag}{}",
-            i + 1,
-            if here { "   (deployed)" } else { "" }
-        ));
+        let digest = digests.get(tag);
+        let mut marks = Vec::new();
+        if digest.is_some() && current.iter().any(|d| d.digest.as_ref() == digest) {
+            marks.push("deployed".to_string());
+        }
+        if digest.is_some() && digests.get(&pointer) == digest {
+            marks.push(pointer.clone());
+        }
+        if failed.contains(&catalog.versions[i].version.to_string()) {
+            marks.push("failed".to_string());
+        }
+        let created = digest
+            .and_then(|d| infos.get(d))
+            .and_then(|info| info.pushed.or(info.created))
+            .map_or("-".into(), |c| crate::output::ago(now, c));
+        t.add_row(vec![format!("{:>2})", i + 1), tag.clone(), created, marks.join(",")]);
     }
-    let answer = ask("Enter a number, a version, or a selector [previous]: ")?;
-    if answer.is_empty() {
-        return Ok("previous".into());
+    for line in crate::output::render_table(&t).lines().skip(1) {
+        app.printer.note(format!("  {line}"));
     }
-    if let Ok(n) = answer.parse::<usize>()
-        && (1..=shown.len()).contains(&n)
-    {
-        return Ok(shown[n - 1].to_string());
+    let default_shown = default.as_ref().map_or("none".into(), |c| c.image.display());
+    loop {
+        let answer = ask(&format!(
+            "Enter a number, a version, or a selector [previous = {default_shown}]: "
+        ))?;
+        if answer.is_empty() {
+            if default.is_none() {
+                app.printer
+                    .note("there is no previous version to go back to; choose one");
+                continue;
+            }
+            return Ok("previous".into());
+        }
+        if let Ok(n) = answer.parse::<usize>() {
+            if (1..=shown.len()).contains(&n) {
+                return Ok(shown[n - 1].clone());
+            }
+            app.printer.note(format!("choose 1 to {}", shown.len()));
+            continue;
+        }
+        match answer.parse::<crate::domain::selector::Selector>() {
+            Ok(_) => return Ok(answer),
+            Err(e) => app.printer.note(format!("{e}")),
+        }
     }
-    Ok(answer)
 }
 
 #[derive(Debug, Serialize)]
@@ -194,7 +252,17 @@ async fn swap_command(
             let (repo, git_tag, commit) = match rebuild::git_tag_for(&project.rebuild, &version) {
                 Ok(found) => found,
                 Err(git_err) => {
-                    app.printer.note(format!("not rebuilding from Git: {git_err}"));
+                    use crate::adapters::git::GitError;
+                    let why = match &git_err {
+                        GitError::NotARepo { path } => format!(
+                            "and no Git fallback is configured ([rebuild] repo = {} is not a Git repository)",
+                            path.display()
+                        ),
+                        GitError::NoSuchTag { .. } => format!("and Git has no tag for it either ({git_err})"),
+                        other => format!("and the Git fallback cannot help: {other}"),
+                    };
+                    app.printer
+                        .note(format!("{version} is not in {} {why}", registry.name()));
                     return Err(e);
                 }
             };

@@ -160,6 +160,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         }
     }
 
+    crate::ops::interrupt::arm();
     let started = std::time::Instant::now();
     let base = Record {
         target: Some(target.display()),

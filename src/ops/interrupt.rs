@@ -1,11 +1,14 @@
-//! Ctrl-C and SIGTERM during an operation that moves the target: instead of dying half way, the
-//! operation sees the flag at its next step and finishes or reverts.
+//! Ctrl-C and SIGTERM. Until an operation starts changing the target (it `arm`s), an interrupt
+//! cancels at once with exit 130: nothing was changed, so there is nothing to finish (this covers
+//! prompts and pulls). Once armed, the operation sees the flag at its next step and finishes or
+//! reverts instead of dying half way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static ARMED: AtomicBool = AtomicBool::new(false);
 
-/// From now on, Ctrl-C and SIGTERM set the flag instead of killing the process.
+/// From now on, Ctrl-C and SIGTERM are handled here instead of killing the process.
 pub fn install() {
     tokio::spawn(async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -20,11 +23,20 @@ pub fn install() {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            if !ARMED.load(Ordering::SeqCst) {
+                eprintln!("\ncancelled: nothing was changed");
+                std::process::exit(crate::error::INTERRUPTED);
+            }
             if !INTERRUPTED.swap(true, Ordering::SeqCst) {
                 eprintln!("interrupted: finishing the current step, then putting the previous version back");
             }
         }
     });
+}
+
+/// The target is about to change: from here an interrupt finishes the step and reverts.
+pub fn arm() {
+    ARMED.store(true, Ordering::SeqCst);
 }
 
 pub fn requested() -> bool {

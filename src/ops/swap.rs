@@ -206,6 +206,7 @@ pub async fn execute(
     }
 
     let names: Vec<String> = plan.containers.iter().map(|c| c.name.clone()).collect();
+    interrupt::arm();
     let base = Record {
         target: Some(plan.target.clone()),
         from: Some(plan.from.clone()),
