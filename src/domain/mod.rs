@@ -8,6 +8,7 @@ pub mod digest;
 pub mod duration;
 pub mod history;
 pub mod image;
+pub mod names;
 pub mod retention;
 pub mod selector;
 pub mod version;
