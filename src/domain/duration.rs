@@ -91,7 +91,12 @@ mod tests {
     #[test]
     fn waits_beyond_thirty_days_are_refused_not_overflowed() {
         assert_eq!(parse_wait("30d").unwrap(), MAX_WAIT);
-        for bad in ["31d", "300000000000y", "18446744073709551615s", "1000000000000000000000000s"] {
+        for bad in [
+            "31d",
+            "300000000000y",
+            "18446744073709551615s",
+            "1000000000000000000000000s",
+        ] {
             let err = parse_wait(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

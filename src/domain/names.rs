@@ -56,11 +56,13 @@ fn check_component(c: &str) -> Result<(), &'static str> {
     }
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if let Some(b) = bytes.iter().find(|b| !alnum(**b) && !matches!(b, b'.' | b'_' | b'-')) {
-        return Err(if *b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control() || *b >= 0x80 {
-            "it has a character outside a-z, 0-9, '.', '_', '-' and '/'"
-        } else {
-            "it has a character outside a-z, 0-9, '.', '_', '-' and '/' (such as ':', '@' or '%')"
-        });
+        return Err(
+            if *b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control() || *b >= 0x80 {
+                "it has a character outside a-z, 0-9, '.', '_', '-' and '/'"
+            } else {
+                "it has a character outside a-z, 0-9, '.', '_', '-' and '/' (such as ':', '@' or '%')"
+            },
+        );
     }
     if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
         return Err("a path component starts or ends with a separator ('.', '_' or '-')");

@@ -767,7 +767,11 @@ expire_after = "7d"
         };
         let without = plan(&policy("keep_nothing = true\n"), &images, &facts);
         assert_eq!(without.deleted, 0);
-        let with = plan(&policy("keep_nothing = true\n[untagged]\nexpire_after = \"7d\"\n"), &images, &facts);
+        let with = plan(
+            &policy("keep_nothing = true\n[untagged]\nexpire_after = \"7d\"\n"),
+            &images,
+            &facts,
+        );
         assert_eq!(with.deleted, 1);
         assert_eq!(
             with.decisions

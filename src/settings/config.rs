@@ -31,7 +31,10 @@ pub struct RegistrySection {
     pub repository: String,
     pub kind: Option<RegistryKind>,
     /// How long one command may spend on registry requests in all (at most 30 days).
-    #[serde(default = "default_registry_timeout", deserialize_with = "serde_human::deserialize_wait")]
+    #[serde(
+        default = "default_registry_timeout",
+        deserialize_with = "serde_human::deserialize_wait"
+    )]
     pub timeout: Duration,
     #[serde(default)]
     pub insecure: bool,
@@ -254,17 +257,15 @@ dockerfile = "Dockerfile"
 
     #[test]
     fn repository_names_outside_the_grammar_are_located() {
-        for (repo, col) in [
-            ("x/../../../v2/prn", 14),
-            ("../app", 14),
-            ("App", 14),
-            ("a//b", 14),
-        ] {
+        for (repo, col) in [("x/../../../v2/prn", 14), ("../app", 14), ("App", 14), ("a//b", 14)] {
             let text = format!("[registry]\nurl = \"x\"\nrepository = \"{repo}\"\n");
             let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), &text)
                 .unwrap_err()
                 .to_string();
-            assert!(msg.starts_with(&format!("parse b.toml:3:{col}: invalid repository name")), "{msg}");
+            assert!(
+                msg.starts_with(&format!("parse b.toml:3:{col}: invalid repository name")),
+                "{msg}"
+            );
         }
     }
 
@@ -279,7 +280,10 @@ dockerfile = "Dockerfile"
         let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
             .unwrap_err()
             .to_string();
-        assert!(msg.starts_with("parse b.toml:4:11:") && msg.contains("30 days"), "{msg}");
+        assert!(
+            msg.starts_with("parse b.toml:4:11:") && msg.contains("30 days"),
+            "{msg}"
+        );
         let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n";
         let c: ConfigFile = parse_toml(Path::new("b.toml"), text).unwrap();
         assert_eq!(c.registry.timeout, DEFAULT_REGISTRY_TIMEOUT);

@@ -313,11 +313,12 @@ fn measure(t: &Test, args: &[&str]) -> Measured {
         peak_rss_kib: peak,
     };
     eprintln!(
-        "backtrack {}: exit {} in {:.2?}, peak RSS {} KiB",
+        "backtrack {}: exit {} in {:.2?}, peak RSS {} KiB\n{}",
         args.join(" "),
         m.code,
         m.took,
-        m.peak_rss_kib
+        m.peak_rss_kib,
+        m.stderr.trim()
     );
     m
 }
@@ -379,7 +380,11 @@ fn an_endless_manifest_body_is_cut_at_4_mib_with_a_clear_error() {
     }));
     let m = measure(&sandbox(&server.addr, ""), &["versions", "--refresh"]);
     m.fails_clearly(3, "it sent more than 4 MiB");
-    assert!(m.stderr.contains(&server.addr) && m.stderr.contains("manifest"), "{}", m.stderr);
+    assert!(
+        m.stderr.contains(&server.addr) && m.stderr.contains("manifest"),
+        "{}",
+        m.stderr
+    );
 }
 
 #[test]
@@ -482,7 +487,11 @@ fn a_link_and_a_redirect_to_another_origin_get_no_credentials() {
     assert!(reached.iter().any(|r| r.path.starts_with("/v2/app/tags/list")));
     assert!(reached.iter().any(|r| r.path.starts_with("/blobs/")));
     for r in &reached {
-        assert_eq!(r.header("authorization"), None, "credentials reached another origin: {r:?}");
+        assert_eq!(
+            r.header("authorization"),
+            None,
+            "credentials reached another origin: {r:?}"
+        );
         assert!(
             !r.headers.iter().any(|(_, v)| v.contains(SECRET)),
             "the secret reached another origin: {r:?}"
@@ -527,9 +536,16 @@ fn a_plain_http_token_service_on_another_origin_gets_no_credentials() {
     let m = measure(&sandbox(&server.addr, ""), &["versions"]);
     assert_eq!(m.code, 0, "stdout:\n{}\nstderr:\n{}", m.stdout, m.stderr);
     let reached = other.seen();
-    assert!(reached.iter().any(|r| r.path.contains("scope=repository%3Aapp%3Apull")), "{reached:?}");
+    assert!(
+        reached.iter().any(|r| r.path.contains("scope=repository%3Aapp%3Apull")),
+        "{reached:?}"
+    );
     for r in &reached {
-        assert_eq!(r.header("authorization"), None, "credentials reached another origin: {r:?}");
+        assert_eq!(
+            r.header("authorization"),
+            None,
+            "credentials reached another origin: {r:?}"
+        );
     }
 }
 
@@ -636,7 +652,11 @@ fn an_empty_policy_is_refused_by_policy_check_and_prune() {
     let t = Test::new().config("[registry]\nurl = \"127.0.0.1:1\"\nrepository = \"app\"\n");
     std::fs::write(t.dir.path().join("empty.toml"), "").unwrap();
     let run = t.exec(["policy", "check", "empty.toml"]).code(2);
-    assert!(run.stderr.contains("empty.toml:1:1: the policy has no [[keep]] rule"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("empty.toml:1:1: the policy has no [[keep]] rule"),
+        "{}",
+        run.stderr
+    );
     let run = t.exec(["prune", "--policy", "empty.toml", "--yes"]).code(2);
     assert!(run.stderr.contains("keep_nothing = true"), "{}", run.stderr);
     std::fs::write(t.dir.path().join("nothing.toml"), "keep_nothing = true\n").unwrap();
@@ -653,7 +673,8 @@ fn repository_names_outside_the_grammar_are_usage_errors_before_any_request() {
         ));
         let run = t.exec(["versions"]).code(2);
         assert!(
-            run.stderr.contains(&format!("backtrack.toml:3:{col}: invalid repository name '{name}'")),
+            run.stderr
+                .contains(&format!("backtrack.toml:3:{col}: invalid repository name '{name}'")),
             "{}",
             run.stderr
         );

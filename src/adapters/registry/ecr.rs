@@ -21,7 +21,9 @@ use tokio::sync::OnceCell;
 
 use super::cache::InfoCache;
 use super::http::{Budget, ReadError};
-use super::{CONNECT_TIMEOUT, MAX_CONFIG, MAX_MANIFEST, PullAuth, READ_TIMEOUT, Registry, RegistryError, RemoteImage, root_cause};
+use super::{
+    CONNECT_TIMEOUT, MAX_CONFIG, MAX_MANIFEST, PullAuth, READ_TIMEOUT, Registry, RegistryError, RemoteImage, root_cause,
+};
 use crate::domain::digest::Digest;
 use crate::domain::image::ImageInfo;
 use crate::settings::{RegistrySettings, parse_ecr_host};
@@ -169,37 +171,39 @@ impl EcrRegistry {
 
     async fn listing(&self) -> Result<&Vec<RemoteImage>, RegistryError> {
         self.listing
-            .get_or_try_init(|| self.budget.run(async {
-                let mut pages = self
-                    .client()
-                    .await
-                    .describe_images()
-                    .set_registry_id(self.registry_id.clone())
-                    .repository_name(self.repo())
-                    .max_results(1000)
-                    .into_paginator()
-                    .send();
-                // One entry per digest (some emulators list a digest once per tag).
-                let mut by_digest: std::collections::BTreeMap<Digest, RemoteImage> = Default::default();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| self.classify("DescribeImages", &self.name(), e))?;
-                    for d in page.image_details() {
-                        let Some(digest) = d.image_digest().and_then(|d| Digest::parse(d).ok()) else {
-                            continue;
-                        };
-                        let entry = by_digest.entry(digest.clone()).or_insert_with(|| RemoteImage {
-                            digest,
-                            tags: Vec::new(),
-                            pushed: d.image_pushed_at().and_then(to_chrono),
-                            size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
-                        });
-                        entry.tags.extend(d.image_tags().iter().cloned());
-                        entry.tags.sort();
-                        entry.tags.dedup();
+            .get_or_try_init(|| {
+                self.budget.run(async {
+                    let mut pages = self
+                        .client()
+                        .await
+                        .describe_images()
+                        .set_registry_id(self.registry_id.clone())
+                        .repository_name(self.repo())
+                        .max_results(1000)
+                        .into_paginator()
+                        .send();
+                    // One entry per digest (some emulators list a digest once per tag).
+                    let mut by_digest: std::collections::BTreeMap<Digest, RemoteImage> = Default::default();
+                    while let Some(page) = pages.next().await {
+                        let page = page.map_err(|e| self.classify("DescribeImages", &self.name(), e))?;
+                        for d in page.image_details() {
+                            let Some(digest) = d.image_digest().and_then(|d| Digest::parse(d).ok()) else {
+                                continue;
+                            };
+                            let entry = by_digest.entry(digest.clone()).or_insert_with(|| RemoteImage {
+                                digest,
+                                tags: Vec::new(),
+                                pushed: d.image_pushed_at().and_then(to_chrono),
+                                size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
+                            });
+                            entry.tags.extend(d.image_tags().iter().cloned());
+                            entry.tags.sort();
+                            entry.tags.dedup();
+                        }
                     }
-                }
-                Ok(by_digest.into_values().collect())
-            }))
+                    Ok(by_digest.into_values().collect())
+                })
+            })
             .await
     }
 
@@ -254,7 +258,9 @@ impl EcrRegistry {
                     match req.send().await {
                         Ok(o) => Ok(Some(o)),
                         // Every image of the batch is gone.
-                        Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => Ok(None),
+                        Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => {
+                            Ok(None)
+                        }
                         Err(e) => Err(self.classify("DescribeImages", &self.name(), e)),
                     }
                 })
@@ -286,14 +292,15 @@ impl EcrRegistry {
         }
         let out = self
             .budget
-            .run(async { req.send().await.map_err(|e| self.classify("BatchGetImage", &reference, e)) })
+            .run(async {
+                req.send()
+                    .await
+                    .map_err(|e| self.classify("BatchGetImage", &reference, e))
+            })
             .await?;
-        let image = out
-            .images()
-            .first()
-            .ok_or_else(|| RegistryError::ManifestNotFound {
-                reference: reference.clone(),
-            })?;
+        let image = out.images().first().ok_or_else(|| RegistryError::ManifestNotFound {
+            reference: reference.clone(),
+        })?;
         let manifest = image.image_manifest().unwrap_or_default().to_string();
         if manifest.len() as u64 > MAX_MANIFEST {
             return Err(RegistryError::TooLarge {

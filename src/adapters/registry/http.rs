@@ -263,7 +263,10 @@ mod tests {
                 service: Some("registry.docker.io".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("basic"), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Bearer service=\"x\""), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);

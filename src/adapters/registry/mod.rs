@@ -240,9 +240,9 @@ impl RegistryError {
                  (REGISTRY_STORAGE_DELETE_ENABLED=true for the registry image), then restart it"
                     .into(),
             ),
-            Self::TooLarge { .. } => Some(
-                "the registry (or something in front of it) is misbehaving: check [registry] url".into(),
-            ),
+            Self::TooLarge { .. } => {
+                Some("the registry (or something in front of it) is misbehaving: check [registry] url".into())
+            }
             Self::Deadline { .. } => {
                 Some("if the registry is only slow, raise [registry] timeout in backtrack.toml (e.g. \"10m\")".into())
             }

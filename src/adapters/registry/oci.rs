@@ -155,7 +155,9 @@ impl OciRegistry {
         self.challenge
             .get_or_try_init(|| async {
                 let url = format!("{}://{}/v2/", self.scheme, self.host);
-                let answer = self.exchange(Method::GET, &url, None, MAX_ERROR_BODY, "the /v2/ answer").await?;
+                let answer = self
+                    .exchange(Method::GET, &url, None, MAX_ERROR_BODY, "the /v2/ answer")
+                    .await?;
                 Ok(answer
                     .headers
                     .get(reqwest::header::WWW_AUTHENTICATE)
@@ -190,7 +192,8 @@ impl OciRegistry {
             registry: self.host.clone(),
             cause,
         };
-        let mut url = Url::parse(realm).map_err(|e| unauthorized(format!("the token realm '{realm}' is not a URL: {e}")))?;
+        let mut url =
+            Url::parse(realm).map_err(|e| unauthorized(format!("the token realm '{realm}' is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(unauthorized(format!("the token realm '{realm}' is not HTTP")));
         }
@@ -249,7 +252,8 @@ impl OciRegistry {
         cap: u64,
         what: &str,
     ) -> Result<Answer, RegistryError> {
-        self.exchange_with(method, url, authorization, cap, what, None, None).await
+        self.exchange_with(method, url, authorization, cap, what, None, None)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -435,7 +439,9 @@ impl OciRegistry {
             message: format!("read the config digest of {reference}: {e}"),
         })?;
         let url = format!("{}/blobs/{parsed}", self.base());
-        let answer = self.get(&url, MAX_CONFIG, &format!("config blob {reference}"), false).await?;
+        let answer = self
+            .get(&url, MAX_CONFIG, &format!("config blob {reference}"), false)
+            .await?;
         if !answer.status.is_success() {
             return Err(self.status_error(&reference, &answer));
         }
@@ -453,7 +459,9 @@ impl OciRegistry {
     async fn manifest_by_tag(&self, tag: &str) -> Result<Option<(Digest, RawManifest)>, RegistryError> {
         let reference = format!("{}:{tag}", self.name());
         let url = format!("{}/manifests/{tag}", self.base());
-        let answer = self.get(&url, MAX_MANIFEST, &format!("manifest {reference}"), true).await?;
+        let answer = self
+            .get(&url, MAX_MANIFEST, &format!("manifest {reference}"), true)
+            .await?;
         if !answer.status.is_success() {
             return match self.status_error(&reference, &answer) {
                 RegistryError::ManifestNotFound { .. } => Ok(None),
@@ -474,7 +482,9 @@ impl OciRegistry {
         if claimed.starts_with("sha256:") && claimed != actual.as_str() {
             return Err(RegistryError::Protocol {
                 registry: self.host.clone(),
-                message: format!("manifest {reference}: the registry says it is {claimed} but what it sent is {actual}"),
+                message: format!(
+                    "manifest {reference}: the registry says it is {claimed} but what it sent is {actual}"
+                ),
             });
         }
         Ok(())
@@ -543,7 +553,9 @@ impl Registry for OciRegistry {
         let mut skipped = 0usize;
         let mut url = format!("{}/tags/list?n={PAGE}", self.base());
         for _ in 0..MAX_TAG_PAGES {
-            let answer = self.get(&url, MAX_TAG_PAGE, &format!("a page of {what}"), false).await?;
+            let answer = self
+                .get(&url, MAX_TAG_PAGE, &format!("a page of {what}"), false)
+                .await?;
             if !answer.status.is_success() {
                 return Err(self.status_error(&name, &answer));
             }
