@@ -195,20 +195,20 @@ mod tests {
         assert!(check_tag(&"a".repeat(129)).is_err());
     }
 
-    /// A hand-written reference for the repository grammar, to check the scanner against.
+    /// A hand-written reference for the repository grammar, to check the scanner against:
+    /// alphanumeric ends, and every maximal run of separators is ".", "_", "__" or dashes.
     fn matches_grammar(name: &str) -> bool {
+        fn alnum(ch: char) -> bool {
+            ch.is_ascii_lowercase() || ch.is_ascii_digit()
+        }
         fn component(c: &str) -> bool {
-            let runs: Vec<&str> = c
-                .split(|ch: char| !(ch.is_ascii_lowercase() || ch.is_ascii_digit()))
-                .collect();
-            let seps: Vec<&str> = c
-                .split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            let ends = c.chars().next().is_some_and(alnum) && c.chars().last().is_some_and(alnum);
+            let charset = c.chars().all(|ch| alnum(ch) || matches!(ch, '.' | '_' | '-'));
+            let seps = c
+                .split(alnum)
                 .filter(|s| !s.is_empty())
-                .collect();
-            runs.iter().all(|r| !r.is_empty())
-                && seps
-                    .iter()
-                    .all(|s| *s == "." || *s == "_" || *s == "__" || s.chars().all(|ch| ch == '-'))
+                .all(|s| s == "." || s == "_" || s == "__" || s.chars().all(|ch| ch == '-'));
+            ends && charset && seps
         }
         !name.is_empty() && name.len() <= MAX_REPOSITORY_LEN && name.split('/').all(component)
     }

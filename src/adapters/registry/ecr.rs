@@ -243,39 +243,51 @@ impl EcrRegistry {
     async fn current_tags(&self, images: &[RemoteImage]) -> Result<HashMap<Digest, Vec<String>>, RegistryError> {
         let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
         for chunk in images.chunks(DELETE_BATCH) {
-            let mut req = self
-                .client()
-                .await
-                .describe_images()
-                .set_registry_id(self.registry_id.clone())
-                .repository_name(self.repo());
-            for img in chunk {
-                req = req.image_ids(ImageIdentifier::builder().image_digest(img.digest.as_str()).build());
-            }
-            let page = self
-                .budget
-                .run(async {
-                    match req.send().await {
-                        Ok(o) => Ok(Some(o)),
-                        // Every image of the batch is gone.
-                        Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => {
-                            Ok(None)
+            let digests: Vec<&Digest> = chunk.iter().map(|i| &i.digest).collect();
+            match self.describe_digests(&digests).await? {
+                Some(found) => merge_tags(&mut out, found),
+                // ECR refuses the whole call when one of them is gone: ask one by one.
+                None if digests.len() > 1 => {
+                    for d in digests {
+                        if let Some(found) = self.describe_digests(&[d]).await? {
+                            merge_tags(&mut out, found);
                         }
-                        Err(e) => Err(self.classify("DescribeImages", &self.name(), e)),
                     }
-                })
-                .await?;
-            for d in page.iter().flat_map(|p| p.image_details()) {
-                let Some(digest) = d.image_digest().and_then(|d| Digest::parse(d).ok()) else {
-                    continue;
-                };
-                let tags = out.entry(digest).or_default();
-                tags.extend(d.image_tags().iter().cloned());
-                tags.sort();
-                tags.dedup();
+                }
+                None => {}
             }
         }
         Ok(out)
+    }
+
+    /// DescribeImages for these digests: `None` when ECR answers that one of them is not there.
+    async fn describe_digests(&self, digests: &[&Digest]) -> Result<Option<Vec<(Digest, Vec<String>)>>, RegistryError> {
+        let mut req = self
+            .client()
+            .await
+            .describe_images()
+            .set_registry_id(self.registry_id.clone())
+            .repository_name(self.repo());
+        for d in digests {
+            req = req.image_ids(ImageIdentifier::builder().image_digest(d.as_str()).build());
+        }
+        self.budget
+            .run(async {
+                match req.send().await {
+                    Ok(o) => Ok(Some(
+                        o.image_details()
+                            .iter()
+                            .filter_map(|d| {
+                                let digest = Digest::parse(d.image_digest()?).ok()?;
+                                Some((digest, d.image_tags().to_vec()))
+                            })
+                            .collect(),
+                    )),
+                    Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => Ok(None),
+                    Err(e) => Err(self.classify("DescribeImages", &self.name(), e)),
+                }
+            })
+            .await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<(String, String), RegistryError> {
@@ -423,6 +435,16 @@ impl EcrRegistry {
 
 /// Build time and labels from an image config.
 type ConfigDetails = (Option<DateTime<Utc>>, std::collections::BTreeMap<String, String>);
+
+/// Adds what DescribeImages said to the tags by digest (some emulators list a digest per tag).
+fn merge_tags(out: &mut HashMap<Digest, Vec<String>>, found: Vec<(Digest, Vec<String>)>) {
+    for (digest, tags) in found {
+        let entry = out.entry(digest).or_default();
+        entry.extend(tags);
+        entry.sort();
+        entry.dedup();
+    }
+}
 
 fn to_chrono(t: &aws_sdk_ecr::primitives::DateTime) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.secs(), t.subsec_nanos())
