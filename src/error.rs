@@ -88,8 +88,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.downcast_ref::<LockError>().is_some_and(LockError::is_held) {
             return LOCKED;
         }
-        if cause.downcast_ref::<EngineError>().is_some() {
-            return ENGINE;
+        if let Some(e) = cause.downcast_ref::<EngineError>() {
+            return match e {
+                EngineError::Pull { message, .. } if pull_failed_at_registry(message) => REGISTRY,
+                _ => ENGINE,
+            };
         }
         if let Some(e) = cause.downcast_ref::<GitError>() {
             return if matches!(e, GitError::NoSuchTag { .. }) {
@@ -107,6 +110,35 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
     }
     ERROR
+}
+
+/// Whether the engine's pull error is the registry's doing (down, unknown host, refused
+/// credentials, no such manifest) rather than the engine's (disk full, its own socket). The engine
+/// is written in Go and reports registry trouble in these words.
+pub fn pull_failed_at_registry(message: &str) -> bool {
+    const AT_REGISTRY: &[&str] = &[
+        "dial tcp",
+        "no such host",
+        "i/o timeout",
+        "connection refused",
+        "connection reset by peer",
+        "tls handshake",
+        "x509:",
+        "http response to https client",
+        "received unexpected http status",
+        "manifest unknown",
+        "not found: manifest",
+        "name unknown",
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "toomanyrequests",
+        "net/http:",
+        "get \"http",
+        "head \"http",
+    ];
+    let m = message.to_ascii_lowercase();
+    AT_REGISTRY.iter().any(|p| m.contains(p))
 }
 
 /// A hint a person can act on, from the first typed error in the chain that has one.
@@ -165,4 +197,38 @@ pub fn render(err: &anyhow::Error) -> String {
         said.push_str(part);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pull_error(message: &str) -> anyhow::Error {
+        anyhow::Error::new(EngineError::Pull {
+            reference: "127.0.0.1:5000/app@sha256:0".into(),
+            message: message.into(),
+        })
+        .context("pull the new version")
+    }
+
+    #[test]
+    fn a_pull_that_fails_because_the_registry_is_down_exits_3_not_9() {
+        // Messages as Docker Engine 20.10 words them.
+        for registry_side in [
+            r#"Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused"#,
+            "manifest for 127.0.0.1:5000/app@sha256:00 not found: manifest unknown: manifest unknown",
+            r#"Get "https://reg.example.com/v2/": dial tcp: lookup reg.example.com: no such host"#,
+            "received unexpected HTTP status: 500 Internal Server Error",
+            r#"Head "https://reg.example.com/v2/app/manifests/sha256:00": unauthorized: authentication required"#,
+            "toomanyrequests: You have reached your pull rate limit.",
+        ] {
+            assert_eq!(exit_code(&pull_error(registry_side)), REGISTRY, "{registry_side}");
+        }
+        for engine_side in [
+            "write /var/lib/docker/tmp/GetImageBlob123: no space left on device",
+            "failed to register layer: error creating overlay mount",
+        ] {
+            assert_eq!(exit_code(&pull_error(engine_side)), ENGINE, "{engine_side}");
+        }
+    }
 }

@@ -120,7 +120,7 @@ pub struct SwapCommon {
     #[arg(long)]
     pub mark_good: bool,
     /// With --mark-good: it must also stay healthy this long first (e.g. 2m).
-    #[arg(long, value_name = "DURATION", requires = "mark_good")]
+    #[arg(long, value_name = "DURATION", requires = "mark_good", value_parser = crate::domain::duration::wait_flag)]
     pub soak: Option<String>,
     /// If the version's image is gone from the registry but its Git tag exists, build it from Git,
     /// push it, then deploy it (without this, backtrack asks, or fails without a terminal).

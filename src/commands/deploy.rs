@@ -451,7 +451,7 @@ async fn mark_after_validation(
 ) -> anyhow::Result<()> {
     let project = app.project()?;
     if let Some(soak) = &common.soak {
-        let duration = crate::domain::duration::parse(soak)?;
+        let duration = crate::domain::duration::parse_wait(soak)?;
         let progress = crate::output::Progress::new(
             &app.printer,
             &format!(

@@ -145,6 +145,10 @@ pub fn convert_ecr(json: &str) -> Result<(String, Vec<String>), String> {
             (_, other) => notes.push(format!("{name}: countType {other} is unknown")),
         }
     }
+    if keep.is_empty() {
+        // ECR expires no tagged image under such a policy; backtrack would delete every one.
+        keep.push("[[keep]]\n# ECR expires no tagged image under this policy: keep them all\ntags = [\"*\"]\n".into());
+    }
     let mut out = String::from(
         "description = \"Imported from an ECR lifecycle policy\"\n\n# What the target runs and last_known_good are always protected.\n[protect]\nhistory = 3\n\n",
     );
@@ -200,5 +204,14 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("by semver"));
         assert!(policy.contains("# Not expressed exactly:"));
+    }
+
+    #[test]
+    fn an_ecr_policy_that_only_expires_untagged_images_keeps_every_tagged_one() {
+        let json = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
+        let (policy, _) = convert_ecr(json).unwrap();
+        let parsed = crate::settings::policy::parse(Path::new("x"), &policy).unwrap();
+        let rules = parsed.describe().join("\n");
+        assert!(rules.contains("keep: tags *"), "{rules}");
     }
 }

@@ -8,6 +8,9 @@ pub mod digest;
 pub mod duration;
 pub mod history;
 pub mod image;
+pub mod names;
+#[cfg(test)]
+mod parse_props;
 pub mod retention;
 pub mod selector;
 pub mod version;

@@ -32,6 +32,9 @@ pub struct Policy {
     /// always keep their image.
     #[serde(default)]
     pub other_tags: OtherTags,
+    /// Says that a policy without `[[keep]]` rules is meant: every image nothing protects goes.
+    #[serde(default)]
+    pub keep_nothing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -100,6 +103,20 @@ impl Policy {
     /// Checks what serde cannot: each `[[keep]]` is exactly one rule, counts are positive.
     pub fn problems(&self) -> Vec<PolicyProblem> {
         let mut out = Vec::new();
+        if self.keep.is_empty() && !self.keep_nothing {
+            out.push(PolicyProblem {
+                offset: 0,
+                message: "the policy has no [[keep]] rule, so it would delete every image nothing protects; \
+                          add [[keep]] rules, or `keep_nothing = true` if that is what you mean"
+                    .into(),
+            });
+        }
+        if self.keep_nothing && !self.keep.is_empty() {
+            out.push(PolicyProblem {
+                offset: 0,
+                message: "keep_nothing = true contradicts the [[keep]] rules; remove one or the other".into(),
+            });
+        }
         for (i, rule) in self.keep.iter().enumerate() {
             let r = rule.get_ref();
             let at = rule.span().start;
@@ -156,6 +173,9 @@ impl Policy {
         }
         if !self.protect.tags.is_empty() {
             out.push(format!("protected: images tagged {}", self.protect.tags.join(", ")));
+        }
+        if self.keep_nothing {
+            out.push("keep_nothing: no rule keeps anything; every image nothing protects is deleted".into());
         }
         for rule in &self.keep {
             out.push(format!("keep: {}", rule_name(rule.get_ref())));
@@ -755,9 +775,13 @@ expire_after = "7d"
             now: now(),
             ..Default::default()
         };
-        let without = plan(&policy(""), &images, &facts);
+        let without = plan(&policy("keep_nothing = true\n"), &images, &facts);
         assert_eq!(without.deleted, 0);
-        let with = plan(&policy("[untagged]\nexpire_after = \"7d\"\n"), &images, &facts);
+        let with = plan(
+            &policy("keep_nothing = true\n[untagged]\nexpire_after = \"7d\"\n"),
+            &images,
+            &facts,
+        );
         assert_eq!(with.deleted, 1);
         assert_eq!(
             with.decisions

@@ -26,8 +26,16 @@ pub struct ConfigFile {
 pub struct RegistrySection {
     /// `host[:port]` (optionally with `http://` or `https://`), or an ECR registry host.
     pub url: String,
+    /// Checked against the distribution spec's grammar where it is read (file:line:column).
+    #[serde(deserialize_with = "crate::domain::names::deserialize_repository")]
     pub repository: String,
     pub kind: Option<RegistryKind>,
+    /// How long one command may spend on registry requests in all (at most 30 days).
+    #[serde(
+        default = "default_registry_timeout",
+        deserialize_with = "serde_human::deserialize_wait"
+    )]
+    pub timeout: Duration,
     #[serde(default)]
     pub insecure: bool,
     pub ecr: Option<EcrSection>,
@@ -88,7 +96,7 @@ impl TargetKind {
 pub struct HealthSection {
     #[serde(default, deserialize_with = "checked::probe_url")]
     pub http: Option<String>,
-    #[serde(default = "default_timeout", deserialize_with = "serde_human::deserialize")]
+    #[serde(default = "default_timeout", deserialize_with = "serde_human::deserialize_wait")]
     pub timeout: Duration,
     #[serde(default = "default_true")]
     pub expect_version: bool,
@@ -106,6 +114,13 @@ impl Default for HealthSection {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// The registry deadline when `[registry] timeout` is left out.
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn default_registry_timeout() -> Duration {
+    DEFAULT_REGISTRY_TIMEOUT
 }
 
 fn default_true() -> bool {
@@ -363,6 +378,59 @@ dockerfile = "Dockerfile"
                 .unwrap_err()
                 .to_string();
             assert!(msg.starts_with("parse b.toml:7:"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn repository_names_outside_the_grammar_are_located() {
+        for (repo, col) in [("x/../../../v2/prn", 14), ("../app", 14), ("App", 14), ("a//b", 14)] {
+            let text = format!("[registry]\nurl = \"x\"\nrepository = \"{repo}\"\n");
+            let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with(&format!("parse b.toml:3:{col}: invalid repository name")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_beyond_thirty_days_are_located_usage_errors() {
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n[health]\ntimeout = \"300000000000y\"\n";
+        let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("parse b.toml:5:11:"), "{msg}");
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\ntimeout = \"31d\"\n";
+        let msg = parse_toml::<ConfigFile>(Path::new("b.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("parse b.toml:4:11:") && msg.contains("30 days"),
+            "{msg}"
+        );
+        let text = "[registry]\nurl = \"x\"\nrepository = \"r\"\n";
+        let c: ConfigFile = parse_toml(Path::new("b.toml"), text).unwrap();
+        assert_eq!(c.registry.timeout, DEFAULT_REGISTRY_TIMEOUT);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_config_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_toml::<ConfigFile>(Path::new("b.toml"), &text);
+        }
+
+        #[test]
+        fn config_shaped_text_never_panics(
+            url in "\\PC{0,20}",
+            repo in "\\PC{0,20}",
+            timeout in "\\PC{0,12}",
+        ) {
+            let text = format!(
+                "[registry]\nurl = {url:?}\nrepository = {repo:?}\ntimeout = {timeout:?}\n[health]\ntimeout = {timeout:?}\n"
+            );
+            let _ = parse_toml::<ConfigFile>(Path::new("b.toml"), &text);
         }
     }
 

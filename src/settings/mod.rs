@@ -73,6 +73,8 @@ pub struct RegistrySettings {
     /// Accept plain HTTP / unverified TLS to a non-loopback host.
     pub insecure: bool,
     pub ecr: EcrSection,
+    /// How long one command may spend on registry requests in all (`[registry] timeout`).
+    pub timeout: Duration,
 }
 
 impl RegistrySettings {
@@ -307,6 +309,7 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
             plain_http,
             insecure: reg.insecure,
             ecr: reg.ecr.unwrap_or_default(),
+            timeout: reg.timeout,
         },
         target,
         health: HealthSettings {

@@ -49,4 +49,42 @@ mod tests {
             .to_string();
         assert!(err.contains("p.toml:2:14") && err.contains("patch"), "{err}");
     }
+
+    #[test]
+    fn an_empty_policy_is_refused_unless_it_says_keep_nothing() {
+        for text in ["", "description = \"x\"\n", "[protect]\nhistory = 3\n"] {
+            let err = parse(Path::new("p.toml"), text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("parse p.toml:1:1: the policy has no [[keep]] rule"),
+                "{err}"
+            );
+        }
+        let p = parse(Path::new("p.toml"), "keep_nothing = true\n").unwrap();
+        assert!(p.describe().iter().any(|l| l.starts_with("keep_nothing")));
+        let err = parse(Path::new("p.toml"), "keep_nothing = true\n[[keep]]\nnewest = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("contradicts"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_policy_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(Path::new("p.toml"), &text);
+        }
+
+        #[test]
+        fn policy_shaped_text_never_panics(
+            n in proptest::num::i64::ANY,
+            d in "\\PC{0,12}",
+            per in "\\PC{0,8}",
+            glob in "\\PC{0,12}",
+        ) {
+            let text = format!(
+                "[[keep]]\nnewest = {n}\n[[keep]]\npushed_within = {d:?}\n[[keep]]\nnewest_per = {per:?}\ncount = {n}\n\
+                 [[keep]]\ntags = [{glob:?}]\n[untagged]\nexpire_after = {d:?}\n[prereleases]\nnewest = {n}\n"
+            );
+            let _ = parse(Path::new("p.toml"), &text);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod ecr;
 mod harness;
+mod hostile;
 mod lkg;
 mod prune;
 mod rebuild;

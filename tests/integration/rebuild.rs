@@ -178,7 +178,8 @@ fn missing_tags_and_failing_builds_give_clear_errors() {
 
     let run = t.exec(["deploy", "v0.9.0", "--rebuild"]).code(4);
     assert!(
-        run.stderr.contains("not rebuilding from Git: find Git tag v0.9.0"),
+        run.stderr.contains("0.9.0 is not in")
+            && run.stderr.contains("Git has no tag for it either (find Git tag v0.9.0"),
         "{}",
         run.stderr
     );
@@ -207,5 +208,10 @@ fn missing_tags_and_failing_builds_give_clear_errors() {
     let not_a_repo = tempfile::tempdir().unwrap();
     let t2 = Test::new().repo(&repo, &config(&repo, not_a_repo.path(), &name, port));
     let run = t2.exec(["deploy", "v1.3.0", "--rebuild"]).code(4);
-    assert!(run.stderr.contains("it is not a Git repository"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("1.3.0 is not in") && run.stderr.contains("no Git fallback is configured"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("versions there include v1.1.0"), "{}", run.stderr);
 }

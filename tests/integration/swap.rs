@@ -541,8 +541,10 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
     let d = run_container(&repo, "v1.2.0", &containers);
     let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
     let url = format!("http://127.0.0.1:{}/health", d.port);
-    // `script` gives backtrack a real terminal; the answers go in on its input.
-    let on_terminal = |answers: &str| {
+    // `script` gives backtrack a real terminal; the answers go in on its input, each once the
+    // screen shows `wait_for` (an answer of "\x03" is Ctrl-C). Returns the screen and exit code.
+    let on_terminal = |steps: &[(&str, &str)]| {
+        use std::io::{Read, Write};
         let cmd = t.command();
         let program = format!("{} rollback", env!("CARGO_BIN_EXE_backtrack"));
         let mut script = std::process::Command::new("script");
@@ -559,20 +561,72 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("script (util-linux)");
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), answers.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let mut out = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let screen = screen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        for (wait_for, answer) in steps {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !screen.lock().unwrap().contains(wait_for) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never saw {wait_for:?}: {}",
+                    screen.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The prompt is on screen; backtrack waits for its line.
+            std::thread::sleep(Duration::from_millis(100));
+            stdin.write_all(answer.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            screen.lock().unwrap().push_str("\n<answered>\n");
+        }
+        let started = std::time::Instant::now();
+        let status = child.wait().unwrap();
+        drop(stdin);
+        reader.join().unwrap();
+        let text = screen.lock().unwrap().clone();
+        (text, status.code().unwrap_or(-1), started.elapsed())
     };
-    // Pick #3 (v1.0.0), then say no: nothing changes.
-    let screen = on_terminal("3\nn\n");
-    assert!(screen.contains("v1.2.0   (deployed)"), "{screen}");
+    // Pick #3 (v1.0.0) after a wrong number, then say no: nothing changes.
+    let (screen, _, _) = on_terminal(&[
+        ("[previous = 1.1.0]", "9\n"),
+        ("choose 1 to 3", "3\n"),
+        ("[y/n]", "n\n"),
+    ]);
+    assert!(
+        screen.lines().any(|l| l.contains("v1.2.0") && l.contains("deployed")),
+        "{screen}"
+    );
     assert!(
         screen.contains("Roll back container") && screen.contains("to 1.0.0? [y/n]"),
         "{screen}"
     );
     assert_eq!(http_get(&url).unwrap().trim(), "1.2.0");
-    // Pick #2 (v1.1.0) and confirm.
-    let screen = on_terminal("2\ny\n");
+    // Ctrl-C at the confirmation cancels at once, with 130, and changes nothing.
+    let (screen, code, took) = on_terminal(&[("[previous = 1.1.0]", "3\n"), ("[y/n]", "\x03")]);
+    assert_eq!(code, 130, "{screen}");
+    assert!(screen.contains("cancelled: nothing was changed"), "{screen}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(http_get(&url).unwrap().trim(), "1.2.0");
+    // Pick #2 (v1.1.0); an answer that is neither yes nor no asks again; confirm.
+    let (screen, code, _) = on_terminal(&[
+        ("[previous = 1.1.0]", "2\n"),
+        ("[y/n]", "maybe\n"),
+        ("please answer y or n", "y\n"),
+    ]);
+    assert_eq!(code, 0, "{screen}");
     assert!(screen.contains("rolled back container"), "{screen}");
     assert_eq!(http_get(&url).unwrap().trim(), "1.1.0");
 }

@@ -4,6 +4,11 @@
 //!
 //! **Nothing here runs unless the registry is ECR**: AWS config (and its instance-metadata
 //! probes) is loaded lazily, on the first call.
+//!
+//! Every call has connect and read timeouts and counts against the command's registry budget
+//! (`[registry] timeout`); config blobs come through pre-signed URLs over a client with timeouts,
+//! read up to `MAX_CONFIG`. What acts (the tag re-check, retag, delete) asks ECR at that moment,
+//! never the listing this run started with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +20,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
 use super::cache::InfoCache;
-use super::{PullAuth, Registry, RegistryError, RemoteImage, root_cause};
+use super::http::{Budget, ReadError};
+use super::{
+    CONNECT_TIMEOUT, MAX_CONFIG, MAX_MANIFEST, PullAuth, READ_TIMEOUT, Registry, RegistryError, RemoteImage, root_cause,
+};
 use crate::domain::digest::Digest;
 use crate::domain::image::ImageInfo;
 use crate::settings::{RegistrySettings, parse_ecr_host};
@@ -39,6 +47,9 @@ pub struct EcrRegistry {
     listing: OnceCell<Vec<RemoteImage>>,
     /// Set after the first config-blob download fails (emulators have no data plane): no more tries.
     no_data_plane: std::sync::atomic::AtomicBool,
+    /// For pre-signed config-blob downloads (no credentials go with them).
+    download: reqwest::Client,
+    budget: Budget,
     cache: Arc<InfoCache>,
 }
 
@@ -56,6 +67,14 @@ impl EcrRegistry {
             client: OnceCell::new(),
             listing: OnceCell::new(),
             no_data_plane: std::sync::atomic::AtomicBool::new(false),
+            download: reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .timeout(std::time::Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .build()
+                .unwrap_or_default(),
+            budget: Budget::new(settings.timeout, &settings.host),
             cache,
         }
     }
@@ -73,6 +92,13 @@ impl EcrRegistry {
                 if let Some(e) = &self.settings.ecr.endpoint_url {
                     loader = loader.endpoint_url(e);
                 }
+                loader = loader.timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .read_timeout(READ_TIMEOUT)
+                        .operation_attempt_timeout(std::time::Duration::from_secs(60))
+                        .build(),
+                );
                 aws_sdk_ecr::Client::new(&loader.load().await)
             })
             .await
@@ -145,51 +171,62 @@ impl EcrRegistry {
 
     async fn listing(&self) -> Result<&Vec<RemoteImage>, RegistryError> {
         self.listing
-            .get_or_try_init(|| async {
-                let mut pages = self
-                    .client()
-                    .await
-                    .describe_images()
-                    .set_registry_id(self.registry_id.clone())
-                    .repository_name(self.repo())
-                    .max_results(1000)
-                    .into_paginator()
-                    .send();
-                // One entry per digest (some emulators list a digest once per tag).
-                let mut by_digest: std::collections::BTreeMap<Digest, RemoteImage> = Default::default();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| self.classify("DescribeImages", &self.name(), e))?;
-                    for d in page.image_details() {
-                        let Some(digest) = d.image_digest().and_then(|d| Digest::parse(d).ok()) else {
-                            continue;
-                        };
-                        let entry = by_digest.entry(digest.clone()).or_insert_with(|| RemoteImage {
-                            digest,
-                            tags: Vec::new(),
-                            pushed: d.image_pushed_at().and_then(to_chrono),
-                            size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
-                        });
-                        entry.tags.extend(d.image_tags().iter().cloned());
-                        entry.tags.sort();
-                        entry.tags.dedup();
+            .get_or_try_init(|| {
+                self.budget.run(async {
+                    let mut pages = self
+                        .client()
+                        .await
+                        .describe_images()
+                        .set_registry_id(self.registry_id.clone())
+                        .repository_name(self.repo())
+                        .max_results(1000)
+                        .into_paginator()
+                        .send();
+                    // One entry per digest (some emulators list a digest once per tag).
+                    let mut by_digest: std::collections::BTreeMap<Digest, RemoteImage> = Default::default();
+                    while let Some(page) = pages.next().await {
+                        let page = page.map_err(|e| self.classify("DescribeImages", &self.name(), e))?;
+                        for d in page.image_details() {
+                            let Some(digest) = d.image_digest().and_then(|d| Digest::parse(d).ok()) else {
+                                continue;
+                            };
+                            let entry = by_digest.entry(digest.clone()).or_insert_with(|| RemoteImage {
+                                digest,
+                                tags: Vec::new(),
+                                pushed: d.image_pushed_at().and_then(to_chrono),
+                                size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
+                            });
+                            entry.tags.extend(d.image_tags().iter().cloned());
+                            entry.tags.sort();
+                            entry.tags.dedup();
+                        }
                     }
-                }
-                Ok(by_digest.into_values().collect())
+                    Ok(by_digest.into_values().collect())
+                })
             })
             .await
     }
 
     /// Asks ECR now (not the listing of this run) where a tag points.
     async fn current_tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
+        crate::domain::names::check_tag(tag).map_err(|e| RegistryError::Protocol {
+            registry: self.settings.host.clone(),
+            message: e.to_string(),
+        })?;
         let out = self
-            .client()
-            .await
-            .describe_images()
-            .set_registry_id(self.registry_id.clone())
-            .repository_name(self.repo())
-            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
-            .send()
-            .await;
+            .budget
+            .run(async {
+                Ok(self
+                    .client()
+                    .await
+                    .describe_images()
+                    .set_registry_id(self.registry_id.clone())
+                    .repository_name(self.repo())
+                    .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+                    .send()
+                    .await)
+            })
+            .await?;
         match out {
             Ok(o) => Ok(o
                 .image_details()
@@ -199,6 +236,58 @@ impl EcrRegistry {
             Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => Ok(None),
             Err(e) => Err(self.classify("DescribeImages", &format!("{}:{tag}", self.name()), e)),
         }
+    }
+
+    /// The tags each of these images has now, asked of ECR by digest; images that are gone are
+    /// left out.
+    async fn current_tags(&self, images: &[RemoteImage]) -> Result<HashMap<Digest, Vec<String>>, RegistryError> {
+        let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
+        for chunk in images.chunks(DELETE_BATCH) {
+            let digests: Vec<&Digest> = chunk.iter().map(|i| &i.digest).collect();
+            match self.describe_digests(&digests).await? {
+                Some(found) => merge_tags(&mut out, found),
+                // ECR refuses the whole call when one of them is gone: ask one by one.
+                None if digests.len() > 1 => {
+                    for d in digests {
+                        if let Some(found) = self.describe_digests(&[d]).await? {
+                            merge_tags(&mut out, found);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// DescribeImages for these digests: `None` when ECR answers that one of them is not there.
+    async fn describe_digests(&self, digests: &[&Digest]) -> Result<Option<Vec<(Digest, Vec<String>)>>, RegistryError> {
+        let mut req = self
+            .client()
+            .await
+            .describe_images()
+            .set_registry_id(self.registry_id.clone())
+            .repository_name(self.repo());
+        for d in digests {
+            req = req.image_ids(ImageIdentifier::builder().image_digest(d.as_str()).build());
+        }
+        self.budget
+            .run(async {
+                match req.send().await {
+                    Ok(o) => Ok(Some(
+                        o.image_details()
+                            .iter()
+                            .filter_map(|d| {
+                                let digest = Digest::parse(d.image_digest()?).ok()?;
+                                Some((digest, d.image_tags().to_vec()))
+                            })
+                            .collect(),
+                    )),
+                    Err(SdkError::ServiceError(se)) if se.err().code() == Some("ImageNotFoundException") => Ok(None),
+                    Err(e) => Err(self.classify("DescribeImages", &self.name(), e)),
+                }
+            })
+            .await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<(String, String), RegistryError> {
@@ -213,15 +302,26 @@ impl EcrRegistry {
         for t in MANIFEST_TYPES {
             req = req.accepted_media_types(*t);
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| self.classify("BatchGetImage", &reference, e))?;
-        let image = out
-            .images()
-            .first()
-            .ok_or(RegistryError::ManifestNotFound { reference })?;
+        let out = self
+            .budget
+            .run(async {
+                req.send()
+                    .await
+                    .map_err(|e| self.classify("BatchGetImage", &reference, e))
+            })
+            .await?;
+        let image = out.images().first().ok_or_else(|| RegistryError::ManifestNotFound {
+            reference: reference.clone(),
+        })?;
         let manifest = image.image_manifest().unwrap_or_default().to_string();
+        if manifest.len() as u64 > MAX_MANIFEST {
+            return Err(RegistryError::TooLarge {
+                registry: self.settings.host.clone(),
+                what: format!("manifest {reference}"),
+                limit: format!("{} MiB", MAX_MANIFEST >> 20),
+            });
+        }
+
         let media_type = image
             .image_manifest_media_type()
             .map(str::to_string)
@@ -234,44 +334,92 @@ impl EcrRegistry {
         Ok((manifest, media_type))
     }
 
-    /// Labels and build time from the config blob, through a pre-signed layer URL. `None` when
-    /// the data plane is not reachable (as with API emulators).
-    async fn config_labels(
-        &self,
-        manifest: &str,
-    ) -> Option<(Option<DateTime<Utc>>, std::collections::BTreeMap<String, String>)> {
+    /// Labels and build time from the config blob, through a pre-signed layer URL. `Ok(None)`
+    /// when the data plane is not reachable (as with API emulators); a blob that is too large,
+    /// does not match its digest or does not parse is an error for this image.
+    async fn config_labels(&self, digest: &Digest, manifest: &str) -> Result<Option<ConfigDetails>, RegistryError> {
         use std::sync::atomic::Ordering;
         if self.no_data_plane.load(Ordering::Relaxed) {
-            return None;
+            return Ok(None);
         }
-        let v: serde_json::Value = serde_json::from_str(manifest).ok()?;
-        let config_digest = v["config"]["digest"].as_str()?;
+        let host = &self.settings.host;
+        let bad = |message: String| RegistryError::Protocol {
+            registry: host.clone(),
+            message,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(manifest).map_err(|e| bad(format!("parse manifest {}@{digest}: {e}", self.name())))?;
+        let Some(config_digest) = v["config"]["digest"].as_str() else {
+            return Ok(None);
+        };
+        let config_digest = Digest::parse(config_digest)
+            .map_err(|e| bad(format!("read the config digest of {}@{digest}: {e}", self.name())))?;
         let reply = self
-            .client()
-            .await
-            .get_download_url_for_layer()
-            .set_registry_id(self.registry_id.clone())
-            .repository_name(self.repo())
-            .layer_digest(config_digest)
-            .customize()
-            .config_override(
-                aws_sdk_ecr::config::Builder::default().retry_config(aws_config::retry::RetryConfig::disabled()),
-            )
-            .send()
-            .await;
+            .budget
+            .run(async {
+                Ok(self
+                    .client()
+                    .await
+                    .get_download_url_for_layer()
+                    .set_registry_id(self.registry_id.clone())
+                    .repository_name(self.repo())
+                    .layer_digest(config_digest.as_str())
+                    .customize()
+                    .config_override(
+                        aws_sdk_ecr::config::Builder::default()
+                            .retry_config(aws_config::retry::RetryConfig::disabled()),
+                    )
+                    .send()
+                    .await)
+            })
+            .await?;
         let url = match reply {
-            Ok(r) => r.download_url()?.to_string(),
+            Ok(r) => match r.download_url() {
+                Some(u) => u.to_string(),
+                None => return Ok(None),
+            },
             Err(e) => {
                 tracing::info!(
                     "no image labels from ECR (GetDownloadUrlForLayer failed): {}",
                     root_cause(&e)
                 );
                 self.no_data_plane.store(true, Ordering::Relaxed);
-                return None;
+                return Ok(None);
             }
         };
-        let blob = reqwest::get(url).await.ok()?.bytes().await.ok()?;
-        let config: serde_json::Value = serde_json::from_slice(&blob).ok()?;
+        let what = format!("config blob {}@{config_digest}", self.name());
+        let blob = self
+            .budget
+            .run(async {
+                let resp = self
+                    .download
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| RegistryError::Unreachable {
+                        registry: host.clone(),
+                        cause: root_cause(&e),
+                    })?;
+                if !resp.status().is_success() {
+                    return Err(bad(format!("download {what}: HTTP {}", resp.status().as_u16())));
+                }
+                super::http::read_capped(resp, MAX_CONFIG).await.map_err(|e| match e {
+                    ReadError::TooLarge => RegistryError::TooLarge {
+                        registry: host.clone(),
+                        what: what.clone(),
+                        limit: format!("{} MiB", MAX_CONFIG >> 20),
+                    },
+                    ReadError::Transport(e) => RegistryError::Unreachable {
+                        registry: host.clone(),
+                        cause: root_cause(&e),
+                    },
+                })
+            })
+            .await?;
+        if Digest::of_bytes(&blob) != config_digest {
+            return Err(bad(format!("{what} does not match its digest")));
+        }
+        let config: serde_json::Value = serde_json::from_slice(&blob).map_err(|e| bad(format!("parse {what}: {e}")))?;
         let created = config["created"].as_str().and_then(|c| c.parse().ok());
         let labels = config["config"]["Labels"]
             .as_object()
@@ -281,7 +429,20 @@ impl EcrRegistry {
                     .collect()
             })
             .unwrap_or_default();
-        Some((created, labels))
+        Ok(Some((created, labels)))
+    }
+}
+
+/// Build time and labels from an image config.
+type ConfigDetails = (Option<DateTime<Utc>>, std::collections::BTreeMap<String, String>);
+
+/// Adds what DescribeImages said to the tags by digest (some emulators list a digest per tag).
+fn merge_tags(out: &mut HashMap<Digest, Vec<String>>, found: Vec<(Digest, Vec<String>)>) {
+    for (digest, tags) in found {
+        let entry = out.entry(digest).or_default();
+        entry.extend(tags);
+        entry.sort();
+        entry.dedup();
     }
 }
 
@@ -308,13 +469,9 @@ impl Registry for EcrRegistry {
             .collect())
     }
 
+    /// Asks ECR now: this answers what acts (prune's last re-check, resolving what to deploy).
     async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
-        Ok(self
-            .listing()
-            .await?
-            .iter()
-            .find(|i| i.tags.iter().any(|t| t == tag))
-            .map(|i| i.digest.clone()))
+        self.current_tag_digest(tag).await
     }
 
     async fn tag_digests(&self, tags: &[String]) -> Result<HashMap<String, Digest>, RegistryError> {
@@ -337,7 +494,7 @@ impl Registry for EcrRegistry {
             return Ok(info);
         }
         let (manifest, _) = self.manifest(digest).await?;
-        let details = self.config_labels(&manifest).await;
+        let details = self.config_labels(digest, &manifest).await?;
         let info = ImageInfo {
             digest: digest.clone(),
             created: details.as_ref().and_then(|d| d.0),
@@ -356,19 +513,28 @@ impl Registry for EcrRegistry {
     }
 
     async fn retag(&self, digest: &Digest, tag: &str) -> Result<(), RegistryError> {
+        crate::domain::names::check_tag(tag).map_err(|e| RegistryError::Protocol {
+            registry: self.settings.host.clone(),
+            message: e.to_string(),
+        })?;
         let (manifest, media_type) = self.manifest(digest).await?;
         let result = self
-            .client()
-            .await
-            .put_image()
-            .set_registry_id(self.registry_id.clone())
-            .repository_name(self.repo())
-            .image_manifest(manifest)
-            .image_manifest_media_type(media_type)
-            .image_tag(tag)
-            .image_digest(digest.as_str())
-            .send()
-            .await;
+            .budget
+            .run(async {
+                Ok(self
+                    .client()
+                    .await
+                    .put_image()
+                    .set_registry_id(self.registry_id.clone())
+                    .repository_name(self.repo())
+                    .image_manifest(manifest)
+                    .image_manifest_media_type(media_type)
+                    .image_tag(tag)
+                    .image_digest(digest.as_str())
+                    .send()
+                    .await)
+            })
+            .await?;
         match result {
             Ok(_) => Ok(()),
             // "Already exists" is success when the tag already points at this digest; anything else
@@ -402,20 +568,66 @@ impl Registry for EcrRegistry {
         images: &[RemoteImage],
         tick: &(dyn Fn() + Sync),
     ) -> Vec<(Digest, Result<(), RegistryError>)> {
+        // Ask ECR where things are now, not the listing this run started with: a tag that moved
+        // to another image since must not be untagged there, and an image that gained a tag
+        // since (a pointer moved onto it) is left alone.
+        let mut failures: HashMap<Digest, RegistryError> = HashMap::new();
+        let now = match self.current_tags(images).await {
+            Ok(now) => now,
+            Err(e) => {
+                let shared = e.to_string();
+                return images
+                    .iter()
+                    .map(|img| {
+                        tick();
+                        (
+                            img.digest.clone(),
+                            Err(RegistryError::Protocol {
+                                registry: self.settings.host.clone(),
+                                message: shared.clone(),
+                            }),
+                        )
+                    })
+                    .collect();
+            }
+        };
         // ECR deletes by tag (an untag; the image goes with its last tag), untagged ones by digest.
         let mut ids: Vec<(Digest, ImageIdentifier)> = Vec::new();
         for img in images {
-            if img.tags.is_empty() {
+            let Some(current) = now.get(&img.digest) else {
+                continue; // already gone
+            };
+            let gained: Vec<&String> = current.iter().filter(|t| !img.tags.contains(t)).collect();
+            if !gained.is_empty() {
+                failures.insert(
+                    img.digest.clone(),
+                    RegistryError::Protocol {
+                        registry: self.settings.host.clone(),
+                        message: format!(
+                            "{} gained tags since the plan ({}); not deleted",
+                            img.digest,
+                            gained.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    },
+                );
+                continue;
+            }
+            if current.is_empty() {
                 ids.push((
                     img.digest.clone(),
                     ImageIdentifier::builder().image_digest(img.digest.as_str()).build(),
                 ));
             }
-            for t in &img.tags {
-                ids.push((img.digest.clone(), ImageIdentifier::builder().image_tag(t).build()));
+            for t in current {
+                ids.push((
+                    img.digest.clone(),
+                    ImageIdentifier::builder()
+                        .image_tag(t)
+                        .image_digest(img.digest.as_str())
+                        .build(),
+                ));
             }
         }
-        let mut failures: HashMap<Digest, RegistryError> = HashMap::new();
         for batch in ids.chunks(DELETE_BATCH) {
             let mut req = self
                 .client()
@@ -426,7 +638,24 @@ impl Registry for EcrRegistry {
             for (_, id) in batch {
                 req = req.image_ids(id.clone());
             }
-            match req.send().await {
+            let sent = self.budget.run(async { Ok(req.send().await) }).await;
+            let sent = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    let shared = e.to_string();
+                    for (d, _) in batch {
+                        failures.insert(
+                            d.clone(),
+                            RegistryError::Protocol {
+                                registry: self.settings.host.clone(),
+                                message: shared.clone(),
+                            },
+                        );
+                    }
+                    continue;
+                }
+            };
+            match sent {
                 Ok(out) => {
                     for f in out.failures() {
                         let id = f.image_id();
@@ -479,12 +708,16 @@ impl Registry for EcrRegistry {
 
     async fn pull_auth(&self) -> Result<PullAuth, RegistryError> {
         let out = self
-            .client()
-            .await
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|e| self.classify("GetAuthorizationToken", &self.name(), e))?;
+            .budget
+            .run(async {
+                self.client()
+                    .await
+                    .get_authorization_token()
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("GetAuthorizationToken", &self.name(), e))
+            })
+            .await?;
         let data = out
             .authorization_data()
             .first()

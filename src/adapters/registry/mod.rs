@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod credentials;
 pub mod ecr;
+pub mod http;
 pub mod oci;
 
 use std::collections::HashMap;
@@ -23,6 +24,24 @@ use crate::settings::{RegistryKind, RegistrySettings};
 pub const CONCURRENCY: usize = 16;
 /// How many deletes run at once.
 pub const DELETE_CONCURRENCY: usize = 16;
+
+/// The most backtrack reads of one manifest (Distribution's own limit).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The most backtrack reads of one image config blob.
+pub const MAX_CONFIG: u64 = 4 << 20;
+/// The most backtrack reads of one page of a tag list.
+pub const MAX_TAG_PAGE: u64 = 8 << 20;
+/// The most backtrack reads of a token answer.
+pub const MAX_TOKEN: u64 = 1 << 20;
+/// The most of an error answer backtrack reads (and keeps 300 characters of, for messages).
+pub const MAX_ERROR_BODY: u64 = 16 << 10;
+/// Pages of one tag listing, at most.
+pub const MAX_TAG_PAGES: usize = 1000;
+/// Tags in one listing, at most.
+pub const MAX_TAGS: usize = 100_000;
+/// Connect and read (between two packets) timeouts of every HTTP client.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One image (manifest digest) in the repository with every tag on it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,6 +196,20 @@ pub enum RegistryError {
     ImmutableTag { repository: String, tag: String },
     #[error("talk to registry {registry}: {message}")]
     Protocol { registry: String, message: String },
+    #[error("read {what} from registry {registry}: it sent more than {limit}, the most backtrack reads")]
+    TooLarge {
+        registry: String,
+        what: String,
+        limit: String,
+    },
+    #[error(
+        "finish with registry {registry} within {} ([registry] timeout): it is too slow or stopped answering",
+        humantime::format_duration(*limit)
+    )]
+    Deadline {
+        registry: String,
+        limit: std::time::Duration,
+    },
 }
 
 impl RegistryError {
@@ -207,6 +240,12 @@ impl RegistryError {
                  (REGISTRY_STORAGE_DELETE_ENABLED=true for the registry image), then restart it"
                     .into(),
             ),
+            Self::TooLarge { .. } => {
+                Some("the registry (or something in front of it) is misbehaving: check [registry] url".into())
+            }
+            Self::Deadline { .. } => {
+                Some("if the registry is only slow, raise [registry] timeout in backtrack.toml (e.g. \"10m\")".into())
+            }
             Self::ImmutableTag { repository, tag } => Some(format!(
                 "exempt the tag from immutability: aws ecr put-image-tag-mutability --repository-name {repository} \
                  --image-tag-mutability IMMUTABLE_WITH_EXCLUSION --image-tag-mutability-exclusion-filters \
