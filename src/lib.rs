@@ -14,6 +14,8 @@ use clap::Parser;
 
 /// Parses arguments, runs the command, prints an error if there is one, and returns the exit code.
 pub fn main_entry() -> i32 {
+    // A shell asking for completions (`COMPLETE=bash backtrack -- ...`) is answered here.
+    commands::completions::answer_if_asked();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

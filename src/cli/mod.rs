@@ -5,10 +5,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `backtrack --version`: the crate version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BACKTRACK_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "backtrack",
-    version,
+    version = VERSION,
     about = "Roll a Docker deployment back (or forward) in seconds to an image already in the registry",
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 error, 2 usage or config, 3 registry, 4 no such version, 5 locked, \
@@ -72,11 +75,17 @@ pub enum Command {
     /// Work with retention policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Print shell completions.
+    /// Print the shell completion script (it completes version tags from the registry too).
+    ///
+    /// bash: `source <(backtrack completions bash)`; zsh: `source <(backtrack completions zsh)`;
+    /// fish: `backtrack completions fish | source`.
     Completions {
+        /// The shell to complete in.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `backtrack man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -334,12 +334,40 @@ async fn replace_one(
     engine.start(name).await
 }
 
+/// `KEY=VALUE` lines from an env file, read as docker compose reads `.env` files (dotenvy:
+/// quotes, `export`, multi-line values, comments); variables are not expanded from this
+/// process's environment.
 fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("read env file {}: {e}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    let what = |e: dotenvy::Error| anyhow::anyhow!("read env file {}: {e}", path.display());
+    dotenvy::from_path_iter(path)
+        .map_err(what)?
+        .map(|item| item.map(|(k, v)| format!("{k}={v}")).map_err(what))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_files_are_read_as_compose_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prod.env");
+        std::fs::write(
+            &path,
+            "# comment\nexport API_URL=https://api\nQUOTED=\"a b # not a comment\"\nSINGLE='$NOT_EXPANDED'\nMULTI=\"line1\nline2\"\nEMPTY=\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::read_env_file(&path).unwrap(),
+            [
+                "API_URL=https://api",
+                "QUOTED=a b # not a comment",
+                "SINGLE=$NOT_EXPANDED",
+                "MULTI=line1\nline2",
+                "EMPTY=",
+            ]
+        );
+        std::fs::write(&path, "BROKEN=\"unterminated\n").unwrap();
+        let err = super::read_env_file(&path).unwrap_err().to_string();
+        assert!(err.contains("prod.env"), "{err}");
+    }
 }

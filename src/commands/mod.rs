@@ -2,7 +2,7 @@
 //! and its own arguments. They wire adapters to domain decisions and hand a report to the printer.
 
 mod build;
-mod completions;
+pub mod completions;
 mod deploy;
 mod emergency;
 mod history;
@@ -109,5 +109,6 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(&app, cmd).await,
         Command::Build(args) => build::run(&app, &args).await,
         Command::Completions { shell } => completions::run(shell),
+        Command::Man => completions::man(),
     }
 }

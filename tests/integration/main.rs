@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
+mod cli;
 mod ecr;
 mod harness;
 mod hostile;

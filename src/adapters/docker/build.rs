@@ -56,54 +56,10 @@ impl BuildError {
     }
 }
 
-/// The build context as a tar archive in memory (skips `.git` and what `.dockerignore` names).
-pub fn context_tar(context: &Path) -> Result<Vec<u8>, BuildError> {
-    let err = |m: String| BuildError::Context {
-        path: context.to_path_buf(),
-        message: m,
-    };
-    let ignore: Vec<String> = std::fs::read_to_string(context.join(".dockerignore"))
-        .map(|t| {
-            t.lines()
-                .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/').to_string())
-                .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    let mut stack = vec![context.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            let rel = path.strip_prefix(context).map_err(|e| err(e.to_string()))?;
-            let rel_s = rel.to_string_lossy().to_string();
-            if rel_s == ".git" || ignore.iter().any(|p| crate::domain::retention::glob_match(p, &rel_s)) {
-                continue;
-            }
-            let ft = entry.file_type().map_err(|e| err(e.to_string()))?;
-            if ft.is_dir() {
-                builder.append_dir(rel, &path).map_err(|e| err(e.to_string()))?;
-                stack.push(path);
-            } else {
-                builder
-                    .append_path_with_name(&path, rel)
-                    .map_err(|e| err(format!("{rel_s}: {e}")))?;
-            }
-        }
-    }
-    builder.into_inner().map_err(|e| err(e.to_string()))
-}
-
 impl Engine {
     /// Builds an image from a context directory; `progress` gets each output line.
     pub async fn build(&self, spec: &BuildSpec<'_>, mut progress: impl FnMut(&str)) -> Result<(), BuildError> {
-        let tar = context_tar(spec.context)?;
+        let files = super::context::entries(spec.context, spec.dockerfile)?;
         let opts = BuildImageOptionsBuilder::default()
             .dockerfile(&spec.dockerfile.to_string_lossy())
             .t(&spec.image)
@@ -112,9 +68,14 @@ impl Engine {
             .buildargs(&spec.build_args)
             .labels(&spec.labels)
             .build();
-        let mut stream = self
-            .docker
-            .build_image(opts, None, Some(bollard::body_full(tar.into())));
+        let mut stream = self.docker.build_image(
+            opts,
+            None,
+            Some(bollard::body_try_stream(super::context::tar_stream(
+                spec.context,
+                files,
+            ))),
+        );
         let mut log: Vec<String> = Vec::new();
         let mut step: Option<String> = None;
         while let Some(item) = stream.next().await {

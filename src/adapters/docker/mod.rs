@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod clone;
+pub mod context;
 
 use std::collections::HashMap;
 use std::time::Duration;
