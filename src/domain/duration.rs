@@ -63,6 +63,10 @@ pub mod serde_human {
         deserialize(d).map(Some)
     }
 
+    pub fn deserialize_wait_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        deserialize_wait(d).map(Some)
+    }
+
     /// A wait (timeout): at most [`super::MAX_WAIT`].
     pub fn deserialize_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;

@@ -19,6 +19,51 @@ pub struct ConfigFile {
     pub retention: RetentionSection,
     #[serde(default)]
     pub rebuild: RebuildSection,
+    #[serde(default)]
+    pub hooks: HooksSection,
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+/// `[hooks]`: programs run on the operator's machine around an operation, argv lists (no shell).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    /// Before anything changes; a non-zero exit aborts.
+    #[serde(default, deserialize_with = "checked::argv")]
+    pub pre: Option<Vec<String>>,
+    /// After a validated swap, before it is committed; a non-zero exit reverts.
+    #[serde(default, deserialize_with = "checked::argv")]
+    pub post: Option<Vec<String>>,
+    /// After a revert; its exit status only makes a warning.
+    #[serde(default, deserialize_with = "checked::argv")]
+    pub on_revert: Option<Vec<String>>,
+    /// How long one hook may run (default 60s); past it, it is killed and counts as failed.
+    #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[notify]`: one JSON POST per operation.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    #[serde(default, deserialize_with = "checked::webhook")]
+    pub webhook: Option<String>,
+    /// Which operations: deploy, rollback, revert, emergency, mark-good, failed (default: every
+    /// operation that changes a target).
+    #[serde(default)]
+    pub on: Option<Vec<NotifyOn>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyOn {
+    Deploy,
+    Rollback,
+    Revert,
+    Emergency,
+    MarkGood,
+    Failed,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +237,26 @@ mod checked {
                     "environment '{v}' must be letters, digits, '.', '_' or '-' (it becomes part of the tag last_known_good-ENV)"
                 ))
             }
+        })
+    }
+
+    pub fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        if v.first().is_none_or(|p| p.trim().is_empty()) {
+            return Err(D::Error::custom(
+                "a hook is a program and its arguments, e.g. [\"./ops/smoke.sh\", \"--quick\"] (no shell)",
+            ));
+        }
+        Ok(Some(v))
+    }
+
+    pub fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, |v| {
+            let url = reqwest::Url::parse(v).map_err(|e| format!("[notify] webhook '{v}' is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!("[notify] webhook '{v}' must be an http(s) URL"));
+            }
+            Ok(())
         })
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{GlobalArgs, OutputFormat};
-pub use config::{EcrSection, FileError, RegistryKind, TargetKind};
+pub use config::{EcrSection, FileError, HooksSection, NotifyOn, NotifySection, RegistryKind, TargetKind};
 
 /// Everything a command needs to know about how it was invoked.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub struct Project {
     /// Retention policy file, relative paths taken from the config file's folder.
     pub retention_policy: Option<PathBuf>,
     pub rebuild: RebuildSettings,
+    pub hooks: HooksSection,
+    pub notify: NotifySection,
     /// State (journal, lock) of the target: `<state root>/targets/<engine>_<kind>_<name>`, or
     /// `<state root>/repositories/<registry>_<repository>` for a config without `[target]`.
     pub state_dir: PathBuf,
@@ -323,6 +325,8 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
             context: file.rebuild.context,
             dockerfile: file.rebuild.dockerfile,
         },
+        hooks: file.hooks,
+        notify: file.notify,
         state_dir,
         legacy_state_dir,
         state_root: state_root.to_path_buf(),
