@@ -5,6 +5,7 @@ mod harness;
 mod lkg;
 mod prune;
 mod rebuild;
+mod remote;
 mod state;
 mod swap;
 mod versions;
