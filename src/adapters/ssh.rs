@@ -87,6 +87,9 @@ impl SshError {
     }
 }
 
+/// A local listener forwarding to (host, port) as the remote host sees it, and its accept loop.
+type Forward = ((String, u16), std::net::SocketAddr, tokio::task::AbortHandle);
+
 /// An Engine API response coming back over a `dial-stdio` channel.
 pub type EngineResponse = Pin<
     Box<
@@ -103,7 +106,7 @@ pub struct SshSession {
     _dir: tempfile::TempDir,
     /// What the last failing `docker system dial-stdio` said, to explain a refused engine.
     dial_error: Arc<Mutex<Option<String>>>,
-    forwards: Mutex<Vec<((String, u16), std::net::SocketAddr, tokio::task::AbortHandle)>>,
+    forwards: Mutex<Vec<Forward>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -395,8 +398,7 @@ fn classify_connect(dest: &SshDestination, said: &str) -> SshError {
     let detail = said
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('@') && !l.starts_with("Warning: Permanently"))
-        .next_back()
+        .rfind(|l| !l.is_empty() && !l.starts_with('@') && !l.starts_with("Warning: Permanently"))
         .unwrap_or("ssh exited without saying why")
         .to_string();
     if said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
@@ -417,8 +419,7 @@ fn classify_connect(dest: &SshDestination, said: &str) -> SshError {
 fn last_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("")
         .to_string()
 }

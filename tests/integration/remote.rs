@@ -372,7 +372,7 @@ fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
         run.stderr
     );
     assert_eq!(serves(&app.name), "1.1.0");
-    assert_eq!(containers_named(&app.name, h2), [app.name.clone()]);
+    assert_eq!(containers_named(&app.name, h2), std::slice::from_ref(&app.name));
 }
 
 #[test]
