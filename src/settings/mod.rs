@@ -549,6 +549,84 @@ mod tests {
     }
 
     #[test]
+    fn engine_is_the_flag_then_config_then_docker_host_then_context() {
+        let file = || {
+            config::parse_toml(
+                Path::new("/srv/app/backtrack.toml"),
+                "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"ssh://ops@ec2-1:2222\"\n",
+            )
+            .unwrap()
+        };
+        let hosts = |flag: Option<&str>, env: Option<&str>| EngineHosts {
+            flag: flag.map(str::to_string),
+            docker_host: env.map(str::to_string),
+            tls_verify: false,
+            context: Ok(Some("tcp://from-context:2375".into())),
+        };
+        let at = |h: &EngineHosts| {
+            resolve_project(Path::new("/srv/app/backtrack.toml"), file(), Path::new("/state"), h).unwrap()
+        };
+        let p = at(&hosts(None, Some("unix:///env.sock")));
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "ssh://ops@ec2-1:2222");
+        assert_eq!(p.remote_state.as_deref(), Some("targets/local_container_web"));
+        let p = at(&hosts(Some("unix:///flag.sock"), Some("unix:///env.sock")));
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "unix:///flag.sock");
+        assert_eq!(p.remote_state, None);
+        // Without [target] host: DOCKER_HOST, then the docker context.
+        let bare = || {
+            config::parse_toml(
+                Path::new("/srv/app/backtrack.toml"),
+                "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\nname = \"web\"\n",
+            )
+            .unwrap()
+        };
+        let p = resolve_project(
+            Path::new("/b.toml"),
+            bare(),
+            Path::new("/state"),
+            &hosts(None, Some("tcp://env:2375")),
+        )
+        .unwrap();
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://env:2375");
+        let p = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &hosts(None, None)).unwrap();
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://from-context:2375");
+        let mut tls = hosts(None, None);
+        tls.tls_verify = true;
+        let err = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &tls).unwrap_err();
+        assert!(
+            err.to_string().contains("TLS to tcp:// engines is not built yet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn docker_context_is_found_as_the_docker_cli_finds_it() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(docker_context_host(dir.path(), None), Ok(None));
+        std::fs::write(dir.path().join("config.json"), r#"{"currentContext":"ec2"}"#).unwrap();
+        let err = docker_context_host(dir.path(), None).unwrap_err();
+        assert!(err.contains("find docker context 'ec2'"), "{err}");
+        let hash: String = sha2::Sha256::digest(b"ec2")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let meta = dir.path().join("contexts/meta").join(hash);
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ec2","Endpoints":{"docker":{"Host":"ssh://ubuntu@ec2-1","SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            docker_context_host(dir.path(), None),
+            Ok(Some("ssh://ubuntu@ec2-1".into()))
+        );
+        // DOCKER_CONTEXT wins over config.json; "default" is the local socket.
+        assert_eq!(docker_context_host(dir.path(), Some("default".into())), Ok(None));
+    }
+
+    #[test]
     fn loopback_detection() {
         for (h, want) in [
             ("127.0.0.1:5000", true),
