@@ -8,6 +8,7 @@ use crate::adapters::docker::EngineError;
 use crate::adapters::docker::build::BuildError;
 use crate::adapters::git::GitError;
 use crate::adapters::registry::RegistryError;
+use crate::adapters::ssh::SshError;
 use crate::adapters::state::LockError;
 use crate::domain::selector::{ResolveError, SelectorError};
 use crate::settings::{FileError, ProjectError};
@@ -22,6 +23,9 @@ pub const REVERTED: i32 = 6;
 pub const REVERT_FAILED: i32 = 7;
 pub const PARTIAL: i32 = 8;
 pub const ENGINE: i32 = 9;
+/// The remote host of an `ssh://` engine: unreachable, login refused, unknown host key, or its
+/// engine refused us (no docker, no permission on the socket).
+pub const HOST: i32 = 10;
 pub const INTERRUPTED: i32 = 130;
 
 /// Outcomes of a command that are failures with their own exit code.
@@ -87,6 +91,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<LockError>().is_some_and(LockError::is_held) {
             return LOCKED;
+        }
+        if cause.downcast_ref::<SshError>().is_some()
+            || matches!(cause.downcast_ref::<EngineError>(), Some(EngineError::Host(_)))
+        {
+            return HOST;
         }
         if let Some(e) = cause.downcast_ref::<EngineError>() {
             return match e {
@@ -154,6 +163,9 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
             return e.hint();
         }
         if let Some(e) = cause.downcast_ref::<EngineError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<SshError>() {
             return e.hint();
         }
         if let Some(e) = cause.downcast_ref::<LockError>() {

@@ -7,6 +7,11 @@
 //! a `started` record without a `finished` one, which the next run detects and settles.
 //! **The lock holder's identity is on disk before the lock is taken**, so whoever fails to take it
 //! can always name the live holder (found by pid in `/proc/locks`).
+//!
+//! A remote target's state is the same files on its host, through the run's SSH connection
+//! (`remote`); a `Journal` hides which.
+
+pub mod remote;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -24,6 +29,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Remote(#[from] crate::adapters::ssh::SshError),
 }
 
 /// What a state folder belongs to, written beside its journal.
@@ -53,6 +60,8 @@ pub struct Journal {
     path: PathBuf,
     /// Written beside the journal when the journal is first created.
     meta: Option<TargetMeta>,
+    /// Set for a remote target: the journal is on its host, and `path` is only its name.
+    remote: Option<remote::RemoteDir>,
 }
 
 impl Journal {
@@ -60,6 +69,16 @@ impl Journal {
         Self {
             path: state_dir.join("history.jsonl"),
             meta: None,
+            remote: None,
+        }
+    }
+
+    /// The journal of a remote target, on its host.
+    pub fn remote(dir: remote::RemoteDir, meta: TargetMeta) -> Self {
+        Self {
+            path: PathBuf::from(dir.display()).join("history.jsonl"),
+            meta: Some(meta),
+            remote: Some(dir),
         }
     }
 
@@ -79,15 +98,18 @@ impl Journal {
     /// possibly inside a multi-byte character; or someone edited the file) is skipped with a
     /// warning naming its line: one bad line never stops backtrack.
     pub fn read(&self) -> Result<Vec<Record>, StateError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(StateError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+        let bytes = match &self.remote {
+            Some(r) => r.read_journal()?,
+            None => match std::fs::read(&self.path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => {
+                    return Err(StateError::Io {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            },
         };
         let mut out = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -112,7 +134,9 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        if let Some(dir) = self.path.parent() {
+        if self.remote.is_none()
+            && let Some(dir) = self.path.parent()
+        {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         if let Ok(spec) = std::env::var(FAULT_ENV)
@@ -128,6 +152,13 @@ impl Journal {
         }
         let mut line = serde_json::to_vec(record).expect("records serialize");
         line.push(b'\n');
+        if let Some(r) = &self.remote {
+            let meta = self
+                .meta
+                .as_ref()
+                .map(|m| serde_json::to_vec(m).expect("meta serializes"));
+            return Ok(r.append_journal(&line, meta.as_deref())?);
+        }
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,7 +191,7 @@ impl Journal {
     /// repository, shared by every target) that `keep` says belong here. Does nothing when this
     /// journal exists already or the old one does not. Returns how many records were taken.
     pub fn adopt_legacy(&self, legacy: &Path, keep: impl Fn(&Record) -> bool) -> Result<usize, StateError> {
-        if self.path.exists() || !legacy.is_file() {
+        if self.remote.is_some() || self.path.exists() || !legacy.is_file() {
             return Ok(0);
         }
         let records: Vec<Record> = Journal::new(legacy.parent().unwrap_or(Path::new(".")))
@@ -230,7 +261,11 @@ impl LockError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Held { .. } => Some("wait for it to finish; the lock is released when that process exits".into()),
+            Self::Held { .. } => Some(
+                "wait for it to finish; the lock is released when that process exits (for a remote target, \
+                 also when its ssh connection ends)"
+                    .into(),
+            ),
             Self::Io { .. } => None,
         }
     }
@@ -259,6 +294,13 @@ impl std::fmt::Display for Holder {
             self.since.format("%Y-%m-%d %H:%M:%SZ")
         )
     }
+}
+
+/// The lock of a target, wherever its state is; released on drop.
+#[derive(Debug)]
+pub enum TargetLock {
+    Local(Lock),
+    Remote(remote::RemoteLock),
 }
 
 /// An exclusive lock on the state folder, released on drop (or when the process dies: a dead

@@ -16,7 +16,7 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 error, 2 usage or config, 3 registry, 4 no such version, 5 locked, \
                   6 validation failed (previous version restored), 7 validation failed and restoring failed, \
-                  8 partly done, 9 docker engine, 130 interrupted."
+                  8 partly done, 9 docker engine, 10 remote host (ssh), 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -42,6 +42,9 @@ pub struct GlobalArgs {
     /// Where the journal and lock live (default: $BACKTRACK_STATE_DIR, else the XDG state dir).
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The docker engine for this run, over `[target] host`: ssh://[USER@]HOST[:PORT], tcp://, unix://.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

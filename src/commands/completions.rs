@@ -50,6 +50,7 @@ fn version_tags() -> Vec<String> {
         yes: true,
         verbose: 0,
         state_dir: None,
+        host: None,
     };
     let settings = crate::settings::Settings::resolve(&global);
     let Ok(project) = settings.project() else {

@@ -13,21 +13,28 @@ mod status;
 mod validate;
 mod versions;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
-use crate::adapters::state::{self, Journal, TargetMeta};
+use crate::adapters::ssh::SshSession;
+use crate::adapters::state::{self, Journal, TargetLock, TargetMeta, remote::RemoteDir};
 use crate::cli::Command;
+use crate::domain::address::EngineAddress;
 use crate::output::Printer;
 use crate::settings::{Project, Settings, TargetSettings};
 
 /// What every command gets: the settings and the printer, plus helpers to open adapters.
+///
+/// **Commands never branch on where the target is**: for an `ssh://` engine, the engine, the
+/// probes and the state (journal, lock) all go through one SSH connection to that host, opened
+/// on first use and closed when the command ends.
 pub struct App<'a> {
     pub settings: &'a Settings,
     pub printer: Printer,
+    ssh: OnceLock<Arc<SshSession>>,
 }
 
 impl App<'_> {
@@ -60,15 +67,16 @@ impl App<'_> {
             return Ok(Journal::new(&project.state_dir));
         };
         let me = t.display();
-        let journal = Journal::for_target(
-            &project.state_dir,
-            TargetMeta {
-                target: me.clone(),
-                engine: t.engine_id.clone(),
-                repository: project.registry.display(),
-                environment: t.environment.clone(),
-            },
-        );
+        let meta = TargetMeta {
+            target: me.clone(),
+            engine: t.engine_id.clone(),
+            repository: project.registry.display(),
+            environment: t.environment.clone(),
+        };
+        if let Some(dir) = self.remote_state()? {
+            return Ok(Journal::remote(dir, meta));
+        }
+        let journal = Journal::for_target(&project.state_dir, meta);
         let legacy = project.legacy_state_dir.join("history.jsonl");
         let taken = journal.adopt_legacy(&legacy, |r| r.target.as_deref().is_none_or(|x| x == me))?;
         if taken > 0 {
@@ -77,17 +85,63 @@ impl App<'_> {
         Ok(journal)
     }
 
-    /// The state lock for a command that changes something; none for a dry run.
-    pub fn lock_unless(&self, dry_run: bool, command: &str) -> anyhow::Result<Option<state::Lock>> {
+    /// The state lock for a command that changes something; none for a dry run. A remote
+    /// target's lock is taken on its host.
+    pub fn lock_unless(&self, dry_run: bool, command: &str) -> anyhow::Result<Option<TargetLock>> {
         if dry_run {
             return Ok(None);
         }
-        Ok(Some(state::lock(&self.project()?.state_dir, command)?))
+        if let Some(dir) = self.remote_state()? {
+            return Ok(Some(TargetLock::Remote(dir.lock(command)?)));
+        }
+        Ok(Some(TargetLock::Local(state::lock(
+            &self.project()?.state_dir,
+            command,
+        )?)))
+    }
+
+    /// Who holds the target's lock now, if anyone (on the host, for a remote target).
+    pub fn lock_holder(&self) -> anyhow::Result<Option<state::Holder>> {
+        if let Some(dir) = self.remote_state()? {
+            return Ok(dir.holder());
+        }
+        Ok(state::holder(&self.project()?.state_dir))
     }
 
     pub async fn engine(&self) -> anyhow::Result<Engine> {
-        let host = self.target().ok().and_then(|t| t.host.clone());
-        Ok(Engine::connect(host.as_deref()).await?)
+        let address = self.settings.project().ok().and_then(|p| p.engine.clone());
+        match address {
+            Some(EngineAddress::Ssh(_)) => {
+                let ssh = self.ssh()?.expect("an ssh:// engine has a session");
+                Ok(Engine::connect_ssh(ssh, self.settings.ssh.connect_timeout).await?)
+            }
+            Some(other) => Ok(Engine::connect(Some(&other.to_string())).await?),
+            None => Ok(Engine::connect(None).await?),
+        }
+    }
+
+    /// The SSH connection to the target's host, for an `ssh://` engine: opened once per run.
+    fn ssh(&self) -> anyhow::Result<Option<Arc<SshSession>>> {
+        let Ok(project) = self.settings.project() else {
+            return Ok(None);
+        };
+        let Some(EngineAddress::Ssh(dest)) = &project.engine else {
+            return Ok(None);
+        };
+        if let Some(s) = self.ssh.get() {
+            return Ok(Some(s.clone()));
+        }
+        let session = Arc::new(SshSession::open(dest, &self.settings.ssh)?);
+        Ok(Some(self.ssh.get_or_init(|| session).clone()))
+    }
+
+    /// The target's state folder on its host, for a target on an `ssh://` engine.
+    fn remote_state(&self) -> anyhow::Result<Option<RemoteDir>> {
+        let Some(relative) = self.project()?.remote_state.clone() else {
+            return Ok(None);
+        };
+        let ssh = self.ssh()?.expect("a remote target has an ssh:// engine");
+        Ok(Some(RemoteDir { ssh, relative }))
     }
 }
 
@@ -95,6 +149,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let app = App {
         settings,
         printer: Printer::new(settings.output, settings.interactive),
+        ssh: OnceLock::new(),
     };
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::App;
 use crate::adapters::docker::{LABEL_EMERGENCY, LABEL_TAG};
-use crate::adapters::state;
 use crate::domain::history;
 use crate::domain::image::ImageRef;
 use crate::ops::{catalog::Catalog, deployed, resolve};
@@ -124,7 +123,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             }
         }
     }
-    let holder = state::holder(&project.state_dir);
+    let holder = app.lock_holder()?;
     for (open, _) in history::open_operations(&records) {
         let what = format!(
             "{} to {} started {}",

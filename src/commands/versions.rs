@@ -54,7 +54,7 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
         let Some(target) = project.target.as_ref() else {
             return Vec::new();
         };
-        let engine = match crate::adapters::docker::Engine::connect(target.host.as_deref()).await {
+        let engine = match app.engine().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!("deployed mark unavailable: {e}");

@@ -4,6 +4,7 @@
 //! IO** (no network, no files, no clock: "now" is always a parameter), so every rule is covered by
 //! fast, data-driven tests.
 
+pub mod address;
 pub mod digest;
 pub mod duration;
 pub mod history;

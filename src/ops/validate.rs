@@ -125,7 +125,7 @@ pub async fn wait_valid(
         }
         if all_ok && let Some(url) = &health.http {
             probed = true;
-            match probe(&http, url).await {
+            match probe(&http, engine, url).await {
                 Ok(()) => {}
                 Err(e) => {
                     probe_reached |= e.reached;
@@ -147,8 +147,9 @@ pub async fn wait_valid(
                 return Err(Invalid {
                     why: format!(
                         "the probe never reached anything within {} ({last_status}); the container \
-                         ran; check [health] http (it is requested from this machine)",
-                        crate::domain::duration::format(health.timeout)
+                         ran; check [health] http (it is requested from {})",
+                        crate::domain::duration::format(health.timeout),
+                        engine.probe_origin()
                     ),
                     container: None,
                     probe_unreachable: true,
@@ -210,13 +211,26 @@ struct ProbeError {
     reached: bool,
 }
 
-async fn probe(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
+/// GETs `url` from where the engine is: through its host's SSH connection for a remote engine.
+async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) -> Result<(), ProbeError> {
     let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
-    match client.get(url).send().await {
+    let route = match engine.probe_route(url).await {
+        Ok(r) => r,
+        Err(message) => return fail(message, false),
+    };
+    let mut request = client.get(&route.url);
+    if let Some(h) = &route.host_header {
+        request = request.header(reqwest::header::HOST, h);
+    }
+    let forwarded = route.host_header.is_some();
+    match request.send().await {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => fail(format!("HTTP {}", r.status().as_u16()), true),
         Err(e) if e.is_connect() => fail(crate::adapters::registry::root_cause(&e), false),
         Err(e) if e.is_timeout() => fail("timed out".into(), true),
+        // Through a forward, the local side always connects; a channel the host could not open
+        // (nothing listens there) closes before any answer.
+        Err(_) if forwarded => fail(format!("nothing answered at {url} on {}", engine.host()), false),
         Err(e) => fail(crate::adapters::registry::root_cause(&e), true),
     }
 }
@@ -263,7 +277,7 @@ pub async fn check_now(
         }
     }
     if let Some(url) = &health.http {
-        let r = probe(&http_client(), url).await;
+        let r = probe(&http_client(), engine, url).await;
         checks.push(Check {
             name: format!("GET {url}"),
             ok: r.is_ok(),
@@ -315,7 +329,7 @@ pub async fn soak(
             }
         }
         if let Some(url) = &health.http
-            && let Err(e) = probe(&http, url).await
+            && let Err(e) = probe(&http, engine, url).await
         {
             return Err(Invalid {
                 why: format!("GET {url}: {}", e.message),

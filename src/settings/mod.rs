@@ -10,7 +10,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adapters::ssh::SshOptions;
 use crate::cli::{GlobalArgs, OutputFormat};
+use crate::domain::address::EngineAddress;
 pub use config::{EcrSection, FileError, HooksSection, NotifyOn, NotifySection, RegistryKind, TargetKind};
 
 /// Everything a command needs to know about how it was invoked.
@@ -23,6 +25,8 @@ pub struct Settings {
     pub interactive: bool,
     pub state_root: PathBuf,
     pub cache_dir: PathBuf,
+    /// How to run ssh for `ssh://` engines (`BACKTRACK_SSH_CONFIG`, `BACKTRACK_CONNECT_TIMEOUT`).
+    pub ssh: SshOptions,
     project: Result<Project, ProjectError>,
 }
 
@@ -46,6 +50,12 @@ pub struct Project {
     pub legacy_state_dir: PathBuf,
     /// The folder holding every target's state (`--state-dir`, `$BACKTRACK_STATE_DIR`, ...).
     pub state_root: PathBuf,
+    /// The engine of the target (`--host`, `[target] host`, `DOCKER_HOST`, the current docker
+    /// context, else the local socket); `None` for the local socket's default.
+    pub engine: Option<EngineAddress>,
+    /// For a target on an `ssh://` engine: its state folder on that host, relative to the remote
+    /// user's state root (`targets/local_container_web`, as a run on the host would name it).
+    pub remote_state: Option<String>,
 }
 
 impl Project {
@@ -91,9 +101,10 @@ pub struct TargetSettings {
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
-    /// Docker host (`unix://`, `tcp://`); `None` = DOCKER_HOST, then the local socket.
+    /// Docker host as written (`--host`, `[target] host`, `DOCKER_HOST`, the docker context's);
+    /// `None` = the local socket. Parsed in `Project::engine`.
     pub host: Option<String>,
-    /// The engine as the state folder names it: `host`, else `$DOCKER_HOST`, else `local`.
+    /// The engine as the state folder names it: the host as written, else `local`.
     pub engine_id: String,
     pub environment: Option<String>,
     pub version_env: Option<String>,
@@ -161,7 +172,20 @@ impl Settings {
             .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("backtrack")))
             .unwrap_or_else(|| home.join(".cache/backtrack"));
         let config_path = global.config.clone().or_else(|| env("BACKTRACK_CONFIG"));
-        let project = load_project(config_path, &state_root);
+        let hosts = EngineHosts {
+            flag: global.host.clone(),
+            docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+            tls_verify: std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()),
+            context: docker_context_host(
+                &env("DOCKER_CONFIG").unwrap_or_else(|| home.join(".docker")),
+                std::env::var("DOCKER_CONTEXT").ok().filter(|c| !c.is_empty()),
+            ),
+        };
+        let project = load_project(config_path, &state_root, &hosts);
+        let connect_timeout = std::env::var("BACKTRACK_CONNECT_TIMEOUT")
+            .ok()
+            .and_then(|v| crate::domain::duration::parse(&v).ok())
+            .unwrap_or(Duration::from_secs(10));
         Self {
             output: global.output,
             yes: global.yes,
@@ -169,6 +193,10 @@ impl Settings {
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
             state_root,
             cache_dir,
+            ssh: SshOptions {
+                config: env("BACKTRACK_SSH_CONFIG"),
+                connect_timeout,
+            },
             project,
         }
     }
@@ -179,7 +207,69 @@ impl Settings {
     }
 }
 
-fn load_project(explicit: Option<PathBuf>, state_root: &Path) -> Result<Project, ProjectError> {
+/// Where the engine may be named besides `[target] host` (see `pick` for the order).
+#[derive(Debug, Clone)]
+pub struct EngineHosts {
+    pub flag: Option<String>,
+    pub docker_host: Option<String>,
+    /// `DOCKER_TLS_VERIFY` is set: the docker CLI would talk TLS to a `tcp://` engine.
+    pub tls_verify: bool,
+    /// The current docker context's engine (`DOCKER_CONTEXT`, else `currentContext` of the
+    /// docker config), or why it could not be read.
+    pub context: Result<Option<String>, String>,
+}
+
+impl EngineHosts {
+    /// `--host`, then `[target] host`, then `DOCKER_HOST`, then the docker context.
+    fn pick(&self, configured: Option<&str>) -> Result<Option<String>, String> {
+        if let Some(h) = self.flag.as_deref().or(configured).or(self.docker_host.as_deref()) {
+            return Ok(Some(h.to_string()));
+        }
+        self.context.clone()
+    }
+}
+
+/// The engine address of the current docker context, as the docker CLI finds it: the context
+/// named by `DOCKER_CONTEXT`, else `currentContext` in `config.json`; `default` (or none) is the
+/// local socket. A context's metadata is `contexts/meta/<sha256 of its name>/meta.json`.
+pub fn docker_context_host(docker_config: &Path, env_context: Option<String>) -> Result<Option<String>, String> {
+    use sha2::Digest as _;
+    let name = match env_context {
+        Some(n) => n,
+        None => {
+            let Ok(text) = std::fs::read(docker_config.join("config.json")) else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| format!("read {}: {e}", docker_config.join("config.json").display()))?;
+            match v.get("currentContext").and_then(|c| c.as_str()) {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => return Ok(None),
+            }
+        }
+    };
+    if name == "default" {
+        return Ok(None);
+    }
+    let hash = sha2::Sha256::digest(name.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let meta = docker_config.join("contexts/meta").join(hash).join("meta.json");
+    let text = std::fs::read(&meta).map_err(|_| {
+        format!(
+            "find docker context '{name}' (no {}); see `docker context ls`",
+            meta.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("read {}: {e}", meta.display()))?;
+    Ok(v.pointer("/Endpoints/docker/Host")
+        .and_then(|h| h.as_str())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string))
+}
+
+fn load_project(explicit: Option<PathBuf>, state_root: &Path, hosts: &EngineHosts) -> Result<Project, ProjectError> {
     let path = match explicit {
         Some(p) => p,
         None => {
@@ -188,7 +278,7 @@ fn load_project(explicit: Option<PathBuf>, state_root: &Path) -> Result<Project,
         }
     };
     let file: config::ConfigFile = config::read_toml(&path).map_err(|e| ProjectError::File(e.to_string()))?;
-    resolve_project(&path, file, state_root)
+    resolve_project(&path, file, state_root, hosts)
 }
 
 fn find_upward(start: &Path) -> Option<PathBuf> {
@@ -216,7 +306,12 @@ pub fn parse_ecr_host(host: &str) -> Option<(String, String)> {
     }
 }
 
-fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> Result<Project, ProjectError> {
+fn resolve_project(
+    path: &Path,
+    file: config::ConfigFile,
+    state_root: &Path,
+    hosts: &EngineHosts,
+) -> Result<Project, ProjectError> {
     let invalid = |message: String| ProjectError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -260,16 +355,27 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
     if repository.is_empty() {
         return Err(invalid("[registry] repository is empty".into()));
     }
+    let engine_host = hosts
+        .pick(file.target.as_ref().and_then(|t| t.host.as_deref()))
+        .map_err(invalid)?;
+    let engine = engine_host
+        .as_deref()
+        .map(EngineAddress::parse)
+        .transpose()
+        .map_err(|e| invalid(e.to_string()))?;
+    if hosts.tls_verify && matches!(engine, Some(EngineAddress::Tcp { .. })) {
+        return Err(invalid(format!(
+            "DOCKER_TLS_VERIFY is set for {}, but TLS to tcp:// engines is not built yet; reach that engine \
+             over ssh:// instead (nothing to install on the host), or unset DOCKER_TLS_VERIFY for a plain one",
+            engine_host.as_deref().unwrap_or_default()
+        )));
+    }
     let target = file.target.map(|t| TargetSettings {
-        engine_id: t
-            .host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| "local".into()),
+        engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
         name: t.name,
         project: t.project,
-        host: t.host,
+        host: engine_host.clone(),
         environment: t.environment,
         version_env: t.version_env,
     });
@@ -289,14 +395,21 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
             "[target] kind = \"compose\" needs `project` (the compose project name, e.g. the folder name)".into(),
         ));
     }
-    let state_dir = match &target {
-        Some(t) => state_root.join("targets").join(sanitize(&format!(
+    let target_dir = |engine_id: &str, t: &TargetSettings| {
+        sanitize(&format!(
             "{}_{}_{}{}",
-            t.engine_id,
+            engine_id,
             t.kind.as_str(),
             t.project.as_deref().map(|p| format!("{p}_")).unwrap_or_default(),
             t.name
-        ))),
+        ))
+    };
+    let remote_state = match (&target, &engine) {
+        (Some(t), Some(EngineAddress::Ssh(_))) => Some(format!("targets/{}", target_dir("local", t))),
+        _ => None,
+    };
+    let state_dir = match &target {
+        Some(t) => state_root.join("targets").join(target_dir(&t.engine_id, t)),
         None => state_root
             .join("repositories")
             .join(sanitize(&format!("{host}_{repository}"))),
@@ -330,6 +443,8 @@ fn resolve_project(path: &Path, file: config::ConfigFile, state_root: &Path) -> 
         state_dir,
         legacy_state_dir,
         state_root: state_root.to_path_buf(),
+        engine,
+        remote_state,
     })
 }
 
@@ -352,7 +467,17 @@ mod tests {
     fn project(toml: &str) -> Result<Project, ProjectError> {
         let file = config::parse_toml(Path::new("/srv/app/backtrack.toml"), toml)
             .map_err(|e| ProjectError::File(e.to_string()))?;
-        resolve_project(Path::new("/srv/app/backtrack.toml"), file, Path::new("/state"))
+        resolve_project(
+            Path::new("/srv/app/backtrack.toml"),
+            file,
+            Path::new("/state"),
+            &EngineHosts {
+                flag: None,
+                docker_host: None,
+                tls_verify: false,
+                context: Ok(None),
+            },
+        )
     }
 
     #[test]
@@ -428,6 +553,84 @@ mod tests {
     fn compose_target_needs_a_project() {
         let err = project("[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"compose\"\nname = \"web\"\n").unwrap_err();
         assert!(err.to_string().contains("needs `project`"), "{err}");
+    }
+
+    #[test]
+    fn engine_is_the_flag_then_config_then_docker_host_then_context() {
+        let file = || {
+            config::parse_toml(
+                Path::new("/srv/app/backtrack.toml"),
+                "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"ssh://ops@ec2-1:2222\"\n",
+            )
+            .unwrap()
+        };
+        let hosts = |flag: Option<&str>, env: Option<&str>| EngineHosts {
+            flag: flag.map(str::to_string),
+            docker_host: env.map(str::to_string),
+            tls_verify: false,
+            context: Ok(Some("tcp://from-context:2375".into())),
+        };
+        let at = |h: &EngineHosts| {
+            resolve_project(Path::new("/srv/app/backtrack.toml"), file(), Path::new("/state"), h).unwrap()
+        };
+        let p = at(&hosts(None, Some("unix:///env.sock")));
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "ssh://ops@ec2-1:2222");
+        assert_eq!(p.remote_state.as_deref(), Some("targets/local_container_web"));
+        let p = at(&hosts(Some("unix:///flag.sock"), Some("unix:///env.sock")));
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "unix:///flag.sock");
+        assert_eq!(p.remote_state, None);
+        // Without [target] host: DOCKER_HOST, then the docker context.
+        let bare = || {
+            config::parse_toml(
+                Path::new("/srv/app/backtrack.toml"),
+                "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\nname = \"web\"\n",
+            )
+            .unwrap()
+        };
+        let p = resolve_project(
+            Path::new("/b.toml"),
+            bare(),
+            Path::new("/state"),
+            &hosts(None, Some("tcp://env:2375")),
+        )
+        .unwrap();
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://env:2375");
+        let p = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &hosts(None, None)).unwrap();
+        assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://from-context:2375");
+        let mut tls = hosts(None, None);
+        tls.tls_verify = true;
+        let err = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &tls).unwrap_err();
+        assert!(
+            err.to_string().contains("TLS to tcp:// engines is not built yet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn docker_context_is_found_as_the_docker_cli_finds_it() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(docker_context_host(dir.path(), None), Ok(None));
+        std::fs::write(dir.path().join("config.json"), r#"{"currentContext":"ec2"}"#).unwrap();
+        let err = docker_context_host(dir.path(), None).unwrap_err();
+        assert!(err.contains("find docker context 'ec2'"), "{err}");
+        let hash: String = sha2::Sha256::digest(b"ec2")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let meta = dir.path().join("contexts/meta").join(hash);
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ec2","Endpoints":{"docker":{"Host":"ssh://ubuntu@ec2-1","SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            docker_context_host(dir.path(), None),
+            Ok(Some("ssh://ubuntu@ec2-1".into()))
+        );
+        // DOCKER_CONTEXT wins over config.json; "default" is the local socket.
+        assert_eq!(docker_context_host(dir.path(), Some("default".into())), Ok(None));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod hostile;
 mod lkg;
 mod prune;
 mod rebuild;
+mod remote;
 mod state;
 mod swap;
 mod versions;

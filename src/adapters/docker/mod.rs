@@ -7,6 +7,7 @@ pub mod clone;
 pub mod context;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -23,6 +24,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::adapters::registry::PullAuth;
+use crate::adapters::ssh::{SshError, SshSession};
 use crate::domain::digest::Digest;
 use crate::settings::{TargetKind, TargetSettings};
 
@@ -56,6 +58,9 @@ pub enum EngineError {
     },
     #[error("{action}: {message}")]
     Other { action: String, message: String },
+    /// The host of an `ssh://` engine refused or could not be reached.
+    #[error(transparent)]
+    Host(#[from] SshError),
 }
 
 impl EngineError {
@@ -68,6 +73,7 @@ impl EngineError {
                 Some("check [target] name (and project) in backtrack.toml against `docker ps -a`".into())
             }
             Self::Pull { .. } => Some("check that the registry is reachable from the docker engine".into()),
+            Self::Host(e) => e.hint(),
             _ => None,
         }
     }
@@ -134,6 +140,17 @@ pub struct Liveness {
 pub struct Engine {
     docker: Docker,
     host: String,
+    /// The connection to the engine's host, for an `ssh://` engine: probes go through it too.
+    ssh: Option<Arc<SshSession>>,
+}
+
+/// Where an HTTP probe is sent so that it reaches what the engine's host would reach.
+#[derive(Debug, Clone)]
+pub struct ProbeRoute {
+    /// The URL to request (the original, or one on a local forward).
+    pub url: String,
+    /// The `Host` header the original URL implies, when the URL was rewritten.
+    pub host_header: Option<String>,
 }
 
 impl Engine {
@@ -157,11 +174,98 @@ impl Engine {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| unreachable(short_error(&e)))?;
-        Ok(Self { docker, host: shown })
+        Ok(Self {
+            docker,
+            host: shown,
+            ssh: None,
+        })
+    }
+
+    /// Reaches the engine of an SSH host through the run's connection (each API connection is a
+    /// `docker system dial-stdio` channel on it) and negotiates the API version within `timeout`.
+    /// A refusal on the host (no docker, no permission on its socket) is told apart.
+    pub async fn connect_ssh(session: Arc<SshSession>, timeout: Duration) -> Result<Self, EngineError> {
+        let shown = session.destination().to_string();
+        let unreachable = |cause: String| EngineError::Unreachable {
+            host: shown.clone(),
+            cause,
+        };
+        let docker = Docker::connect_with_custom_transport(
+            session.docker_transport(),
+            Some("http://docker.invalid"),
+            120,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
+        let cause = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+            Ok(Ok(docker)) => {
+                return Ok(Self {
+                    docker,
+                    host: shown,
+                    ssh: Some(session),
+                });
+            }
+            Ok(Err(e)) => short_error(&e),
+            Err(_) => format!("no answer within {}s", timeout.as_secs_f32()),
+        };
+        // What the host said arrives on the channel's stderr, maybe just after the failure.
+        for _ in 0..40 {
+            if let Some(e) = session.engine_failure() {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(unreachable(cause))
     }
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Where HTTP probes are sent from, for messages.
+    pub fn probe_origin(&self) -> String {
+        match &self.ssh {
+            Some(s) => format!("{} over ssh", s.destination()),
+            None => "this machine".into(),
+        }
+    }
+
+    /// Where to send the HTTP probe `url` so that it is the engine's host that asks: the URL
+    /// itself for a local engine; for an `ssh://` engine, a local forward to what the URL names
+    /// as the host sees it (its loopback is its own).
+    pub async fn probe_route(&self, url: &str) -> Result<ProbeRoute, String> {
+        let Some(ssh) = &self.ssh else {
+            return Ok(ProbeRoute {
+                url: url.to_string(),
+                host_header: None,
+            });
+        };
+        let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("parse {url}: {e}"))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| format!("{url} names no host"))?
+            .to_string();
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| format!("{url} names no port"))?;
+        let authority = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let local = ssh
+            .forward(host.trim_start_matches('[').trim_end_matches(']'), port)
+            .await
+            .map_err(|e| format!("forward a port to {host}:{port} on {}: {e}", self.host))?;
+        parsed
+            .set_host(Some("127.0.0.1"))
+            .map_err(|e| format!("rewrite {url}: {e}"))?;
+        parsed
+            .set_port(Some(local.port()))
+            .map_err(|()| format!("rewrite {url}: cannot set its port"))?;
+        Ok(ProbeRoute {
+            url: parsed.to_string(),
+            host_header: Some(authority),
+        })
     }
 
     /// The target's containers (one for a container target, every replica of a compose service),

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Benchmark: a rollback of a container on a remote host, over SSH, against the same rollback run on
+# the host itself, and against the raw floor by hand with `DOCKER_HOST=ssh://… docker`.
+#
+#   remote     backtrack rollback --yes, [target] host = ssh://bt-remote@127.0.0.1:2222 (journal,
+#              lock, engine and health probe all through one SSH connection)
+#   on host    the same rollback run inside the host's network namespace against its engine's
+#              socket (what a person logged in on the host would run), local state
+#   raw floor  DOCKER_HOST=ssh://… docker rm -f + docker run IMAGE@digest + docker exec wget until
+#              it answers (each docker command is its own SSH connection, as the CLI does)
+#   ssh true   `ssh host true`: the cost of one SSH connection
+# Each measured rollback starts with the app on v1.1.0 (an unmeasured deploy), going to v1.0.0;
+# the methods interleaved; median of BENCH_RUNS (7).
+# Target: remote <= on host + ssh true (the connection is made once and reused).
+#
+# Run:   bench/remote.sh
+# Needs: scripts/test-env (registry, the remote host bt-h2 with its sshd on 127.0.0.1:2222).
+# Knobs: BACKTRACK=path/to/binary (default target/release/backtrack, built if missing),
+#        BENCH_RUNS (7). Uses container bench-remote on the remote host, removed on exit.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+registry=127.0.0.1:5000
+image=$registry/bench/remote
+runs=${BENCH_RUNS:-7}
+h2=${BACKTRACK_TEST_REMOTE_DIR:-/var/lib/backtrack-test-env/h2}
+cfg=$h2/client/ssh_config
+host=ssh://bt-remote@127.0.0.1:2222
+app=bench-remote
+port=18091
+export DOCKER_BUILDKIT=0
+
+[ -S "$h2/docker.sock" ] && ssh -F "$cfg" -o BatchMode=yes -p 2222 bt-remote@127.0.0.1 true \
+  || die "the remote host does not answer: run scripts/test-env (as root) first"
+find_backtrack
+work=$(mktemp -d)
+h2docker() { docker -H "unix://$h2/docker.sock" "$@"; }
+cleanup() { h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The docker CLI runs `ssh` from PATH: hand it the test env's ssh_config without touching ~/.ssh.
+mkdir -p "$work/bin"
+printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$cfg" >"$work/bin/ssh"
+chmod +x "$work/bin/ssh"
+
+say "building and pushing two versions"
+for v in v1.0.0 v1.1.0; do
+  mkdir -p "$work/$v"
+  cp /bin/busybox "$work/$v/busybox"
+  cat >"$work/$v/Dockerfile" <<EOF
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox","--install","-s","/bin"]
+RUN ["/bin/sh","-c","mkdir -p /www && echo ${v#v} > /www/health"]
+LABEL org.opencontainers.image.version="${v#v}"
+CMD ["/bin/sh","-c","trap 'kill \$pid; exit 0' TERM; httpd -f -p 8080 -h /www & pid=\$!; wait \$pid"]
+EOF
+  docker build -q -t "$image:$v" "$work/$v" >/dev/null
+  docker push -q "$image:$v" >/dev/null
+done
+digest_v1=$(docker inspect --format '{{index .RepoDigests 0}}' "$image:v1.0.0")
+h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+h2docker run -d --name "$app" -p "127.0.0.1:$port:8080" "$image:v1.0.0" >/dev/null
+h2docker pull -q "$image:v1.1.0" >/dev/null
+
+config() { # config HOST STATE: a backtrack.toml in its own folder
+  mkdir -p "$work/$2"
+  cat >"$work/$2/backtrack.toml" <<EOF
+[registry]
+url = "$registry"
+repository = "bench/remote"
+[target]
+kind = "container"
+name = "$app"
+host = "$1"
+[health]
+http = "http://127.0.0.1:$port/health"
+timeout = "30s"
+EOF
+}
+config "$host" remote
+config "unix://$h2/docker.sock" onhost
+bt_remote() { BACKTRACK_SSH_CONFIG=$cfg BACKTRACK_STATE_DIR=$work/remote/state "$BACKTRACK" --config "$work/remote/backtrack.toml" "$@" >/dev/null 2>&1; }
+bt_onhost() { nsenter --net=/run/netns/bt-h2 env BACKTRACK_STATE_DIR="$work/onhost/state" "$BACKTRACK" --config "$work/onhost/backtrack.toml" "$@" >/dev/null 2>&1; }
+raw_docker() { PATH=$work/bin:$PATH DOCKER_HOST=$host docker "$@"; }
+raw_rollback() {
+  raw_docker rm -f "$app" >/dev/null
+  raw_docker run -d --name "$app" -p "127.0.0.1:$port:8080" "$digest_v1" >/dev/null
+  until raw_docker exec "$app" wget -qO- http://127.0.0.1:8080/health >/dev/null 2>&1; do :; done
+}
+to_v11() { bt_remote deploy v1.1.0 --yes || die "deploy v1.1.0 failed"; }
+
+say "warming up"
+to_v11; bt_remote rollback --yes
+declare -a t_remote t_onhost t_raw t_ssh
+for i in $(seq "$runs"); do
+  to_v11; s=$(now_us); bt_remote rollback --yes || die "remote rollback failed"; t_remote+=($(( $(now_us) - s )))
+  to_v11; s=$(now_us); bt_onhost rollback --yes || die "on-host rollback failed"; t_onhost+=($(( $(now_us) - s )))
+  to_v11; s=$(now_us); raw_rollback; t_raw+=($(( $(now_us) - s )))
+  s=$(now_us); ssh -F "$cfg" -o BatchMode=yes -p 2222 bt-remote@127.0.0.1 true; t_ssh+=($(( $(now_us) - s )))
+  say "round $i: remote $(secs "${t_remote[-1]}") s, on host $(secs "${t_onhost[-1]}") s, raw $(secs "${t_raw[-1]}") s, ssh true $(secs "${t_ssh[-1]}") s"
+done
+remote=$(median_us "${t_remote[@]}"); onhost=$(median_us "${t_onhost[@]}")
+raw=$(median_us "${t_raw[@]}"); sshtrue=$(median_us "${t_ssh[@]}")
+budget=$((onhost + sshtrue))
+printf '\n%-34s %8s  %s\n' "rollback (median of $runs)" "seconds" "ratio"
+printf '%-34s %8s  %s\n' "remote over ssh" "$(secs "$remote")" "$(ratio "$remote" "$onhost")x on host"
+printf '%-34s %8s\n' "on the host" "$(secs "$onhost")"
+printf '%-34s %8s  %s\n' "raw floor, DOCKER_HOST=ssh://" "$(secs "$raw")" "remote is $(ratio "$remote" "$raw")x of it"
+printf '%-34s %8s\n' "ssh host true" "$(secs "$sshtrue")"
+printf '%-34s %8s  %s\n' "target: on host + ssh true" "$(secs "$budget")" "$(verdict le "$remote" "$budget")"

@@ -1,0 +1,452 @@
+//! Remote hosts over SSH, against the "remote host" `scripts/test-env` starts: a second Docker
+//! Engine and an sshd in network namespace bt-h2, reached only through ssh on 127.0.0.1:2222 (user
+//! `bt-remote`, key and known_hosts in an ssh_config of the test env's own; ~/.ssh is never used).
+//! The engine, the health probe (the host's loopback, which this machine cannot reach) and the
+//! target's journal and lock are all on that host; the local engine is never touched.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{AppImage, Repo, Test, docker, free_port, unique};
+
+/// Where test-env keeps the remote host (`scripts/test-env --print`).
+fn remote_dir() -> PathBuf {
+    std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
+        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h2"), PathBuf::from)
+}
+
+fn ssh_config() -> PathBuf {
+    remote_dir().join("client/ssh_config")
+}
+
+/// Fails loudly when the remote host is not there.
+fn require_remote() {
+    let ok = Command::new("ssh")
+        .args([
+            "-F",
+            ssh_config().to_str().unwrap(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+        ])
+        .args([
+            "-p",
+            "2222",
+            "bt-remote@127.0.0.1",
+            "docker version --format '{{.Server.Version}}'",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "the remote host (ssh bt-remote@127.0.0.1:2222 with {}) does not answer: run `scripts/test-env` (as root) first",
+        ssh_config().display()
+    );
+}
+
+/// `docker` against the remote host's engine (the test's own view; backtrack goes through ssh).
+fn h2(args: &[&str]) -> Output {
+    docker(
+        &[
+            &["-H", &format!("unix://{}", remote_dir().join("docker.sock").display())],
+            args,
+        ]
+        .concat(),
+    )
+}
+
+fn h2_ok(args: &[&str]) -> String {
+    let out = h2(args);
+    assert!(
+        out.status.success(),
+        "docker (remote host) {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What the app in container `name` on the remote host serves at /health (asked from inside it).
+fn serves(name: &str) -> String {
+    let out = h2(&["exec", name, "wget", "-qO-", "http://127.0.0.1:8080/health"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn containers_named(prefix: &str, engine: fn(&[&str]) -> Output) -> Vec<String> {
+    let out = engine(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("name={prefix}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// A container on the remote host, publishing 8080 on the host's loopback only; removed (with
+/// whatever backtrack set aside beside it) when the test ends.
+struct RemoteApp {
+    name: String,
+    port: u16,
+}
+
+impl RemoteApp {
+    fn run(image: &str) -> Self {
+        let name = unique("bt-remote-app");
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:8080");
+        h2_ok(&["run", "-d", "--name", &name, "-p", &publish, image]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while serves(&name).is_empty() {
+            assert!(Instant::now() < deadline, "{name} did not serve on the remote host");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { name, port }
+    }
+
+    /// The target's state folder on the remote host.
+    fn state_dir(&self) -> PathBuf {
+        remote_dir().join(format!(
+            "home-bt-remote/.local/state/backtrack/targets/local_container_{}",
+            self.name
+        ))
+    }
+
+    fn journal(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("history.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for RemoteApp {
+    fn drop(&mut self) {
+        for n in containers_named(&self.name, h2) {
+            h2(&["rm", "-f", &n]);
+        }
+        let _ = std::fs::remove_dir_all(self.state_dir());
+    }
+}
+
+/// A sandbox whose target is `app` on the remote host at `host` (an ssh:// address).
+fn remote_test(repo: &Repo, app: &RemoteApp, host: &str, health_path: &str, timeout: &str) -> Test {
+    Test::new()
+        .repo(
+            repo,
+            &format!(
+                "[target]\nkind = \"container\"\nname = \"{}\"\nhost = \"{host}\"\n[health]\nhttp = \"http://127.0.0.1:{}{health_path}\"\ntimeout = \"{timeout}\"\n",
+                app.name, app.port
+            ),
+        )
+        .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap())
+}
+
+const HOST: &str = "ssh://bt-remote@127.0.0.1:2222";
+
+fn pushed(test: &str, versions: &[&str]) -> Repo {
+    crate::harness::require_services();
+    require_remote();
+    let repo = Repo::new(test);
+    for v in versions {
+        repo.push(&AppImage::new(v));
+    }
+    repo
+}
+
+#[test]
+fn remote_deploy_rollback_emergency_and_status_act_on_the_host_only() {
+    let repo = pushed("remote", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert_eq!(status["containers"][0]["version"], "1.0.0", "{status}");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    assert_eq!(serves(&app.name), "1.1.0");
+    let versions = t.exec(["versions", "--output", "json"]).success();
+    assert!(versions.stdout.contains("deployed"), "{}", versions.stdout);
+    t.exec(["rollback", "--yes"]).success();
+    assert_eq!(serves(&app.name), "1.0.0");
+    t.exec(["mark-good", "--yes"]).success();
+    t.exec(["validate"]).success();
+    let run = t.exec(["emergency", "--yes"]).success();
+    assert!(run.stdout.contains("1.0.0"), "{}", run.stdout);
+    assert_eq!(serves(&app.name), "1.0.0");
+
+    // Everything happened over there: the local engine has none of it, and the history is on
+    // the host, not in this machine's state folder.
+    assert!(containers_named(&app.name, docker).is_empty());
+    let journal = app.journal();
+    for op in ["\"deploy\"", "\"rollback\"", "\"mark-good\"", "\"emergency\""] {
+        assert!(journal.contains(op), "{op} not in the host's journal:\n{journal}");
+    }
+    assert!(app.state_dir().join("target.json").is_file());
+    assert!(!t.state_dir().join("targets").exists(), "local state was written");
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(h["operations"].as_array().unwrap().len(), 4, "{h}");
+}
+
+#[test]
+fn remote_probe_reaches_the_hosts_loopback_not_ours() {
+    let repo = pushed("remoteprobe", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    // Nothing answers on this machine's loopback at that port: only the host's has the app.
+    assert!(crate::harness::http_get(&format!("http://127.0.0.1:{}/health", app.port)).is_none());
+    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+    let run = t.exec(["validate", "--output", "json"]).success();
+    assert!(
+        run.stdout.contains(&format!("127.0.0.1:{}", app.port)),
+        "{}",
+        run.stdout
+    );
+    // A probe that fails on the host reverts the swap there.
+    let bad = remote_test(&repo, &app, HOST, "/missing", "3s");
+    let run = bad.exec(["deploy", "v1.1.0", "--yes"]).code(6);
+    assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
+    assert_eq!(serves(&app.name), "1.0.0");
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_operators_contend_for_the_remote_lock() {
+    let repo = pushed("remotelock", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    // Operator A's deploy validates against a path that is never healthy: it holds the lock
+    // on the host for the whole timeout, then reverts.
+    let a = remote_test(&repo, &app, HOST, "/missing", "6s");
+    let b = remote_test(&repo, &app, HOST, "/health", "20s");
+    assert_ne!(a.state_dir(), b.state_dir());
+    let mut a_run = a
+        .command()
+        .args(["deploy", "v1.1.0", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let holder = app.state_dir().join("holder.json");
+    wait_until("operator A takes the lock", Duration::from_secs(20), || {
+        std::fs::metadata(&holder).is_ok_and(|m| m.len() > 0)
+    });
+    let run = b.exec(["rollback", "v1.0.0", "--yes"]).code(5);
+    assert!(
+        run.stderr.contains("backtrack deploy v1.1.0") && run.stderr.contains(&format!("pid {}", a_run.id())),
+        "the loser must name the holder: {}",
+        run.stderr
+    );
+    let status = b.exec(["status"]).success();
+    assert!(
+        status.stdout.contains("in progress") || status.stderr.contains("in progress"),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
+    assert_eq!(a_run.wait().unwrap().code(), Some(6));
+    // One history on the host: B sees A's reverted deploy, and may act now.
+    let h = b.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(h["operations"].as_array().unwrap().len(), 1, "{h}");
+    b.exec(["deploy", "v1.1.0", "--yes"]).success();
+    assert_eq!(serves(&app.name), "1.1.0");
+}
+
+/// A TCP proxy in front of the remote host's sshd whose connections can be cut at once, as a
+/// dropped network would.
+struct CuttableProxy {
+    port: u16,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CuttableProxy {
+    fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (upstream, streams) = (upstream.to_string(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                {
+                    let mut s = streams.lock().unwrap();
+                    s.push(client.try_clone().unwrap());
+                    s.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, open }
+    }
+
+    fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
+    let repo = pushed("remotedrop", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let proxy = CuttableProxy::start("127.0.0.1:2222");
+    let a = remote_test(
+        &repo,
+        &app,
+        &format!("ssh://bt-remote@127.0.0.1:{}", proxy.port),
+        "/missing",
+        "30s",
+    );
+    let mut a_run = a
+        .command()
+        .args(["deploy", "v1.1.0", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Mid-swap: the intent is on the host and the old container is set aside.
+    wait_until("the swap starts", Duration::from_secs(30), || {
+        app.journal().contains("\"started\"")
+            && !containers_named(&format!("{}-backtrack-prev", app.name), h2).is_empty()
+    });
+    proxy.cut();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = a_run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "backtrack did not notice the dropped connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    a_run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+
+    // The next run, from another machine (state folder), settles it from the host's journal.
+    let b = remote_test(&repo, &app, HOST, "/health", "20s");
+    let st = b.exec(["status"]).success();
+    assert!(
+        format!("{}{}", st.stdout, st.stderr).contains("did not finish"),
+        "{}{}",
+        st.stdout,
+        st.stderr
+    );
+    let run = b.exec(["deploy", "v1.1.0", "--yes"]).success();
+    assert!(
+        run.stderr.contains("settl") || run.stdout.contains("settl"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(serves(&app.name), "1.1.0");
+    assert_eq!(containers_named(&app.name, h2), std::slice::from_ref(&app.name));
+}
+
+#[test]
+fn unknown_host_key_is_refused_and_never_added() {
+    require_remote();
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, "").unwrap();
+    let config = std::fs::read_to_string(ssh_config())
+        .unwrap()
+        .replace(
+            &format!(
+                "UserKnownHostsFile {}",
+                remote_dir().join("client/known_hosts").display()
+            ),
+            &format!("UserKnownHostsFile {}", known.display()),
+        )
+        .replace("HostKeyAlias bt-h2-remote", "");
+    let config_path = dir.path().join("ssh_config");
+    std::fs::write(&config_path, config).unwrap();
+    let t = Test::new()
+        .config(&format!(
+            "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"{HOST}\"\n",
+            crate::harness::registry()
+        ))
+        .env("BACKTRACK_SSH_CONFIG", config_path.to_str().unwrap());
+    let start = Instant::now();
+    let run = t.exec(["status"]).code(10);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(run.stderr.contains("host key is not in known_hosts"), "{}", run.stderr);
+    assert!(run.stderr.contains("ssh-keyscan -p 2222 127.0.0.1"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), "", "a host key was accepted");
+}
+
+#[test]
+fn remote_failures_are_one_line_with_the_fix_and_bounded() {
+    require_remote();
+    let config = |host: &str| {
+        Test::new()
+            .config(&format!(
+                "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"{host}\"\n",
+                crate::harness::registry()
+            ))
+            .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap())
+            .env("BACKTRACK_CONNECT_TIMEOUT", "2s")
+    };
+    // No docker permission for this user on the host.
+    let run = config("ssh://bt-nodocker@127.0.0.1:2222").exec(["status"]).code(10);
+    assert!(run.stderr.contains("permission denied on its socket"), "{}", run.stderr);
+    assert!(run.stderr.contains("usermod -aG docker bt-nodocker"), "{}", run.stderr);
+    // Nothing listens there.
+    let closed = free_port();
+    let run = config(&format!("ssh://bt-remote@127.0.0.1:{closed}"))
+        .exec(["status"])
+        .code(10);
+    assert!(run.stderr.contains("Connection refused"), "{}", run.stderr);
+    // Something accepts but never speaks: bounded by BACKTRACK_CONNECT_TIMEOUT.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let start = Instant::now();
+    let run = config(&format!("ssh://bt-remote@127.0.0.1:{port}"))
+        .exec(["status"])
+        .code(10);
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(run.stderr.contains("127.0.0.1"), "{}", run.stderr);
+    // A user the host refuses.
+    let run = config("ssh://nobody-here@127.0.0.1:2222").exec(["status"]).code(10);
+    assert!(run.stderr.contains("log in to"), "{}", run.stderr);
+    for line in run.stderr.lines() {
+        assert!(
+            line.starts_with("error:") || line.starts_with("hint:"),
+            "{}",
+            run.stderr
+        );
+    }
+    drop(silent);
+}
