@@ -53,6 +53,10 @@ pub enum Failure {
     NeedsRebuild { what: String },
     #[error("settle the interrupted {what}: {detail}")]
     SettleFailed { what: String, detail: String },
+    #[error("find operation {n}: the journal has {total} (see `backtrack history --limit 0`)")]
+    NoSuchOperation { n: usize, total: usize },
+    #[error("go to {version}: {floor}")]
+    BelowFloor { version: String, floor: String },
     #[error(
         "record {what} in the journal: {error}; it validated and stays in place (the previous containers \
          were removed), and the next backtrack run records it as completed"
@@ -75,6 +79,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
                 Failure::SettleFailed { .. } => REVERT_FAILED,
                 Failure::NotRecorded { .. } => ERROR,
+                Failure::BelowFloor { .. } => USAGE,
+                Failure::NoSuchOperation { .. } => USAGE,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
@@ -181,6 +187,13 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
             return Some(format!(
                 "{what}: pass --yes to go ahead without a prompt, or --dry-run to see the plan"
             ));
+        }
+        if let Some(Failure::BelowFloor { .. }) = cause.downcast_ref::<Failure>() {
+            return Some(
+                "choose a version at or above the floor, or pass --force --reason TEXT if you know the older version \
+                 can live with the change"
+                    .into(),
+            );
         }
         if let Some(Failure::NeedsRebuild { .. }) = cause.downcast_ref::<Failure>() {
             return Some("pass --rebuild to build it from its Git tag, push it and deploy it".into());

@@ -138,6 +138,12 @@ pub struct SwapCommon {
     /// push it, then deploy it (without this, backtrack asks, or fails without a terminal).
     #[arg(long)]
     pub rebuild: bool,
+    /// Skip the [hooks] of the config for this run (recorded in the journal).
+    #[arg(long)]
+    pub no_hooks: bool,
+    /// Go below the running image's io.backtrack.min-rollback floor (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +166,10 @@ pub struct EmergencyArgs {
     /// Extra environment for the emergency container (KEY=VALUE lines), like `docker run --env-file`.
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<std::path::PathBuf>,
+    /// Run it even when last known good is below the running image's io.backtrack.min-rollback
+    /// floor (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 }
@@ -182,6 +192,18 @@ pub struct HistoryArgs {
     /// Show the last N operations (0: all).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,
+    #[command(subcommand)]
+    pub show: Option<HistoryCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HistoryCommand {
+    /// One operation in full (who, why, digests, containers, validation, hooks, notifications,
+    /// the failed container's last lines), ready to paste into an incident write-up.
+    Show {
+        /// The operation's number, as the # column of `backtrack history` shows it.
+        n: usize,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,12 +7,15 @@ use serde::Serialize;
 use super::App;
 use crate::adapters::state::Journal;
 use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
+use crate::domain::history::Record;
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
+use crate::ops::guard;
+use crate::ops::hooks::{self, HookEnv, Hooks};
 use crate::ops::mark::{MarkRequest, mark_good};
 use crate::ops::rebuild;
-use crate::ops::swap::{self, Plan, SwapReport};
+use crate::ops::swap::{self, Plan, SwapOptions, SwapReport};
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
 use crate::output::{Report, ask, confirm};
 
@@ -348,6 +351,23 @@ async fn swap_command(
             chosen.image.display()
         ));
     }
+    // The migration guard: the running image may forbid versions below a floor.
+    if let Some(floor) = guard::floor(&engine, &current).await
+        && floor.refuses(chosen.image.version.as_deref())
+    {
+        if !common.force {
+            return Err(Failure::BelowFloor {
+                version: chosen.image.display(),
+                floor: floor.describe(),
+            }
+            .into());
+        }
+        app.printer.note(format!(
+            "warning: going below the migration floor: {}; forced: {}",
+            floor.describe(),
+            common.reason.as_deref().unwrap_or_default()
+        ));
+    }
     let image = registry.pull_reference(&chosen.digest);
     let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
     plan.note = note;
@@ -379,17 +399,55 @@ async fn swap_command(
             return Err(Failure::Cancelled.into());
         }
     }
+    let hooks = Hooks::from_project(project, common.no_hooks);
+    let hooks_skipped = common.no_hooks
+        && project
+            .hooks
+            .pre
+            .iter()
+            .chain(&project.hooks.post)
+            .chain(&project.hooks.on_revert)
+            .next()
+            .is_some();
+    // `pre` runs before anything changes; a failure stops here, recorded.
+    let env = HookEnv {
+        op: op.as_str().to_string(),
+        from_version: plan.from.version.clone(),
+        to_version: plan.to.version.clone(),
+        digest: Some(chosen.digest.to_string()),
+        target: plan.target.clone(),
+        hosts: Vec::new(),
+        result: None,
+        reason: common.reason.clone(),
+    };
+    if let Err(e) = hooks::run(&app.printer, "pre", hooks.pre.as_deref(), &env, &hooks).await {
+        let base = Record {
+            target: Some(plan.target.clone()),
+            from: Some(plan.from.clone()),
+            to: Some(plan.to.clone()),
+            reason: common.reason.clone(),
+            ..crate::adapters::state::begin(op)
+        };
+        journal.append(&base)?;
+        journal.append(&Record {
+            notes: vec![e.to_string()],
+            ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
+        })?;
+        return Err(anyhow::Error::new(e).context("go on: nothing was changed"));
+    }
     let auth = registry.pull_auth().await?;
-    let mut report = swap::execute(
-        &engine,
-        &journal,
-        &app.printer,
-        &plan,
-        Some(&auth),
-        &project.health,
-        common.reason.as_deref(),
-    )
-    .await?;
+    let opts = SwapOptions {
+        auth: Some(&auth),
+        health: &project.health,
+        reason: common.reason.as_deref(),
+        hooks: &hooks,
+        hooks_skipped,
+        notify: &project.notify,
+        scope: target.environment.clone().unwrap_or_else(|| target.display()),
+        repository: registry.name(),
+        forward,
+    };
+    let mut report = swap::execute_with(&engine, &journal, &app.printer, &plan, &opts).await?;
     report.forward = forward;
     write_version_env(app, target, &current, &report);
     app.printer.report(&report)?;

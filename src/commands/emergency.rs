@@ -90,6 +90,22 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
     let image = local_image(&engine, registry.as_ref(), &digest, &pointer).await?;
     let current = deployed::read(&engine, target, &registry.name()).await?;
+    if let Some(floor) = crate::ops::guard::floor(&engine, &current).await
+        && floor.refuses(lkg.version.as_deref())
+    {
+        if !args.force {
+            return Err(Failure::BelowFloor {
+                version: format!("last known good {}", lkg.display()),
+                floor: floor.describe(),
+            }
+            .into());
+        }
+        app.printer.note(format!(
+            "warning: going below the migration floor: {}; forced: {}",
+            floor.describe(),
+            args.reason.as_deref().unwrap_or_default()
+        ));
+    }
 
     let mut plans = Vec::new();
     let mut saved_policies = std::collections::BTreeMap::new();
@@ -197,7 +213,30 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
     };
     let elapsed = started.elapsed().as_millis() as u64;
+    let why = detail.clone();
     journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), detail))?;
+    let event = crate::ops::notify::Event {
+        scope: target.environment.clone().unwrap_or_else(|| target.display()),
+        target: target.display(),
+        repository: registry.name(),
+        op: Operation::Emergency,
+        result: outcome,
+        forward: false,
+        from_version: base.from.as_ref().and_then(|f| f.version.clone()),
+        to_version: lkg.version.clone(),
+        digest: lkg.digest.as_ref().map(ToString::to_string),
+        by: format!(
+            "{}@{}",
+            base.user.as_deref().unwrap_or("?"),
+            base.host.as_deref().unwrap_or("?")
+        ),
+        reason: args.reason.clone(),
+        why,
+        duration_ms: Some(elapsed),
+        hosts: Vec::new(),
+    };
+    let sent = crate::ops::notify::send(&project.notify, &event).await;
+    crate::ops::swap::note_delivery(&journal, &app.printer, &base, sent);
     result?;
     app.printer.report(&report)?;
     if report.healthy == Some(false) {

@@ -50,26 +50,30 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     let registry = app.registry()?;
     // What is deployed is read while the registry answers (best effort: a down engine only
     // loses the mark).
+    // The migration floor of the running image marks the versions below it.
     let deployed_task = async {
         let Some(target) = project.target.as_ref() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let engine = match app.engine().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!("deployed mark unavailable: {e}");
-                return Vec::new();
+                return (Vec::new(), None);
             }
         };
         match deployed::read(&engine, target, &registry.name()).await {
-            Ok(d) => d.into_iter().filter_map(|d| d.digest).collect(),
+            Ok(d) => {
+                let floor = crate::ops::guard::floor(&engine, &d).await;
+                (d.into_iter().filter_map(|d| d.digest).collect(), floor)
+            }
             Err(e) => {
                 tracing::info!("deployed mark unavailable: {e:#}");
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     };
-    let (catalog, deployed) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
+    let (catalog, (deployed, floor)) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
     let catalog = catalog?;
 
     let limit = match (args.limit, args.all) {
@@ -144,6 +148,11 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
             }
             if version.as_ref().is_some_and(|v| failed.contains(v)) {
                 marks.push("failed".to_string());
+            }
+            if let Some(f) = &floor
+                && f.refuses(version.as_deref())
+            {
+                marks.push(format!("below-min-rollback-{}", f.min));
             }
             Row {
                 tag,

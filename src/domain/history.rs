@@ -48,6 +48,8 @@ pub enum Phase {
     /// Validation passed: from here a crash completes the operation instead of reverting it.
     Committed,
     Finished,
+    /// Something learnt after the operation finished (a notification's delivery).
+    Note,
 }
 
 impl Phase {
@@ -56,6 +58,7 @@ impl Phase {
             Self::Started => "started",
             Self::Committed => "committed",
             Self::Finished => "finished",
+            Self::Note => "note",
         }
     }
 }
@@ -127,6 +130,12 @@ pub struct Record {
     /// Restart policy of each container before the swap (the kept backup runs without one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub saved: BTreeMap<String, String>,
+    /// Outcomes worth keeping for the incident record: hooks, notifications, `--no-hooks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The last lines of a container that failed validation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 impl Record {
@@ -148,6 +157,8 @@ impl Record {
             detail: None,
             containers: Vec::new(),
             saved: BTreeMap::new(),
+            notes: Vec::new(),
+            logs: Vec::new(),
         }
     }
 
@@ -162,6 +173,8 @@ impl Record {
             detail: detail.or_else(|| self.detail.clone()),
             containers: Vec::new(),
             saved: BTreeMap::new(),
+            notes: Vec::new(),
+            logs: Vec::new(),
             ..self.clone()
         }
     }
@@ -183,6 +196,15 @@ pub struct OperationView {
     pub result: Option<Outcome>,
     pub duration_ms: Option<u64>,
     pub detail: Option<String>,
+    /// The containers it touched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Hooks, notifications, `--no-hooks`: in the order they happened.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The failed container's last lines, when it was reverted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 /// Merges records by operation id, oldest first.
@@ -208,6 +230,9 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                         result: r.result,
                         duration_ms: r.duration_ms,
                         detail: r.detail.clone(),
+                        containers: r.containers.clone(),
+                        notes: r.notes.clone(),
+                        logs: r.logs.clone(),
                     },
                 );
             }
@@ -226,6 +251,10 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                 }
                 if r.detail.is_some() {
                     view.detail = r.detail.clone();
+                }
+                view.notes.extend(r.notes.iter().cloned());
+                if !r.logs.is_empty() {
+                    view.logs = r.logs.clone();
                 }
             }
         }

@@ -5,9 +5,11 @@
 pub mod catalog;
 pub mod compose_env;
 pub mod deployed;
+pub mod guard;
 pub mod hooks;
 pub mod interrupt;
 pub mod mark;
+pub mod notify;
 pub mod rebuild;
 pub mod recover;
 pub mod resolve;

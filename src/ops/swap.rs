@@ -26,9 +26,10 @@ use crate::domain::history::{Operation, Outcome, Phase, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::deployed::Deployed;
-use crate::ops::{interrupt, validate};
+use crate::ops::hooks::{self, HookEnv, Hooks};
+use crate::ops::{interrupt, notify, validate};
 use crate::output::{Printer, Progress};
-use crate::settings::{HealthSettings, TargetSettings};
+use crate::settings::{HealthSettings, NotifySection, TargetSettings};
 
 /// One container's part of the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +181,43 @@ pub struct SwapReport {
     pub logs: Vec<String>,
 }
 
+/// How a swap runs beyond its plan: credentials, checks, hooks and who hears about it.
+#[derive(Debug)]
+pub struct SwapOptions<'a> {
+    pub auth: Option<&'a PullAuth>,
+    pub health: &'a HealthSettings,
+    pub reason: Option<&'a str>,
+    /// `post` runs once every container validated (a failure reverts), `on_revert` after a revert.
+    pub hooks: &'a Hooks,
+    /// Whether `--no-hooks` skipped configured hooks (recorded in the journal).
+    pub hooks_skipped: bool,
+    pub notify: &'a NotifySection,
+    /// How notifications name the target: its environment, else the target.
+    pub scope: String,
+    /// `host/repository`, for notifications.
+    pub repository: String,
+    pub forward: bool,
+}
+
+impl<'a> SwapOptions<'a> {
+    /// Options with no hooks and no notifications.
+    pub fn plain(auth: Option<&'a PullAuth>, health: &'a HealthSettings, reason: Option<&'a str>) -> Self {
+        static NO_HOOKS: std::sync::OnceLock<Hooks> = std::sync::OnceLock::new();
+        static NO_NOTIFY: std::sync::OnceLock<NotifySection> = std::sync::OnceLock::new();
+        Self {
+            auth,
+            health,
+            reason,
+            hooks: NO_HOOKS.get_or_init(Hooks::default),
+            hooks_skipped: false,
+            notify: NO_NOTIFY.get_or_init(NotifySection::default),
+            scope: String::new(),
+            repository: String::new(),
+            forward: false,
+        }
+    }
+}
+
 /// Runs the plan. `Ok` with `Outcome::Ok` when every container validated; on failure the previous
 /// containers run again and the error says whether restoring worked.
 pub async fn execute(
@@ -191,6 +229,25 @@ pub async fn execute(
     health: &HealthSettings,
     reason: Option<&str>,
 ) -> anyhow::Result<SwapReport> {
+    execute_with(
+        engine,
+        journal,
+        printer,
+        plan,
+        &SwapOptions::plain(auth, health, reason),
+    )
+    .await
+}
+
+/// The swap with hooks and notifications (see [`SwapOptions`]).
+pub async fn execute_with(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+    plan: &Plan,
+    opts: &SwapOptions<'_>,
+) -> anyhow::Result<SwapReport> {
+    let (auth, health, reason) = (opts.auth, opts.health, opts.reason);
     let started = Instant::now();
     let progress = Progress::new(printer, &format!("pulling {}", plan.image));
     let pulled = engine
@@ -215,8 +272,13 @@ pub async fn execute(
         detail: plan.note.clone(),
         ..state::begin(plan.op)
     };
+    let mut notes = Vec::new();
+    if opts.hooks_skipped {
+        notes.push("hooks skipped (--no-hooks)".to_string());
+    }
     journal.append(&Record {
         containers: names.clone(),
+        notes: notes.clone(),
         saved: plan
             .containers
             .iter()
@@ -270,6 +332,18 @@ pub async fn execute(
         }
     }
 
+    // Every container validated: the `post` hook has the last word before the commit.
+    if failure.is_none() {
+        let env = hook_env(plan, opts, None);
+        match hooks::run(printer, "post", opts.hooks.post.as_deref(), &env, opts.hooks).await {
+            Ok(done) => notes.extend(done),
+            Err(e) => {
+                notes.push(e.to_string());
+                failure = Some((format!("{e}"), Vec::new(), false));
+            }
+        }
+    }
+
     if let Some((why, logs, probe_unreachable)) = failure {
         printer.note(format!("putting the previous version back on {}", names.join(", ")));
         let mut revert_errors = Vec::new();
@@ -279,23 +353,46 @@ pub async fn execute(
             }
         }
         let version = plan.to.display();
+        // An unreachable probe says nothing about the version: it is not marked failed.
+        let outcome = match (revert_errors.is_empty(), probe_unreachable) {
+            (false, _) => Outcome::RevertFailed,
+            (true, true) => Outcome::RevertedProbeUnreachable,
+            (true, false) => Outcome::Reverted,
+        };
+        let env = hook_env(plan, opts, Some(outcome));
+        match hooks::run(printer, "on_revert", opts.hooks.on_revert.as_deref(), &env, opts.hooks).await {
+            Ok(done) => notes.extend(done),
+            Err(e) => {
+                printer.note(format!("warning: {e}"));
+                notes.push(e.to_string());
+            }
+        }
+        let detail = if revert_errors.is_empty() {
+            why.clone()
+        } else {
+            format!("{why}; revert: {}", revert_errors.join("; "))
+        };
+        let record = Record {
+            notes: notes.clone(),
+            logs: logs.clone(),
+            ..finish(outcome, Some(detail))
+        };
+        journal.append(&record)?;
+        print_logs(printer, &logs);
+        announce(
+            journal,
+            printer,
+            &base,
+            opts,
+            outcome,
+            Some(why.clone()),
+            record.duration_ms,
+        )
+        .await;
         if revert_errors.is_empty() {
-            // An unreachable probe says nothing about the version: it is not marked failed.
-            let outcome = if probe_unreachable {
-                Outcome::RevertedProbeUnreachable
-            } else {
-                Outcome::Reverted
-            };
-            journal.append(&finish(outcome, Some(why.clone())))?;
-            print_logs(printer, &logs);
             return Err(Failure::Reverted { version, why }.into());
         }
         let revert_error = revert_errors.join("; ");
-        journal.append(&finish(
-            Outcome::RevertFailed,
-            Some(format!("{why}; revert: {revert_error}")),
-        ))?;
-        print_logs(printer, &logs);
         return Err(Failure::RevertFailed {
             version,
             why,
@@ -321,7 +418,10 @@ pub async fn execute(
             }
         }
     }
-    let record = finish(Outcome::Ok, None);
+    let record = Record {
+        notes,
+        ..finish(Outcome::Ok, None)
+    };
     let finished = journal.append(&record);
     if let Err(e) = committed.and(finished) {
         // The validated version stays: with the set-aside containers gone, the next run finds the
@@ -337,6 +437,7 @@ pub async fn execute(
         }
         .into());
     }
+    announce(journal, printer, &base, opts, Outcome::Ok, None, record.duration_ms).await;
     Ok(SwapReport {
         op: plan.op,
         target: plan.target.clone(),
@@ -350,6 +451,81 @@ pub async fn execute(
         detail: None,
         logs: Vec::new(),
     })
+}
+
+/// What hooks are told about this swap.
+fn hook_env(plan: &Plan, opts: &SwapOptions<'_>, result: Option<Outcome>) -> HookEnv {
+    HookEnv {
+        op: plan.op.as_str().to_string(),
+        from_version: plan.from.version.clone(),
+        to_version: plan.to.version.clone(),
+        digest: plan.to.digest.as_ref().map(ToString::to_string),
+        target: plan.target.clone(),
+        hosts: Vec::new(),
+        result: result.map(|r| r.as_str().to_string()),
+        reason: opts.reason.map(str::to_string),
+    }
+}
+
+/// Sends the notification of a finished swap, if `[notify]` wants it, and notes how it went in
+/// the journal. Never fails the swap.
+async fn announce(
+    journal: &Journal,
+    printer: &Printer,
+    base: &Record,
+    opts: &SwapOptions<'_>,
+    result: Outcome,
+    why: Option<String>,
+    duration_ms: Option<u64>,
+) {
+    let event = notify::Event {
+        scope: opts.scope.clone(),
+        target: base.target.clone().unwrap_or_default(),
+        repository: opts.repository.clone(),
+        op: base.op,
+        result,
+        forward: opts.forward,
+        from_version: base.from.as_ref().and_then(|f| f.version.clone()),
+        to_version: base.to.as_ref().and_then(|t| t.version.clone()),
+        digest: base
+            .to
+            .as_ref()
+            .and_then(|t| t.digest.as_ref())
+            .map(ToString::to_string),
+        by: format!(
+            "{}@{}",
+            base.user.as_deref().unwrap_or("?"),
+            base.host.as_deref().unwrap_or("?")
+        ),
+        reason: base.reason.clone(),
+        why,
+        duration_ms,
+        hosts: Vec::new(),
+    };
+    note_delivery(journal, printer, base, notify::send(opts.notify, &event).await);
+}
+
+/// Records a notification's delivery in the journal; a failure is also a warning.
+pub fn note_delivery(journal: &Journal, printer: &Printer, base: &Record, sent: Option<Result<String, String>>) {
+    let line = match sent {
+        None => return,
+        Some(Ok(line)) => line,
+        Some(Err(line)) => {
+            printer.note(format!("warning: could not {line}"));
+            format!("could not {line}")
+        }
+    };
+    let note = Record {
+        at: Utc::now(),
+        phase: Phase::Note,
+        notes: vec![line],
+        containers: Vec::new(),
+        saved: BTreeMap::new(),
+        ..base.clone()
+    };
+    if let Err(e) = journal.append(&note) {
+        printer.note(format!("warning: could not note the notification in the journal: {e}"));
+    }
 }
 
 fn print_logs(printer: &Printer, logs: &[String]) {

@@ -118,6 +118,8 @@ pub struct AppImage {
     pub filler_bytes: usize,
     /// A user the image knows (in /etc/passwd), for `docker run --user NAME`.
     pub user: Option<String>,
+    /// More image labels.
+    pub labels: Vec<(String, String)>,
 }
 
 impl AppImage {
@@ -131,7 +133,13 @@ impl AppImage {
             description: None,
             filler_bytes: 0,
             user: None,
+            labels: Vec::new(),
         }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.into(), value.into()));
+        self
     }
 
     pub fn user(mut self, name: &str) -> Self {
@@ -178,6 +186,9 @@ impl AppImage {
             ));
         }
         f.push_str(&format!("LABEL org.opencontainers.image.version=\"{v}\"\n"));
+        for (k, val) in &self.labels {
+            f.push_str(&format!("LABEL {k}=\"{val}\"\n"));
+        }
         if let Some(r) = &self.revision {
             f.push_str(&format!("LABEL org.opencontainers.image.revision=\"{r}\"\n"));
         }

@@ -3,6 +3,7 @@
 mod cli;
 mod ecr;
 mod harness;
+mod hooks;
 mod hostile;
 mod lkg;
 mod prune;

@@ -1,0 +1,90 @@
+//! The migration guard: an image label `io.backtrack.min-rollback = "1.3.0"` on what the target
+//! runs says that no version below 1.3.0 may run again (the release that set it made a change,
+//! such as a schema migration, that older versions cannot live with). Rollbacks below the floor
+//! are refused unless forced with a reason; `versions` marks the versions below it.
+
+use crate::adapters::docker::Engine;
+use crate::domain::version::{parse_version, strip_build};
+use crate::ops::deployed::{Deployed, carried_version};
+
+/// The label that sets the floor.
+pub const MIN_ROLLBACK_LABEL: &str = "io.backtrack.min-rollback";
+
+/// The floor and the version of the image that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floor {
+    pub min: semver::Version,
+    pub set_by: String,
+}
+
+impl Floor {
+    /// Whether `version` is below the floor (unknown versions are not).
+    pub fn refuses(&self, version: Option<&str>) -> bool {
+        version
+            .and_then(parse_version)
+            .is_some_and(|v| strip_build(&v) < self.min)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "the running version {} carries {MIN_ROLLBACK_LABEL} = \"{}\": no version below {} may run again",
+            self.set_by, self.min, self.min
+        )
+    }
+}
+
+/// The highest floor among the images the target's containers run (a label that is not a
+/// version is ignored with a warning).
+pub async fn floor(engine: &Engine, current: &[Deployed]) -> Option<Floor> {
+    let mut best: Option<Floor> = None;
+    for d in current {
+        let Ok(Some(image)) = engine.image(&d.container.image_id).await else {
+            continue;
+        };
+        let Some(raw) = image
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(MIN_ROLLBACK_LABEL).cloned())
+        else {
+            continue;
+        };
+        let Some(min) = parse_version(&raw).map(|v| strip_build(&v)) else {
+            tracing::warn!(
+                "ignoring {MIN_ROLLBACK_LABEL} = {raw:?} on {}: not a version",
+                d.container.name
+            );
+            continue;
+        };
+        if best.as_ref().is_none_or(|b| min > b.min) {
+            best = Some(Floor {
+                min,
+                set_by: carried_version(&d.container).unwrap_or_else(|| d.container.image_ref.clone()),
+            });
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_refuses_only_lower_known_versions() {
+        let f = Floor {
+            min: semver::Version::new(1, 3, 0),
+            set_by: "1.4.0".into(),
+        };
+        for (v, refused) in [
+            (Some("1.2.9"), true),
+            (Some("v1.2.0"), true),
+            (Some("1.3.0"), false),
+            (Some("1.3.0_build.5"), false),
+            (Some("2.0.0"), false),
+            (None, false),
+            (Some("not-a-version"), false),
+        ] {
+            assert_eq!(f.refuses(v), refused, "{v:?}");
+        }
+    }
+}
