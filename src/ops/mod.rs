@@ -16,3 +16,4 @@ pub mod resolve;
 pub mod swap;
 pub mod targets;
 pub mod validate;
+pub mod warm;

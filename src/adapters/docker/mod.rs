@@ -5,6 +5,7 @@
 pub mod build;
 pub mod clone;
 pub mod context;
+pub mod images;
 
 use std::collections::HashMap;
 use std::sync::Arc;
