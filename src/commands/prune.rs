@@ -77,7 +77,9 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .policy
         .clone()
         .or_else(|| project.retention_policy.clone())
-        .context("choose a policy: pass --policy FILE or set [retention] policy in backtrack.toml")?;
+        .ok_or_else(|| Failure::NoPolicy {
+            config: project.config_path.clone(),
+        })?;
     let policy = crate::settings::policy::load(&path)?;
     let registry = app.registry()?;
     let journal = app.journal()?;
