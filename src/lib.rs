@@ -14,7 +14,7 @@ use clap::Parser;
 
 /// Parses arguments, runs the command, prints an error if there is one, and returns the exit code.
 pub fn main_entry() -> i32 {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse().and_then(refuse_meaningless_flags) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { error::USAGE } else { error::OK };
@@ -48,6 +48,18 @@ pub fn main_entry() -> i32 {
             error::exit_code(&err)
         }
     }
+}
+
+/// Flags that parse but mean nothing for the command are usage errors, not silently ignored.
+fn refuse_meaningless_flags(cli: cli::Cli) -> Result<cli::Cli, clap::Error> {
+    use clap::CommandFactory;
+    if cli.global.output == cli::OutputFormat::Json && matches!(cli.command, cli::Command::Completions { .. }) {
+        return Err(cli::Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--output json does not apply to `completions`: it prints a shell script",
+        ));
+    }
+    Ok(cli)
 }
 
 fn init_logging(verbose: u8) {
