@@ -460,6 +460,7 @@ mod tests {
                 digest: Digest::parse(&format!("sha256:{:064x}", i + 1)).unwrap(),
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 pushed: Some(now() - chrono::Duration::days(*days)),
+                created: None,
                 size: None,
             })
             .collect();

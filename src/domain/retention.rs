@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
 use super::duration::serde_human;
-use super::image::is_lkg_tag;
+use super::image::{ImageRef, is_lkg_tag};
 use super::version::VersionTag;
 
 /// A policy file (`retention-policies/*.toml`).
@@ -292,9 +292,21 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct ImageEntry {
     pub digest: Digest,
     pub tags: Vec<String>,
-    /// Push time where the registry keeps it, else build time.
+    /// When it was pushed, where the registry records it (ECR's `imagePushedAt`; a
+    /// Distribution registry does not record push times).
     pub pushed: Option<DateTime<Utc>>,
+    /// When it was built (its config's `created`): what age rules go by without a push time.
+    pub created: Option<DateTime<Utc>>,
     pub size: Option<u64>,
+}
+
+impl ImageEntry {
+    /// The time age rules go by, and how to say it: the push time, else the build time.
+    fn time(&self) -> Option<(DateTime<Utc>, &'static str)> {
+        self.pushed
+            .map(|p| (p, "pushed"))
+            .or(self.created.map(|c| (c, "built")))
+    }
 }
 
 /// What protects images beyond the policy's own rules.
@@ -325,6 +337,7 @@ pub struct Decision {
     pub reasons: Vec<String>,
     pub size: Option<u64>,
     pub pushed: Option<DateTime<Utc>>,
+    pub created: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -447,22 +460,26 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                     match (img.tags.iter().find(|t| globs.is_match(t)), r.pushed_within) {
                         (None, _) => passed.push(format!("{label}: no tag matches")),
                         (Some(t), None) => keep.push(format!("{label}: tag {t} matches")),
-                        (Some(t), Some(d)) => match img.pushed {
-                            Some(p) if within(p, d) => {
-                                keep.push(format!("{label}: tag {t} matches, pushed {}", age(facts.now, p)))
+                        (Some(t), Some(d)) => match img.time() {
+                            Some((p, how)) if within(p, d) => {
+                                keep.push(format!("{label}: tag {t} matches, {how} {}", age(facts.now, p)))
                             }
-                            Some(p) => passed.push(format!("{label}: tag {t} matches, pushed {}", age(facts.now, p))),
+                            Some((p, how)) => {
+                                passed.push(format!("{label}: tag {t} matches, {how} {}", age(facts.now, p)))
+                            }
                             None => passed.push(format!("{label}: tag {t} matches, push time unknown")),
                         },
                     }
                 } else if let Some(d) = r.pushed_within {
                     // Prerelease-only images are kept by [prereleases] alone.
                     let eligible = !released.is_empty() || !others.is_empty() || versions.is_empty();
-                    match img.pushed {
-                        Some(p) if eligible && facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= d => {
-                            keep.push(format!("{label}: pushed {}", age(facts.now, p)))
+                    match img.time() {
+                        Some((p, how))
+                            if eligible && facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= d =>
+                        {
+                            keep.push(format!("{label}: {how} {}", age(facts.now, p)))
                         }
-                        Some(p) => passed.push(format!("{label}: pushed {}", age(facts.now, p))),
+                        Some((p, how)) => passed.push(format!("{label}: {how} {}", age(facts.now, p))),
                         None => passed.push(format!("{label}: push time unknown")),
                     }
                 }
@@ -484,18 +501,18 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 }
             }
             if img.tags.is_empty() {
-                match (&policy.untagged, img.pushed) {
+                match (&policy.untagged, img.time()) {
                     (None, _) => keep.push("untagged: no [untagged] rule, left alone".into()),
-                    (Some(u), Some(p))
+                    (Some(u), Some((p, how)))
                         if facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= u.expire_after =>
                     {
                         keep.push(format!(
-                            "untagged: pushed {}, expires after {}",
+                            "untagged: {how} {}, expires after {}",
                             age(facts.now, p),
                             super::duration::format(u.expire_after)
                         ))
                     }
-                    (Some(_), Some(p)) => passed.push(format!("untagged: pushed {}", age(facts.now, p))),
+                    (Some(_), Some((p, how))) => passed.push(format!("untagged: {how} {}", age(facts.now, p))),
                     (Some(_), None) => keep.push("untagged: push time unknown, left alone".into()),
                 }
             }
@@ -510,6 +527,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 reasons: if action == Action::Keep { keep } else { passed },
                 size: img.size,
                 pushed: img.pushed,
+                created: img.created,
             }
         })
         .collect();
@@ -521,6 +539,34 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
         bytes_freed: deleted.iter().filter_map(|d| d.size).sum(),
         decisions,
     }
+}
+
+/// How many of the versions a target deployed last count as its recent history, for
+/// [`recent_history_warnings`].
+pub const RECENT_HISTORY: usize = 5;
+
+/// Warnings for deletes of versions the target deployed recently (`recent`: distinct deployed
+/// versions, most recent first, from its journal): a policy without `[protect] history` would
+/// take away what `rollback` goes back to.
+pub fn recent_history_warnings(plan: &Plan, recent: &[ImageRef]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in recent.iter().take(RECENT_HISTORY).enumerate() {
+        let Some(digest) = &r.digest else { continue };
+        if plan
+            .decisions
+            .iter()
+            .any(|d| d.action == Action::Delete && &d.digest == digest)
+        {
+            out.push(format!(
+                "deletes {}, #{} of the versions this target deployed last: `rollback` could not go back to it; \
+                 `[protect] history = {}` in the policy keeps it",
+                r.display(),
+                i + 1,
+                (i + 1).max(3)
+            ));
+        }
+    }
+    out
 }
 
 fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> String {
@@ -612,6 +658,7 @@ mod tests {
             digest: digest(n),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             pushed: Some(now() - chrono::Duration::days(days_ago)),
+            created: None,
             size: Some(1000),
         }
     }
@@ -824,6 +871,48 @@ expire_after = "7d"
     }
 
     #[test]
+    fn without_a_push_time_age_rules_go_by_build_time_and_say_so() {
+        let p = policy("[[keep]]\npushed_within = \"7d\"\n");
+        let mut built = img(1, &["v1.0.0"], 0);
+        built.pushed = None;
+        built.created = Some(now() - chrono::Duration::days(10));
+        let plan = plan_now(&p, &[built]);
+        assert_eq!(plan.decisions[0].action, Action::Delete);
+        assert_eq!(plan.decisions[0].reasons, ["keep 1 (pushed within 7d): built 10d ago"]);
+    }
+
+    #[test]
+    fn deleting_a_version_the_target_deployed_recently_is_warned_about() {
+        let p = policy("[[keep]]\nnewest = 1\n");
+        let images = [img(1, &["v3.0.0"], 1), img(2, &["v2.0.0"], 2), img(3, &["v1.0.0"], 3)];
+        let plan = plan_now(&p, &images);
+        let deployed = |n: u64, v: &str| ImageRef {
+            tag: Some(v.into()),
+            version: Some(v.trim_start_matches('v').into()),
+            digest: Some(digest(n)),
+        };
+        // The target went 1.0.0 -> 2.0.0 -> 3.0.0: 2.0.0 is what `rollback` goes back to.
+        let warnings = recent_history_warnings(&plan, &[deployed(1, "v3.0.0"), deployed(2, "v2.0.0")]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("deletes 2.0.0, #2 of the versions this target deployed last")
+                && warnings[0].contains("[protect] history = 3"),
+            "{warnings:?}"
+        );
+        let protected = policy("[protect]\nhistory = 2\n[[keep]]\nnewest = 1\n");
+        let facts = Facts {
+            recent_deployments: vec![digest(1), digest(2)],
+            now: now(),
+            ..Default::default()
+        };
+        let kept = super::plan(&protected, &images, &facts);
+        assert_eq!(
+            recent_history_warnings(&kept, &[deployed(1, "v3.0.0"), deployed(2, "v2.0.0")]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn untagged_images_expire_only_with_an_untagged_rule() {
         let images = [img(1, &[], 10), img(2, &[], 1)];
         let facts = Facts {
@@ -939,6 +1028,7 @@ expire_after = "7d"
                         digest: digest(i as u64 + 1),
                         tags,
                         pushed: Some(now() - chrono::Duration::days(days)),
+                        created: None,
                         size: Some(10),
                     }
                 })
