@@ -227,7 +227,7 @@ pub fn convert_ecr(json: &str) -> Result<(String, Vec<String>), serde_json::Erro
             .chain(s.tag_pattern_list.iter().cloned())
             .collect();
         let globs: Vec<String> = ecr_patterns.iter().map(|p| ecr_glob(p)).collect();
-        let days = (s.count_type == "sinceImagePushed").then(|| s.count_number);
+        let days = (s.count_type == "sinceImagePushed").then_some(s.count_number);
         if s.count_type == "sinceImagePushed" && s.count_unit.as_deref().is_some_and(|u| u != "days") {
             notes.push(format!(
                 "{name}: countUnit {} is unknown (ECR counts days); the rule is left out",
