@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
 mod ecr;
+mod exit_codes;
 mod harness;
 mod hostile;
 mod lkg;
