@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use chrono::Utc;
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::App;
@@ -14,7 +15,7 @@ use crate::adapters::state;
 use crate::cli::PruneArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history::{self, Operation, Outcome, Record};
-use crate::domain::image::{human_size, is_lkg_tag};
+use crate::domain::image::{ImageInfo, human_size, is_lkg_tag};
 use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
 use crate::error::Failure;
 use crate::ops::{deployed, targets};
@@ -167,11 +168,42 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .filter(|i| i.pushed.is_none() || i.size.is_none())
         .map(|i| i.digest.clone())
         .collect();
-    let infos = registry
-        .image_infos(&need)
-        .await
-        .with_context(|| format!("read the metadata of {} images of {}", need.len(), registry.name()))?;
+    // Age rules need every image's time; without them, an image whose metadata cannot be read is
+    // shown without size and time rather than stopping the prune.
+    let fetched: Vec<(Digest, Result<ImageInfo, RegistryError>)> = futures::stream::iter(need)
+        .map(|d| {
+            let registry = &registry;
+            async move {
+                let info = registry.image_info(&d).await;
+                (d, info)
+            }
+        })
+        .buffer_unordered(crate::adapters::registry::CONCURRENCY)
+        .collect()
+        .await;
     registry.flush_cache();
+    let mut infos = std::collections::HashMap::new();
+    let mut unread = Vec::new();
+    for (digest, info) in fetched {
+        match info {
+            Ok(info) => {
+                infos.insert(digest, info);
+            }
+            Err(e) if policy.uses_time() => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "read when {} was pushed (the policy's age rules need it)",
+                    digest.short()
+                )));
+            }
+            Err(e) => unread.push(format!("{}: {e}", digest.short())),
+        }
+    }
+    if let Some(first) = unread.first() {
+        app.printer.note(format!(
+            "note: size and time of {} images could not be read ({first}); they show as -",
+            unread.len()
+        ));
+    }
     let entries: Vec<ImageEntry> = images
         .iter()
         .map(|i| {
