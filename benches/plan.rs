@@ -30,6 +30,7 @@ fn main() {
                 digest: Digest::parse(&format!("sha256:{i:064x}")).unwrap(),
                 tags,
                 pushed: Some(now - chrono::Duration::hours(i as i64)),
+                created: None,
                 size: Some(10_000_000),
             }
         })

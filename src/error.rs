@@ -51,6 +51,8 @@ pub enum Failure {
     Unhealthy(String),
     #[error("find {what}")]
     NeedsRebuild { what: String },
+    #[error("choose a retention policy: no --policy FILE, and {} has no [retention] policy", config.display())]
+    NoPolicy { config: std::path::PathBuf },
     #[error("settle the interrupted {what}: {detail}")]
     SettleFailed { what: String, detail: String },
     #[error("find operation {n}: the journal has {total} (see `backtrack history --limit 0`)")]
@@ -77,6 +79,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::Interrupted => INTERRUPTED,
                 Failure::Unhealthy(_) => ERROR,
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
+                Failure::NoPolicy { .. } => USAGE,
                 Failure::SettleFailed { .. } => REVERT_FAILED,
                 Failure::NotRecorded { .. } => ERROR,
                 Failure::BelowFloor { .. } => USAGE,
@@ -106,6 +109,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<EngineError>() {
             return match e {
                 EngineError::Pull { message, .. } if pull_failed_at_registry(message) => REGISTRY,
+                // The config names a container that is not there: a configuration mistake.
+                EngineError::TargetNotFound { .. } => USAGE,
                 _ => ENGINE,
             };
         }
@@ -195,6 +200,12 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                     .into(),
             );
         }
+        if let Some(Failure::NoPolicy { .. }) = cause.downcast_ref::<Failure>() {
+            return Some(
+                "pass --policy FILE, or add `[retention] policy = \"retention-policies/default.toml\"` to the config"
+                    .into(),
+            );
+        }
         if let Some(Failure::NeedsRebuild { .. }) = cause.downcast_ref::<Failure>() {
             return Some("pass --rebuild to build it from its Git tag, push it and deploy it".into());
         }
@@ -234,6 +245,20 @@ mod tests {
             message: message.into(),
         })
         .context("pull the new version")
+    }
+
+    #[test]
+    fn a_missing_target_container_is_a_usage_error_not_an_engine_one() {
+        let err = anyhow::Error::new(EngineError::TargetNotFound {
+            what: "container web".into(),
+        })
+        .context("read what the target runs");
+        assert_eq!(exit_code(&err), USAGE);
+        let err = anyhow::Error::new(Failure::NoPolicy {
+            config: "backtrack.toml".into(),
+        });
+        assert_eq!(exit_code(&err), USAGE);
+        assert!(hint(&err).unwrap().contains("--policy FILE"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use clap::Parser;
 pub fn main_entry() -> i32 {
     // A shell asking for completions (`COMPLETE=bash backtrack -- ...`) is answered here.
     commands::completions::answer_if_asked();
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse().and_then(refuse_meaningless_flags) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { error::USAGE } else { error::OK };
@@ -50,6 +50,18 @@ pub fn main_entry() -> i32 {
             error::exit_code(&err)
         }
     }
+}
+
+/// Flags that parse but mean nothing for the command are usage errors, not silently ignored.
+fn refuse_meaningless_flags(cli: cli::Cli) -> Result<cli::Cli, clap::Error> {
+    use clap::CommandFactory;
+    if cli.global.output == cli::OutputFormat::Json && matches!(cli.command, cli::Command::Completions { .. }) {
+        return Err(cli::Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--output json does not apply to `completions`: it prints a shell script",
+        ));
+    }
+    Ok(cli)
 }
 
 fn init_logging(verbose: u8) {

@@ -150,8 +150,10 @@ pub struct SwapCommon {
 pub struct MarkGoodArgs {
     /// The version to mark [default: the deployed one].
     pub selector: Option<String>,
+    /// Print which version would be marked; move nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Why, for the journal.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
     /// Mark it even though its last validation failed.
@@ -161,6 +163,7 @@ pub struct MarkGoodArgs {
 
 #[derive(Debug, Args)]
 pub struct EmergencyArgs {
+    /// Print what would be stopped and run (and the docker commands it stands for); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Extra environment for the emergency container (KEY=VALUE lines), like `docker run --env-file`.
@@ -170,6 +173,7 @@ pub struct EmergencyArgs {
     /// floor (needs --reason).
     #[arg(long, requires = "reason")]
     pub force: bool,
+    /// Why, for the journal.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 }
@@ -211,14 +215,56 @@ pub struct PruneArgs {
     /// Policy file [default: [retention] policy of the config].
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Print every image with KEEP or DELETE and why; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Every reason for each image, one per line (default: the deciding reason, and how many more).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file without touching anything.
-    Check { file: PathBuf },
+    Check {
+        /// The retention policy (TOML) to check.
+        file: PathBuf,
+    },
     /// Convert an ECR lifecycle policy (JSON) into a backtrack policy (TOML on stdout).
-    ImportEcr { file: PathBuf },
+    ImportEcr {
+        /// The ECR lifecycle policy, as `aws ecr get-lifecycle-policy --query lifecyclePolicyText`
+        /// prints it.
+        file: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every argument of every subcommand (and every subcommand) says what it is for in `--help`.
+    #[test]
+    fn every_subcommand_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "backtrack", &mut missing);
+        assert_eq!(missing, Vec::<String>::new(), "arguments or subcommands without help");
+    }
 }

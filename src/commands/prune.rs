@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use chrono::Utc;
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::App;
@@ -14,11 +15,15 @@ use crate::adapters::state;
 use crate::cli::PruneArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history::{self, Operation, Outcome, Record};
-use crate::domain::image::{human_size, is_lkg_tag};
+use crate::domain::image::{ImageInfo, human_size, is_lkg_tag};
 use crate::domain::retention::{self, Action, Facts, ImageEntry, Plan};
 use crate::error::Failure;
 use crate::ops::{deployed, targets};
 use crate::output::{Report, ago, confirm, render_table, table};
+use crate::settings::RegistryKind;
+
+/// The command a Distribution registry's operator runs to free the space of deleted images.
+pub const GARBAGE_COLLECT: &str = "registry garbage-collect /etc/docker/registry/config.yml";
 
 #[derive(Debug, Serialize)]
 struct PruneReport {
@@ -29,13 +34,35 @@ struct PruneReport {
     plan: Plan,
     /// Deletes that failed, with the error (after a real run).
     failed: Vec<(Digest, String)>,
+    /// Deletes of versions the target deployed recently (a policy without `[protect] history`).
+    warnings: Vec<String>,
+    /// What "freed" means on this registry.
+    space: String,
+    /// Table only: every reason on its own line, instead of the deciding one.
+    #[serde(skip)]
+    explain: bool,
 }
 
 impl Report for PruneReport {
     fn human(&self) -> String {
         let now = Utc::now();
-        let mut t = table(["action", "tags", "digest", "pushed", "size", "reasons"]);
+        // Distribution records no push time: there the column is the build time, and says so.
+        let pushed = self.plan.decisions.iter().any(|d| d.pushed.is_some());
+        let mut t = table([
+            "action",
+            "tags",
+            "digest",
+            if pushed { "pushed" } else { "created" },
+            "size",
+            "reasons",
+        ]);
         for d in &self.plan.decisions {
+            let time = if pushed { d.pushed } else { d.created };
+            let reasons = if self.explain || d.reasons.len() < 2 {
+                d.reasons.join("\n")
+            } else {
+                format!("{} (+{} more)", d.reasons[0], d.reasons.len() - 1)
+            };
             t.add_row(vec![
                 match d.action {
                     Action::Keep => "keep".to_string(),
@@ -47,27 +74,47 @@ impl Report for PruneReport {
                     d.tags.join(",")
                 },
                 d.digest.short().to_string(),
-                d.pushed.map_or("-".into(), |p| ago(now, p)),
+                time.map_or("-".into(), |p| ago(now, p)),
                 d.size.map_or("-".into(), human_size),
-                d.reasons.join("; "),
+                reasons,
             ]);
         }
         let mut out = render_table(&t);
         out.push_str(&format!(
-            "\n{}: {} kept, {} {}, {} freed",
+            "\n{}: {} kept, {} {}, {} in the deleted images",
             self.repository,
             self.plan.kept,
             self.plan.deleted,
             if self.dry_run { "to delete" } else { "deleted" },
             human_size(self.plan.bytes_freed)
         ));
+        if self.plan.deleted > 0 {
+            out.push_str(&format!("\n{}", self.space));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("\nwarning: {w}"));
+        }
         for (d, e) in &self.failed {
             out.push_str(&format!("\nfailed to delete {}: {e}", d.short()));
+        }
+        if !self.explain && self.plan.decisions.iter().any(|d| d.reasons.len() > 1) {
+            out.push_str("\n--explain shows every reason");
         }
         if self.dry_run {
             out.push_str("\ndry run: nothing was deleted");
         }
         out
+    }
+}
+
+/// What deleting frees on this kind of registry.
+fn space_note(kind: RegistryKind) -> String {
+    match kind {
+        RegistryKind::Oci => format!(
+            "a Distribution registry frees the space only when its garbage collection runs, on the registry \
+             host: `{GARBAGE_COLLECT}`; layers shared with kept images stay"
+        ),
+        RegistryKind::Ecr => "ECR frees the space of layers no kept image shares".into(),
     }
 }
 
@@ -77,7 +124,9 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .policy
         .clone()
         .or_else(|| project.retention_policy.clone())
-        .context("choose a policy: pass --policy FILE or set [retention] policy in backtrack.toml")?;
+        .ok_or_else(|| Failure::NoPolicy {
+            config: project.config_path.clone(),
+        })?;
     let policy = crate::settings::policy::load(&path)?;
     let registry = app.registry()?;
     let journal = app.journal()?;
@@ -112,19 +161,49 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .images()
         .await
         .with_context(|| format!("list images of {}", registry.name()))?;
-    // Push times are fetched only when a rule needs them; otherwise what the cache knows is shown.
-    let missing = |i: &&RemoteImage| i.pushed.is_none() || i.size.is_none();
-    let infos = if policy.uses_time() {
-        let need: Vec<Digest> = images.iter().filter(missing).map(|i| i.digest.clone()).collect();
-        registry.image_infos(&need).await?
-    } else {
-        images
-            .iter()
-            .filter(missing)
-            .filter_map(|i| registry.cached_info(&i.digest).map(|info| (i.digest.clone(), info)))
-            .collect()
-    };
+    // Every image's time and size is shown and summed, so what the listing lacks is fetched
+    // (Distribution lists tags only; image metadata is cached by digest).
+    let need: Vec<Digest> = images
+        .iter()
+        .filter(|i| i.pushed.is_none() || i.size.is_none())
+        .map(|i| i.digest.clone())
+        .collect();
+    // Age rules need every image's time; without them, an image whose metadata cannot be read is
+    // shown without size and time rather than stopping the prune.
+    let fetched: Vec<(Digest, Result<ImageInfo, RegistryError>)> = futures::stream::iter(need)
+        .map(|d| {
+            let registry = &registry;
+            async move {
+                let info = registry.image_info(&d).await;
+                (d, info)
+            }
+        })
+        .buffer_unordered(crate::adapters::registry::CONCURRENCY)
+        .collect()
+        .await;
     registry.flush_cache();
+    let mut infos = std::collections::HashMap::new();
+    let mut unread = Vec::new();
+    for (digest, info) in fetched {
+        match info {
+            Ok(info) => {
+                infos.insert(digest, info);
+            }
+            Err(e) if policy.uses_time() => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "read when {} was pushed (the policy's age rules need it)",
+                    digest.short()
+                )));
+            }
+            Err(e) => unread.push(format!("{}: {e}", digest.short())),
+        }
+    }
+    if let Some(first) = unread.first() {
+        app.printer.note(format!(
+            "note: size and time of {} images could not be read ({first}); they show as -",
+            unread.len()
+        ));
+    }
     let entries: Vec<ImageEntry> = images
         .iter()
         .map(|i| {
@@ -132,7 +211,8 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             ImageEntry {
                 digest: i.digest.clone(),
                 tags: i.tags.clone(),
-                pushed: i.pushed.or_else(|| info.and_then(|x| x.pushed.or(x.created))),
+                pushed: i.pushed.or_else(|| info.and_then(|x| x.pushed)),
+                created: info.and_then(|x| x.created),
                 size: i.size.or_else(|| info.and_then(|x| x.size)),
             }
         })
@@ -160,12 +240,10 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             other_targets.insert(d, format!("{} runs it (its journal)", sib.meta.target));
         }
     }
+    let deployed_here = history::deployed_versions(&ops);
     let facts = Facts {
         deployed: deployed_digests,
-        recent_deployments: history::deployed_versions(&ops)
-            .into_iter()
-            .filter_map(|r| r.digest)
-            .collect(),
+        recent_deployments: deployed_here.iter().filter_map(|r| r.digest.clone()).collect(),
         other_targets,
         now: Utc::now(),
     };
@@ -174,8 +252,11 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         repository: registry.name(),
         policy: path.display().to_string(),
+        warnings: retention::recent_history_warnings(&plan, &deployed_here),
         plan,
         failed: Vec::new(),
+        space: space_note(project.registry.kind),
+        explain: args.explain,
     };
     if args.dry_run || report.plan.deleted == 0 {
         return app.printer.report(&report);

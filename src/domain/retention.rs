@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
 use super::duration::serde_human;
-use super::image::is_lkg_tag;
+use super::image::{ImageRef, is_lkg_tag};
 use super::version::VersionTag;
 
 /// A policy file (`retention-policies/*.toml`).
@@ -45,7 +46,7 @@ pub struct Protect {
     pub history: usize,
     /// Globs: an image with a matching tag is never deleted.
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Globs,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
@@ -56,11 +57,12 @@ pub struct KeepRule {
     /// With `count`: the `count` highest released versions of each major or minor line.
     pub newest_per: Option<Per>,
     pub count: Option<usize>,
-    /// Images pushed (or, where the registry does not say, built) within this long.
+    /// Images pushed (or, where the registry does not say, built) within this long. With
+    /// `tags`, only images with a matching tag, pushed within this long.
     #[serde(default, deserialize_with = "serde_human::deserialize_opt")]
     pub pushed_within: Option<Duration>,
     /// Globs against any tag of the image.
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Globs>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Serialize)]
@@ -88,8 +90,61 @@ pub struct Untagged {
 #[serde(deny_unknown_fields)]
 pub struct OtherTags {
     #[serde(default)]
-    pub prune: Vec<String>,
+    pub prune: Globs,
 }
+
+/// Tag globs as a policy writes them (`*` any run of characters, `?` one character, `[a-z]`
+/// classes, `{a,b}` alternatives), compiled once by globset. A tag matches the whole pattern.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct Globs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Globs {
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn is_match(&self, tag: &str) -> bool {
+        self.set.is_match(tag)
+    }
+
+    /// The first pattern (in the order written) that matches `tag`.
+    pub fn first_match(&self, tag: &str) -> Option<&str> {
+        let first = self.set.matches(tag).into_iter().min()?;
+        Some(&self.patterns[first])
+    }
+}
+
+impl TryFrom<Vec<String>> for Globs {
+    type Error = globset::Error;
+
+    fn try_from(patterns: Vec<String>) -> Result<Self, Self::Error> {
+        let mut set = GlobSetBuilder::new();
+        for p in &patterns {
+            set.add(Glob::new(p)?);
+        }
+        Ok(Self {
+            set: set.build()?,
+            patterns,
+        })
+    }
+}
+
+impl PartialEq for Globs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for Globs {}
 
 /// A rule that parses but cannot mean anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,11 +176,11 @@ impl Policy {
             let r = rule.get_ref();
             let at = rule.span().start;
             let n = i + 1;
+            // `tags` with `pushed_within` is one rule: matching images pushed within that long.
             let kinds = [
                 r.newest.is_some(),
                 r.newest_per.is_some(),
-                r.pushed_within.is_some(),
-                r.tags.is_some(),
+                r.pushed_within.is_some() || r.tags.is_some(),
             ]
             .iter()
             .filter(|k| **k)
@@ -133,8 +188,8 @@ impl Policy {
             let mut problem = |message: String| out.push(PolicyProblem { offset: at, message });
             if kinds != 1 {
                 problem(format!(
-                    "[[keep]] rule {n} must have exactly one of newest, newest_per (with count), pushed_within, tags; \
-                     split it into several [[keep]] rules"
+                    "[[keep]] rule {n} must have exactly one of newest, newest_per (with count), pushed_within, \
+                     tags (or tags with pushed_within); split it into several [[keep]] rules"
                 ));
                 continue;
             }
@@ -150,7 +205,7 @@ impl Policy {
             if r.pushed_within == Some(Duration::ZERO) {
                 problem(format!("[[keep]] rule {n}: pushed_within = 0 keeps nothing"));
             }
-            if r.tags.as_ref().is_some_and(Vec::is_empty) {
+            if r.tags.as_ref().is_some_and(Globs::is_empty) {
                 problem(format!("[[keep]] rule {n}: tags = [] names no tag"));
             }
         }
@@ -172,7 +227,10 @@ impl Policy {
             ));
         }
         if !self.protect.tags.is_empty() {
-            out.push(format!("protected: images tagged {}", self.protect.tags.join(", ")));
+            out.push(format!(
+                "protected: images tagged {}",
+                self.protect.tags.patterns().join(", ")
+            ));
         }
         if self.keep_nothing {
             out.push("keep_nothing: no rule keeps anything; every image nothing protects is deleted".into());
@@ -197,7 +255,7 @@ impl Policy {
         } else {
             out.push(format!(
                 "tags that are not versions: {} are decided by the rules, others keep their image",
-                self.other_tags.prune.join(", ")
+                self.other_tags.prune.patterns().join(", ")
             ));
         }
         out
@@ -211,36 +269,22 @@ fn rule_name(r: &KeepRule) -> String {
     if let (Some(per), Some(c)) = (r.newest_per, r.count) {
         return format!("newest {c} per {}", if per == Per::Major { "major" } else { "minor" });
     }
-    if let Some(d) = r.pushed_within {
-        return format!("pushed within {}", super::duration::format(d));
+    match (&r.tags, r.pushed_within) {
+        (Some(t), Some(d)) => format!(
+            "tags {} pushed within {}",
+            t.patterns().join(", "),
+            super::duration::format(d)
+        ),
+        (None, Some(d)) => format!("pushed within {}", super::duration::format(d)),
+        (Some(t), None) => format!("tags {}", t.patterns().join(", ")),
+        (None, None) => "?".into(),
     }
-    if let Some(t) = &r.tags {
-        return format!("tags {}", t.join(", "));
-    }
-    "?".into()
 }
 
-/// `*` matches any run of characters, `?` one character.
+/// Whether `text` matches the glob `pattern` (globset's syntax; an invalid pattern matches
+/// nothing). For one-off matches; policies compile their globs once ([`Globs`]).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
+    Glob::new(pattern).is_ok_and(|g| g.compile_matcher().is_match(text))
 }
 
 /// One image as the registry has it.
@@ -248,9 +292,21 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct ImageEntry {
     pub digest: Digest,
     pub tags: Vec<String>,
-    /// Push time where the registry keeps it, else build time.
+    /// When it was pushed, where the registry records it (ECR's `imagePushedAt`; a
+    /// Distribution registry does not record push times).
     pub pushed: Option<DateTime<Utc>>,
+    /// When it was built (its config's `created`): what age rules go by without a push time.
+    pub created: Option<DateTime<Utc>>,
     pub size: Option<u64>,
+}
+
+impl ImageEntry {
+    /// The time age rules go by, and how to say it: the push time, else the build time.
+    fn time(&self) -> Option<(DateTime<Utc>, &'static str)> {
+        self.pushed
+            .map(|p| (p, "pushed"))
+            .or(self.created.map(|c| (c, "built")))
+    }
 }
 
 /// What protects images beyond the policy's own rules.
@@ -281,6 +337,7 @@ pub struct Decision {
     pub reasons: Vec<String>,
     pub size: Option<u64>,
     pub pushed: Option<DateTime<Utc>>,
+    pub created: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -354,7 +411,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 ));
             }
             for t in &img.tags {
-                if let Some(p) = policy.protect.tags.iter().find(|p| glob_match(p, t)) {
+                if let Some(p) = policy.protect.tags.first_match(t) {
                     keep.push(format!("protected: tag {t} matches protect.tags \"{p}\""));
                 }
             }
@@ -365,7 +422,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 .filter(|t| VersionTag::parse(t).is_none() && !is_lkg_tag(t))
                 .collect();
             for t in &others {
-                if !policy.other_tags.prune.iter().any(|p| glob_match(p, t)) {
+                if !policy.other_tags.prune.is_match(t) {
                     keep.push(format!(
                         "tag {t} is not a version (only [other_tags] prune names such tags)"
                     ));
@@ -396,20 +453,34 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                         Some((v, k)) => passed.push(format!("{label}: {} is #{k} of its line", v.tag)),
                         None => passed.push(format!("{label}: no released version tag")),
                     }
+                } else if let Some(globs) = &r.tags {
+                    let within = |p: DateTime<Utc>, d: Duration| {
+                        facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= d
+                    };
+                    match (img.tags.iter().find(|t| globs.is_match(t)), r.pushed_within) {
+                        (None, _) => passed.push(format!("{label}: no tag matches")),
+                        (Some(t), None) => keep.push(format!("{label}: tag {t} matches")),
+                        (Some(t), Some(d)) => match img.time() {
+                            Some((p, how)) if within(p, d) => {
+                                keep.push(format!("{label}: tag {t} matches, {how} {}", age(facts.now, p)))
+                            }
+                            Some((p, how)) => {
+                                passed.push(format!("{label}: tag {t} matches, {how} {}", age(facts.now, p)))
+                            }
+                            None => passed.push(format!("{label}: tag {t} matches, push time unknown")),
+                        },
+                    }
                 } else if let Some(d) = r.pushed_within {
                     // Prerelease-only images are kept by [prereleases] alone.
                     let eligible = !released.is_empty() || !others.is_empty() || versions.is_empty();
-                    match img.pushed {
-                        Some(p) if eligible && facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= d => {
-                            keep.push(format!("{label}: pushed {}", age(facts.now, p)))
+                    match img.time() {
+                        Some((p, how))
+                            if eligible && facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= d =>
+                        {
+                            keep.push(format!("{label}: {how} {}", age(facts.now, p)))
                         }
-                        Some(p) => passed.push(format!("{label}: pushed {}", age(facts.now, p))),
+                        Some((p, how)) => passed.push(format!("{label}: {how} {}", age(facts.now, p))),
                         None => passed.push(format!("{label}: push time unknown")),
-                    }
-                } else if let Some(globs) = &r.tags {
-                    match img.tags.iter().find(|t| globs.iter().any(|g| glob_match(g, t))) {
-                        Some(t) => keep.push(format!("{label}: tag {t} matches")),
-                        None => passed.push(format!("{label}: no tag matches")),
                     }
                 }
             }
@@ -430,18 +501,18 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 }
             }
             if img.tags.is_empty() {
-                match (&policy.untagged, img.pushed) {
+                match (&policy.untagged, img.time()) {
                     (None, _) => keep.push("untagged: no [untagged] rule, left alone".into()),
-                    (Some(u), Some(p))
+                    (Some(u), Some((p, how)))
                         if facts.now.signed_duration_since(p).to_std().unwrap_or_default() <= u.expire_after =>
                     {
                         keep.push(format!(
-                            "untagged: pushed {}, expires after {}",
+                            "untagged: {how} {}, expires after {}",
                             age(facts.now, p),
                             super::duration::format(u.expire_after)
                         ))
                     }
-                    (Some(_), Some(p)) => passed.push(format!("untagged: pushed {}", age(facts.now, p))),
+                    (Some(_), Some((p, how))) => passed.push(format!("untagged: {how} {}", age(facts.now, p))),
                     (Some(_), None) => keep.push("untagged: push time unknown, left alone".into()),
                 }
             }
@@ -456,6 +527,7 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
                 reasons: if action == Action::Keep { keep } else { passed },
                 size: img.size,
                 pushed: img.pushed,
+                created: img.created,
             }
         })
         .collect();
@@ -467,6 +539,34 @@ pub fn plan(policy: &Policy, images: &[ImageEntry], facts: &Facts) -> Plan {
         bytes_freed: deleted.iter().filter_map(|d| d.size).sum(),
         decisions,
     }
+}
+
+/// How many of the versions a target deployed last count as its recent history, for
+/// [`recent_history_warnings`].
+pub const RECENT_HISTORY: usize = 5;
+
+/// Warnings for deletes of versions the target deployed recently (`recent`: distinct deployed
+/// versions, most recent first, from its journal): a policy without `[protect] history` would
+/// take away what `rollback` goes back to.
+pub fn recent_history_warnings(plan: &Plan, recent: &[ImageRef]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in recent.iter().take(RECENT_HISTORY).enumerate() {
+        let Some(digest) = &r.digest else { continue };
+        if plan
+            .decisions
+            .iter()
+            .any(|d| d.action == Action::Delete && &d.digest == digest)
+        {
+            out.push(format!(
+                "deletes {}, #{} of the versions this target deployed last: `rollback` could not go back to it; \
+                 `[protect] history = {}` in the policy keeps it",
+                r.display(),
+                i + 1,
+                (i + 1).max(3)
+            ));
+        }
+    }
+    out
 }
 
 fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> String {
@@ -558,6 +658,7 @@ mod tests {
             digest: digest(n),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             pushed: Some(now() - chrono::Duration::days(days_ago)),
+            created: None,
             size: Some(1000),
         }
     }
@@ -623,6 +724,7 @@ expire_after = "7d"
             ("[[keep]]\nnewest_per = \"minor\"\n", "needs count"),
             ("[[keep]]\ncount = 2\n", "exactly one of"),
             ("[[keep]]\ntags = []\n", "names no tag"),
+            ("[[keep]]\ntags = [\"x\"]\nnewest = 2\n", "exactly one of"),
         ];
         for (text, want) in cases {
             let p: Policy = toml::from_str(text).unwrap();
@@ -769,6 +871,48 @@ expire_after = "7d"
     }
 
     #[test]
+    fn without_a_push_time_age_rules_go_by_build_time_and_say_so() {
+        let p = policy("[[keep]]\npushed_within = \"7d\"\n");
+        let mut built = img(1, &["v1.0.0"], 0);
+        built.pushed = None;
+        built.created = Some(now() - chrono::Duration::days(10));
+        let plan = plan_now(&p, &[built]);
+        assert_eq!(plan.decisions[0].action, Action::Delete);
+        assert_eq!(plan.decisions[0].reasons, ["keep 1 (pushed within 7d): built 10d ago"]);
+    }
+
+    #[test]
+    fn deleting_a_version_the_target_deployed_recently_is_warned_about() {
+        let p = policy("[[keep]]\nnewest = 1\n");
+        let images = [img(1, &["v3.0.0"], 1), img(2, &["v2.0.0"], 2), img(3, &["v1.0.0"], 3)];
+        let plan = plan_now(&p, &images);
+        let deployed = |n: u64, v: &str| ImageRef {
+            tag: Some(v.into()),
+            version: Some(v.trim_start_matches('v').into()),
+            digest: Some(digest(n)),
+        };
+        // The target went 1.0.0 -> 2.0.0 -> 3.0.0: 2.0.0 is what `rollback` goes back to.
+        let warnings = recent_history_warnings(&plan, &[deployed(1, "v3.0.0"), deployed(2, "v2.0.0")]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("deletes 2.0.0, #2 of the versions this target deployed last")
+                && warnings[0].contains("[protect] history = 3"),
+            "{warnings:?}"
+        );
+        let protected = policy("[protect]\nhistory = 2\n[[keep]]\nnewest = 1\n");
+        let facts = Facts {
+            recent_deployments: vec![digest(1), digest(2)],
+            now: now(),
+            ..Default::default()
+        };
+        let kept = super::plan(&protected, &images, &facts);
+        assert_eq!(
+            recent_history_warnings(&kept, &[deployed(1, "v3.0.0"), deployed(2, "v2.0.0")]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn untagged_images_expire_only_with_an_untagged_rule() {
         let images = [img(1, &[], 10), img(2, &[], 1)];
         let facts = Facts {
@@ -794,19 +938,74 @@ expire_after = "7d"
     }
 
     #[test]
-    fn globs() {
+    fn tag_globs_match_whole_tags_as_before_globset() {
+        // The hand-written matcher's behaviour, kept: `*` any run, `?` one character, whole tag.
         for (p, t, want) in [
             ("release-*", "release-1.2", true),
             ("release-*", "release-", true),
             ("release-*", "rel", false),
             ("*-rc", "1.0-rc", true),
             ("v?.0", "v1.0", true),
+            ("v?.0", "v10.0", false),
             ("stable", "stable", true),
             ("stable", "stable2", false),
+            ("sha-*", "xsha-1", false),
             ("*", "", true),
+            // What globset adds: classes and alternatives.
+            ("v[0-9]*", "v1.2.3", true),
+            ("v[0-9]*", "very", false),
+            ("{sha,pr}-*", "pr-12", true),
         ] {
+            let globs = Globs::try_from(vec![p.to_string()]).unwrap();
+            assert_eq!(globs.is_match(t), want, "{p} {t}");
             assert_eq!(glob_match(p, t), want, "{p} {t}");
         }
+        let globs = Globs::try_from(vec!["sha-*".to_string(), "*".to_string()]).unwrap();
+        assert_eq!(
+            globs.first_match("sha-1"),
+            Some("sha-*"),
+            "the first pattern written wins"
+        );
+        assert_eq!(globs.first_match("latest"), Some("*"));
+        assert!(Globs::try_from(vec!["v[0-9".to_string()]).is_err());
+    }
+
+    #[test]
+    fn a_tags_rule_with_pushed_within_keeps_only_recent_images_with_those_tags() {
+        let p = policy(
+            "[other_tags]\nprune = [\"sha-*\", \"pr-*\"]\n[[keep]]\nnewest = 1\n\
+             [[keep]]\ntags = [\"sha-*\", \"pr-*\"]\npushed_within = \"14d\"\n",
+        );
+        let images = [
+            img(1, &["v2.0.0"], 100),
+            img(2, &["v1.0.0"], 1),
+            img(3, &["sha-aaa"], 3),
+            img(4, &["pr-7"], 30),
+            img(5, &["sha-bbb"], 20),
+            img(6, &["nightly"], 90),
+        ];
+        let plan = plan_now(&p, &images);
+        assert_eq!(
+            actions(&plan),
+            vec![
+                ("v2.0.0".into(), Action::Keep),
+                ("v1.0.0".into(), Action::Delete),
+                ("nightly".into(), Action::Keep),
+                ("pr-7".into(), Action::Delete),
+                ("sha-aaa".into(), Action::Keep),
+                ("sha-bbb".into(), Action::Delete),
+            ],
+            "the age limit is for sha-/pr- images only: v1.0.0 is recent but not kept by it"
+        );
+        let sha = plan.decisions.iter().find(|d| d.tags == ["sha-aaa"]).unwrap();
+        assert_eq!(
+            sha.reasons,
+            ["keep 2 (tags sha-*, pr-* pushed within 14d): tag sha-aaa matches, pushed 3d ago"]
+        );
+        assert!(
+            p.describe()
+                .contains(&"keep: tags sha-*, pr-* pushed within 14d".to_string())
+        );
     }
 
     fn arb_images() -> impl Strategy<Value = Vec<ImageEntry>> {
@@ -829,6 +1028,7 @@ expire_after = "7d"
                         digest: digest(i as u64 + 1),
                         tags,
                         pushed: Some(now() - chrono::Duration::days(days)),
+                        created: None,
                         size: Some(10),
                     }
                 })

@@ -51,6 +51,17 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_tag_glob_is_located() {
+        let err = parse(
+            Path::new("p.toml"),
+            "[protect]\ntags = [\"v[0-9\"]\n[[keep]]\nnewest = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("parse p.toml:2:8:") && err.contains("v[0-9"), "{err}");
+    }
+
+    #[test]
     fn an_empty_policy_is_refused_unless_it_says_keep_nothing() {
         for text in ["", "description = \"x\"\n", "[protect]\nhistory = 3\n"] {
             let err = parse(Path::new("p.toml"), text).unwrap_err().to_string();

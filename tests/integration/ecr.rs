@@ -204,6 +204,13 @@ fn ecr_mark_good_retags_and_prune_deletes_by_tag() {
         .success()
         .json();
     assert_eq!(plan["deleted"], 2, "{plan:#}");
+    for d in plan["decisions"].as_array().unwrap() {
+        assert!(d["pushed"].is_string(), "ECR's imagePushedAt: {d}");
+    }
+    let table = t.exec(["prune", "--policy", "p.toml", "--dry-run"]).success();
+    let header = table.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(header.contains("PUSHED") && !header.contains("CREATED"), "{header}");
+    assert!(!table.stdout.contains("garbage-collect"), "{}", table.stdout);
     t.exec(["prune", "--policy", "p.toml", "--yes"]).success();
     assert_eq!(repo.tags(), ["last_known_good", "nightly", "v1.1.0", "v1.3.0"]);
 }

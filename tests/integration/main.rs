@@ -2,6 +2,7 @@
 
 mod cli;
 mod ecr;
+mod exit_codes;
 mod harness;
 mod hooks;
 mod hostile;

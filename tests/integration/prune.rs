@@ -178,6 +178,84 @@ fn prune_deletes_exactly_what_the_plan_says_and_never_what_is_protected() {
 }
 
 #[test]
+fn prune_output_says_created_sizes_every_image_warns_about_recent_deploys_and_how_space_is_freed() {
+    let repo = Repo::new("pruneout");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    repo.push_synthetic(&["v1.2.0"], &days_ago(3));
+    repo.push_synthetic(&["v0.9.0"], &days_ago(30));
+    let containers = Containers::new();
+    let (name, port) = crate::harness::run_app(&format!("{}:v1.0.0", repo.image()), &containers, &[]);
+    // A fresh sandbox: its image cache is empty, so sizes come from the registry, not the cache.
+    let t = Test::new().repo(
+        &repo,
+        &format!(
+            "[target]\nkind = \"container\"\nname = \"{name}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n"
+        ),
+    );
+    // No [protect] history: the version deployed a moment ago is not protected.
+    std::fs::write(
+        t.dir.path().join("p.toml"),
+        "[[keep]]\nnewest = 1\n[[keep]]\ntags = [\"v1.2.*\"]\n",
+    )
+    .unwrap();
+    t.exec(["deploy", "v1.1.0"]).success();
+    t.exec(["deploy", "v1.0.0"]).success();
+
+    let plan = t
+        .exec(["prune", "--policy", "p.toml", "--dry-run", "--output", "json"])
+        .success()
+        .json();
+    let decisions = plan["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 4, "{plan:#}");
+    for d in decisions {
+        assert!(d["size"].as_u64().is_some_and(|s| s > 0), "every size is known: {d}");
+        assert!(d["created"].is_string() && d["pushed"].is_null(), "{d}");
+    }
+    let deleted_size: u64 = decisions
+        .iter()
+        .filter(|d| d["action"] == "delete")
+        .map(|d| d["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(plan["bytes_freed"].as_u64(), Some(deleted_size), "{plan:#}");
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("deletes 1.1.0, #2 of the versions this target deployed last"),
+        "{warnings}"
+    );
+
+    let table = t.exec(["prune", "--policy", "p.toml", "--dry-run"]).success().stdout;
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("CREATED") && !header.contains("PUSHED"), "{table}");
+    assert!(
+        table.contains("`registry garbage-collect /etc/docker/registry/config.yml`"),
+        "{table}"
+    );
+    assert!(table.contains("warning: deletes 1.1.0"), "{table}");
+    // One line per image by default; --explain gives every reason its own line.
+    let v110 = table.lines().find(|l| l.contains("v1.1.0")).unwrap();
+    assert!(v110.ends_with("keep 1 (newest 1): v1.1.0 is #2 (+1 more)"), "{table}");
+    let explained = t
+        .exec(["prune", "--policy", "p.toml", "--dry-run", "--explain"])
+        .success()
+        .stdout;
+    let at = explained.lines().position(|l| l.contains("v1.1.0")).unwrap();
+    assert!(
+        explained
+            .lines()
+            .nth(at)
+            .unwrap()
+            .ends_with("keep 1 (newest 1): v1.1.0 is #2"),
+        "{explained}"
+    );
+    assert_eq!(
+        explained.lines().nth(at + 1).unwrap().trim(),
+        "keep 2 (tags v1.2.*): no tag matches",
+        "{explained}"
+    );
+}
+
+#[test]
 fn prune_on_a_registry_with_deletes_disabled_says_how_to_enable_them() {
     let own = OwnRegistry::start(false);
     let repo = Repo::in_registry("nodelete", &own.addr);

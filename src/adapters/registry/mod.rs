@@ -229,7 +229,8 @@ impl RegistryError {
                     .into(),
             ),
             Self::Unauthorized { registry, .. } => Some(format!(
-                "log in with `docker login {registry}` (backtrack reads ~/.docker/config.json)"
+                "log in with `docker login {registry}` (backtrack reads {})",
+                credentials::config_file()
             )),
             Self::Denied { .. } => Some("the credentials lack permission for this repository".into()),
             Self::RepositoryNotFound { .. } => {
