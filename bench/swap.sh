@@ -11,8 +11,10 @@
 # Unavailability window (BENCH_WINDOW_RUNS, 5): GET the health URL every 10 ms during a swap; the
 # longest time from a failed request to the next answer, raw floor vs backtrack. Target:
 # backtrack's window <= the raw floor's.
-# Also: `backtrack deploy` of a version whose 100 MB image is not on the machine (must pull), and
-# the raw `docker pull` of that image / a raw swap with pull, for comparison (BENCH_PULL_RUNS, 3).
+# Also, with a large image (BENCH_BIG_MB, 300 MB of random bytes, not on the machine): a rollback
+# that must pull it vs the raw `docker pull` + swap; the same rollback after `backtrack warm` vs
+# the raw floor with the image present (target: after warm <= 1.15x that floor, whatever the
+# image's size) (BENCH_PULL_RUNS, 3).
 #
 # Run:   bench/swap.sh
 # Needs: Docker Engine + the registry from scripts/test-env, /bin/busybox (busybox-static), curl.
@@ -30,6 +32,7 @@ registry=${BENCH_REGISTRY:-127.0.0.1:5000}
 image=$registry/bench/swap
 runs=${BENCH_RUNS:-7}
 pull_runs=${BENCH_PULL_RUNS:-3}
+big_mb=${BENCH_BIG_MB:-300}
 window_runs=${BENCH_WINDOW_RUNS:-5}
 port=18090
 url=http://127.0.0.1:$port/health
@@ -211,14 +214,14 @@ for ((i = 1; i <= window_runs; i++)); do
   say "  run $i: raw window $(secs "${w_raw[-1]:-0}")s, backtrack window $(secs "${w_bt[-1]:-0}")s"
 done
 
-# --- a 100 MB image that has to be pulled ------------------------------------------------------
-big=v2.0.0
+# --- a large image: pulled by the rollback, or warmed before it -----------------------------------
+big=v3.0.0-big$big_mb
 have_big=$(curl -fs -o /dev/null -w '%{http_code}' -I \
   -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
   "http://$registry/v2/bench/swap/manifests/$big" || true)
 if [ "$have_big" != 200 ]; then
-  say "building and pushing $image:$big (with 100 MB of random bytes)"
-  head -c 100M /dev/urandom >"$ctx/big.bin"
+  say "building and pushing $image:$big (with $big_mb MB of random bytes)"
+  head -c "${big_mb}M" /dev/urandom >"$ctx/big.bin"
   write_dockerfile "$ctx/Dockerfile.big" "COPY big.bin /big.bin"
   docker build -q -f "$ctx/Dockerfile.big" --build-arg VERSION=$big -t "$image:$big" "$ctx" >/dev/null 2>"$work/build.err" \
     || { cat "$work/build.err" >&2; die "build $big failed"; }
@@ -245,7 +248,8 @@ drop_big() {
 
 raw_pull() { docker pull -q "$big_ref" >/dev/null; }
 raw_pull_swap() { docker pull -q "$big_ref" >/dev/null && raw_swap "$big" "$big_ref"; }
-s_bt_pull=() s_raw_pull=() s_raw_pull_swap=()
+bt_warm() { timeout 300 "$BACKTRACK" --config "$cfg" warm "$big" >/dev/null 2>"$work/warm.err" || { cat "$work/warm.err" >&2; return 1; }; }
+s_bt_pull=() s_raw_pull=() s_raw_pull_swap=() s_bt_warm=() s_raw_present=() s_warm_only=()
 say "timing: $pull_runs runs each of swaps that pull $image:$big ($(awk -v b="$big_size" 'BEGIN {printf "%.0f MB", b/1e6}'))"
 for ((i = 1; i <= pull_runs; i++)); do
   drop_big; settle
@@ -254,12 +258,18 @@ for ((i = 1; i <= pull_runs; i++)); do
   timed s_raw_pull raw_pull || true
   drop_big; settle
   timed s_raw_pull_swap raw_pull_swap || true
+  drop_big; settle
+  timed s_warm_only bt_warm || true
+  timed s_bt_warm bt_swap "$big" || true
+  ensure_on v1.0.0; current=v1.0.0; settle
+  timed s_raw_present raw_swap "$big" "$big_ref" || true
+  say "  run $i: after warm $(secs "${s_bt_warm[-1]:-0}")s vs raw with the image present $(secs "${s_raw_present[-1]:-0}")s"
   say "  run $i: backtrack with pull $(secs "${s_bt_pull[-1]:-0}")s, docker pull $(secs "${s_raw_pull[-1]:-0}")s, raw swap with pull $(secs "${s_raw_pull_swap[-1]:-0}")s"
 done
-drop_big   # leaves the machine without the 100 MB image
+drop_big   # leaves the machine without the large image
 
 # --- report ------------------------------------------------------------------------------------
-for a in s_raw s_bt s_seed s_bt_pull s_raw_pull s_raw_pull_swap w_raw w_bt; do
+for a in s_raw s_bt s_seed s_bt_pull s_raw_pull s_raw_pull_swap s_bt_warm s_raw_present s_warm_only w_raw w_bt; do
   declare -n arr=$a
   [ ${#arr[@]} -gt 0 ] || die "every run of $a failed"
   unset -n arr
@@ -274,6 +284,9 @@ m_raw_pull_swap=$(median_us "${s_raw_pull_swap[@]}")
 r_bt=$(ratio "$m_bt" "$m_raw")
 r_seed=$(ratio "$m_seed" "$m_bt")
 r_pull=$(ratio "$m_bt_pull" "$m_raw_pull_swap")
+m_bt_warm=$(median_us "${s_bt_warm[@]}")
+m_raw_present=$(median_us "${s_raw_present[@]}")
+m_warm_only=$(median_us "${s_warm_only[@]}")
 m_w_raw=$(median_us "${w_raw[@]}")
 m_w_bt=$(median_us "${w_bt[@]}")
 
@@ -289,13 +302,16 @@ table_row "  of which until deploy returned" "$(secs "$m_bt_cmd") s" "" "" "" "(
 table_row "unavailable: raw floor (longest gap)" "$(secs "$m_w_raw") s" "" "" "" "(baseline)"
 table_row "unavailable: backtrack deploy" "$(secs "$m_w_bt") s" "$(secs "$m_w_raw") s" "$(ratio "$m_w_bt" "$m_w_raw")x" "<= raw" "$(verdict le "$m_w_bt" "$m_w_raw")"
 table_row "seed path: build --no-cache + rm + run" "$(secs "$m_seed") s" "$(secs "$m_bt") s" "${r_seed}x" ">= 4x bt" "$(verdict ratio_ge "$m_seed" "$m_bt" 4)"
-table_row "backtrack deploy with pull (100 MB)" "$(secs "$m_bt_pull") s" "$(secs "$m_raw_pull_swap") s" "${r_pull}x" "" "(info)"
+table_row "rollback to a ${big_mb} MB image after warm" "$(secs "$m_bt_warm") s" "$(secs "$m_raw_present") s" "$(ratio "$m_bt_warm" "$m_raw_present")x" "<= 1.15x raw" "$(verdict ratio_le "$m_bt_warm" "$m_raw_present" 1.15)"
+table_row "  cold (pulling) / after warm" "$(secs "$m_bt_pull") s" "$(secs "$m_bt_warm") s" "$(ratio "$m_bt_pull" "$m_bt_warm")x" "" "(info)"
+table_row "  backtrack warm itself (pull, ahead of time)" "$(secs "$m_warm_only") s" "" "" "" "(info)"
+table_row "backtrack deploy with pull (${big_mb} MB)" "$(secs "$m_bt_pull") s" "$(secs "$m_raw_pull_swap") s" "${r_pull}x" "" "(info)"
 table_row "raw: docker pull + rm -f + run + poll" "$(secs "$m_raw_pull_swap") s" "" "" "" "(info)"
-table_row "raw: docker pull alone (100 MB)" "$(secs "$m_raw_pull") s" "" "" "" "(info)"
+table_row "raw: docker pull alone (${big_mb} MB)" "$(secs "$m_raw_pull") s" "" "" "" "(info)"
 for k in "${!fails[@]}"; do table_row "failed runs: $k" "${fails[$k]}" "" "" "0" "MISS"; done
 echo
 echo "samples (s):"
-for name in s_raw s_bt s_bt_cmd s_seed s_bt_pull s_raw_pull s_raw_pull_swap w_raw w_bt; do
+for name in s_raw s_bt s_bt_cmd s_seed s_bt_pull s_raw_pull s_raw_pull_swap s_bt_warm s_raw_present s_warm_only w_raw w_bt; do
   declare -n arr="$name"
   printf '  %-13s' "$name"; for v in "${arr[@]}"; do printf ' %s' "$(secs "$v")"; done; echo
   unset -n arr

@@ -71,6 +71,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Run the health checks against what is deployed now.
     Validate,
+    /// Pull the rollback candidates (previous, last_known_good) by digest onto the target's host
+    /// now, so a rollback never waits for a pull.
+    Warm(WarmArgs),
     /// Apply a retention policy to the registry.
     Prune(PruneArgs),
     /// Build the current checkout as a versioned image (and push it with --push).
@@ -141,6 +144,9 @@ pub struct SwapCommon {
     /// Skip the [hooks] of the config for this run (recorded in the journal).
     #[arg(long)]
     pub no_hooks: bool,
+    /// Do not pull the new rollback candidates after a validated swap.
+    #[arg(long)]
+    pub no_warm: bool,
     /// Go below the running image's io.backtrack.min-rollback floor (needs --reason).
     #[arg(long, requires = "reason")]
     pub force: bool,
@@ -221,6 +227,20 @@ pub struct PruneArgs {
     /// Every reason for each image, one per line (default: the deciding reason, and how many more).
     #[arg(long)]
     pub explain: bool,
+    /// Remove this repository's images from the target's host instead of the registry, keeping
+    /// what runs, what is set aside, the rollback candidates, every last_known_good and the last
+    /// [retention] local_keep versions deployed.
+    #[arg(long)]
+    pub local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The versions to warm [default: previous and last-known-good].
+    pub selectors: Vec<String>,
+    /// How long one pull may take.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::domain::duration::wait_flag)]
+    pub timeout: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -451,10 +451,47 @@ async fn swap_command(
     report.forward = forward;
     write_version_env(app, target, &current, &report);
     app.printer.report(&report)?;
+    if !common.no_warm {
+        warm_after(app, registry.as_ref(), &catalog, &engine, &journal, &report).await;
+    }
     if common.mark_good {
         mark_after_validation(app, registry.as_ref(), &catalog, &engine, &journal, &report, common).await?;
     }
     Ok(())
+}
+
+/// After a validated swap, the new rollback candidates (the version just left, last_known_good)
+/// are pulled if the host lacks them, bounded in time; the success is already reported, and a
+/// failure here is only a warning.
+async fn warm_after(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    catalog: &Catalog,
+    engine: &crate::adapters::docker::Engine,
+    journal: &crate::adapters::state::Journal,
+    report: &SwapReport,
+) {
+    let Ok(project) = app.project() else { return };
+    let Ok(records) = journal.read() else { return };
+    let ops = history::operations(&records);
+    let cands = crate::ops::warm::candidates(registry, catalog, &ops, Some(&report.to), &project.lkg_tag(), &[]).await;
+    let done = crate::ops::warm::warm(engine, registry, &cands, std::time::Duration::from_secs(120)).await;
+    for r in &done {
+        match (&r.error, r.pulled_ms) {
+            (Some(e), _) => app.printer.note(format!(
+                "warning: could not warm {} {}: {e}; a rollback to it will pull first",
+                r.candidate.label,
+                r.candidate.image.display()
+            )),
+            (None, Some(ms)) => app.printer.note(format!(
+                "warmed {} {} in {:.1} s: a rollback to it needs no pull",
+                r.candidate.label,
+                r.candidate.image.display(),
+                ms as f64 / 1000.0
+            )),
+            (None, None) => {}
+        }
+    }
 }
 
 /// Whether `to` is a higher version than `from` (both known).

@@ -9,9 +9,11 @@ mod history;
 mod mark_good;
 mod policy;
 mod prune;
+mod prune_local;
 mod status;
 mod validate;
 mod versions;
+mod warm;
 
 use std::sync::{Arc, OnceLock};
 
@@ -160,6 +162,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Emergency(args) => emergency::run(&app, &args).await,
         Command::History(args) => history::run(&app, &args).await,
         Command::Validate => validate::run(&app).await,
+        Command::Warm(args) => warm::run(&app, &args).await,
         Command::Prune(args) => prune::run(&app, &args).await,
         Command::Policy(cmd) => policy::run(&app, cmd).await,
         Command::Build(args) => build::run(&app, &args).await,

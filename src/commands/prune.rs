@@ -119,6 +119,9 @@ fn space_note(kind: RegistryKind) -> String {
 }
 
 pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
+    if args.local {
+        return super::prune_local::run(app, args).await;
+    }
     let project = app.project()?;
     let path = args
         .policy

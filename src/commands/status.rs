@@ -17,6 +17,8 @@ struct StatusReport {
     registry: String,
     containers: Vec<ContainerStatus>,
     last_known_good: Option<ImageRef>,
+    /// The rollback candidates and whether a rollback to them would need a pull.
+    rollback: Vec<crate::ops::warm::Readiness>,
     /// Problems worth a person's attention (drift, emergency mode, open operations, ...).
     warnings: Vec<String>,
 }
@@ -64,8 +66,19 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         ));
     }
 
+    let mut rollback = Vec::new();
     let last_known_good = match Catalog::load(registry.as_ref()).await {
         Ok(catalog) => {
+            let cands = crate::ops::warm::candidates(
+                registry.as_ref(),
+                &catalog,
+                &ops,
+                current.first().map(|d| &d.image),
+                &project.lkg_tag(),
+                &[],
+            )
+            .await;
+            rollback = crate::ops::warm::readiness(&engine, registry.as_ref(), &cands).await;
             for d in &current {
                 let Some(tag) = d.container.labels.get(LABEL_TAG) else {
                     continue;
@@ -148,6 +161,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         registry: registry.name(),
         containers,
         last_known_good,
+        rollback,
         warnings,
     })
 }
@@ -178,6 +192,14 @@ impl Report for StatusReport {
             ))
         ));
         out.push_str(&render_table(&t));
+        for r in &self.rollback {
+            out.push_str(&format!(
+                "\nrollback to {} {}: {}",
+                r.candidate.label,
+                r.candidate.image.display(),
+                r.summary()
+            ));
+        }
         for w in &self.warnings {
             out.push_str(&format!("\nwarning: {w}"));
         }

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod duration;
 pub mod history;
 pub mod image;
+pub mod local_retention;
 pub mod names;
 #[cfg(test)]
 mod parse_props;

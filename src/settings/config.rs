@@ -176,6 +176,9 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct RetentionSection {
     pub policy: Option<PathBuf>,
+    /// `prune --local`: how many of the versions last deployed on the target stay on its host,
+    /// besides what runs, the candidates and the pointers (default 3).
+    pub local_keep: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -39,6 +39,8 @@ pub struct Project {
     pub health: HealthSettings,
     /// Retention policy file, relative paths taken from the config file's folder.
     pub retention_policy: Option<PathBuf>,
+    /// `[retention] local_keep`: versions last deployed kept on the host by `prune --local`.
+    pub local_keep: usize,
     pub rebuild: RebuildSettings,
     pub hooks: HooksSection,
     pub notify: NotifySection,
@@ -432,6 +434,7 @@ fn resolve_project(
             timeout: file.health.timeout,
             expect_version: file.health.expect_version,
         },
+        local_keep: file.retention.local_keep.unwrap_or(3),
         retention_policy: file.retention.policy.map(|p| dir.join(p)),
         rebuild: RebuildSettings {
             repo: dir.join(file.rebuild.repo),

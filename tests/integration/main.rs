@@ -13,6 +13,7 @@ mod remote;
 mod state;
 mod swap;
 mod versions;
+mod warm;
 
 /// Insta filters that hide what changes from run to run (digests, times, temp paths).
 pub fn redactions() -> Vec<(&'static str, &'static str)> {

@@ -1,0 +1,173 @@
+//! `backtrack prune --local`: remove this repository's images from the target's host, keeping
+//! what any container uses (the target, what is set aside), the rollback candidates, every
+//! `last_known_good` pointer's image and the last `[retention] local_keep` versions deployed
+//! there, with a reason for each. Only this repository's references are removed, one by one:
+//! never a blanket prune.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::App;
+use crate::cli::PruneArgs;
+use crate::domain::digest::Digest;
+use crate::domain::history;
+use crate::domain::image::{human_size, is_lkg_tag};
+use crate::domain::local_retention::{self, LocalDecision, LocalFacts, LocalImage};
+use crate::error::Failure;
+use crate::ops::mark::registry_repository;
+use crate::ops::{catalog::Catalog, deployed, warm};
+use crate::output::{Report, confirm, escape, render_table, table};
+
+#[derive(Debug, Serialize)]
+struct LocalReport {
+    dry_run: bool,
+    host: String,
+    decisions: Vec<LocalDecision>,
+    kept: usize,
+    removed: usize,
+    bytes_freed: u64,
+    failed: Vec<(String, String)>,
+}
+
+pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let _lock = app.lock_unless(args.dry_run, "backtrack prune --local")?;
+    let engine = app.engine().await?;
+    let ops = history::operations(&app.journal()?.read()?);
+    let repo = registry_repository(registry.as_ref());
+    let names = [registry.name(), format!("backtrack/{repo}")];
+    let listed = engine.images_of(&names).await?;
+    let users = engine.image_users().await?;
+
+    // What the registry says the pointers and candidates are; with the registry down, nothing is
+    // removed (a candidate could not be told from the rest).
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let mut pointers = BTreeMap::new();
+    for tag in catalog.others.iter().filter(|t| is_lkg_tag(t)) {
+        if let Some(d) = registry.tag_digest(tag).await? {
+            pointers.insert(d, tag.clone());
+        }
+    }
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let cands = warm::candidates(
+        registry.as_ref(),
+        &catalog,
+        &ops,
+        current.first().map(|d| &d.image),
+        &project.lkg_tag(),
+        &[],
+    )
+    .await;
+    let candidates: BTreeMap<Digest, String> = cands
+        .iter()
+        .filter_map(|c| Some((c.image.digest.clone()?, format!("{} ({})", c.label, c.image.display()))))
+        .collect();
+    let recent: Vec<Digest> = history::deployed_versions(&ops)
+        .into_iter()
+        .filter_map(|r| r.digest)
+        .collect();
+
+    let ours = |r: &str| {
+        names
+            .iter()
+            .any(|n| r.starts_with(&format!("{n}:")) || r.starts_with(&format!("{n}@")))
+    };
+    let images: Vec<LocalImage> = listed
+        .iter()
+        .map(|i| LocalImage {
+            id: i.id.clone(),
+            refs: i
+                .tags
+                .iter()
+                .chain(&i.repo_digests)
+                .filter(|r| ours(r))
+                .cloned()
+                .collect(),
+            digests: i
+                .repo_digests
+                .iter()
+                .filter_map(|r| Digest::parse(r.rsplit_once('@')?.1).ok())
+                .collect::<BTreeSet<_>>(),
+            size: i.size,
+        })
+        .collect();
+    let facts = LocalFacts {
+        in_use: users.into_iter().collect(),
+        recent,
+        local_keep: project.local_keep,
+        pointers,
+        candidates,
+    };
+    let decisions = local_retention::plan(&images, &facts);
+    let mut report = LocalReport {
+        dry_run: args.dry_run,
+        host: engine.host().to_string(),
+        kept: decisions.iter().filter(|d| d.keep).count(),
+        removed: decisions.iter().filter(|d| !d.keep).count(),
+        bytes_freed: decisions.iter().filter(|d| !d.keep).map(|d| d.size).sum(),
+        decisions,
+        failed: Vec::new(),
+    };
+    if args.dry_run || report.removed == 0 {
+        return app.printer.report(&report);
+    }
+    if !app.settings.yes {
+        app.printer.note(report.human());
+        let q = format!("Remove {} images from {}?", report.removed, report.host);
+        if !confirm(&app.printer, &q, "confirm the removals")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    for d in report.decisions.iter().filter(|d| !d.keep) {
+        for r in &d.refs {
+            if let Err(e) = engine.remove_reference(r).await {
+                report.failed.push((r.clone(), e.to_string()));
+            }
+        }
+    }
+    let failed = report.failed.len();
+    let total = report.removed;
+    app.printer.report(&report)?;
+    if failed > 0 {
+        return Err(Failure::Partial {
+            done: total.saturating_sub(failed),
+            total,
+            failed,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Report for LocalReport {
+    fn human(&self) -> String {
+        let mut t = table(["action", "image", "size", "reasons"]);
+        for d in &self.decisions {
+            t.add_row(vec![
+                if d.keep { "keep".into() } else { "REMOVE".to_string() },
+                escape(&d.refs.join("\n")),
+                human_size(d.size),
+                escape(&d.reasons.join("\n")),
+            ]);
+        }
+        let mut out = render_table(&t);
+        out.push_str(&format!(
+            "\n{}: {} kept, {} {} ({})",
+            self.host,
+            self.kept,
+            self.removed,
+            if self.dry_run { "to remove" } else { "removed" },
+            human_size(self.bytes_freed)
+        ));
+        for (r, e) in &self.failed {
+            out.push_str(&format!("\nfailed to remove {r}: {e}"));
+        }
+        if self.dry_run {
+            out.push_str("\ndry run: nothing was removed");
+        }
+        out
+    }
+}
