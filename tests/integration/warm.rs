@@ -1,7 +1,7 @@
 //! Rollbacks that never wait for a pull (`warm`, and the warm after every validated swap) and
 //! hosts that never fill up (`prune --local`), on the real engine and registry.
 
-use crate::harness::{AppImage, Containers, Repo, Test, docker, docker_ok, run_app};
+use crate::harness::{AppImage, Containers, Repo, Test, docker, run_app};
 
 fn target(name: &str, port: u16, more: &str) -> String {
     format!(
