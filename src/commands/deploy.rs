@@ -352,22 +352,16 @@ async fn swap_command(
         ));
     }
     // The migration guard: the running image may forbid versions below a floor.
-    if let Some(floor) = guard::floor(&engine, &current).await
-        && floor.refuses(chosen.image.version.as_deref())
-    {
-        if !common.force {
-            return Err(Failure::BelowFloor {
-                version: chosen.image.display(),
-                floor: floor.describe(),
-            }
-            .into());
-        }
-        app.printer.note(format!(
-            "warning: going below the migration floor: {}; forced: {}",
-            floor.describe(),
-            common.reason.as_deref().unwrap_or_default()
-        ));
-    }
+    guard::check(
+        &engine,
+        &current,
+        chosen.image.version.as_deref(),
+        chosen.image.display(),
+        common.force,
+        common.reason.as_deref(),
+        &app.printer,
+    )
+    .await?;
     let image = registry.pull_reference(&chosen.digest);
     let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
     plan.note = note;

@@ -90,22 +90,16 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
     let image = local_image(&engine, registry.as_ref(), &digest, &pointer).await?;
     let current = deployed::read(&engine, target, &registry.name()).await?;
-    if let Some(floor) = crate::ops::guard::floor(&engine, &current).await
-        && floor.refuses(lkg.version.as_deref())
-    {
-        if !args.force {
-            return Err(Failure::BelowFloor {
-                version: format!("last known good {}", lkg.display()),
-                floor: floor.describe(),
-            }
-            .into());
-        }
-        app.printer.note(format!(
-            "warning: going below the migration floor: {}; forced: {}",
-            floor.describe(),
-            args.reason.as_deref().unwrap_or_default()
-        ));
-    }
+    crate::ops::guard::check(
+        &engine,
+        &current,
+        lkg.version.as_deref(),
+        format!("last known good {}", lkg.display()),
+        args.force,
+        args.reason.as_deref(),
+        &app.printer,
+    )
+    .await?;
 
     let mut plans = Vec::new();
     let mut saved_policies = std::collections::BTreeMap::new();
@@ -215,26 +209,14 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_millis() as u64;
     let why = detail.clone();
     journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), detail))?;
-    let event = crate::ops::notify::Event {
-        scope: target.environment.clone().unwrap_or_else(|| target.display()),
-        target: target.display(),
-        repository: registry.name(),
-        op: Operation::Emergency,
-        result: outcome,
-        forward: false,
-        from_version: base.from.as_ref().and_then(|f| f.version.clone()),
-        to_version: lkg.version.clone(),
-        digest: lkg.digest.as_ref().map(ToString::to_string),
-        by: format!(
-            "{}@{}",
-            base.user.as_deref().unwrap_or("?"),
-            base.host.as_deref().unwrap_or("?")
-        ),
-        reason: args.reason.clone(),
+    let event = crate::ops::notify::Event::of(
+        &base,
+        target.environment.clone().unwrap_or_else(|| target.display()),
+        registry.name(),
+        outcome,
         why,
-        duration_ms: Some(elapsed),
-        hosts: Vec::new(),
-    };
+        Some(elapsed),
+    );
     let sent = crate::ops::notify::send(&project.notify, &event).await;
     crate::ops::swap::note_delivery(&journal, &app.printer, &base, sent);
     result?;

@@ -33,6 +33,37 @@ impl Floor {
     }
 }
 
+/// Refuses going to `version` (shown as `what`) when it is below the running image's floor,
+/// unless forced; a forced move is said out loud with its reason.
+pub async fn check(
+    engine: &Engine,
+    current: &[Deployed],
+    version: Option<&str>,
+    what: String,
+    force: bool,
+    reason: Option<&str>,
+    printer: &crate::output::Printer,
+) -> Result<(), crate::error::Failure> {
+    let Some(floor) = floor(engine, current).await else {
+        return Ok(());
+    };
+    if !floor.refuses(version) {
+        return Ok(());
+    }
+    if !force {
+        return Err(crate::error::Failure::BelowFloor {
+            version: what,
+            floor: floor.describe(),
+        });
+    }
+    printer.note(format!(
+        "warning: going below the migration floor: {}; forced: {}",
+        floor.describe(),
+        reason.unwrap_or_default()
+    ));
+    Ok(())
+}
+
 /// The highest floor among the images the target's containers run (a label that is not a
 /// version is ignored with a warning).
 pub async fn floor(engine: &Engine, current: &[Deployed]) -> Option<Floor> {

@@ -33,6 +33,41 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event of the operation `started` began, now finished with `result`.
+    pub fn of(
+        started: &crate::domain::history::Record,
+        scope: String,
+        repository: String,
+        result: Outcome,
+        why: Option<String>,
+        duration_ms: Option<u64>,
+    ) -> Self {
+        Self {
+            scope,
+            target: started.target.clone().unwrap_or_default(),
+            repository,
+            op: started.op,
+            result,
+            forward: false,
+            from_version: started.from.as_ref().and_then(|f| f.version.clone()),
+            to_version: started.to.as_ref().and_then(|t| t.version.clone()),
+            digest: started
+                .to
+                .as_ref()
+                .and_then(|t| t.digest.as_ref())
+                .map(ToString::to_string),
+            by: format!(
+                "{}@{}",
+                started.user.as_deref().unwrap_or("?"),
+                started.host.as_deref().unwrap_or("?")
+            ),
+            reason: started.reason.clone(),
+            why,
+            duration_ms,
+            hosts: Vec::new(),
+        }
+    }
+
     /// The kind of event `[notify] on` selects.
     pub fn kind(&self) -> NotifyOn {
         match (self.op, self.result) {

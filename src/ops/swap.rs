@@ -479,28 +479,15 @@ async fn announce(
     duration_ms: Option<u64>,
 ) {
     let event = notify::Event {
-        scope: opts.scope.clone(),
-        target: base.target.clone().unwrap_or_default(),
-        repository: opts.repository.clone(),
-        op: base.op,
-        result,
         forward: opts.forward,
-        from_version: base.from.as_ref().and_then(|f| f.version.clone()),
-        to_version: base.to.as_ref().and_then(|t| t.version.clone()),
-        digest: base
-            .to
-            .as_ref()
-            .and_then(|t| t.digest.as_ref())
-            .map(ToString::to_string),
-        by: format!(
-            "{}@{}",
-            base.user.as_deref().unwrap_or("?"),
-            base.host.as_deref().unwrap_or("?")
-        ),
-        reason: base.reason.clone(),
-        why,
-        duration_ms,
-        hosts: Vec::new(),
+        ..notify::Event::of(
+            base,
+            opts.scope.clone(),
+            opts.repository.clone(),
+            result,
+            why,
+            duration_ms,
+        )
     };
     note_delivery(journal, printer, base, notify::send(opts.notify, &event).await);
 }

@@ -3,7 +3,7 @@
 //! true. A code added to the README without a scenario here fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -208,7 +208,7 @@ fn the_readme_exit_code_table_is_true_for_every_code() {
     // 130 interrupted before anything was changed: Ctrl-C at the picker (after a deploy, so
     // that there is a previous version to offer).
     t.exec(["deploy", "v1.2.0"]).success();
-    let (screen, code) = ctrl_c_at_the_picker(&t);
+    let (screen, code, _) = t.on_terminal("rollback", &[("[previous", "\x03")]);
     assert_eq!(code, 130, "{screen}");
     seen.entry(130).or_default().push("Ctrl-C at the picker".into());
 
@@ -241,52 +241,6 @@ fn the_readme_exit_code_table_is_true_for_every_code() {
 
     let covered: BTreeSet<i32> = seen.keys().copied().collect();
     assert_eq!(covered, readme_codes(), "README codes vs scenarios: {seen:#?}");
-}
-
-/// `backtrack rollback` on a terminal (`script`), Ctrl-C once the picker shows; screen and code.
-fn ctrl_c_at_the_picker(t: &Test) -> (String, i32) {
-    let cmd = t.command();
-    let program = format!("{} rollback", env!("CARGO_BIN_EXE_backtrack"));
-    let mut script = std::process::Command::new("script");
-    script.args(["-qec", &program, "/dev/null"]).current_dir(t.dir.path());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => script.env(k, v),
-            None => script.env_remove(k),
-        };
-    }
-    let mut child = script
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    let mut out = child.stdout.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let screen = screen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !screen.lock().unwrap().contains("[previous") {
-        assert!(Instant::now() < deadline, "no picker: {}", screen.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"\x03").unwrap();
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    let text = screen.lock().unwrap().clone();
-    (text, status.code().unwrap_or(-1))
 }
 
 /// An HTTP proxy in front of the real registry that answers every DELETE of one digest with a

@@ -695,3 +695,112 @@ impl Drop for OwnRegistry {
         let _ = self.child.wait();
     }
 }
+
+impl Test {
+    /// Runs `backtrack ARGS` on a real terminal (util-linux `script`), answering each step's text
+    /// once the screen shows the step's prompt (an answer of "\x03" is Ctrl-C). Returns the
+    /// screen, the exit code and how long the run took after the last answer.
+    pub fn on_terminal(&self, args: &str, steps: &[(&str, &str)]) -> (String, i32, Duration) {
+        use std::io::{Read, Write};
+        let cmd = self.command();
+        let program = format!("{} {args}", env!("CARGO_BIN_EXE_backtrack"));
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &program, "/dev/null"])
+            .current_dir(self.dir.path());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let mut child = script
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        let mut out = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let screen = screen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        for (wait_for, answer) in steps {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !screen.lock().unwrap().contains(wait_for) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never saw {wait_for:?}: {}",
+                    screen.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The prompt is on screen; backtrack waits for its line.
+            std::thread::sleep(Duration::from_millis(100));
+            stdin.write_all(answer.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            screen.lock().unwrap().push_str("\n<answered>\n");
+        }
+        let started = std::time::Instant::now();
+        let status = child.wait().unwrap();
+        drop(stdin);
+        reader.join().unwrap();
+        let text = screen.lock().unwrap().clone();
+        (text, status.code().unwrap_or(-1), started.elapsed())
+    }
+}
+
+/// A docker-compose project in a folder of its own, taken `down` when dropped.
+pub struct ComposeProject {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl ComposeProject {
+    /// Writes `docker-compose.yml` (and `.env` when given) under a fresh project name.
+    pub fn new(prefix: &str, compose_yml: &str, env: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("docker-compose.yml"), compose_yml).unwrap();
+        if let Some(env) = env {
+            std::fs::write(dir.path().join(".env"), env).unwrap();
+        }
+        Self {
+            dir,
+            name: unique(prefix).replace('-', ""),
+        }
+    }
+
+    /// Runs `docker-compose -p NAME ARGS` in the project's folder; it must succeed.
+    pub fn run(&self, args: &[&str]) {
+        let out = Command::new("docker-compose")
+            .args(["-p", &self.name])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("docker-compose (apt-get install docker-compose)");
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .args(["-p", &self.name, "down"])
+            .current_dir(self.dir.path())
+            .output();
+    }
+}

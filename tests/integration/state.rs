@@ -204,38 +204,16 @@ fn compose_recreate_is_drift_and_version_env_keeps_the_deployed_version() {
     let repo = Repo::new("composeenv");
     repo.push(&AppImage::new("v1.0.0").healthcheck(true));
     repo.push(&AppImage::new("v1.1.0").healthcheck(true));
-    let dir = tempfile::tempdir().unwrap();
-    let project = crate::harness::unique("btenv").replace('-', "");
-    std::fs::write(
-        dir.path().join("docker-compose.yml"),
-        format!(
+    let compose = crate::harness::ComposeProject::new(
+        "btenv",
+        &format!(
             "version: \"3\"\nservices:\n  web:\n    image: {}:${{VERSION}}\n",
             repo.image()
         ),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join(".env"), "OTHER=kept\nVERSION=v1.0.0\n").unwrap();
-    let compose = |args: &[&str]| {
-        let out = std::process::Command::new("docker-compose")
-            .args(["-p", &project])
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("docker-compose (apt-get install docker-compose)");
-        assert!(
-            out.status.success(),
-            "docker-compose {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    struct Down<'a>(&'a dyn Fn(&[&str]));
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            (self.0)(&["down"]);
-        }
-    }
-    compose(&["up", "-d"]);
-    let _down = Down(&compose);
+        Some("OTHER=kept\nVERSION=v1.0.0\n"),
+    );
+    let (project, dir) = (compose.name.clone(), compose.dir.path().to_path_buf());
+    compose.run(&["up", "-d"]);
     let t = Test::new().repo(
         &repo,
         &format!(
@@ -255,16 +233,16 @@ fn compose_recreate_is_drift_and_version_env_keeps_the_deployed_version() {
     let run = t.exec(["deploy", "v1.1.0"]).success();
     assert!(run.stderr.contains("wrote VERSION=v1.1.0"), "{}", run.stderr);
     assert_eq!(
-        std::fs::read_to_string(dir.path().join(".env")).unwrap(),
+        std::fs::read_to_string(dir.join(".env")).unwrap(),
         "OTHER=kept\nVERSION=v1.1.0\n"
     );
     assert_eq!(drift(&t), Vec::<String>::new());
     // The team's usual `docker-compose up -d` keeps what backtrack deployed.
-    compose(&["up", "-d"]);
+    compose.run(&["up", "-d"]);
     assert_eq!(drift(&t), Vec::<String>::new());
     // Put back on the old image behind backtrack's back: drift, named.
-    std::fs::write(dir.path().join(".env"), "OTHER=kept\nVERSION=v1.0.0\n").unwrap();
-    compose(&["up", "-d", "--force-recreate"]);
+    std::fs::write(dir.join(".env"), "OTHER=kept\nVERSION=v1.0.0\n").unwrap();
+    compose.run(&["up", "-d", "--force-recreate"]);
     let found = drift(&t);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("last deploy put 1.1.0"), "{found:?}");

@@ -479,36 +479,20 @@ fn compose_service_with_two_replicas_is_swapped_and_keeps_its_compose_labels() {
     let repo = Repo::new("compose");
     repo.push(&AppImage::new("v1.0.0").healthcheck(true));
     let v11 = repo.push(&AppImage::new("v1.1.0").healthcheck(true));
-    let dir = tempfile::tempdir().unwrap();
-    let project = crate::harness::unique("btc").replace('-', "");
-    std::fs::write(
-        dir.path().join("docker-compose.yml"),
-        format!(
+    let compose = crate::harness::ComposeProject::new(
+        "btc",
+        &format!(
             "version: \"3\"\nservices:\n  web:\n    image: {}:v1.0.0\n    environment:\n      - MODE=compose\n",
             repo.image()
         ),
-    )
-    .unwrap();
-    let compose = |args: &[&str]| {
-        let out = std::process::Command::new("docker-compose")
-            .args(["-p", &project])
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("docker-compose (apt-get install docker-compose)");
-        assert!(
-            out.status.success(),
-            "docker-compose {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    compose(&["up", "-d", "--scale", "web=2"]);
+        None,
+    );
+    let project = compose.name.clone();
+    compose.run(&["up", "-d", "--scale", "web=2"]);
     let toml =
         format!("[target]\nkind = \"compose\"\nproject = \"{project}\"\nname = \"web\"\n[health]\ntimeout = \"30s\"\n");
     let t = Test::new().repo(&repo, &toml);
-    let run = t.exec(["deploy", "v1.1.0"]);
-    compose_cleanup_on_failure(&run, &compose);
-    let run = run.success();
+    let run = t.exec(["deploy", "v1.1.0"]).success();
     assert!(run.stdout.contains("compose service"), "{}", run.stdout);
     for n in [1, 2] {
         let name = format!("{project}_web_{n}");
@@ -522,13 +506,6 @@ fn compose_service_with_two_replicas_is_swapped_and_keeps_its_compose_labels() {
     }
     let status = t.exec(["status", "--output", "json"]).success().json();
     assert_eq!(status["containers"].as_array().unwrap().len(), 2);
-    compose(&["down"]);
-}
-
-fn compose_cleanup_on_failure(run: &crate::harness::Run, compose: &dyn Fn(&[&str])) {
-    if run.code != 0 {
-        compose(&["down"]);
-    }
 }
 
 #[test]
@@ -541,64 +518,7 @@ fn rollback_on_a_terminal_offers_a_picker_and_asks_before_acting() {
     let d = run_container(&repo, "v1.2.0", &containers);
     let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
     let url = format!("http://127.0.0.1:{}/health", d.port);
-    // `script` gives backtrack a real terminal; the answers go in on its input, each once the
-    // screen shows `wait_for` (an answer of "\x03" is Ctrl-C). Returns the screen and exit code.
-    let on_terminal = |steps: &[(&str, &str)]| {
-        use std::io::{Read, Write};
-        let cmd = t.command();
-        let program = format!("{} rollback", env!("CARGO_BIN_EXE_backtrack"));
-        let mut script = std::process::Command::new("script");
-        script.args(["-qec", &program, "/dev/null"]).current_dir(t.dir.path());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => script.env(k, v),
-                None => script.env_remove(k),
-            };
-        }
-        let mut child = script
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("script (util-linux)");
-        let mut out = child.stdout.take().unwrap();
-        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let reader = {
-            let screen = screen.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = out.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            })
-        };
-        let mut stdin = child.stdin.take().unwrap();
-        for (wait_for, answer) in steps {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !screen.lock().unwrap().contains(wait_for) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "never saw {wait_for:?}: {}",
-                    screen.lock().unwrap()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // The prompt is on screen; backtrack waits for its line.
-            std::thread::sleep(Duration::from_millis(100));
-            stdin.write_all(answer.as_bytes()).unwrap();
-            stdin.flush().unwrap();
-            screen.lock().unwrap().push_str("\n<answered>\n");
-        }
-        let started = std::time::Instant::now();
-        let status = child.wait().unwrap();
-        drop(stdin);
-        reader.join().unwrap();
-        let text = screen.lock().unwrap().clone();
-        (text, status.code().unwrap_or(-1), started.elapsed())
-    };
+    let on_terminal = |steps: &[(&str, &str)]| t.on_terminal("rollback", steps);
     // Pick #3 (v1.0.0) after a wrong number, then say no: nothing changes.
     let (screen, _, _) = on_terminal(&[
         ("[previous = 1.1.0]", "9\n"),
