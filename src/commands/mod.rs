@@ -20,7 +20,8 @@ use anyhow::Context as _;
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
 use crate::adapters::ssh::SshSession;
-use crate::adapters::state::{self, Journal, TargetLock, TargetMeta, remote::RemoteDir};
+use crate::adapters::state::remote::{RemoteDir, StateShell};
+use crate::adapters::state::{self, Journal, TargetLock, TargetMeta};
 use crate::cli::Command;
 use crate::domain::address::EngineAddress;
 use crate::output::Printer;
@@ -35,6 +36,8 @@ pub struct App<'a> {
     pub settings: &'a Settings,
     pub printer: Printer,
     ssh: OnceLock<Arc<SshSession>>,
+    /// The one state shell on the remote host (journal and lock requests), started on first use.
+    state_shell: OnceLock<Arc<StateShell>>,
 }
 
 impl App<'_> {
@@ -141,7 +144,8 @@ impl App<'_> {
             return Ok(None);
         };
         let ssh = self.ssh()?.expect("a remote target has an ssh:// engine");
-        Ok(Some(RemoteDir { ssh, relative }))
+        let shell = self.state_shell.get_or_init(|| StateShell::new(ssh)).clone();
+        Ok(Some(RemoteDir::new(shell, relative)))
     }
 }
 
@@ -150,6 +154,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         settings,
         printer: Printer::new(settings.output, settings.interactive),
         ssh: OnceLock::new(),
+        state_shell: OnceLock::new(),
     };
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
