@@ -5,6 +5,7 @@ mod build;
 pub mod completions;
 mod deploy;
 mod emergency;
+mod fleet;
 mod history;
 mod mark_good;
 mod policy;
@@ -111,7 +112,21 @@ impl App<'_> {
         Ok(state::holder(&self.project()?.state_dir))
     }
 
+    /// Whether the target is a fleet (two hosts or more in this run).
+    pub fn is_fleet(&self) -> bool {
+        self.project()
+            .ok()
+            .and_then(|p| p.target.as_ref())
+            .is_some_and(|t| !t.hosts.is_empty())
+    }
+
     pub async fn engine(&self) -> anyhow::Result<Engine> {
+        if self.is_fleet() {
+            anyhow::bail!(
+                "run this command across several hosts: not built yet for this command; \
+                 pick one host with --hosts NAME (deploy, rollback and status work on the whole fleet)"
+            );
+        }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
         match address {
             Some(EngineAddress::Ssh(_)) => {
@@ -158,6 +173,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     };
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
+        Command::Status if app.is_fleet() => fleet::status(&app).await,
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
