@@ -83,8 +83,7 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
         match connected {
             Ok(h) => hosts.push(h),
             Err(e) if common.skip_unreachable => {
-                app.printer
-                    .note(format!("warning: skipping {address}: {e:#}"));
+                app.printer.note(format!("warning: skipping {address}: {e:#}"));
                 skipped.push(address);
             }
             Err(e) => {
@@ -156,7 +155,11 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
             host: h,
             result: HostResult {
                 host: h.address.clone(),
-                step: if plan.is_some() { HostStep::NotStarted } else { HostStep::Unchanged },
+                step: if plan.is_some() {
+                    HostStep::NotStarted
+                } else {
+                    HostStep::Unchanged
+                },
                 from: cur.first().map(|d| d.image.clone()),
                 detail: None,
                 logs: Vec::new(),
@@ -229,8 +232,9 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
             .map(|s| s.host.address.clone())
             .collect();
         let because = format!("{} failed", failed.join(", "));
-        app.printer
-            .note(format!("{because}: putting the previous version back on every swapped host"));
+        app.printer.note(format!(
+            "{because}: putting the previous version back on every swapped host"
+        ));
         futures::future::join_all(
             slots
                 .iter_mut()
@@ -242,8 +246,10 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     }
     for s in &slots {
         if !s.result.logs.is_empty() {
-            app.printer
-                .note(format!("[{}] last lines of the failed container's output:", s.host.address));
+            app.printer.note(format!(
+                "[{}] last lines of the failed container's output:",
+                s.host.address
+            ));
             for l in &s.result.logs {
                 app.printer.note(format!("  | {l}"));
             }
@@ -256,7 +262,13 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     let why = |failed: &[usize]| {
         failed
             .iter()
-            .map(|i| format!("on {}: {}", name(i), report.hosts[*i].detail.clone().unwrap_or_default()))
+            .map(|i| {
+                format!(
+                    "on {}: {}",
+                    name(i),
+                    report.hosts[*i].detail.clone().unwrap_or_default()
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ")
     };
@@ -312,7 +324,12 @@ impl Report for FleetStatus {
                 r.lock.clone().unwrap_or_default(),
             ]);
         }
-        let mut out = format!("{} on {} hosts\n{}", self.target, self.rows.len(), crate::output::render_table(&t));
+        let mut out = format!(
+            "{} on {} hosts\n{}",
+            self.target,
+            self.rows.len(),
+            crate::output::render_table(&t)
+        );
         if self.drift.is_empty() {
             out.push_str("\nfleet: every host runs the same digest");
         } else {

@@ -45,9 +45,7 @@ impl std::str::FromStr for Strategy {
             "parallel" => Ok(Self::Parallel),
             "rolling" => Ok(Self::Rolling),
             "canary" => Ok(Self::Canary),
-            other => Err(format!(
-                "use strategy '{other}': expected parallel, rolling or canary"
-            )),
+            other => Err(format!("use strategy '{other}': expected parallel, rolling or canary")),
         }
     }
 }
@@ -278,7 +276,11 @@ mod tests {
 
     #[test]
     fn drift_groups_hosts_by_digest_and_marks_count_hosts() {
-        let g = by_digest(&[("h1", Some("sha256:a")), ("h2", Some("sha256:b")), ("h3", Some("sha256:a"))]);
+        let g = by_digest(&[
+            ("h1", Some("sha256:a")),
+            ("h2", Some("sha256:b")),
+            ("h3", Some("sha256:a")),
+        ]);
         assert_eq!(g.len(), 2);
         assert_eq!(g[&Some("sha256:a")], vec!["h1", "h3"]);
         assert_eq!(deployed_mark(2, 3).as_deref(), Some("deployed 2/3 hosts"));

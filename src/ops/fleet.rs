@@ -63,11 +63,7 @@ impl Host {
 }
 
 /// Connects to one host: its engine, and its journal (through the same SSH connection).
-pub async fn connect(
-    host: &FleetHost,
-    ssh: &SshOptions,
-    meta: TargetMeta,
-) -> anyhow::Result<Host> {
+pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> anyhow::Result<Host> {
     let (engine, remote) = match &host.engine {
         EngineAddress::Ssh(dest) => {
             let (dest, options) = (dest.clone(), ssh.clone());
@@ -150,7 +146,11 @@ pub async fn apply(run: &Run<'_>, slot: &mut Slot<'_>) {
         slot.result.detail = Some(why);
     };
     if let Err(e) = host.engine.pull(&plan.image, run.auth, |_| {}).await {
-        let step = if reachable(host).await { HostStep::FailedReverted } else { HostStep::Lost };
+        let step = if reachable(host).await {
+            HostStep::FailedReverted
+        } else {
+            HostStep::Lost
+        };
         return fail(slot, step, format!("pull {}: {e}", plan.image));
     }
     let started = Record {
@@ -167,14 +167,23 @@ pub async fn apply(run: &Run<'_>, slot: &mut Slot<'_>) {
         ..run.base.clone()
     };
     if let Err(e) = host.journal.append(&started) {
-        let step = if reachable(host).await { HostStep::FailedReverted } else { HostStep::Lost };
+        let step = if reachable(host).await {
+            HostStep::FailedReverted
+        } else {
+            HostStep::Lost
+        };
         return fail(slot, step, format!("record the intent: {e}"));
     }
     let clock = Instant::now();
     let mut swapped = Vec::new();
     let mut failure = None;
     for c in &plan.containers {
-        say(format!("swapping {}: {} -> {}", c.name, c.from.display(), plan.to.display()));
+        say(format!(
+            "swapping {}: {} -> {}",
+            c.name,
+            c.from.display(),
+            plan.to.display()
+        ));
         swapped.push(c);
         if let Err(e) = swap::swap_one(&host.engine, c).await {
             failure = Some((format!("swap {}: {e}", c.name), Vec::new()));
@@ -218,7 +227,11 @@ pub async fn apply(run: &Run<'_>, slot: &mut Slot<'_>) {
     let _ = host
         .journal
         .append(&started.finish(Utc::now(), Outcome::RevertFailed, ms, Some(detail.clone())));
-    let step = if reachable(host).await { HostStep::FailedNotReverted } else { HostStep::Lost };
+    let step = if reachable(host).await {
+        HostStep::FailedNotReverted
+    } else {
+        HostStep::Lost
+    };
     fail(slot, step, detail)
 }
 
@@ -301,7 +314,10 @@ pub async fn commit(run: &Run<'_>, slot: &mut Slot<'_>, duration_ms: u64) {
         ..started.clone()
     });
     for c in &plan.containers {
-        for leftover in [format!("{}{BACKUP_SUFFIX}", c.name), format!("{}{PRE_EMERGENCY_SUFFIX}", c.name)] {
+        for leftover in [
+            format!("{}{BACKUP_SUFFIX}", c.name),
+            format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
+        ] {
             if let Err(e) = host.engine.remove(&leftover).await {
                 run.printer
                     .note(format!("[{}] warning: could not remove {leftover}: {e}", host.address));

@@ -2,6 +2,7 @@
 
 mod cli;
 mod ecr;
+mod fleet;
 mod harness;
 mod hostile;
 mod lkg;

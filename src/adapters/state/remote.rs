@@ -109,7 +109,10 @@ impl StateShell {
         lines: &[&str],
         answer: impl FnOnce(&mut BufReader<ChildStdout>) -> std::io::Result<T>,
     ) -> Result<T, SshError> {
-        let mut guard = self.channel.lock().map_err(|_| self.fail(what, "the state shell is poisoned"))?;
+        let mut guard = self
+            .channel
+            .lock()
+            .map_err(|_| self.fail(what, "the state shell is poisoned"))?;
         if guard.is_none() {
             let mut child = self
                 .ssh
@@ -147,10 +150,7 @@ impl StateShell {
 
 impl Drop for StateShell {
     fn drop(&mut self) {
-        let Some(Channel {
-            mut child, stdin, ..
-        }) = self.channel.get_mut().ok().and_then(Option::take)
-        else {
+        let Some(Channel { mut child, stdin, .. }) = self.channel.get_mut().ok().and_then(Option::take) else {
             return;
         };
         // End its input: the shell exits, which releases any flock it holds.
@@ -171,10 +171,7 @@ impl Drop for StateShell {
 fn status_line(r: &mut impl BufRead) -> std::io::Result<String> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "no answer",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no answer"));
     }
     Ok(line.trim_end_matches('\n').to_string())
 }
