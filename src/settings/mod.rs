@@ -590,6 +590,7 @@ mod tests {
             Path::new("/state"),
             &EngineHosts {
                 flag: None,
+                only: None,
                 docker_host: None,
                 tls_verify: false,
                 context: Ok(None),
@@ -683,6 +684,7 @@ mod tests {
         };
         let hosts = |flag: Option<&str>, env: Option<&str>| EngineHosts {
             flag: flag.map(str::to_string),
+            only: None,
             docker_host: env.map(str::to_string),
             tls_verify: false,
             context: Ok(Some("tcp://from-context:2375".into())),
@@ -762,5 +764,29 @@ mod tests {
         ] {
             assert_eq!(is_loopback_host(h), want, "{h}");
         }
+    }
+
+    #[test]
+    fn hosts_flag_picks_fleet_hosts_by_address_or_name_and_refuses_unknown_ones() {
+        let section: config::TargetSection =
+            toml::from_str("kind = \"container\"\nname = \"web\"\nhosts = [\"ssh://u@ec2-1\", \"ssh://u@ec2-2:2222\"]")
+                .unwrap();
+        let pick = |only: Option<&[&str]>, flag: Option<&str>| {
+            fleet_hosts(
+                &section,
+                &EngineHosts {
+                    flag: flag.map(str::to_string),
+                    only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+                    docker_host: None,
+                    tls_verify: false,
+                    context: Ok(None),
+                },
+            )
+        };
+        assert_eq!(pick(None, None).unwrap().len(), 2);
+        assert_eq!(pick(Some(&["ec2-2"]), None).unwrap(), vec!["ssh://u@ec2-2:2222"]);
+        assert_eq!(pick(Some(&["ssh://u@ec2-1"]), None).unwrap(), vec!["ssh://u@ec2-1"]);
+        assert!(pick(Some(&["ec2-9"]), None).unwrap_err().contains("ec2-9"));
+        assert!(pick(None, Some("ssh://u@ec2-1")).unwrap_err().contains("--hosts"));
     }
 }
