@@ -45,6 +45,9 @@ pub struct GlobalArgs {
     /// The docker engine for this run, over `[target] host`: ssh://[USER@]HOST[:PORT], tcp://, unix://.
     #[arg(long, global = true, value_name = "ADDRESS")]
     pub host: Option<String>,
+    /// With [target] hosts: act on these hosts only (addresses, or the host names in them).
+    #[arg(long, global = true, value_name = "NAME,...", value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +153,14 @@ pub struct SwapCommon {
     /// Go below the running image's io.backtrack.min-rollback floor (needs --reason).
     #[arg(long, requires = "reason")]
     pub force: bool,
+    /// Many hosts: parallel, rolling or canary (default: [target] strategy, else rolling for
+    /// deploy and parallel for rollback).
+    #[arg(long, value_name = "STRATEGY", value_parser = clap::value_parser!(crate::domain::fleet::Strategy))]
+    pub strategy: Option<crate::domain::fleet::Strategy>,
+    /// Many hosts: go on without the hosts that cannot be reached at the start (recorded in the
+    /// journal of the others).
+    #[arg(long)]
+    pub skip_unreachable: bool,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,7 @@ fn version_tags() -> Vec<String> {
         verbose: 0,
         state_dir: None,
         host: None,
+        hosts: None,
     };
     let settings = crate::settings::Settings::resolve(&global);
     let Ok(project) = settings.project() else {

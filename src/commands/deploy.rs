@@ -216,6 +216,9 @@ async fn swap_command(
     common: &SwapCommon,
     confirm_first: bool,
 ) -> anyhow::Result<()> {
+    if app.is_fleet() {
+        return super::fleet::swap_command(app, op, input, common).await;
+    }
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;

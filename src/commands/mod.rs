@@ -5,6 +5,7 @@ mod build;
 pub mod completions;
 mod deploy;
 mod emergency;
+mod fleet;
 mod history;
 mod mark_good;
 mod policy;
@@ -22,7 +23,8 @@ use anyhow::Context as _;
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
 use crate::adapters::ssh::SshSession;
-use crate::adapters::state::{self, Journal, TargetLock, TargetMeta, remote::RemoteDir};
+use crate::adapters::state::remote::{RemoteDir, StateShell};
+use crate::adapters::state::{self, Journal, TargetLock, TargetMeta};
 use crate::cli::Command;
 use crate::domain::address::EngineAddress;
 use crate::output::Printer;
@@ -37,6 +39,8 @@ pub struct App<'a> {
     pub settings: &'a Settings,
     pub printer: Printer,
     ssh: OnceLock<Arc<SshSession>>,
+    /// The one state shell on the remote host (journal and lock requests), started on first use.
+    state_shell: OnceLock<Arc<StateShell>>,
 }
 
 impl App<'_> {
@@ -110,7 +114,21 @@ impl App<'_> {
         Ok(state::holder(&self.project()?.state_dir))
     }
 
+    /// Whether the target is a fleet (two hosts or more in this run).
+    pub fn is_fleet(&self) -> bool {
+        self.project()
+            .ok()
+            .and_then(|p| p.target.as_ref())
+            .is_some_and(|t| !t.hosts.is_empty())
+    }
+
     pub async fn engine(&self) -> anyhow::Result<Engine> {
+        if self.is_fleet() {
+            anyhow::bail!(
+                "run this command across several hosts: not built yet for this command; \
+                 pick one host with --hosts NAME (deploy, rollback and status work on the whole fleet)"
+            );
+        }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
         match address {
             Some(EngineAddress::Ssh(_)) => {
@@ -143,7 +161,8 @@ impl App<'_> {
             return Ok(None);
         };
         let ssh = self.ssh()?.expect("a remote target has an ssh:// engine");
-        Ok(Some(RemoteDir { ssh, relative }))
+        let shell = self.state_shell.get_or_init(|| StateShell::new(ssh)).clone();
+        Ok(Some(RemoteDir::new(shell, relative)))
     }
 }
 
@@ -152,9 +171,11 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         settings,
         printer: Printer::new(settings.output, settings.interactive),
         ssh: OnceLock::new(),
+        state_shell: OnceLock::new(),
     };
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
+        Command::Status if app.is_fleet() => fleet::status(&app).await,
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,

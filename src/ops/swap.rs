@@ -45,7 +45,7 @@ pub struct ContainerPlan {
     #[serde(skip)]
     stop_timeout: i32,
     #[serde(skip)]
-    restart_policy: String,
+    pub(crate) restart_policy: String,
 }
 
 /// Everything the swap will do, computed without changing anything.
@@ -526,7 +526,7 @@ fn print_logs(printer: &Printer, logs: &[String]) {
 }
 
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
-async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
     // The new container is created under a temporary name while the old one stops: creating
     // binds no port, so this takes it off the critical path.

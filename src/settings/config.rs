@@ -110,6 +110,15 @@ pub struct TargetSection {
     pub name: String,
     pub project: Option<String>,
     pub host: Option<String>,
+    /// Many engines (instead of `host`): one rollback across all of them.
+    pub hosts: Option<Vec<String>>,
+    /// Many hosts: "parallel", "rolling" or "canary" (default: by command).
+    pub strategy: Option<crate::domain::fleet::Strategy>,
+    /// Rolling: hosts swapped at once.
+    pub batch: Option<usize>,
+    /// Canary: how long the first host must stay healthy.
+    #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
+    pub canary_soak: Option<Duration>,
     /// Names this target's `last_known_good` pointer: tag `last_known_good-ENV`.
     #[serde(default, deserialize_with = "checked::environment")]
     pub environment: Option<String>,

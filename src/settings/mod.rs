@@ -98,8 +98,87 @@ impl RegistrySettings {
     }
 }
 
+/// One host of a fleet target (`[target] hosts`).
+#[derive(Debug, Clone)]
+pub struct FleetHost {
+    /// As written in the config (what `--hosts` and reports name it by).
+    pub address: String,
+    pub engine: EngineAddress,
+    /// Its state folder on this machine (for a `unix://` or `tcp://` engine).
+    pub state_dir: PathBuf,
+    /// Its state folder on the host, relative to the remote state root (for `ssh://`).
+    pub remote_state: Option<String>,
+}
+
+/// The hosts of `[target] hosts` this run acts on (`--hosts` picks some, by address or by the
+/// host name in it), each a valid engine address; empty for a single-host target.
+fn fleet_hosts(t: &config::TargetSection, hosts: &EngineHosts) -> Result<Vec<String>, String> {
+    let Some(all) = &t.hosts else {
+        if hosts.only.is_some() {
+            return Err("--hosts needs [target] hosts = [...] (this target has one host)".into());
+        }
+        return Ok(Vec::new());
+    };
+    if t.host.is_some() {
+        return Err("[target] has both `host` and `hosts`: keep one (hosts = [...] for many engines)".into());
+    }
+    if hosts.flag.is_some() {
+        return Err("--host picks one engine; with [target] hosts, use --hosts NAME,... to limit a run".into());
+    }
+    if all.is_empty() {
+        return Err("[target] hosts is empty: list at least one engine address".into());
+    }
+    for a in all {
+        EngineAddress::parse(a).map_err(|e| format!("[target] hosts: {e}"))?;
+    }
+    let Some(only) = &hosts.only else {
+        return Ok(all.clone());
+    };
+    let mut picked = Vec::new();
+    for name in only {
+        let found: Vec<&String> = all
+            .iter()
+            .filter(|a| *a == name || host_part(a).is_some_and(|(h, hp)| h == *name || hp == *name))
+            .collect();
+        match found.as_slice() {
+            [one] => {
+                if !picked.contains(*one) {
+                    picked.push((*one).clone());
+                }
+            }
+            [] => {
+                return Err(format!(
+                    "--hosts names '{name}', which is not in [target] hosts ({})",
+                    all.join(", ")
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "--hosts '{name}' matches several hosts ({}); give the whole address",
+                    found.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    Ok(picked)
+}
+
+/// The host name of an address, and `host:port` when it has a port.
+fn host_part(address: &str) -> Option<(String, String)> {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let rest = rest.trim_end_matches('/');
+    let host = rest.split(':').next()?.to_string();
+    Some((host, rest.to_string()))
+}
+
 #[derive(Debug, Clone)]
 pub struct TargetSettings {
+    /// A fleet: two hosts or more (`[target] hosts`, after `--hosts`); empty for one host.
+    pub hosts: Vec<FleetHost>,
+    pub strategy: Option<crate::domain::fleet::Strategy>,
+    pub batch: usize,
+    pub canary_soak: Duration,
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
@@ -176,6 +255,7 @@ impl Settings {
         let config_path = global.config.clone().or_else(|| env("BACKTRACK_CONFIG"));
         let hosts = EngineHosts {
             flag: global.host.clone(),
+            only: global.hosts.clone(),
             docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
             tls_verify: std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()),
             context: docker_context_host(
@@ -213,6 +293,8 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct EngineHosts {
     pub flag: Option<String>,
+    /// `--hosts a,b`: the hosts of a fleet this run acts on.
+    pub only: Option<Vec<String>>,
     pub docker_host: Option<String>,
     /// `DOCKER_TLS_VERIFY` is set: the docker CLI would talk TLS to a `tcp://` engine.
     pub tls_verify: bool,
@@ -357,9 +439,21 @@ fn resolve_project(
     if repository.is_empty() {
         return Err(invalid("[registry] repository is empty".into()));
     }
-    let engine_host = hosts
-        .pick(file.target.as_ref().and_then(|t| t.host.as_deref()))
-        .map_err(invalid)?;
+    let fleet = match file.target.as_ref() {
+        Some(t) => fleet_hosts(t, hosts).map_err(invalid)?,
+        None => Vec::new(),
+    };
+    // One host of a fleet (`--hosts a`, or a list of one) is a plain single-host target.
+    let single = match fleet.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    };
+    let engine_host = match &single {
+        Some(one) => Some(one.clone()),
+        None => hosts
+            .pick(file.target.as_ref().and_then(|t| t.host.as_deref()))
+            .map_err(invalid)?,
+    };
     let engine = engine_host
         .as_deref()
         .map(EngineAddress::parse)
@@ -372,7 +466,20 @@ fn resolve_project(
             engine_host.as_deref().unwrap_or_default()
         )));
     }
+    let fleet = if fleet.len() > 1 { fleet } else { Vec::new() };
     let target = file.target.map(|t| TargetSettings {
+        hosts: fleet
+            .iter()
+            .map(|address| FleetHost {
+                engine: EngineAddress::parse(address).expect("checked in fleet_hosts"),
+                address: address.clone(),
+                state_dir: PathBuf::new(),
+                remote_state: None,
+            })
+            .collect(),
+        strategy: t.strategy,
+        batch: t.batch.unwrap_or(1).max(1),
+        canary_soak: t.canary_soak.unwrap_or(Duration::from_secs(120)),
         engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
         name: t.name,
@@ -406,6 +513,16 @@ fn resolve_project(
             t.name
         ))
     };
+    let mut target = target;
+    if let Some(t) = target.as_mut() {
+        let (kind_name, hosts) = (t.clone(), &mut t.hosts);
+        for h in hosts.iter_mut() {
+            h.state_dir = state_root.join("targets").join(target_dir(&h.address, &kind_name));
+            if matches!(h.engine, EngineAddress::Ssh(_)) {
+                h.remote_state = Some(format!("targets/{}", target_dir("local", &kind_name)));
+            }
+        }
+    }
     let remote_state = match (&target, &engine) {
         (Some(t), Some(EngineAddress::Ssh(_))) => Some(format!("targets/{}", target_dir("local", t))),
         _ => None,
@@ -476,6 +593,7 @@ mod tests {
             Path::new("/state"),
             &EngineHosts {
                 flag: None,
+                only: None,
                 docker_host: None,
                 tls_verify: false,
                 context: Ok(None),
@@ -569,6 +687,7 @@ mod tests {
         };
         let hosts = |flag: Option<&str>, env: Option<&str>| EngineHosts {
             flag: flag.map(str::to_string),
+            only: None,
             docker_host: env.map(str::to_string),
             tls_verify: false,
             context: Ok(Some("tcp://from-context:2375".into())),
@@ -648,5 +767,29 @@ mod tests {
         ] {
             assert_eq!(is_loopback_host(h), want, "{h}");
         }
+    }
+
+    #[test]
+    fn hosts_flag_picks_fleet_hosts_by_address_or_name_and_refuses_unknown_ones() {
+        let section: config::TargetSection =
+            toml::from_str("kind = \"container\"\nname = \"web\"\nhosts = [\"ssh://u@ec2-1\", \"ssh://u@ec2-2:2222\"]")
+                .unwrap();
+        let pick = |only: Option<&[&str]>, flag: Option<&str>| {
+            fleet_hosts(
+                &section,
+                &EngineHosts {
+                    flag: flag.map(str::to_string),
+                    only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+                    docker_host: None,
+                    tls_verify: false,
+                    context: Ok(None),
+                },
+            )
+        };
+        assert_eq!(pick(None, None).unwrap().len(), 2);
+        assert_eq!(pick(Some(&["ec2-2"]), None).unwrap(), vec!["ssh://u@ec2-2:2222"]);
+        assert_eq!(pick(Some(&["ssh://u@ec2-1"]), None).unwrap(), vec!["ssh://u@ec2-1"]);
+        assert!(pick(Some(&["ec2-9"]), None).unwrap_err().contains("ec2-9"));
+        assert!(pick(None, Some("ssh://u@ec2-1")).unwrap_err().contains("--hosts"));
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod ecr;
 mod exit_codes;
+mod fleet;
 mod harness;
 mod hooks;
 mod hostile;

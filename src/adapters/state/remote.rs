@@ -1,85 +1,265 @@
 //! The state of a remote target, kept on its host: the same journal (`history.jsonl`), lock and
 //! `target.json` as a local target's, under the SSH user's
 //! `${XDG_STATE_HOME:-~/.local/state}/backtrack/targets/…`, read and written through the run's
-//! SSH connection by small POSIX `sh` scripts (nothing to install on the host besides `flock`,
-//! which util-linux and busybox both have).
+//! SSH connection by one POSIX `sh` on the host (nothing to install there besides `flock`, which
+//! util-linux and busybox both have).
 //!
-//! **A journal record is one `cat >>` followed by `sync`**, so it is on the host's disk before
-//! anything else happens. **The lock is a `flock` held by a shell on the host for as long as this
-//! run keeps that channel open**: it is released when the run ends, and also when the run's
+//! **One state shell per run**: a single channel runs a small `sh` loop that answers requests
+//! (read the journal, append a record, take or release the lock, name the holder) as lines, so a
+//! journal write costs a round trip on an open channel, not a new channel (~40 ms each). **A
+//! journal record is one append followed by `sync`**, so it is on the host's disk before anything
+//! else happens. **The lock is a `flock` held by that shell for as long as the run keeps the
+//! channel open**: it is released when the run ends or releases it, and also when the run's
 //! machine crashes or the connection drops (sshd ends the session). Its holder (user@machine,
 //! pid, command, since) is written beside it by the winner, so a loser can name it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Holder, Identity, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
 
+/// The state shell's loop. Each request is a command line and the target folder's relative path
+/// (plus the command's own lines); each answer starts with one status line.
+const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"
+while IFS= read -r cmd && IFS= read -r rel; do
+  d="$S/$rel"; f="$d/history.jsonl"
+  case "$cmd" in
+  read)
+    if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi ;;
+  append)
+    IFS= read -r meta; IFS= read -r line
+    if err=$( { mkdir -p "$d" &&
+        if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
+        if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi &&
+        printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
+      echo OK
+    else
+      printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
+    fi ;;
+  holder)
+    if [ -e "$d/lock" ] && ! ( exec 8>>"$d/lock" && flock -n 8 ) 2>/dev/null; then
+      printf 'HOLDER %s\n' "$(head -n 1 "$d/holder.json" 2>/dev/null)"
+    else
+      echo HOLDER
+    fi ;;
+  lock)
+    IFS= read -r who
+    if err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
+      exec 9>>"$d/lock"
+      if flock -n 9; then
+        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED
+      else
+        exec 9>&-
+        i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
+        printf 'HELD %s\n' "$(head -n 1 "$d/holder.json" 2>/dev/null)"
+      fi
+    else
+      printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
+    fi ;;
+  unlock)
+    rm -f "$d/holder.json"; exec 9>&-; echo OK ;;
+  *) echo "ERR unknown request $cmd" ;;
+  esac
+done"#;
+
+/// The state shell's channel.
+struct Channel {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// One long-lived `sh` on the host, through the run's SSH connection, that reads and writes the
+/// state of the targets there. Started on first use; ended (which frees a lock it holds) on drop.
+pub struct StateShell {
+    ssh: Arc<SshSession>,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl std::fmt::Debug for StateShell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateShell({})", self.ssh.destination())
+    }
+}
+
+impl StateShell {
+    pub fn new(ssh: Arc<SshSession>) -> Arc<Self> {
+        Arc::new(Self {
+            ssh,
+            channel: Mutex::new(None),
+        })
+    }
+
+    fn fail(&self, what: &str, detail: impl Into<String>) -> SshError {
+        SshError::Remote {
+            host: self.ssh.destination().to_string(),
+            what: what.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Sends one request (lines without newlines) and hands the channel to `answer` to read the
+    /// reply. A broken channel is dropped: the next request fails too, as the connection is gone.
+    fn request<T>(
+        &self,
+        what: &str,
+        lines: &[&str],
+        answer: impl FnOnce(&mut BufReader<ChildStdout>) -> std::io::Result<T>,
+    ) -> Result<T, SshError> {
+        let mut guard = self
+            .channel
+            .lock()
+            .map_err(|_| self.fail(what, "the state shell is poisoned"))?;
+        if guard.is_none() {
+            let mut child = self
+                .ssh
+                .command(&format!("sh -c {}", shell_quote(SHELL)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| SshError::NoClient(e.to_string()))?;
+            let stdin = child.stdin.take().expect("piped stdin");
+            let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+            *guard = Some(Channel { child, stdin, stdout });
+        }
+        let chan = guard.as_mut().expect("started above");
+        let mut text = String::new();
+        for l in lines {
+            debug_assert!(!l.contains('\n'), "a request line holds no newline");
+            text.push_str(l);
+            text.push('\n');
+        }
+        let result = chan
+            .stdin
+            .write_all(text.as_bytes())
+            .and_then(|()| chan.stdin.flush())
+            .and_then(|()| answer(&mut chan.stdout));
+        result.map_err(|e| {
+            if let Some(mut c) = guard.take() {
+                let _ = c.child.kill();
+                let _ = c.child.wait();
+            }
+            self.fail(what, format!("the state shell on the host ended: {e}"))
+        })
+    }
+}
+
+impl Drop for StateShell {
+    fn drop(&mut self) {
+        let Some(Channel { mut child, stdin, .. }) = self.channel.get_mut().ok().and_then(Option::take) else {
+            return;
+        };
+        // End its input: the shell exits, which releases any flock it holds.
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// One status line of an answer, without its newline.
+fn status_line(r: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no answer"));
+    }
+    Ok(line.trim_end_matches('\n').to_string())
+}
+
 /// The state folder of one target on a remote host, relative to the remote state root.
 #[derive(Debug, Clone)]
 pub struct RemoteDir {
-    pub ssh: Arc<SshSession>,
+    pub shell: Arc<StateShell>,
     /// `targets/local_container_web`: the folder a backtrack run on the host itself would use,
     /// so operators here and there share one history.
     pub relative: String,
 }
 
-/// Sets `d` to the target's folder on the host.
-const PRELUDE: &str = r#"set -e; d="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack/$1"; "#;
+/// What the state shell answered to a request that can fail on the host.
+enum Answer {
+    Ok,
+    Err(String),
+}
+
+fn ok_or_err(line: String, ok: &str) -> Answer {
+    match line.strip_prefix("ERR ") {
+        Some(e) => Answer::Err(e.trim().to_string()),
+        None if line.starts_with(ok) => Answer::Ok,
+        None => Answer::Err(format!("unexpected answer {line:?}")),
+    }
+}
 
 impl RemoteDir {
+    pub fn new(shell: Arc<StateShell>, relative: String) -> Self {
+        Self { shell, relative }
+    }
+
     /// `user@host:~/.local/state/backtrack/targets/…`, for messages.
     pub fn display(&self) -> String {
         format!(
             "{}:~/.local/state/backtrack/{}",
-            self.ssh.destination().user_at_host(),
+            self.shell.ssh.destination().user_at_host(),
             self.relative
         )
     }
 
     /// The journal's bytes (empty when there is none yet).
     pub fn read_journal(&self) -> Result<Vec<u8>, SshError> {
-        let script = format!(r#"{PRELUDE}if [ -f "$d/history.jsonl" ]; then cat "$d/history.jsonl"; fi"#);
-        self.ssh.run_script("read the journal", &script, &[&self.relative], b"")
+        let what = "read the journal";
+        self.shell.request(what, &["read", &self.relative], |r| {
+            let line = status_line(r)?;
+            let n: usize = line
+                .strip_prefix("DATA")
+                .and_then(|n| n.trim().parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
+            let mut bytes = vec![0; n];
+            r.read_exact(&mut bytes)?;
+            Ok(bytes)
+        })
     }
 
     /// Appends one line (ending a torn last line first) and syncs it to disk; writes `meta` as
     /// `target.json` when the journal is new.
     pub fn append_journal(&self, line: &[u8], meta: Option<&[u8]>) -> Result<(), SshError> {
-        let script = format!(
-            r#"{PRELUDE}f="$d/history.jsonl"; mkdir -p "$d"
-if [ -n "$2" ] && [ ! -s "$f" ]; then printf '%s\n' "$2" > "$d/target.json.tmp.$$"; mv "$d/target.json.tmp.$$" "$d/target.json"; fi
-if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi
-cat >> "$f"
-sync "$f" 2>/dev/null || sync"#
-        );
-        let meta = meta
-            .map(|m| String::from_utf8_lossy(m).into_owned())
-            .unwrap_or_default();
-        self.ssh
-            .run_script("append to the journal", &script, &[&self.relative, &meta], line)
-            .map(drop)
+        let what = "append to the journal";
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\n');
+        let meta = meta.map(String::from_utf8_lossy).unwrap_or_default();
+        if line.contains('\n') || meta.contains('\n') {
+            return Err(self.shell.fail(what, "a record spans lines"));
+        }
+        let answer = self
+            .shell
+            .request(what, &["append", &self.relative, meta.trim_end(), line], |r| {
+                status_line(r).map(|l| ok_or_err(l, "OK"))
+            })?;
+        match answer {
+            Answer::Ok => Ok(()),
+            Answer::Err(e) => Err(self.shell.fail(what, e)),
+        }
     }
 
     /// The live holder of the target's lock on the host, if someone holds it now.
     pub fn holder(&self) -> Option<Holder> {
-        let script = format!(
-            r#"{PRELUDE}[ -e "$d/lock" ] || exit 0
-exec 9>>"$d/lock"
-if flock -n 9; then exit 0; fi
-cat "$d/holder.json" 2>/dev/null || true"#
-        );
-        let out = self
-            .ssh
-            .run_script("read the lock", &script, &[&self.relative], b"")
+        let line = self
+            .shell
+            .request("read the lock", &["holder", &self.relative], status_line)
             .ok()?;
-        serde_json::from_slice(&out).ok()
+        serde_json::from_str(line.strip_prefix("HOLDER")?.trim()).ok()
     }
 
-    /// Takes the target's lock on the host without waiting.
+    /// Takes the target's lock on the host without waiting; held until the `RemoteLock` is
+    /// dropped or the state shell ends.
     pub fn lock(&self, command: &str) -> Result<RemoteLock, LockError> {
         let who = Identity::current();
         let me = Holder {
@@ -90,82 +270,38 @@ cat "$d/holder.json" 2>/dev/null || true"#
             since: chrono::Utc::now(),
         };
         let holder_json = serde_json::to_string(&me).expect("holder serializes");
-        // The winner writes its identity, says so, then holds the lock until its input ends.
-        // A loser waits briefly for the winner's identity (it may have only just won).
-        let script = format!(
-            r#"{PRELUDE}mkdir -p "$d"; exec 9>>"$d/lock"
-if ! flock -n 9; then
-  i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
-  echo HELD; cat "$d/holder.json" 2>/dev/null || true; exit 0
-fi
-printf '%s\n' "$2" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"
-echo LOCKED
-cat > /dev/null
-rm -f "$d/holder.json""#
-        );
-        let mut line = format!("sh -c {} sh", shell_quote(&script));
-        for a in [self.relative.as_str(), holder_json.as_str()] {
-            line.push(' ');
-            line.push_str(&shell_quote(a));
-        }
         let path = std::path::PathBuf::from(self.display()).join("lock");
-        let io = |e: std::io::Error| LockError::Io {
+        let io = |detail: String| LockError::Io {
             path: path.clone(),
-            source: e,
+            source: std::io::Error::other(detail),
         };
-        let mut child = self
-            .ssh
-            .command(&line)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io)?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(l)) if l == "LOCKED" => Ok(RemoteLock { child: Some(child) }),
-            Some(Ok(l)) if l == "HELD" => {
-                let rest: String = lines.map_while(Result::ok).collect::<Vec<_>>().join("\n");
-                let _ = child.wait();
-                let holder = serde_json::from_str::<Holder>(rest.trim())
-                    .map_or_else(|_| "holder unknown".to_string(), |h| h.to_string());
-                Err(LockError::Held { path, holder })
-            }
-            _ => {
-                let out = child.wait_with_output().map_err(io)?;
-                let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                Err(io(std::io::Error::other(if err.is_empty() {
-                    "the lock's shell on the host ended without taking it".to_string()
-                } else {
-                    err
-                })))
-            }
+        let line = self
+            .shell
+            .request("take the lock", &["lock", &self.relative, &holder_json], status_line)
+            .map_err(|e| io(e.to_string()))?;
+        if line == "LOCKED" {
+            return Ok(RemoteLock { dir: self.clone() });
         }
+        if let Some(rest) = line.strip_prefix("HELD") {
+            let holder = serde_json::from_str::<Holder>(rest.trim())
+                .map_or_else(|_| "holder unknown".to_string(), |h| h.to_string());
+            return Err(LockError::Held { path, holder });
+        }
+        Err(io(line.strip_prefix("ERR ").unwrap_or(&line).to_string()))
     }
 }
 
-/// A lock held on the host by a shell at the other end of this channel; released on drop.
+/// A lock held on the host by the state shell; released on drop (and when the shell ends).
 #[derive(Debug)]
 pub struct RemoteLock {
-    child: Option<std::process::Child>,
+    dir: RemoteDir,
 }
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // End its input: the shell removes its identity and exits, which releases the flock.
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.flush();
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = self
+            .dir
+            .shell
+            .request("release the lock", &["unlock", &self.dir.relative], status_line);
     }
 }

@@ -1,0 +1,425 @@
+//! `deploy`, `rollback` and `status` of a target on several hosts (`[target] hosts`): the
+//! command side of `ops::fleet`. One digest for every host, all-or-nothing, a report per host.
+
+use serde::Serialize;
+
+use super::App;
+use crate::adapters::state::TargetMeta;
+use crate::cli::SwapCommon;
+use crate::domain::fleet::{self, HostStep, Strategy, Verdict};
+use crate::domain::history::{self, Operation};
+use crate::domain::image::ImageRef;
+use crate::error::Failure;
+use crate::ops::fleet::{Host, HostResult, Run, Slot};
+use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, swap};
+use crate::output::Report;
+
+#[derive(Debug, Serialize)]
+struct FleetReport {
+    op: Operation,
+    target: String,
+    strategy: Strategy,
+    to: ImageRef,
+    dry_run: bool,
+    hosts: Vec<HostResult>,
+    /// Hosts left out because they could not be reached at the start (`--skip-unreachable`).
+    skipped: Vec<String>,
+}
+
+impl Report for FleetReport {
+    fn human(&self) -> String {
+        let mut t = crate::output::table(["host", "result", "from", "to", "detail"]);
+        for h in &self.hosts {
+            t.add_row(vec![
+                h.host.clone(),
+                if self.dry_run && h.step == HostStep::NotStarted {
+                    "would swap".into()
+                } else {
+                    h.step.as_str().to_string()
+                },
+                h.from.as_ref().map_or("-".into(), ImageRef::display),
+                self.to.display(),
+                h.detail.clone().unwrap_or_default(),
+            ]);
+        }
+        let mut out = format!(
+            "{} {} on {} host(s), {}: {} ({})\n{}",
+            self.op.as_str(),
+            self.target,
+            self.hosts.len(),
+            self.strategy.as_str(),
+            self.to.display(),
+            self.to.digest.as_ref().map_or("-", |d| d.short()),
+            crate::output::render_table(&t)
+        );
+        if !self.skipped.is_empty() {
+            out.push_str(&format!("\nskipped (unreachable): {}", self.skipped.join(", ")));
+        }
+        if self.dry_run {
+            out.push_str("\ndry run: nothing was changed");
+        }
+        out
+    }
+}
+
+/// `deploy` / `rollback` across the fleet.
+pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &SwapCommon) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let strategy = common
+        .strategy
+        .or(target.strategy)
+        .unwrap_or_else(|| Strategy::default_for(op));
+    let meta = |h: &crate::settings::FleetHost| TargetMeta {
+        target: target.display(),
+        engine: h.address.clone(),
+        repository: project.registry.display(),
+        environment: target.environment.clone(),
+    };
+    let mut hosts: Vec<Host> = Vec::new();
+    let mut skipped = Vec::new();
+    for (address, connected) in crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await {
+        match connected {
+            Ok(h) => hosts.push(h),
+            Err(e) if common.skip_unreachable => {
+                app.printer.note(format!("warning: skipping {address}: {e:#}"));
+                skipped.push(address);
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "reach host {address} of the fleet (nothing was changed on any host; \
+                     --skip-unreachable goes on without it)"
+                )));
+            }
+        }
+    }
+    if hosts.is_empty() {
+        anyhow::bail!("reach any host of the fleet: none answered ({})", skipped.join(", "));
+    }
+    // Every lock before the first change, in one fixed order: two fleet runs never wait on each
+    // other's half; the one that comes second is refused at its first host, holding nothing.
+    let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+    let order = fleet::lock_order(&addresses);
+    if !common.dry_run {
+        let command = format!("backtrack {} {input} (fleet)", op.as_str());
+        for i in &order {
+            let address = hosts[*i].address.clone();
+            // On refusal, `hosts` drops at return: every lock taken so far is released.
+            hosts[*i]
+                .lock(&command)
+                .map_err(|e| e.context(format!("lock the target on {address}")))?;
+        }
+        interrupt::install();
+        for h in &hosts {
+            recover::settle(&h.engine, &h.journal, &app.printer)
+                .await
+                .map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
+        }
+    }
+    // The selector is resolved once, with the history of the first host in lock order.
+    let first = &hosts[order[0]];
+    let ops = history::operations(&first.journal.read()?);
+    let mut current = Vec::new();
+    for h in &hosts {
+        let d = deployed::read(&h.engine, target, &registry.name())
+            .await
+            .map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?;
+        current.push(d);
+    }
+    let current_ref = current[order[0]].first().map(|d| d.image.clone());
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let chosen = resolve::resolve(
+        registry.as_ref(),
+        &catalog,
+        input,
+        &ops,
+        current_ref.as_ref(),
+        &project.lkg_tag(),
+    )
+    .await?;
+    let image = registry.pull_reference(&chosen.digest);
+    let mut slots = Vec::new();
+    for (h, cur) in hosts.iter().zip(&current) {
+        let already = !cur.is_empty() && cur.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest));
+        let plan = if already {
+            None
+        } else {
+            Some(
+                swap::plan(&h.engine, op, target, cur, &chosen.image, &image)
+                    .await
+                    .map_err(|e| e.context(format!("plan the swap on {}", h.address)))?,
+            )
+        };
+        slots.push(Slot {
+            host: h,
+            result: HostResult {
+                host: h.address.clone(),
+                step: if plan.is_some() {
+                    HostStep::NotStarted
+                } else {
+                    HostStep::Unchanged
+                },
+                from: cur.first().map(|d| d.image.clone()),
+                detail: None,
+                logs: Vec::new(),
+            },
+            plan,
+        });
+    }
+    let mut report = FleetReport {
+        op,
+        target: target.display(),
+        strategy,
+        to: chosen.image.clone(),
+        dry_run: common.dry_run,
+        hosts: Vec::new(),
+        skipped: skipped.clone(),
+    };
+    if common.dry_run {
+        report.hosts = slots.into_iter().map(|s| s.result).collect();
+        return app.printer.report(&report);
+    }
+    let auth = registry.pull_auth().await?;
+    let mut base = crate::adapters::state::begin(op);
+    base.id = format!("fleet-{}", base.id);
+    base.reason = common.reason.clone();
+    if !skipped.is_empty() {
+        base.detail = Some(format!("fleet run without unreachable host(s): {}", skipped.join(", ")));
+    }
+    let run = Run {
+        printer: &app.printer,
+        health: &project.health,
+        auth: Some(&auth),
+        base,
+    };
+    let started = std::time::Instant::now();
+    let waves = fleet::waves(slots.len(), strategy, target.batch);
+    let last = waves.len().saturating_sub(1);
+    for (n, wave) in waves.iter().enumerate() {
+        let steps: Vec<HostStep> = slots.iter().map(|s| s.result.step).collect();
+        if !fleet::may_continue(&steps) {
+            break;
+        }
+        let mut picked: Vec<&mut Slot<'_>> = slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| wave.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        futures::future::join_all(picked.iter_mut().map(|s| crate::ops::fleet::apply(&run, s))).await;
+        if strategy == Strategy::Canary && n == 0 && n < last {
+            for s in picked.iter_mut().filter(|s| s.result.step == HostStep::Validated) {
+                crate::ops::fleet::soak(&run, s, target.canary_soak).await;
+            }
+        }
+    }
+    let steps: Vec<HostStep> = slots.iter().map(|s| s.result.step).collect();
+    let to_revert = fleet::must_revert(&steps);
+    if to_revert.is_empty() {
+        let ms = started.elapsed().as_millis() as u64;
+        futures::future::join_all(
+            slots
+                .iter_mut()
+                .filter(|s| s.result.step == HostStep::Validated)
+                .map(|s| crate::ops::fleet::commit(&run, s, ms)),
+        )
+        .await;
+    } else {
+        let failed: Vec<String> = slots
+            .iter()
+            .filter(|s| s.result.step.is_failure())
+            .map(|s| s.host.address.clone())
+            .collect();
+        let because = format!("{} failed", failed.join(", "));
+        app.printer.note(format!(
+            "{because}: putting the previous version back on every swapped host"
+        ));
+        futures::future::join_all(
+            slots
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| to_revert.contains(i))
+                .map(|(_, s)| crate::ops::fleet::revert(&run, s, &because)),
+        )
+        .await;
+    }
+    for s in &slots {
+        if !s.result.logs.is_empty() {
+            app.printer.note(format!(
+                "[{}] last lines of the failed container's output:",
+                s.host.address
+            ));
+            for l in &s.result.logs {
+                app.printer.note(format!("  | {l}"));
+            }
+        }
+    }
+    let steps: Vec<HostStep> = slots.iter().map(|s| s.result.step).collect();
+    report.hosts = slots.into_iter().map(|s| s.result).collect();
+    app.printer.report(&report)?;
+    let name = |i: &usize| report.hosts[*i].host.clone();
+    let why = |failed: &[usize]| {
+        failed
+            .iter()
+            .map(|i| {
+                format!(
+                    "on {}: {}",
+                    name(i),
+                    report.hosts[*i].detail.clone().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match fleet::verdict(&steps) {
+        Verdict::Done => Ok(()),
+        Verdict::RevertedEverywhere { failed } => Err(Failure::Reverted {
+            version: chosen.image.display(),
+            why: format!("{}; every host runs its previous version again", why(&failed)),
+        }
+        .into()),
+        Verdict::NeedsAPerson { failed, hosts } => Err(Failure::RevertFailed {
+            version: chosen.image.display(),
+            why: why(&failed),
+            revert_error: format!(
+                "a person must act on {} (what runs there is neither the previous nor the chosen version, \
+                 or the host could not be reached; the next run settles it from that host's journal)",
+                hosts.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+        }
+        .into()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct FleetStatus {
+    target: String,
+    rows: Vec<StatusRow>,
+    /// Hosts grouped by digest when they differ.
+    drift: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    host: String,
+    container: Option<String>,
+    version: Option<String>,
+    digest: Option<String>,
+    health: Option<String>,
+    error: Option<String>,
+    lock: Option<String>,
+}
+
+impl Report for FleetStatus {
+    fn human(&self) -> String {
+        let mut t = crate::output::table(["host", "container", "version", "digest", "health", "lock"]);
+        for r in &self.rows {
+            t.add_row(vec![
+                r.host.clone(),
+                r.container.clone().unwrap_or_else(|| "-".into()),
+                r.version.clone().unwrap_or_else(|| "-".into()),
+                r.digest.clone().unwrap_or_else(|| "-".into()),
+                r.health.clone().or(r.error.clone()).unwrap_or_else(|| "-".into()),
+                r.lock.clone().unwrap_or_default(),
+            ]);
+        }
+        let mut out = format!(
+            "{} on {} hosts\n{}",
+            self.target,
+            self.rows.len(),
+            crate::output::render_table(&t)
+        );
+        if self.drift.is_empty() {
+            out.push_str("\nfleet: every host runs the same digest");
+        } else {
+            out.push_str("\nfleet drift: hosts run different digests:");
+            for d in &self.drift {
+                out.push_str(&format!("\n  {d}"));
+            }
+        }
+        out
+    }
+}
+
+/// `status` across the fleet: a row per host and container, and the hosts on different digests.
+pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let repository = project.registry.display();
+    let meta = |h: &crate::settings::FleetHost| TargetMeta {
+        target: target.display(),
+        engine: h.address.clone(),
+        repository: repository.clone(),
+        environment: target.environment.clone(),
+    };
+    let mut rows = Vec::new();
+    let mut digests: Vec<(String, Option<String>)> = Vec::new();
+    for (address, connected) in crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await {
+        let host = match connected {
+            Ok(h) => h,
+            Err(e) => {
+                rows.push(StatusRow {
+                    host: address,
+                    container: None,
+                    version: None,
+                    digest: None,
+                    health: None,
+                    error: Some(format!("unreachable: {e:#}")),
+                    lock: None,
+                });
+                continue;
+            }
+        };
+        let lock = host.holder().map(|h| format!("held by {h}"));
+        match deployed::read(&host.engine, target, &repository).await {
+            Ok(list) if !list.is_empty() => {
+                digests.push((address.clone(), list[0].digest.as_ref().map(|d| d.to_string())));
+                for d in list {
+                    rows.push(StatusRow {
+                        host: address.clone(),
+                        container: Some(d.container.name.clone()),
+                        version: d.image.version.clone(),
+                        digest: d.digest.as_ref().map(|x| x.short().to_string()),
+                        health: Some(d.container.health.clone().unwrap_or_else(|| d.container.state.clone())),
+                        error: None,
+                        lock: lock.clone(),
+                    });
+                }
+            }
+            Ok(_) => rows.push(StatusRow {
+                host: address.clone(),
+                container: None,
+                version: None,
+                digest: None,
+                health: None,
+                error: Some("not running".into()),
+                lock,
+            }),
+            Err(e) => rows.push(StatusRow {
+                host: address.clone(),
+                container: None,
+                version: None,
+                digest: None,
+                health: None,
+                error: Some(format!("{e:#}")),
+                lock,
+            }),
+        }
+    }
+    let pairs: Vec<(&str, Option<&str>)> = digests.iter().map(|(h, d)| (h.as_str(), d.as_deref())).collect();
+    let groups = fleet::by_digest(&pairs);
+    let drift = if groups.len() > 1 {
+        groups
+            .iter()
+            .map(|(d, hosts)| format!("{}: {}", d.map_or("-", |d| &d[..d.len().min(19)]), hosts.join(", ")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    app.printer.report(&FleetStatus {
+        target: target.display(),
+        rows,
+        drift,
+    })
+}

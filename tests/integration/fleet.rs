@@ -1,0 +1,278 @@
+//! Many hosts, one rollback: a fleet of the two remote hosts `scripts/test-env` starts (bt-h2 on
+//! 127.0.0.1:2222 and bt-h3 on 127.0.0.1:2223, each a Docker Engine and an sshd in a network
+//! namespace of its own, reached only over ssh) and, for three hosts, this machine's engine over
+//! its unix socket. Each host's journal and lock are on that host.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{AppImage, Repo, Test, docker, free_port, unique};
+
+const H2: &str = "ssh://bt-remote@127.0.0.1:2222";
+const H3: &str = "ssh://bt-remote@127.0.0.1:2223";
+const LOCAL: &str = "unix:///var/run/docker.sock";
+
+fn env_dir(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
+fn h2_dir() -> PathBuf {
+    env_dir("BACKTRACK_TEST_REMOTE_DIR", "/var/lib/backtrack-test-env/h2")
+}
+
+fn h3_dir() -> PathBuf {
+    env_dir("BACKTRACK_TEST_REMOTE3_DIR", "/var/lib/backtrack-test-env/h3")
+}
+
+/// `docker` against one host's engine (the test's own view; backtrack goes through ssh).
+fn on(host: &str, args: &[&str]) -> Output {
+    let socket = match host {
+        H2 => format!("unix://{}", h2_dir().join("docker.sock").display()),
+        H3 => format!("unix://{}", h3_dir().join("docker.sock").display()),
+        _ => LOCAL.to_string(),
+    };
+    docker(&[&["-H", socket.as_str()], args].concat())
+}
+
+/// The target's state folder on a host (the journal and lock backtrack keeps there).
+fn state_dir(host: &str, name: &str, t: &Test) -> PathBuf {
+    let rel = format!("backtrack/targets/local_container_{name}");
+    match host {
+        H2 => h2_dir().join("home-bt-remote/.local/state").join(rel),
+        H3 => h3_dir().join("state").join(rel),
+        _ => t
+            .state_dir()
+            .join("targets")
+            .join(format!("unix____var_run_docker.sock_container_{name}")),
+    }
+}
+
+/// What the app answers at /health inside `name` on `host`.
+fn serves(host: &str, name: &str) -> String {
+    let out = on(host, &["exec", name, "wget", "-qO-", "http://127.0.0.1:8080/health"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn require_fleet() {
+    crate::harness::require_services();
+    for (port, dir) in [(2222, h2_dir()), (2223, h3_dir())] {
+        let ok = std::process::Command::new("ssh")
+            .args(["-F", h2_dir().join("client/ssh_config").to_str().unwrap()])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", &port.to_string()])
+            .args(["bt-remote@127.0.0.1", "docker info --format '{{.Name}}'"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok && dir.join("docker.sock").exists(),
+            "the remote host on 127.0.0.1:{port} does not answer: run `scripts/test-env` (as root) first"
+        );
+    }
+}
+
+/// The same container on each host, publishing `port` on that host's loopback (or `published`
+/// for a host listed there, to make its probe fail); removed from every host at the end.
+struct FleetApp {
+    name: String,
+    port: u16,
+    hosts: Vec<&'static str>,
+}
+
+impl FleetApp {
+    fn run(image: &str, hosts: &[&'static str], broken: &[&'static str]) -> Self {
+        let name = unique("bt-fleet-app");
+        let port = free_port();
+        for h in hosts {
+            let published = if broken.contains(h) { free_port() } else { port };
+            let publish = format!("127.0.0.1:{published}:8080");
+            let out = on(h, &["run", "-d", "--name", &name, "-p", &publish, image]);
+            assert!(out.status.success(), "{h}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let app = Self {
+            name,
+            port,
+            hosts: hosts.to_vec(),
+        };
+        for h in hosts {
+            app.wait_serving(h);
+        }
+        app
+    }
+
+    fn wait_serving(&self, host: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while serves(host, &self.name).is_empty() {
+            assert!(Instant::now() < deadline, "{} did not serve on {host}", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn test(&self, repo: &Repo, hosts: &[&str], health_path: &str, timeout: &str) -> Test {
+        let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+        Test::new()
+            .repo(
+                repo,
+                &format!(
+                    "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\n[health]\nhttp = \"http://127.0.0.1:{}{health_path}\"\ntimeout = \"{timeout}\"\n",
+                    self.name, self.port
+                ),
+            )
+            .env(
+                "BACKTRACK_SSH_CONFIG",
+                h2_dir().join("client/ssh_config").to_str().unwrap(),
+            )
+    }
+
+    fn journal(&self, host: &str, t: &Test) -> String {
+        std::fs::read_to_string(state_dir(host, &self.name, t).join("history.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for FleetApp {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            for suffix in ["", "-backtrack-prev", "-backtrack-next", "-backtrack-pre-emergency"] {
+                on(h, &["rm", "-f", &format!("{}{suffix}", self.name)]);
+            }
+            if *h != LOCAL {
+                let _ = std::fs::remove_dir_all(state_dir(h, &self.name, &Test::new()));
+            }
+        }
+    }
+}
+
+fn pushed(test: &str) -> Repo {
+    require_fleet();
+    let repo = Repo::new(test);
+    for v in ["v1.0.0", "v1.1.0"] {
+        repo.push(&AppImage::new(v));
+    }
+    repo
+}
+
+#[test]
+fn fleet_parallel_rollback_over_ssh_on_three_hosts() {
+    let repo = pushed("fleetpar");
+    let hosts = [H2, H3, LOCAL];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
+    let run = t.exec(["rollback", "--yes", "--output", "json"]).success().json();
+    assert_eq!(run["strategy"], "parallel", "{run}");
+    assert_eq!(run["hosts"].as_array().unwrap().len(), 3, "{run}");
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+    }
+    // One fleet operation: every host's journal (on that host) has it under one id.
+    let id = |j: &str| {
+        j.lines()
+            .filter(|l| l.contains("\"rollback\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .next()
+            .unwrap_or_default()
+    };
+    let ids: Vec<String> = hosts.iter().map(|h| id(&app.journal(h, &t))).collect();
+    assert!(ids[0].starts_with("fleet-"), "{ids:?}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let status = t.exec(["status"]).success();
+    assert!(
+        status.stdout.contains("every host runs the same digest"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn fleet_rolling_deploy_where_the_second_host_fails_reverts_the_first_too() {
+    let repo = pushed("fleetfail");
+    let hosts = [H2, H3];
+    // On bt-h3 the app is published on another port: its probe never answers there.
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[H3]);
+    let t = app.test(&repo, &hosts, "/health", "5s");
+
+    let run = t.exec(["deploy", "v1.1.0", "--yes"]).code(6);
+    assert!(run.stderr.contains(H3), "the failed host is named: {}", run.stderr);
+    assert!(run.stdout.contains("reverted"), "{}", run.stdout);
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h} must run its previous version");
+        let leftovers = on(h, &["inspect", &format!("{}-backtrack-prev", app.name)]);
+        assert!(!leftovers.status.success(), "{h} kept a set-aside container");
+    }
+    assert!(app.journal(H2, &t).contains("put back"), "{}", app.journal(H2, &t));
+    // Status names the drift when hosts differ: not here, both are back on 1.0.0.
+    let status = t.exec(["status"]).success();
+    assert!(!status.stdout.contains("fleet drift"), "{}", status.stdout);
+}
+
+#[test]
+fn fleet_host_unreachable_at_the_start_is_refused_by_name_unless_skipped() {
+    let repo = pushed("fleetdown");
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2], &[]);
+    let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
+    let t = app.test(&repo, &[H2, &gone], "/health", "20s");
+
+    let run = t.exec(["deploy", "v1.1.0", "--yes"]).code(10);
+    assert!(
+        run.stderr.contains(&gone),
+        "the unreachable host is named: {}",
+        run.stderr
+    );
+    assert_eq!(serves(H2, &app.name), "1.0.0", "nothing changed on the reachable host");
+
+    let run = t.exec(["deploy", "v1.1.0", "--yes", "--skip-unreachable"]).success();
+    assert!(
+        run.stdout.contains(&gone) && run.stdout.contains("skipped"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(serves(H2, &app.name), "1.1.0");
+    assert!(
+        app.journal(H2, &t)
+            .contains(&format!("without unreachable host(s): {gone}")),
+        "{}",
+        app.journal(H2, &t)
+    );
+}
+
+#[test]
+fn two_fleet_runs_contending_for_locks_do_not_deadlock() {
+    let repo = pushed("fleetlock");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    // A holds every lock while its deploy waits for a path that never answers; B lists the hosts
+    // the other way round. B is refused at once (never waits), A ends reverted, then B may act.
+    let a = app.test(&repo, &hosts, "/missing", "6s");
+    let b = app.test(&repo, &[H3, H2], "/health", "20s");
+    let mut a_run = a
+        .command()
+        .args(["deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let holder = state_dir(H3, &app.name, &a).join("holder.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::metadata(&holder).is_ok_and(|m| m.len() > 0) {
+        assert!(Instant::now() < deadline, "A never took the lock on bt-h3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let run = b.exec(["rollback", "v1.0.0", "--yes"]).code(5);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "B waited: {:?}",
+        started.elapsed()
+    );
+    assert!(run.stderr.contains("(fleet)"), "the holder is named: {}", run.stderr);
+    assert_eq!(a_run.wait().unwrap().code(), Some(6));
+    b.exec(["deploy", "v1.1.0", "--yes"]).success();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
+}
