@@ -157,9 +157,10 @@ pub async fn send(section: &NotifySection, event: &Event) -> Option<Result<Strin
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_else(|| "the webhook".into());
+    let per_try = section.timeout.unwrap_or(Duration::from_secs(5));
     let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
+        .connect_timeout(per_try.min(Duration::from_secs(2)))
+        .timeout(per_try)
         .redirect(reqwest::redirect::Policy::none())
         .build()
     {
@@ -178,7 +179,7 @@ pub async fn send(section: &NotifySection, event: &Event) -> Option<Result<Strin
         match client.post(url).json(&body).send().await {
             Ok(r) if r.status().is_success() => return Some(Ok(format!("notified {where_to}"))),
             Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
-            Err(e) if e.is_timeout() => last = "no answer in 5 s".into(),
+            Err(e) if e.is_timeout() => last = format!("no answer within {}", crate::domain::duration::format(per_try)),
             Err(e) => last = crate::adapters::registry::root_cause(&e),
         }
     }
@@ -238,6 +239,7 @@ mod tests {
         let mut section = NotifySection {
             webhook: Some("http://127.0.0.1:9/hook".into()),
             on: None,
+            timeout: None,
         };
         assert!(wanted(&section, &event(Operation::Deploy, Outcome::Ok)));
         assert!(!wanted(&section, &event(Operation::MarkGood, Outcome::Ok)));

@@ -53,6 +53,9 @@ pub struct NotifySection {
     /// operation that changes a target).
     #[serde(default)]
     pub on: Option<Vec<NotifyOn>>,
+    /// How long one delivery try may take (default 5s; three tries).
+    #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -201,6 +201,30 @@ fn notifications_reach_the_webhook_and_a_dead_one_is_only_a_warning() {
     assert_eq!(serves(port), "1.1.0");
     let shown = t2.exec(["history", "show", "3"]).success();
     assert!(shown.stdout.contains("could not notify"), "{}", shown.stdout);
+
+    // A receiver that accepts and never answers: bounded by [notify] timeout, only a warning.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let t3 = Test::new()
+        .repo(
+            &repo,
+            &target(
+                &name,
+                port,
+                &format!("[notify]\nwebhook = \"http://127.0.0.1:{silent_port}/hook\"\ntimeout = \"1s\"\n"),
+            ),
+        )
+        .env("BACKTRACK_STATE_DIR", t.state_dir().to_str().unwrap());
+    let started = std::time::Instant::now();
+    let run = t3.exec(["rollback", "--yes"]).success();
+    assert!(run.stderr.contains("no answer within 1s"), "{}", run.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(serves(port), "1.0.0");
+    drop(silent);
 }
 
 #[test]
