@@ -440,6 +440,17 @@ impl Engine {
         }
     }
 
+    /// Removes a scratch container (forcefully) with its anonymous volumes; one that is already
+    /// gone is fine. Never for a target's container: its volumes are the user's.
+    pub async fn remove_scratch(&self, name: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(container_err("remove", name, &e)),
+        }
+    }
+
     pub async fn set_restart_policy(&self, name: &str, policy: &RestartPolicy) -> Result<(), EngineError> {
         let body = ContainerUpdateBody {
             restart_policy: Some(policy.clone()),
