@@ -61,6 +61,8 @@ pub enum Failure {
     BelowFloor { version: String, floor: String },
     #[error("rehearse: {failing} of {total} candidate(s) would not roll back")]
     DrillFailed { failing: usize, total: usize },
+    #[error("pass every check: {failing} of {total} failed")]
+    ChecksFailed { failing: usize, total: usize },
     #[error(
         "record {what} in the journal: {error}; it validated and stays in place (the previous containers \
          were removed), and the next backtrack run records it as completed"
@@ -86,6 +88,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::BelowFloor { .. } => USAGE,
                 Failure::NoSuchOperation { .. } => USAGE,
                 Failure::DrillFailed { .. } => DRILL_FAILED,
+                Failure::ChecksFailed { .. } => ERROR,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {

@@ -74,6 +74,8 @@ pub enum Command {
     Validate,
     /// Rehearse rollbacks on a scratch copy of the target; production is not touched.
     Drill(DrillArgs),
+    /// Check everything a rollback depends on, one line per check, with the fix for each failure.
+    Doctor,
     /// Apply a retention policy to the registry.
     Prune(PruneArgs),
     /// Build the current checkout as a versioned image (and push it with --push).
