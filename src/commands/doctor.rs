@@ -109,10 +109,12 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         registry_checks(&mut f, reg.as_ref(), &project.registry.kind, &mut catalog).await;
     }
     let pointer = project.lkg_tag();
-    let journal = app.journal();
+    // A remote target's journal is on its host: not asked for again when the host is out of reach.
+    let host_down = over_ssh && ssh_failed;
+    let journal = (!host_down).then(|| app.journal());
     let ops = match &journal {
-        Ok(j) => j.read().map(|r| history::operations(&r)).unwrap_or_default(),
-        Err(_) => Vec::new(),
+        Some(Ok(j)) => j.read().map(|r| history::operations(&r)).unwrap_or_default(),
+        _ => Vec::new(),
     };
     let mut lkg_digest: Option<Digest> = None;
     // Why the pointer's image cannot be looked for on the host, when it cannot.
@@ -188,7 +190,13 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     }
 
     // State: the journal's folder, its lock.
-    state_checks(app, &mut f, journal.as_ref().err());
+    match &journal {
+        None => {
+            f.push(Finding::skipped("state", "the target's host is out of reach over ssh"));
+            f.push(Finding::skipped("lock", "the target's host is out of reach over ssh"));
+        }
+        Some(j) => state_checks(app, &mut f, j.as_ref().err()),
+    }
 
     // The Git fallback, and the clock.
     git_check(&mut f, &project.rebuild.repo);
