@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::App;
 use crate::adapters::docker::{Engine, EngineError};
-use crate::adapters::registry::{Registry, RegistryError, RemoteImage};
+use crate::adapters::registry::{Registry, RegistryError};
 use crate::adapters::ssh::SshError;
 use crate::adapters::state;
 use crate::domain::address::EngineAddress;
@@ -309,35 +309,35 @@ async fn registry_checks(f: &mut Vec<Finding>, reg: &dyn Registry, kind: &Regist
             return;
         }
     }
-    match kind {
-        RegistryKind::Ecr => f.push(Finding::skipped(
+    // A delete of a digest that cannot exist: Distribution answers 404 with deletes enabled and
+    // 405 UNSUPPORTED without; ECR answers ImageNotFound when IAM allows BatchDeleteImage.
+    match reg.check_deletes().await {
+        Ok(()) => f.push(Finding::ok(
             "deletes",
-            "ECR has no switch for deletes, and whether IAM allows ecr:BatchDeleteImage and ecr:PutImage \
-             is not probed (it would take a change); `backtrack prune --dry-run` then a real prune shows it",
-        )),
-        RegistryKind::Oci => {
-            // A digest that cannot exist: deletes enabled answer 404, disabled 405 UNSUPPORTED.
-            let probe = RemoteImage {
-                digest: Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("a well-formed digest"),
-                tags: Vec::new(),
-                pushed: None,
-                size: None,
-            };
-            match reg.delete(&probe).await {
-                Ok(()) => f.push(Finding::ok(
-                    "deletes",
-                    "enabled (a DELETE of an unknown digest was answered as not found)",
-                )),
-                Err(e) => {
-                    let fix = match &e {
-                        RegistryError::Denied { .. } | RegistryError::Unauthorized { .. } => Some(
-                            "use credentials that may delete (push and delete rights on the repository)".to_string(),
-                        ),
-                        other => other.hint(),
-                    };
-                    f.push(Finding::fail("deletes", e.to_string(), fix));
+            match kind {
+                RegistryKind::Oci => "enabled (a DELETE of an unknown digest was answered as not found)",
+                RegistryKind::Ecr => {
+                    "ecr:BatchDeleteImage allowed (ecr:PutImage, which mark-good needs, is not probed: it would \
+                     take a change)"
                 }
-            }
+            },
+        )),
+        Err(e) => {
+            let fix = match (&e, kind) {
+                (
+                    RegistryError::Denied {
+                        action: Some(action), ..
+                    },
+                    RegistryKind::Ecr,
+                ) => Some(format!(
+                    "allow {action} on the repository in the IAM policy of the credentials backtrack uses"
+                )),
+                (RegistryError::Denied { .. } | RegistryError::Unauthorized { .. }, _) => {
+                    Some("use credentials that may delete (push and delete rights on the repository)".to_string())
+                }
+                (other, _) => other.hint(),
+            };
+            f.push(Finding::fail("deletes", e.to_string(), fix));
         }
     }
     let c = catalog.as_ref().expect("loaded above");
