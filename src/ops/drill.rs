@@ -285,13 +285,21 @@ impl Rehearsal {
     /// A selector that named nothing: a rollback to it would fail before it started.
     pub fn unresolved(selector: &str, why: String) -> Self {
         Self {
-            selectors: vec![selector.to_string()],
-            candidate: None,
+            failed: Some(why),
+            ..Self::of(vec![selector.to_string()], None)
+        }
+    }
+
+    /// Nothing rehearsed yet: not ready, nothing failed.
+    fn of(selectors: Vec<String>, candidate: Option<ImageRef>) -> Self {
+        Self {
+            selectors,
+            candidate,
             ready: false,
             pulled: false,
             pull_ms: None,
             healthy_ms: None,
-            failed: Some(why),
+            failed: None,
             logs: Vec::new(),
             differences: Vec::new(),
             probe: None,
@@ -338,12 +346,7 @@ pub async fn rehearse(
     };
     journal.append(&base)?;
     let started = Instant::now();
-    let mut r = Rehearsal {
-        selectors,
-        candidate: Some(candidate.clone()),
-        ..Rehearsal::unresolved("", String::new())
-    };
-    r.failed = None;
+    let mut r = Rehearsal::of(selectors, Some(candidate.clone()));
     run_copy(setup, production, candidate, image, &name, &mut r).await;
     // Whatever happened, the copy goes (with its empty volumes).
     if let Err(e) = engine.remove_scratch(&name).await {

@@ -136,3 +136,41 @@ fn drill_defaults_to_previous_and_last_known_good_and_rehearses_one_image_once()
     assert!(run.stdout.contains("every candidate would roll back"), "{}", run.stdout);
     assert_eq!(fingerprint(&name), before);
 }
+
+#[test]
+fn drill_interrupted_removes_its_copy_and_leaves_production_untouched() {
+    let repo = Repo::new("drill-int");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let (name, port, _bind) = run_production(&repo, "v1.1.0", &containers);
+    // A probe path nothing serves: the copy never validates, so the drill waits until Ctrl-C.
+    let toml = config(&name, port).replace("/health", "/missing").replace("15s", "60s");
+    let t = Test::new().repo(&repo, &toml);
+    let before = fingerprint(&name);
+    let child = t
+        .command()
+        .args(["drill", "v1.0.0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let copy = format!("{name}-backtrack-drill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !docker(&["inspect", &copy]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "the copy never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("removing the scratch copy"), "{stderr}");
+    assert!(!docker(&["inspect", &copy]).status.success(), "the copy is removed");
+    assert_eq!(fingerprint(&name), before);
+}
