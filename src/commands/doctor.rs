@@ -20,7 +20,7 @@ use crate::ops::doctor::{self as checks, Finding, Mark};
 use crate::ops::mark::{local_lkg_reference, registry_repository};
 use crate::ops::{catalog::Catalog, deployed, resolve, validate};
 use crate::output::{Report, escape, render_table, table};
-use crate::settings::RegistryKind;
+use crate::settings::{Project, RegistryKind};
 
 #[derive(Debug, Serialize)]
 struct DoctorReport {
@@ -149,6 +149,10 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             "last known good",
             "the registry's tags could not be read",
         )),
+    }
+    // The pointers of the other environments built from this repository (their state is here).
+    if let (Some(reg), Some(cat)) = (&registry, &catalog) {
+        other_pointers(&mut f, reg.as_ref(), cat, project, &pointer);
     }
     match (&engine, &registry, &lkg_digest) {
         (Some(engine), Some(reg), Some(digest)) => lkg_image(&mut f, engine, reg.as_ref(), &pointer, digest).await,
@@ -354,6 +358,36 @@ async fn registry_checks(f: &mut Vec<Finding>, reg: &dyn Registry, kind: &Regist
                     .into(),
             ),
         )),
+    }
+}
+
+/// `last_known_good-ENV` of every other target on this machine built from the same repository
+/// (prune protects what they point at; emergency needs it): set or not, one line each.
+fn other_pointers(f: &mut Vec<Finding>, reg: &dyn Registry, catalog: &Catalog, project: &Project, mine: &str) {
+    let mut pointers: Vec<(String, String)> =
+        crate::ops::targets::siblings(&project.state_root, &project.registry.display(), &project.state_dir)
+            .into_iter()
+            .filter_map(|s| {
+                let tag = crate::settings::lkg_tag(s.meta.environment.as_deref());
+                (tag != mine).then_some((tag, s.meta.target))
+            })
+            .collect();
+    pointers.sort();
+    pointers.dedup_by(|a, b| a.0 == b.0);
+    for (tag, target) in pointers {
+        let check = format!("last known good ({tag})");
+        if catalog.has_tag(&tag) {
+            f.push(Finding::ok(&check, format!("{tag} is set (used by {target})")));
+        } else {
+            f.push(Finding::fail(
+                &check,
+                format!("{tag} is not set in {}; {target} uses it", reg.name()),
+                Some(format!(
+                    "`backtrack mark-good` with that target's config (environment of {target}) once a version has \
+                     proven itself there"
+                )),
+            ));
+        }
     }
 }
 

@@ -213,3 +213,39 @@ fn doctor_names_a_health_url_nothing_answers() {
     // The app itself is fine: only the configured address is wrong.
     wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(2));
 }
+
+#[test]
+fn doctor_names_the_unset_pointer_of_another_environment_of_the_repository() {
+    let repo = Repo::new("doctor-envs");
+    repo.push_synthetic(&["v1.0.0", "last_known_good-prod"], "2026-01-01T00:00:00Z");
+    let t = Test::new().repo(&repo, "");
+    // Two other targets built from this repository keep their state on this machine.
+    for (dir, env) in [
+        ("local_container_web-prod", "prod"),
+        ("local_container_web-staging", "staging"),
+    ] {
+        let state = t.state_dir().join("targets").join(dir);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(
+            state.join("target.json"),
+            serde_json::json!({
+                "target": format!("container {dir}"), "engine": "local",
+                "repository": repo.image(), "environment": env
+            })
+            .to_string(),
+        )
+        .unwrap();
+    }
+    let report = t.exec(["doctor", "--output", "json"]).code(1).json();
+    assert_eq!(
+        check(&report, "last known good (last_known_good-prod)")["mark"],
+        "ok",
+        "{report}"
+    );
+    assert_failed(
+        &report,
+        "last known good (last_known_good-staging)",
+        "last_known_good-staging is not set",
+        "mark-good",
+    );
+}
