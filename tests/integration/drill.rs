@@ -6,9 +6,22 @@ use std::time::Duration;
 
 use crate::harness::{AppImage, Containers, Repo, Test, docker, docker_ok, free_port, wait_http};
 
+/// A named volume of the test's, removed when the test ends with the containers using it.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let users = docker(&["ps", "-aq", "--filter", &format!("volume={}", self.0)]);
+        for id in String::from_utf8_lossy(&users.stdout).split_whitespace() {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
 /// A container of `repo:tag` started the way a user would, with a published port, a bind mount
-/// and a named volume; returns (name, port).
-fn run_production(repo: &Repo, tag: &str, containers: &Containers) -> (String, u16, tempfile::TempDir) {
+/// and a named volume; returns (name, port, the bind-mounted folder, the volume).
+fn run_production(repo: &Repo, tag: &str, containers: &Containers) -> (String, u16, tempfile::TempDir, Volume) {
     let name = crate::harness::unique("bt-drill");
     let port = free_port();
     let bind = tempfile::tempdir().unwrap();
@@ -33,7 +46,8 @@ fn run_production(repo: &Repo, tag: &str, containers: &Containers) -> (String, u
         &format!("{}:{tag}", repo.image()),
     ]);
     wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10));
-    (name, port, bind)
+    let volume = Volume(format!("{name}-data"));
+    (name, port, bind, volume)
 }
 
 fn fingerprint(name: &str) -> String {
@@ -58,7 +72,7 @@ fn drill_tells_a_good_candidate_from_a_failing_one_and_leaves_production_untouch
     repo.push(&AppImage::new("v1.1.0").crash(3));
     repo.push(&AppImage::new("v1.2.0"));
     let containers = Containers::new();
-    let (name, port, bind) = run_production(&repo, "v1.2.0", &containers);
+    let (name, port, bind, _volume) = run_production(&repo, "v1.2.0", &containers);
     let t = Test::new().repo(&repo, &config(&name, port));
     let before = fingerprint(&name);
 
@@ -126,7 +140,7 @@ fn drill_defaults_to_previous_and_last_known_good_and_rehearses_one_image_once()
     repo.push(&AppImage::new("v1.0.0"));
     repo.push(&AppImage::new("v1.1.0"));
     let containers = Containers::new();
-    let (name, port, _bind) = run_production(&repo, "v1.1.0", &containers);
+    let (name, port, _bind, _volume) = run_production(&repo, "v1.1.0", &containers);
     let t = Test::new().repo(&repo, &config(&name, port));
     t.exec(["mark-good", "v1.0.0"]).success();
     let before = fingerprint(&name);
@@ -143,7 +157,7 @@ fn drill_interrupted_removes_its_copy_and_leaves_production_untouched() {
     repo.push(&AppImage::new("v1.0.0"));
     repo.push(&AppImage::new("v1.1.0"));
     let containers = Containers::new();
-    let (name, port, _bind) = run_production(&repo, "v1.1.0", &containers);
+    let (name, port, _bind, _volume) = run_production(&repo, "v1.1.0", &containers);
     // A probe path nothing serves: the copy never validates, so the drill waits until Ctrl-C.
     let toml = config(&name, port).replace("/health", "/missing").replace("15s", "60s");
     let t = Test::new().repo(&repo, &toml);
