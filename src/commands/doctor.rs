@@ -260,10 +260,9 @@ fn disk(f: &mut Vec<Finding>, engine: &Engine, address: Option<&EngineAddress>, 
                 checks::bytes(space.total)
             ),
             Some(format!(
-                "free space on the engine's host (at least {} and {}%): `docker image prune`, \
-                 `docker system df` to see what takes it, or a bigger disk",
-                checks::bytes(checks::MIN_FREE_BYTES),
-                checks::MIN_FREE_PERCENT
+                "free space on the engine's host (at least {}): `docker image prune`, `docker system df` to see \
+                 what takes it, or a bigger disk",
+                checks::bytes(checks::MIN_FREE_BYTES)
             )),
         )),
         Ok(space) => f.push(Finding::ok(

@@ -11,10 +11,9 @@ use crate::adapters::docker::Engine;
 use crate::domain::address::EngineAddress;
 use crate::settings::{RegistryKind, RegistrySettings};
 
-/// Below this much free space on the engine's data root, a pull may fail half way.
+/// Below this much free space on the engine's data root, a pull may fail half way. An absolute
+/// floor, not a share: 5% of a big disk is still room for many pulls.
 pub const MIN_FREE_BYTES: u64 = 2 << 30;
-/// Below this share of free space too.
-pub const MIN_FREE_PERCENT: u64 = 5;
 /// More clock skew than this against the registry and tokens or signed URLs may be refused.
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 
@@ -78,7 +77,7 @@ pub struct DiskSpace {
 
 impl DiskSpace {
     pub fn low(&self) -> bool {
-        self.free < MIN_FREE_BYTES || self.free.saturating_mul(100) < self.total.saturating_mul(MIN_FREE_PERCENT)
+        self.free < MIN_FREE_BYTES
     }
 }
 
@@ -195,28 +194,11 @@ mod tests {
     }
 
     #[test]
-    fn low_space_is_under_2_gib_or_under_5_percent() {
+    fn low_space_is_under_2_gib_whatever_the_disk_size() {
         let gib = 1u64 << 30;
-        assert!(
-            DiskSpace {
-                free: gib,
-                total: 100 * gib
-            }
-            .low()
-        );
-        assert!(
-            DiskSpace {
-                free: 4 * gib,
-                total: 100 * gib
-            }
-            .low()
-        );
-        assert!(
-            !DiskSpace {
-                free: 6 * gib,
-                total: 100 * gib
-            }
-            .low()
-        );
+        let space = |free, total| DiskSpace { free, total };
+        assert!(space(gib, 100 * gib).low());
+        assert!(space(gib, 4 * gib).low());
+        assert!(!space(8 * gib, 250 * gib).low(), "3% of a big disk is plenty");
     }
 }
