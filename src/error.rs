@@ -26,6 +26,8 @@ pub const ENGINE: i32 = 9;
 /// The remote host of an `ssh://` engine: unreachable, login refused, unknown host key, or its
 /// engine refused us (no docker, no permission on the socket).
 pub const HOST: i32 = 10;
+/// `drill`: a rehearsed candidate would fail (or could not be found).
+pub const DRILL_FAILED: i32 = 11;
 pub const INTERRUPTED: i32 = 130;
 
 /// Outcomes of a command that are failures with their own exit code.
@@ -59,6 +61,10 @@ pub enum Failure {
     NoSuchOperation { n: usize, total: usize },
     #[error("go to {version}: {floor}")]
     BelowFloor { version: String, floor: String },
+    #[error("rehearse: {failing} of {total} candidate(s) would not roll back")]
+    DrillFailed { failing: usize, total: usize },
+    #[error("pass every check: {failing} of {total} failed")]
+    ChecksFailed { failing: usize, total: usize },
     #[error(
         "record {what} in the journal: {error}; it validated and stays in place (the previous containers \
          were removed), and the next backtrack run records it as completed"
@@ -84,6 +90,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::NotRecorded { .. } => ERROR,
                 Failure::BelowFloor { .. } => USAGE,
                 Failure::NoSuchOperation { .. } => USAGE,
+                Failure::DrillFailed { .. } => DRILL_FAILED,
+                Failure::ChecksFailed { .. } => ERROR,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {

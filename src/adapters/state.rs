@@ -421,6 +421,28 @@ fn clear_dead_identities(state_dir: &Path) {
     }
 }
 
+/// Holders that died with the lock (their identity file is still there and their pid is gone
+/// from this machine): nothing has taken the lock since, so what they were doing may be half
+/// done. Holders from another machine are left out (their pids mean nothing here).
+pub fn dead_holders(state_dir: &Path) -> Vec<Holder> {
+    let here = Identity::current().host;
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Holder> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("holder-") && n.ends_with(".json"))
+        })
+        .filter_map(|e| serde_json::from_slice::<Holder>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|h| h.host == here && !Path::new(&format!("/proc/{}", h.pid)).exists())
+        .collect();
+    out.sort_by_key(|h| h.since);
+    out
+}
+
 /// The `started` record of a new operation: a fresh id, now, and who runs it.
 pub fn begin(op: crate::domain::history::Operation) -> Record {
     let who = Identity::current();

@@ -16,7 +16,8 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 error, 2 usage or config, 3 registry, 4 no such version, 5 locked, \
                   6 validation failed (previous version restored), 7 validation failed and restoring failed, \
-                  8 partly done, 9 docker engine, 10 remote host (ssh), 130 interrupted."
+                  8 partly done, 9 docker engine, 10 remote host (ssh), 11 a drill candidate would fail, \
+                  130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -77,6 +78,10 @@ pub enum Command {
     /// Pull the rollback candidates (previous, last_known_good) by digest onto the target's host
     /// now, so a rollback never waits for a pull.
     Warm(WarmArgs),
+    /// Rehearse rollbacks on a scratch copy of the target; production is not touched.
+    Drill(DrillArgs),
+    /// Check everything a rollback depends on, one line per check, with the fix for each failure.
+    Doctor,
     /// Apply a retention policy to the registry.
     Prune(PruneArgs),
     /// Build the current checkout as a versioned image (and push it with --push).
@@ -193,6 +198,16 @@ pub struct EmergencyArgs {
     /// Why, for the journal.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The candidates to rehearse [default: previous last-known-good].
+    #[arg(value_name = "SELECTOR")]
+    pub selectors: Vec<String>,
+    /// Mount production's named volumes (read-only) instead of empty ones.
+    #[arg(long)]
+    pub with_volumes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ pub fn command_with_completers() -> clap::Command {
         .mut_subcommand("deploy", |c| c.mut_arg("selector", |a| a.add(versions())))
         .mut_subcommand("rollback", |c| c.mut_arg("selector", |a| a.add(versions())))
         .mut_subcommand("mark-good", |c| c.mut_arg("selector", |a| a.add(versions())))
+        .mut_subcommand("drill", |c| c.mut_arg("selectors", |a| a.add(versions())))
 }
 
 /// The selector words, then the registry's version tags (highest first), when the config and

@@ -4,6 +4,8 @@
 mod build;
 pub mod completions;
 mod deploy;
+mod doctor;
+mod drill;
 mod emergency;
 mod fleet;
 mod history;
@@ -184,6 +186,8 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::History(args) => history::run(&app, &args).await,
         Command::Validate => validate::run(&app).await,
         Command::Warm(args) => warm::run(&app, &args).await,
+        Command::Drill(args) => drill::run(&app, &args).await,
+        Command::Doctor => doctor::run(&app).await,
         Command::Prune(args) => prune::run(&app, &args).await,
         Command::Policy(cmd) => policy::run(&app, cmd).await,
         Command::Build(args) => build::run(&app, &args).await,

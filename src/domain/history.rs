@@ -20,6 +20,9 @@ pub enum Operation {
     Emergency,
     Recover,
     Prune,
+    /// A rehearsal on a scratch copy (`backtrack drill`): never moves the target, so it never
+    /// counts as a deploy for `previous`, failed versions or drift.
+    Drill,
 }
 
 impl Operation {
@@ -36,6 +39,7 @@ impl Operation {
             Self::Emergency => "emergency",
             Self::Recover => "recover",
             Self::Prune => "prune",
+            Self::Drill => "drill",
         }
     }
 }
@@ -659,6 +663,46 @@ mod tests {
         assert_eq!(
             previous(&ops, Some("0.9.0")).and_then(|r| r.version).as_deref(),
             Some("1.0.0")
+        );
+    }
+
+    #[test]
+    fn a_drill_never_counts_as_a_deploy_for_previous_failed_versions_or_drift() {
+        let mut records = deploy("a", "1.0.0", Outcome::Ok);
+        records.extend(deploy("b", "1.1.0", Outcome::Ok));
+        let before = operations(&records);
+        let (prev, failed, last) = (
+            previous(&before, Some("1.1.0")),
+            failed_versions(&before),
+            last_committed(&before).map(|o| o.id.clone()),
+        );
+        // A good drill of 0.9.0 and a failing drill of 1.0.0, both finished.
+        records.push(rec("c", Operation::Drill, Phase::Started, "0.9.0", None));
+        records.push(rec("c", Operation::Drill, Phase::Finished, "0.9.0", Some(Outcome::Ok)));
+        records.push(rec("d", Operation::Drill, Phase::Started, "1.0.0", None));
+        records.push(rec(
+            "d",
+            Operation::Drill,
+            Phase::Finished,
+            "1.0.0",
+            Some(Outcome::Failed),
+        ));
+        // And one a crash left open.
+        records.push(rec("e", Operation::Drill, Phase::Started, "1.0.0", None));
+        let after = operations(&records);
+        assert_eq!(previous(&after, Some("1.1.0")), prev);
+        assert_eq!(prev.and_then(|p| p.version).as_deref(), Some("1.0.0"));
+        assert_eq!(failed_versions(&after), failed);
+        assert!(failed_versions(&after).is_empty());
+        assert_eq!(last_committed(&after).map(|o| o.id.clone()), last);
+        assert!(
+            deployed_versions(&after)
+                .iter()
+                .all(|r| r.version.as_deref() != Some("0.9.0"))
+        );
+        assert!(
+            open_operations(&records).is_empty(),
+            "an open drill is nothing to settle"
         );
     }
 

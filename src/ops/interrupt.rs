@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// What an interrupt leads to once armed, told to the person who pressed Ctrl-C.
+static THEN: std::sync::Mutex<&str> =
+    std::sync::Mutex::new("finishing the current step, then putting the previous version back");
 
 /// From now on, Ctrl-C and SIGTERM are handled here instead of killing the process.
 pub fn install() {
@@ -28,7 +31,8 @@ pub fn install() {
                 std::process::exit(crate::error::INTERRUPTED);
             }
             if !INTERRUPTED.swap(true, Ordering::SeqCst) {
-                eprintln!("interrupted: finishing the current step, then putting the previous version back");
+                let then = *THEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                eprintln!("interrupted: {then}");
             }
         }
     });
@@ -37,6 +41,13 @@ pub fn install() {
 /// The target is about to change: from here an interrupt finishes the step and reverts.
 pub fn arm() {
     ARMED.store(true, Ordering::SeqCst);
+}
+
+/// Like [`arm`], for an operation whose interrupt leads to something else than a revert (`then`
+/// is told to the person, e.g. "removing the scratch copy").
+pub fn arm_then(then: &'static str) {
+    *THEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = then;
+    arm();
 }
 
 pub fn requested() -> bool {

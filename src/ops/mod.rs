@@ -5,6 +5,8 @@
 pub mod catalog;
 pub mod compose_env;
 pub mod deployed;
+pub mod doctor;
+pub mod drill;
 pub mod fleet;
 pub mod guard;
 pub mod hooks;

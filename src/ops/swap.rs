@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings};
 use chrono::Utc;
 use serde::Serialize;
 
@@ -41,7 +41,7 @@ pub struct ContainerPlan {
     #[serde(skip)]
     body: ContainerCreateBody,
     #[serde(skip)]
-    extra_networks: Vec<(String, bollard::models::EndpointSettings)>,
+    extra_networks: Vec<(String, EndpointSettings)>,
     #[serde(skip)]
     stop_timeout: i32,
     #[serde(skip)]
@@ -117,29 +117,7 @@ pub async fn plan(
             }
             .into());
         }
-        let old_image = engine
-            .image(&d.container.image_id)
-            .await?
-            .and_then(|i| i.config)
-            .unwrap_or_default();
-        let mut labels = Vec::new();
-        if let Some(v) = &to.version {
-            labels.push((LABEL_VERSION, v.clone()));
-        }
-        if let Some(tag) = &to.tag {
-            labels.push((LABEL_TAG, tag.clone()));
-        }
-        let (mut body, extra_networks) = clone_config(&old, &old_image, image, &labels);
-        if let Some(l) = body.labels.as_mut() {
-            // A swap leaves emergency mode; a digest-only deploy names no tag.
-            l.remove(LABEL_EMERGENCY);
-            if to.tag.is_none() {
-                l.remove(LABEL_TAG);
-            }
-            if to.version.is_none() {
-                l.remove(LABEL_VERSION);
-            }
-        }
+        let (body, extra_networks) = clone_onto(engine, &old, &d.container.image_id, to, image).await?;
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
         let restart_policy = restart_policy_of(&old);
         containers.push(ContainerPlan {
@@ -161,6 +139,38 @@ pub async fn plan(
         containers,
         note: None,
     })
+}
+
+/// The create body (and the networks to connect after creation) of a container like `old` (whose
+/// image is `image_id`) on `image`, labelled with `to`'s version and tag: what a swap creates, and
+/// what `drill` starts as its scratch copy.
+pub async fn clone_onto(
+    engine: &Engine,
+    old: &ContainerInspectResponse,
+    image_id: &str,
+    to: &ImageRef,
+    image: &str,
+) -> Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>), EngineError> {
+    let old_image = engine.image(image_id).await?.and_then(|i| i.config).unwrap_or_default();
+    let mut labels = Vec::new();
+    if let Some(v) = &to.version {
+        labels.push((LABEL_VERSION, v.clone()));
+    }
+    if let Some(tag) = &to.tag {
+        labels.push((LABEL_TAG, tag.clone()));
+    }
+    let (mut body, extra_networks) = clone_config(old, &old_image, image, &labels);
+    if let Some(l) = body.labels.as_mut() {
+        // A swap leaves emergency mode; a digest-only deploy names no tag.
+        l.remove(LABEL_EMERGENCY);
+        if to.tag.is_none() {
+            l.remove(LABEL_TAG);
+        }
+        if to.version.is_none() {
+            l.remove(LABEL_VERSION);
+        }
+    }
+    Ok((body, extra_networks))
 }
 
 /// What happened, for the report and the journal.

@@ -9,7 +9,7 @@ fn completing_deploy_offers_selector_words_and_the_registrys_versions() {
     repo.push(&AppImage::new("v1.0.0"));
     repo.push(&AppImage::new("v1.1.0"));
     let t = Test::new().repo(&repo, "").env("COMPLETE", "fish");
-    for cmd in ["deploy", "rollback", "mark-good"] {
+    for cmd in ["deploy", "rollback", "mark-good", "drill"] {
         let run = t.exec(["--", "backtrack", cmd, ""]).success();
         let offered: Vec<&str> = run.stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
         for want in ["previous", "lkg", "latest-version", "v1.1.0", "v1.0.0"] {

@@ -314,3 +314,36 @@ fn an_oci_registry_run_makes_no_aws_call() {
     assert!(start.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(hits.load(Ordering::SeqCst), 0, "an OCI run touched an AWS endpoint");
 }
+
+#[test]
+fn ecr_doctor_probes_batch_delete_without_deleting_anything() {
+    let repo = EcrRepo::new("doctor", ImageTagMutability::Mutable);
+    repo.put(&[(&["v1.0.0"], 1)]);
+    let before = repo.tag_digest("v1.0.0");
+    // last_known_good is not set: that is the one failure.
+    let report = repo.test().exec(["doctor", "--output", "json"]).code(1).json();
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    for ok in ["registry", "credentials", "version tags", "clock"] {
+        assert_eq!(check(ok)["mark"], "ok", "{ok}: {report}");
+    }
+    let deletes = check("deletes");
+    assert_eq!(deletes["mark"], "ok", "{deletes}");
+    assert!(
+        deletes["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ecr:BatchDeleteImage allowed"),
+        "{deletes}"
+    );
+    assert_eq!(check("last known good")["mark"], "fail");
+    assert!(before.is_some());
+    assert_eq!(repo.tag_digest("v1.0.0"), before, "nothing was deleted");
+}

@@ -142,6 +142,9 @@ fn the_readme_exit_code_table_is_true_for_every_code() {
     // 4 no such version.
     expect(&mut seen, "no such version", t.exec(["deploy", "v9.9.9"]), 4, "");
 
+    // 11 a drill whose candidate would not roll back (here: names nothing in the registry).
+    expect(&mut seen, "drill of a missing version", t.exec(["drill", "v9.9.9"]), 11, "");
+
     // 6 validation failed and the previous version was restored.
     expect(
         &mut seen,

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
 mod cli;
+mod doctor;
+mod drill;
 mod ecr;
 mod exit_codes;
 mod fleet;

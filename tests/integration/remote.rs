@@ -450,3 +450,81 @@ fn remote_failures_are_one_line_with_the_fix_and_bounded() {
     }
     drop(silent);
 }
+
+#[test]
+fn remote_drill_rehearses_on_the_host_and_probes_the_copy_there() {
+    let repo = pushed("remotedrill", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.1.0", repo.image()));
+    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+    let fingerprint = || {
+        h2_ok(&[
+            "inspect",
+            &app.name,
+            "--format",
+            "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+        ])
+    };
+    let before = fingerprint();
+
+    let report = t.exec(["drill", "v1.0.0", "--output", "json"]).success().json();
+    let row = &report["candidates"][0];
+    assert_eq!(row["ready"], true, "{report}");
+    let probe = row["probe"].as_str().unwrap();
+    assert!(
+        probe.ends_with(":8080/health") && !probe.contains("127.0.0.1"),
+        "the copy's own address on the host: {probe}"
+    );
+    assert_eq!(fingerprint(), before, "production on the host is untouched");
+    assert_eq!(serves(&app.name), "1.1.0");
+    assert!(containers_named(&format!("{}-backtrack-drill", app.name), h2).is_empty());
+    assert!(
+        containers_named(&app.name, docker).is_empty(),
+        "nothing ran on this machine"
+    );
+    assert!(
+        app.journal().contains("\"drill\""),
+        "journaled on the host:\n{}",
+        app.journal()
+    );
+
+    // doctor reads the host's disk and state over the same connection (last_known_good is not
+    // set, so it fails on that alone).
+    let report = t.exec(["doctor", "--output", "json"]).code(1).json();
+    let checks = report["checks"].as_array().unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["mark"] == "fail").collect();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["check"], "last known good");
+    for ok in ["ssh", "engine", "disk", "target", "health url", "state", "lock"] {
+        let c = checks.iter().find(|c| c["check"] == ok).unwrap();
+        assert_eq!(c["mark"], "ok", "{ok}: {report}");
+    }
+}
+
+#[test]
+fn remote_doctor_names_a_host_out_of_reach_and_skips_what_depends_on_it() {
+    require_remote();
+    let closed = free_port();
+    let t = Test::new()
+        .config(&format!(
+            "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"ssh://bt-remote@127.0.0.1:{closed}\"\n",
+            crate::harness::registry()
+        ))
+        .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap())
+        .env("BACKTRACK_CONNECT_TIMEOUT", "2s");
+    let report = t.exec(["doctor", "--output", "json"]).code(1).json();
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    let ssh = check("ssh");
+    assert_eq!(ssh["mark"], "fail", "{ssh}");
+    assert!(ssh["detail"].as_str().unwrap().contains("Connection refused"), "{ssh}");
+    for dependent in ["engine", "disk", "target", "state", "lock"] {
+        assert_eq!(check(dependent)["mark"], "skipped", "{dependent}: {report}");
+    }
+}

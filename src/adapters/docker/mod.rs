@@ -138,6 +138,17 @@ pub struct Liveness {
     pub health: Option<String>,
 }
 
+/// What `doctor` reports of an engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineAbout {
+    pub version: String,
+    pub api_version: String,
+    pub os: String,
+    pub arch: String,
+    /// `DockerRootDir`: where images, containers and volumes live on the engine's host.
+    pub root_dir: Option<String>,
+}
+
 pub struct Engine {
     docker: Docker,
     host: String,
@@ -439,6 +450,43 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(container_err("remove", name, &e)),
         }
+    }
+
+    /// Removes a scratch container (forcefully) with its anonymous volumes; one that is already
+    /// gone is fine. Never for a target's container: its volumes are the user's.
+    pub async fn remove_scratch(&self, name: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(container_err("remove", name, &e)),
+        }
+    }
+
+    /// The engine's version and where it keeps its data, for `doctor`.
+    pub async fn about(&self) -> Result<EngineAbout, EngineError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| other("read the engine's version", &e))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| other("read the engine's info", &e))?;
+        Ok(EngineAbout {
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            os: version.os.unwrap_or_default(),
+            arch: version.arch.unwrap_or_default(),
+            root_dir: info.docker_root_dir,
+        })
+    }
+
+    /// The SSH connection of an `ssh://` engine, for what must run on its host.
+    pub fn ssh(&self) -> Option<&Arc<SshSession>> {
+        self.ssh.as_ref()
     }
 
     pub async fn set_restart_policy(&self, name: &str, policy: &RestartPolicy) -> Result<(), EngineError> {

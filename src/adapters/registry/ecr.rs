@@ -558,6 +558,34 @@ impl Registry for EcrRegistry {
         }
     }
 
+    /// ECR has no switch for deletes; IAM decides. BatchDeleteImage of a digest that cannot exist
+    /// is refused with AccessDenied when IAM does not allow it, and fails as ImageNotFound when it
+    /// does. (`delete` itself would skip an image it cannot find without asking.)
+    async fn check_deletes(&self) -> Result<(), RegistryError> {
+        let nothing = format!("sha256:{}", "0".repeat(64));
+        let req = self
+            .client()
+            .await
+            .batch_delete_image()
+            .set_registry_id(self.registry_id.clone())
+            .repository_name(self.repo())
+            .image_ids(ImageIdentifier::builder().image_digest(&nothing).build());
+        let sent = self.budget.run(async { Ok(req.send().await) }).await?;
+        match sent {
+            Ok(out) => match out.failures().iter().find_map(|f| {
+                let code = f.failure_code().map(|c| c.as_str().to_string()).unwrap_or_default();
+                (code != "ImageNotFound").then(|| format!("{code}: {}", f.failure_reason().unwrap_or_default()))
+            }) {
+                None => Ok(()),
+                Some(message) => Err(RegistryError::Protocol {
+                    registry: self.settings.host.clone(),
+                    message: format!("ecr:BatchDeleteImage: {message}"),
+                }),
+            },
+            Err(e) => Err(self.classify("BatchDeleteImage", &self.name(), e)),
+        }
+    }
+
     async fn delete(&self, image: &RemoteImage) -> Result<(), RegistryError> {
         let results = self.delete_many(std::slice::from_ref(image), &|| {}).await;
         results.into_iter().next().map_or(Ok(()), |(_, r)| r)

@@ -166,6 +166,19 @@ pub trait Registry: Send + Sync {
     /// Credentials for the Docker Engine to pull from this registry.
     async fn pull_auth(&self) -> Result<PullAuth, RegistryError>;
 
+    /// Whether deletes would be accepted, found out without deleting anything: a delete of a
+    /// digest that cannot exist. `Ok` when the registry would delete (it answers "not found"),
+    /// else why not (`DeleteDisabled`, `Denied` naming the refused action, ...).
+    async fn check_deletes(&self) -> Result<(), RegistryError> {
+        let nothing = RemoteImage {
+            digest: Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("a well-formed digest"),
+            tags: Vec::new(),
+            pushed: None,
+            size: None,
+        };
+        self.delete(&nothing).await
+    }
+
     /// Writes what was learnt to the on-disk cache.
     fn flush_cache(&self) {}
 }

@@ -1,0 +1,202 @@
+//! `backtrack drill [SELECTOR...]`: rehearse rollbacks (default: `previous` and `last-known-good`)
+//! on a scratch copy of the target, without touching production; one row per candidate, and exit
+//! code 11 when a candidate would fail, so CI or cron can run `backtrack drill lkg` nightly.
+
+use serde::Serialize;
+
+use super::App;
+use crate::cli::DrillArgs;
+use crate::domain::digest::Digest;
+use crate::domain::history;
+use crate::error::Failure;
+use crate::ops::drill::{self, DrillSetup, Rehearsal};
+use crate::ops::{catalog::Catalog, deployed, guard, interrupt, resolve};
+use crate::output::{Report, escape, render_table, table};
+
+/// What `drill` rehearses when no selector is given.
+pub const DEFAULT_SELECTORS: [&str; 2] = ["previous", "last-known-good"];
+
+#[derive(Debug, Serialize)]
+struct DrillReport {
+    target: String,
+    /// The production container the copy was made from.
+    container: String,
+    /// Production's image while the drill ran (untouched).
+    running: Option<String>,
+    ready: bool,
+    candidates: Vec<Rehearsal>,
+}
+
+pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let registry = app.registry()?;
+    let journal = app.journal()?;
+    let selectors: Vec<String> = if args.selectors.is_empty() {
+        DEFAULT_SELECTORS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.selectors.clone()
+    };
+    // One drill at a time per target (the scratch copy has one name), and none during a swap.
+    let _lock = app.lock_unless(false, &format!("backtrack drill {}", selectors.join(" ")))?;
+    let engine = app.engine().await?;
+    interrupt::install();
+    let records = journal.read()?;
+    if !history::open_operations(&records).is_empty() {
+        app.printer.note(
+            "note: an interrupted operation is open in the journal; drill leaves it alone (the next deploy, \
+             rollback or emergency settles it)",
+        );
+    }
+    let ops = history::operations(&records);
+    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let Some(production) = current.first() else {
+        anyhow::bail!("rehearse on {}: it has no container", target.display());
+    };
+    if current.len() > 1 {
+        app.printer.note(format!(
+            "note: {} has {} replicas; the rehearsal copies {}",
+            target.display(),
+            current.len(),
+            production.container.name
+        ));
+    }
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let floor = guard::floor(&engine, &current).await;
+
+    // Each selector to an image; two selectors naming one digest are rehearsed once.
+    // Rows keep the order the selectors were given in (by the first selector naming the image).
+    let mut rows: Vec<(usize, Rehearsal)> = Vec::new();
+    let mut todo: Vec<(usize, Digest, Vec<String>, crate::domain::image::ImageRef)> = Vec::new();
+    for (i, s) in selectors.iter().enumerate() {
+        match resolve::resolve(
+            registry.as_ref(),
+            &catalog,
+            s,
+            &ops,
+            Some(&production.image),
+            &project.lkg_tag(),
+        )
+        .await
+        {
+            Ok(chosen) => match todo.iter_mut().find(|(_, d, _, _)| *d == chosen.digest) {
+                Some((_, _, names, _)) => names.push(s.clone()),
+                None => todo.push((i, chosen.digest, vec![s.clone()], chosen.image)),
+            },
+            Err(e) => rows.push((i, Rehearsal::unresolved(s, format!("{e:#}")))),
+        }
+    }
+    let auth = if todo.is_empty() {
+        None
+    } else {
+        Some(registry.pull_auth().await?)
+    };
+    let setup = DrillSetup {
+        engine: &engine,
+        journal: &journal,
+        printer: &app.printer,
+        auth: auth.as_ref(),
+        health: &project.health,
+        with_volumes: args.with_volumes,
+        target: target.display(),
+    };
+    for (i, digest, names, image) in todo {
+        if interrupt::requested() {
+            break;
+        }
+        app.printer
+            .note(format!("rehearsing {} ({})", image.display(), names.join(", ")));
+        let mut r = drill::rehearse(&setup, production, names, &image, &registry.pull_reference(&digest)).await?;
+        if let Some(f) = &floor
+            && f.refuses(image.version.as_deref())
+        {
+            r.ready = false;
+            let why = format!(
+                "a rollback to it is refused: {}; it needs --force --reason",
+                f.describe()
+            );
+            r.failed = Some(match r.failed.take() {
+                Some(other) => format!("{why}; and {other}"),
+                None => why,
+            });
+        }
+        rows.push((i, r));
+    }
+    rows.sort_by_key(|(i, _)| *i);
+    let rows: Vec<Rehearsal> = rows.into_iter().map(|(_, r)| r).collect();
+    let ready = rows.iter().all(|r| r.ready);
+    let total = rows.len();
+    let failing = rows.iter().filter(|r| !r.ready).count();
+    app.printer.report(&DrillReport {
+        target: target.display(),
+        container: production.container.name.clone(),
+        running: Some(production.image.display()),
+        ready,
+        candidates: rows,
+    })?;
+    if interrupt::requested() {
+        return Err(Failure::Interrupted.into());
+    }
+    if !ready {
+        return Err(Failure::DrillFailed { failing, total }.into());
+    }
+    Ok(())
+}
+
+fn seconds(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+impl Report for DrillReport {
+    fn human(&self) -> String {
+        let mut t = table(["candidate", "selector", "ready", "pull", "healthy after", "failed"]);
+        for r in &self.candidates {
+            let pull = match (r.pull_ms, r.pulled) {
+                (Some(_), false) => "present".to_string(),
+                (ms, _) => seconds(ms),
+            };
+            t.add_row(vec![
+                r.candidate.as_ref().map_or("-".into(), |c| c.display()),
+                r.selectors.join(", "),
+                if r.ready { "yes" } else { "NO" }.to_string(),
+                pull,
+                seconds(r.healthy_ms),
+                r.failed.as_deref().map_or(String::new(), escape),
+            ]);
+        }
+        let mut out = format!(
+            "drill of {} (copy of {}, which runs {}; production was not touched)\n{}",
+            self.target,
+            self.container,
+            self.running.as_deref().unwrap_or("-"),
+            render_table(&t)
+        );
+        for r in &self.candidates {
+            let name = r
+                .candidate
+                .as_ref()
+                .map_or_else(|| r.selectors.join(", "), |c| c.display());
+            if !r.differences.is_empty() {
+                out.push_str(&format!("\n{name}: the copy differed from a real rollback:"));
+                for d in &r.differences {
+                    out.push_str(&format!("\n  - {d}"));
+                }
+            }
+            if !r.logs.is_empty() {
+                out.push_str(&format!("\n{name}: last {} lines of the copy's output:", r.logs.len()));
+                for l in &r.logs {
+                    out.push_str(&format!("\n  | {}", escape(l)));
+                }
+            }
+            for w in &r.warnings {
+                out.push_str(&format!("\n{name}: warning: {w}"));
+            }
+        }
+        out.push_str(if self.ready {
+            "\nevery candidate would roll back"
+        } else {
+            "\nnot every candidate would roll back"
+        });
+        out
+    }
+}
