@@ -143,7 +143,13 @@ fn the_readme_exit_code_table_is_true_for_every_code() {
     expect(&mut seen, "no such version", t.exec(["deploy", "v9.9.9"]), 4, "");
 
     // 11 a drill whose candidate would not roll back (here: names nothing in the registry).
-    expect(&mut seen, "drill of a missing version", t.exec(["drill", "v9.9.9"]), 11, "");
+    expect(
+        &mut seen,
+        "drill of a missing version",
+        t.exec(["drill", "v9.9.9"]),
+        11,
+        "",
+    );
 
     // 6 validation failed and the previous version was restored.
     expect(
