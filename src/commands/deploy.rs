@@ -572,7 +572,7 @@ async fn mark_after_validation(
     let previous = resolve::last_known_good(registry, catalog, &ops, &pointer).await?;
     let marked = mark_good(
         registry,
-        journal,
+        &[journal],
         Some(engine),
         &app.printer,
         MarkRequest {

@@ -292,6 +292,67 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     }
 }
 
+/// Every host of the target, connected in parallel (each a host or why it did not answer).
+pub(super) async fn reach_all(app: &App<'_>) -> anyhow::Result<Vec<(String, anyhow::Result<Host>)>> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let meta = |h: &crate::settings::FleetHost| TargetMeta {
+        target: target.display(),
+        engine: h.address.clone(),
+        repository: project.registry.display(),
+        environment: target.environment.clone(),
+    };
+    Ok(crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await)
+}
+
+/// For `versions`: what every host runs, read in parallel, counted by digest. A host that does
+/// not answer is listed, not fatal; the floor is the highest any host's image sets.
+pub(super) async fn placement(
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> super::versions::Placement {
+    let mut placement = super::versions::Placement {
+        hosts: target.hosts.len(),
+        ..Default::default()
+    };
+    let hosts = match reach_all(app).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!("deployed marks unavailable: {e:#}");
+            return placement;
+        }
+    };
+    let reads = hosts.iter().map(|(address, connected)| async move {
+        let host = match connected {
+            Ok(h) => h,
+            Err(e) => return (address, Err(format!("{e:#}"))),
+        };
+        match deployed::read(&host.engine, target, repository).await {
+            Ok(d) => {
+                let floor = crate::ops::guard::floor(&host.engine, &d).await;
+                (address, Ok((d, floor)))
+            }
+            Err(e) => (address, Err(format!("{e:#}"))),
+        }
+    });
+    for (address, read) in futures::future::join_all(reads).await {
+        match read {
+            Ok((d, floor)) => {
+                let digests: std::collections::BTreeSet<_> = d.into_iter().filter_map(|d| d.digest).collect();
+                for digest in digests {
+                    *placement.on.entry(digest).or_default() += 1;
+                }
+                if floor.as_ref().map(|f| &f.min) > placement.floor.as_ref().map(|f| &f.min) {
+                    placement.floor = floor;
+                }
+            }
+            Err(why) => placement.unreachable.push((address.clone(), why)),
+        }
+    }
+    placement
+}
+
 #[derive(Debug, Serialize)]
 struct FleetStatus {
     target: String,
