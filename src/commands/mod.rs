@@ -6,6 +6,7 @@ pub mod completions;
 mod deploy;
 mod emergency;
 mod fleet;
+mod fleet_emergency;
 mod fleet_state;
 mod history;
 mod mark_good;
@@ -127,8 +128,8 @@ impl App<'_> {
         if self.is_fleet() {
             anyhow::bail!(
                 "run this command across several hosts: not built yet for this command; \
-                 pick one host with --hosts NAME (deploy, rollback, status, versions, history, \
-                 validate and mark-good work on the whole fleet)"
+                 pick one host with --hosts NAME (deploy, rollback, emergency, status, versions, \
+                 history, validate and mark-good work on the whole fleet)"
             );
         }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
@@ -183,6 +184,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
         Command::MarkGood(args) if app.is_fleet() => fleet_state::mark_good(&app, &args).await,
         Command::MarkGood(args) => mark_good::run(&app, &args).await,
+        Command::Emergency(args) if app.is_fleet() => fleet_emergency::emergency(&app, &args).await,
         Command::Emergency(args) => emergency::run(&app, &args).await,
         Command::History(args) if app.is_fleet() => fleet_state::history(&app, &args).await,
         Command::History(args) => history::run(&app, &args).await,

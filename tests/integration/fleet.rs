@@ -373,3 +373,58 @@ fn fleet_validate_names_the_failing_host_and_mark_good_moves_the_pointer_once() 
         on(h, &["rmi", &kept]);
     }
 }
+
+#[test]
+fn fleet_emergency_is_all_or_nothing_across_hosts() {
+    require_fleet();
+    let repo = Repo::new("fleetemerg");
+    repo.push(&AppImage::new("v1.0.0"));
+    // Only v1.1.0 knows the user the app runs as on bt-h3: the emergency copy cannot start there.
+    repo.push(&AppImage::new("v1.1.0").user("appuser"));
+    let image = format!("{}:v1.1.0", repo.image());
+    let mut app = FleetApp::run(&image, &[H2], &[]);
+    app.hosts.push(H3);
+    let publish = format!("127.0.0.1:{}:8080", app.port);
+    let run_on_h3 = |extra: &[&str]| {
+        on(H3, &["rm", "-f", &app.name]);
+        let out = on(
+            H3,
+            &[
+                &["run", "-d", "--name", &app.name, "-p", &publish][..],
+                extra,
+                &[&image],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        app.wait_serving(H3);
+    };
+    run_on_h3(&["--user", "appuser"]);
+    let t = app.test(&repo, &[H2, H3], "/health", "20s");
+    t.exec(["mark-good", "v1.0.0"]).success();
+
+    let run = t.exec(["emergency", "--yes"]).code(6);
+    assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
+    for h in [H2, H3] {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h} runs its original again");
+        let aside = on(h, &["inspect", &format!("{}-backtrack-pre-emergency", app.name)]);
+        assert!(!aside.status.success(), "{h} kept a set-aside container");
+    }
+    assert!(app.journal(H2, &t).contains("put back"), "{}", app.journal(H2, &t));
+
+    // Without the user, every host takes the emergency, under one fleet id.
+    run_on_h3(&[]);
+    let run = t.exec(["emergency", "--yes", "--output", "json"]).success().json();
+    assert_eq!(run["hosts"].as_array().unwrap().len(), 2, "{run}");
+    for h in [H2, H3] {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h} runs last known good");
+    }
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let last = history["operations"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["op"], "emergency", "{history}");
+    assert_eq!(last["hosts"].as_array().unwrap().len(), 2, "{history}");
+    assert!(last["id"].as_str().unwrap().starts_with("fleet-"), "{history}");
+    for h in [H2, H3] {
+        on(h, &["rmi", &format!("backtrack/{}:lkg", repo.name)]);
+    }
+}
