@@ -111,24 +111,29 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
                 .map_err(|e| e.context(format!("lock the target on {address}")))?;
         }
         interrupt::install();
-        for h in &hosts {
-            recover::settle(&h.engine, &h.journal, &app.printer)
-                .await
-                .map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
+        let settled = futures::future::join_all(
+            hosts
+                .iter()
+                .map(|h| recover::settle(&h.engine, &h.journal, &app.printer)),
+        )
+        .await;
+        for (h, result) in hosts.iter().zip(settled) {
+            result.map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
         }
     }
-    // The selector is resolved once, with the history of the first host in lock order.
+    // The selector is resolved once, with the history of the first host in lock order. What
+    // every host runs and the registry's catalog are read at the same time.
     let first = &hosts[order[0]];
     let ops = history::operations(&first.journal.read()?);
+    let repository = registry.name();
+    let reads = futures::future::join_all(hosts.iter().map(|h| deployed::read(&h.engine, target, &repository)));
+    let (reads, catalog) = tokio::join!(reads, Catalog::load(registry.as_ref()));
     let mut current = Vec::new();
-    for h in &hosts {
-        let d = deployed::read(&h.engine, target, &registry.name())
-            .await
-            .map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?;
-        current.push(d);
+    for (h, d) in hosts.iter().zip(reads) {
+        current.push(d.map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?);
     }
     let current_ref = current[order[0]].first().map(|d| d.image.clone());
-    let catalog = Catalog::load(registry.as_ref()).await?;
+    let catalog = catalog?;
     let chosen = resolve::resolve(
         registry.as_ref(),
         &catalog,
@@ -139,18 +144,24 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     )
     .await?;
     let image = registry.pull_reference(&chosen.digest);
+    let planned = futures::future::join_all(hosts.iter().zip(&current).map(|(h, cur)| {
+        let image = &image;
+        let chosen = &chosen;
+        async move {
+            let already = !cur.is_empty() && cur.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest));
+            if already {
+                return Ok(None);
+            }
+            swap::plan(&h.engine, op, target, cur, &chosen.image, image)
+                .await
+                .map(Some)
+                .map_err(|e| e.context(format!("plan the swap on {}", h.address)))
+        }
+    }))
+    .await;
     let mut slots = Vec::new();
-    for (h, cur) in hosts.iter().zip(&current) {
-        let already = !cur.is_empty() && cur.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest));
-        let plan = if already {
-            None
-        } else {
-            Some(
-                swap::plan(&h.engine, op, target, cur, &chosen.image, &image)
-                    .await
-                    .map_err(|e| e.context(format!("plan the swap on {}", h.address)))?,
-            )
-        };
+    for ((h, cur), plan) in hosts.iter().zip(&current).zip(planned) {
+        let plan = plan?;
         slots.push(Slot {
             host: h,
             result: HostResult {
