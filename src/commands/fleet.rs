@@ -63,7 +63,14 @@ impl Report for FleetReport {
 }
 
 /// `deploy` / `rollback` across the fleet.
-pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &SwapCommon) -> anyhow::Result<()> {
+/// `confirm_first`: a version picked on a terminal is confirmed before anything changes.
+pub async fn swap_command(
+    app: &App<'_>,
+    op: Operation,
+    input: &str,
+    common: &SwapCommon,
+    confirm_first: bool,
+) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
@@ -190,6 +197,17 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     if common.dry_run {
         report.hosts = slots.into_iter().map(|s| s.result).collect();
         return app.printer.report(&report);
+    }
+    if confirm_first && !app.settings.yes {
+        let q = format!(
+            "Roll back {} on {} host(s) to {}?",
+            target.display(),
+            slots.len(),
+            chosen.image.display()
+        );
+        if !crate::output::confirm(&app.printer, &q, "confirm the rollback")? {
+            return Err(Failure::Cancelled.into());
+        }
     }
     let auth = registry.pull_auth().await?;
     let mut base = crate::adapters::state::begin(op);
@@ -323,16 +341,53 @@ pub(super) async fn placement(
     target: &crate::settings::TargetSettings,
     repository: &str,
 ) -> super::versions::Placement {
+    match reach_all(app).await {
+        Ok(hosts) => placement_of(&hosts, target, repository).await,
+        Err(e) => {
+            tracing::info!("deployed marks unavailable: {e:#}");
+            super::versions::Placement {
+                hosts: target.hosts.len(),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// For the rollback picker: what the first host in lock order runs and its history (what
+/// `previous` is resolved with), and where each digest runs.
+pub(super) async fn picker_facts(
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> anyhow::Result<(
+    Option<ImageRef>,
+    Vec<history::OperationView>,
+    super::versions::Placement,
+)> {
+    let hosts = reach_all(app).await?;
+    let placement = placement_of(&hosts, target, repository).await;
+    let up: Vec<&Host> = hosts.iter().filter_map(|(_, h)| h.as_ref().ok()).collect();
+    let addresses: Vec<String> = up.iter().map(|h| h.address.clone()).collect();
+    let Some(&first) = fleet::lock_order(&addresses).first() else {
+        anyhow::bail!("reach any host of the fleet: none answered");
+    };
+    let first = up[first];
+    let ops = history::operations(&first.journal.read()?);
+    let current = deployed::read(&first.engine, target, repository)
+        .await
+        .map_err(|e| e.context(format!("read what {} runs on {}", target.display(), first.address)))?;
+    Ok((current.first().map(|d| d.image.clone()), ops, placement))
+}
+
+/// What every host runs (read in parallel), counted by digest; the hosts that did not answer.
+async fn placement_of(
+    hosts: &[(String, anyhow::Result<Host>)],
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> super::versions::Placement {
     let mut placement = super::versions::Placement {
         hosts: target.hosts.len(),
         ..Default::default()
-    };
-    let hosts = match reach_all(app).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::info!("deployed marks unavailable: {e:#}");
-            return placement;
-        }
     };
     let reads = hosts.iter().map(|(address, connected)| async move {
         let host = match connected {

@@ -201,7 +201,7 @@ pub(super) struct Placement {
 }
 
 impl Placement {
-    fn one_host(digests: Vec<Digest>, floor: Option<crate::ops::guard::Floor>) -> Self {
+    pub(super) fn one_host(digests: Vec<Digest>, floor: Option<crate::ops::guard::Floor>) -> Self {
         Self {
             hosts: 1,
             on: digests.into_iter().map(|d| (d, 1)).collect(),
@@ -211,7 +211,7 @@ impl Placement {
     }
 
     /// `deployed` (every host), `deployed 2/3 hosts`, or nothing.
-    fn mark(&self, digest: &Digest) -> Option<String> {
+    pub(super) fn mark(&self, digest: &Digest) -> Option<String> {
         crate::domain::fleet::deployed_mark(self.on.get(digest).copied().unwrap_or(0), self.hosts)
     }
 }

@@ -296,7 +296,7 @@ fn marks(versions: &serde_json::Value, tag: &str) -> Vec<String> {
 }
 
 #[test]
-fn fleet_versions_count_hosts_and_history_shows_one_operation_per_fleet_run() {
+fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per_fleet_run() {
     let repo = pushed("fleetviews");
     let hosts = [H2, H3];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
@@ -338,6 +338,20 @@ fn fleet_versions_count_hosts_and_history_shows_one_operation_per_fleet_run() {
     assert!(table.stdout.contains("ok on 1/2 hosts"), "{}", table.stdout);
     let one = t.exec(["history", "show", "1"]).success();
     assert!(one.stdout.contains(H2) && one.stdout.contains(H3), "{}", one.stdout);
+
+    // The rollback picker on a terminal counts hosts too, and asks before the fleet moves.
+    let (screen, code, _) = t.on_terminal("rollback", &[("[previous", "1\n"), ("[y/n]", "y\n")]);
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("v1.1.0") && l.contains("deployed 1/2 hosts")),
+        "{screen}"
+    );
+    assert!(screen.contains("on 2 host(s) to 1.1.0? [y/n]"), "{screen}");
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
 }
 
 #[test]
