@@ -339,6 +339,15 @@ fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per
     let one = t.exec(["history", "show", "1"]).success();
     assert!(one.stdout.contains(H2) && one.stdout.contains(H3), "{}", one.stdout);
 
+    // mark-good with no selector needs one digest on every host: it names where they differ.
+    let run = t.exec(["mark-good"]).code(1);
+    assert!(
+        run.stderr.contains("different images") && run.stderr.contains(H3),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(repo.tag_digest("last_known_good"), None, "the pointer did not move");
+
     // The rollback picker on a terminal counts hosts too, and asks before the fleet moves.
     let (screen, code, _) = t.on_terminal("rollback", &[("[previous", "1\n"), ("[y/n]", "y\n")]);
     assert_eq!(code, 0, "{screen}");
