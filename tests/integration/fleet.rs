@@ -426,6 +426,14 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
     let t = app.test(&repo, &[H2, H3], "/health", "20s");
     t.exec(["mark-good", "v1.0.0"]).success();
 
+    let plan = t.exec(["emergency", "--dry-run"]).success();
+    assert!(
+        plan.stdout.contains(H2) && plan.stdout.contains(H3) && plan.stdout.contains("docker run"),
+        "a plan per host: {}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("dry run: nothing was changed"), "{}", plan.stdout);
+
     let run = t.exec(["emergency", "--yes"]).code(6);
     assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
     for h in [H2, H3] {
