@@ -198,6 +198,10 @@ pub struct EmergencyArgs {
     /// Why, for the journal.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Many hosts: go on without the hosts that cannot be reached at the start (recorded in the
+    /// journal of the others).
+    #[arg(long)]
+    pub skip_unreachable: bool,
 }
 
 #[derive(Debug, Args)]

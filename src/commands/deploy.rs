@@ -41,14 +41,22 @@ async fn pick_version(app: &App<'_>) -> anyhow::Result<String> {
     let registry = app.registry()?;
     let target = app.target()?;
     let catalog = Catalog::load(registry.as_ref()).await?;
-    let engine = app.engine().await?;
-    let current = deployed::read(&engine, target, &registry.name()).await?;
-    let current_ref = current.first().map(|d| d.image.clone());
+    // On a fleet: what the first host (in lock order) runs and its history, as the rollback
+    // resolves them, and on how many hosts each digest runs.
+    let (current_ref, ops, placement) = if app.is_fleet() {
+        super::fleet::picker_facts(app, target, &registry.name()).await?
+    } else {
+        let engine = app.engine().await?;
+        let current = deployed::read(&engine, target, &registry.name()).await?;
+        let ops = history::operations(&app.journal()?.read()?);
+        let current_ref = current.first().map(|d| d.image.clone());
+        let digests = current.into_iter().filter_map(|d| d.digest).collect();
+        (current_ref, ops, super::versions::Placement::one_host(digests, None))
+    };
     let shown: Vec<String> = catalog.versions.iter().take(15).map(|v| v.tag.clone()).collect();
     if shown.is_empty() {
         anyhow::bail!("offer versions: {} has no version tags", registry.name());
     }
-    let ops = history::operations(&app.journal()?.read()?);
     let failed = history::failed_versions(&ops);
     let pointer = project.lkg_tag();
     let mut lookup = shown.clone();
@@ -80,8 +88,8 @@ async fn pick_version(app: &App<'_>) -> anyhow::Result<String> {
     for (i, tag) in shown.iter().enumerate() {
         let digest = digests.get(tag);
         let mut marks = Vec::new();
-        if digest.is_some() && current.iter().any(|d| d.digest.as_ref() == digest) {
-            marks.push("deployed".to_string());
+        if let Some(mark) = digest.and_then(|d| placement.mark(d)) {
+            marks.push(mark);
         }
         if digest.is_some() && digests.get(&pointer) == digest {
             marks.push(pointer.clone());
@@ -217,7 +225,7 @@ async fn swap_command(
     confirm_first: bool,
 ) -> anyhow::Result<()> {
     if app.is_fleet() {
-        return super::fleet::swap_command(app, op, input, common).await;
+        return super::fleet::swap_command(app, op, input, common, confirm_first).await;
     }
     let project = app.project()?;
     let target = app.target()?;
@@ -572,7 +580,7 @@ async fn mark_after_validation(
     let previous = resolve::last_known_good(registry, catalog, &ops, &pointer).await?;
     let marked = mark_good(
         registry,
-        journal,
+        &[journal],
         Some(engine),
         &app.printer,
         MarkRequest {

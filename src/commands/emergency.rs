@@ -86,65 +86,14 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     }
     let ops = history::operations(&journal.read()?);
     let pointer = project.lkg_tag();
-    let (lkg, source) = find_last_known_good(app, registry.as_ref(), &ops, &pointer).await?;
-    let digest = lkg.digest.clone().expect("a last known good always has a digest");
-    let image = local_image(&engine, registry.as_ref(), &digest, &pointer).await?;
-    let current = deployed::read(&engine, target, &registry.name()).await?;
-    crate::ops::guard::check(
-        &engine,
-        &current,
-        lkg.version.as_deref(),
-        format!("last known good {}", lkg.display()),
-        args.force,
-        args.reason.as_deref(),
-        &app.printer,
-    )
-    .await?;
-
-    let mut plans = Vec::new();
-    let mut saved_policies = std::collections::BTreeMap::new();
-    for d in &current {
-        let old = engine
-            .inspect(&d.container.name)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("inspect {}", d.container.name))?;
-        let old_image = engine
-            .image(&d.container.image_id)
-            .await?
-            .and_then(|i| i.config)
-            .unwrap_or_default();
-        let mut labels = vec![(LABEL_EMERGENCY, Utc::now().to_rfc3339()), (LABEL_TAG, pointer.clone())];
-        if let Some(v) = &lkg.version {
-            labels.push((LABEL_VERSION, v.clone()));
-        }
-        let (mut body, extra) = clone_config(&old, &old_image, &image, &labels);
-        if lkg.version.is_none()
-            && let Some(l) = body.labels.as_mut()
-        {
-            l.remove(LABEL_VERSION);
-        }
-        saved_policies.insert(
-            d.container.name.clone(),
-            crate::adapters::docker::restart_policy_of(&old),
-        );
-        if let Some(file) = &args.env_file {
-            let extra_env = read_env_file(file)?;
-            let env = body.env.get_or_insert_with(Vec::new);
-            for line in extra_env {
-                let key = line.split('=').next().unwrap_or_default().to_string();
-                env.retain(|e| e.split('=').next() != Some(key.as_str()));
-                env.push(line);
-            }
-        }
-        plans.push((d.container.name.clone(), body, extra));
-    }
-    let mut commands = vec![];
-    for (name, body, _) in &plans {
-        commands.push(format!(
-            "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX}"
-        ));
-        commands.push(docker_run_command(name, body));
-    }
+    let (lkg, source) = find_last_known_good(&app.printer, registry.as_ref(), &ops, &pointer).await?;
+    let HostPlan {
+        image,
+        current,
+        plans,
+        saved: saved_policies,
+        commands,
+    } = plan_host(app, &engine, registry.as_ref(), &lkg, args).await?;
     let mut report = EmergencyReport {
         dry_run: args.dry_run,
         target: target.display(),
@@ -185,7 +134,9 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         saved: saved_policies.clone(),
         ..base.clone()
     })?;
-    let result = replace_all(&engine, &plans, &saved_policies).await;
+    let result = replace_all(&engine, &plans, &saved_policies)
+        .await
+        .map_err(NotReplaced::into_error);
     let (outcome, detail) = match &result {
         Ok(()) => {
             let names: Vec<String> = plans.iter().map(|p| p.0.clone()).collect();
@@ -231,10 +182,97 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One host's emergency, planned: the image to run there, what runs now, each container's
+/// replacement, the restart policies to give back, and the docker commands it stands for.
+pub(super) struct HostPlan {
+    pub image: String,
+    pub current: Vec<crate::ops::deployed::Deployed>,
+    pub plans: Vec<Replacement>,
+    pub saved: std::collections::BTreeMap<String, String>,
+    pub commands: Vec<String>,
+}
+
+/// Plans the emergency on one host: finds the image there (or pulls it), reads what runs, checks
+/// the migration floor and prepares each container's replacement. Changes nothing.
+pub(super) async fn plan_host(
+    app: &App<'_>,
+    engine: &Engine,
+    registry: &dyn Registry,
+    lkg: &ImageRef,
+    args: &EmergencyArgs,
+) -> anyhow::Result<HostPlan> {
+    let target = app.target()?;
+    let pointer = app.project()?.lkg_tag();
+    let digest = lkg.digest.clone().expect("a last known good always has a digest");
+    let image = local_image(engine, registry, &digest, &pointer).await?;
+    let current = deployed::read(engine, target, &registry.name()).await?;
+    crate::ops::guard::check(
+        engine,
+        &current,
+        lkg.version.as_deref(),
+        format!("last known good {}", lkg.display()),
+        args.force,
+        args.reason.as_deref(),
+        &app.printer,
+    )
+    .await?;
+    let mut plans = Vec::new();
+    let mut saved_policies = std::collections::BTreeMap::new();
+    for d in &current {
+        let old = engine
+            .inspect(&d.container.name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("inspect {}", d.container.name))?;
+        let old_image = engine
+            .image(&d.container.image_id)
+            .await?
+            .and_then(|i| i.config)
+            .unwrap_or_default();
+        let mut labels = vec![(LABEL_EMERGENCY, Utc::now().to_rfc3339()), (LABEL_TAG, pointer.clone())];
+        if let Some(v) = &lkg.version {
+            labels.push((LABEL_VERSION, v.clone()));
+        }
+        let (mut body, extra) = clone_config(&old, &old_image, &image, &labels);
+        if lkg.version.is_none()
+            && let Some(l) = body.labels.as_mut()
+        {
+            l.remove(LABEL_VERSION);
+        }
+        saved_policies.insert(
+            d.container.name.clone(),
+            crate::adapters::docker::restart_policy_of(&old),
+        );
+        if let Some(file) = &args.env_file {
+            let extra_env = read_env_file(file)?;
+            let env = body.env.get_or_insert_with(Vec::new);
+            for line in extra_env {
+                let key = line.split('=').next().unwrap_or_default().to_string();
+                env.retain(|e| e.split('=').next() != Some(key.as_str()));
+                env.push(line);
+            }
+        }
+        plans.push((d.container.name.clone(), body, extra));
+    }
+    let mut commands = vec![];
+    for (name, body, _) in &plans {
+        commands.push(format!(
+            "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX}"
+        ));
+        commands.push(docker_run_command(name, body));
+    }
+    Ok(HostPlan {
+        image,
+        current,
+        plans,
+        saved: saved_policies,
+        commands,
+    })
+}
+
 /// The last known good image: the registry's tag when the registry answers, else the journal's
 /// last successful mark-good (the registry may be what is broken).
-async fn find_last_known_good(
-    app: &App<'_>,
+pub(super) async fn find_last_known_good(
+    printer: &crate::output::Printer,
     registry: &dyn Registry,
     ops: &[history::OperationView],
     pointer: &str,
@@ -246,7 +284,7 @@ async fn find_last_known_good(
     match from_registry.await {
         Ok(Some(lkg)) => return Ok((lkg, "registry")),
         Ok(None) => {}
-        Err(e) => app.printer.note(format!(
+        Err(e) => printer.note(format!(
             "registry unreachable ({}); using the last known good from the journal",
             crate::error::render(&e)
         )),
@@ -290,49 +328,79 @@ async fn local_image(
 }
 
 /// One container to replace: its name, the create body and the networks to connect after.
-type Replacement = (
+pub(super) type Replacement = (
     String,
     bollard::models::ContainerCreateBody,
     Vec<(String, bollard::models::EndpointSettings)>,
 );
 
+/// Why a host's containers could not all be replaced, and whether its originals are back.
+pub(super) struct NotReplaced {
+    pub why: String,
+    /// Every original container runs again under its name.
+    pub put_back: bool,
+}
+
+impl NotReplaced {
+    fn into_error(self) -> anyhow::Error {
+        anyhow::anyhow!("{}", self.why)
+    }
+}
+
 /// Replaces every container, all or nothing: when one fails, every container already replaced
 /// (and the failing one) gets its original back, so replicas never end up on mixed versions.
-async fn replace_all(
+pub(super) async fn replace_all(
     engine: &Engine,
     plans: &[Replacement],
     saved: &std::collections::BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+) -> Result<(), NotReplaced> {
     for (i, (name, body, extra)) in plans.iter().enumerate() {
         let Err(e) = replace_one(engine, name, body, extra).await else {
             continue;
         };
-        let mut problems = Vec::new();
-        for (n, _, _) in plans[..=i].iter().rev() {
-            let policy = saved.get(n).map(String::as_str);
-            let undone = match undo_emergency_one(engine, n, policy).await {
-                // Never set aside: the original is still under its name, maybe stopped.
-                Ok(false) => engine.start(n).await,
-                Ok(true) => Ok(()),
-                Err(x) => Err(x),
-            };
-            if let Err(x) = undone {
-                problems.push(format!("{n}: {x}"));
-            }
-        }
+        let problems = undo_all(engine, &plans[..=i], saved).await;
         let names: Vec<&str> = plans.iter().map(|p| p.0.as_str()).collect();
         if problems.is_empty() {
-            anyhow::bail!(
-                "replace {name}: {e}; every original container ({}) was put back",
-                names.join(", ")
-            );
+            return Err(NotReplaced {
+                why: format!(
+                    "replace {name}: {e}; every original container ({}) was put back",
+                    names.join(", ")
+                ),
+                put_back: true,
+            });
         }
-        anyhow::bail!(
-            "replace {name}: {e}; putting the original containers back failed too: {}",
-            problems.join("; ")
-        );
+        return Err(NotReplaced {
+            why: format!(
+                "replace {name}: {e}; putting the original containers back failed too: {}",
+                problems.join("; ")
+            ),
+            put_back: false,
+        });
     }
     Ok(())
+}
+
+/// Puts the original containers of `plans` back (last first), each with its saved restart
+/// policy; what could not be put back, one line per container.
+pub(super) async fn undo_all(
+    engine: &Engine,
+    plans: &[Replacement],
+    saved: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (n, _, _) in plans.iter().rev() {
+        let policy = saved.get(n).map(String::as_str);
+        let undone = match undo_emergency_one(engine, n, policy).await {
+            // Never set aside: the original is still under its name, maybe stopped.
+            Ok(false) => engine.start(n).await,
+            Ok(true) => Ok(()),
+            Err(x) => Err(x),
+        };
+        if let Err(x) = undone {
+            problems.push(format!("{n}: {x}"));
+        }
+    }
+    problems
 }
 
 async fn replace_one(

@@ -63,7 +63,14 @@ impl Report for FleetReport {
 }
 
 /// `deploy` / `rollback` across the fleet.
-pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &SwapCommon) -> anyhow::Result<()> {
+/// `confirm_first`: a version picked on a terminal is confirmed before anything changes.
+pub async fn swap_command(
+    app: &App<'_>,
+    op: Operation,
+    input: &str,
+    common: &SwapCommon,
+    confirm_first: bool,
+) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
@@ -111,24 +118,29 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
                 .map_err(|e| e.context(format!("lock the target on {address}")))?;
         }
         interrupt::install();
-        for h in &hosts {
-            recover::settle(&h.engine, &h.journal, &app.printer)
-                .await
-                .map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
+        let settled = futures::future::join_all(
+            hosts
+                .iter()
+                .map(|h| recover::settle(&h.engine, &h.journal, &app.printer)),
+        )
+        .await;
+        for (h, result) in hosts.iter().zip(settled) {
+            result.map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
         }
     }
-    // The selector is resolved once, with the history of the first host in lock order.
+    // The selector is resolved once, with the history of the first host in lock order. What
+    // every host runs and the registry's catalog are read at the same time.
     let first = &hosts[order[0]];
     let ops = history::operations(&first.journal.read()?);
+    let repository = registry.name();
+    let reads = futures::future::join_all(hosts.iter().map(|h| deployed::read(&h.engine, target, &repository)));
+    let (reads, catalog) = tokio::join!(reads, Catalog::load(registry.as_ref()));
     let mut current = Vec::new();
-    for h in &hosts {
-        let d = deployed::read(&h.engine, target, &registry.name())
-            .await
-            .map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?;
-        current.push(d);
+    for (h, d) in hosts.iter().zip(reads) {
+        current.push(d.map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?);
     }
     let current_ref = current[order[0]].first().map(|d| d.image.clone());
-    let catalog = Catalog::load(registry.as_ref()).await?;
+    let catalog = catalog?;
     let chosen = resolve::resolve(
         registry.as_ref(),
         &catalog,
@@ -139,18 +151,24 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     )
     .await?;
     let image = registry.pull_reference(&chosen.digest);
+    let planned = futures::future::join_all(hosts.iter().zip(&current).map(|(h, cur)| {
+        let image = &image;
+        let chosen = &chosen;
+        async move {
+            let already = !cur.is_empty() && cur.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest));
+            if already {
+                return Ok(None);
+            }
+            swap::plan(&h.engine, op, target, cur, &chosen.image, image)
+                .await
+                .map(Some)
+                .map_err(|e| e.context(format!("plan the swap on {}", h.address)))
+        }
+    }))
+    .await;
     let mut slots = Vec::new();
-    for (h, cur) in hosts.iter().zip(&current) {
-        let already = !cur.is_empty() && cur.iter().all(|d| d.digest.as_ref() == Some(&chosen.digest));
-        let plan = if already {
-            None
-        } else {
-            Some(
-                swap::plan(&h.engine, op, target, cur, &chosen.image, &image)
-                    .await
-                    .map_err(|e| e.context(format!("plan the swap on {}", h.address)))?,
-            )
-        };
+    for ((h, cur), plan) in hosts.iter().zip(&current).zip(planned) {
+        let plan = plan?;
         slots.push(Slot {
             host: h,
             result: HostResult {
@@ -179,6 +197,17 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
     if common.dry_run {
         report.hosts = slots.into_iter().map(|s| s.result).collect();
         return app.printer.report(&report);
+    }
+    if confirm_first && !app.settings.yes {
+        let q = format!(
+            "Roll back {} on {} host(s) to {}?",
+            target.display(),
+            slots.len(),
+            chosen.image.display()
+        );
+        if !crate::output::confirm(&app.printer, &q, "confirm the rollback")? {
+            return Err(Failure::Cancelled.into());
+        }
     }
     let auth = registry.pull_auth().await?;
     let mut base = crate::adapters::state::begin(op);
@@ -290,6 +319,104 @@ pub async fn swap_command(app: &App<'_>, op: Operation, input: &str, common: &Sw
         }
         .into()),
     }
+}
+
+/// Every host of the target, connected in parallel (each a host or why it did not answer).
+pub(super) async fn reach_all(app: &App<'_>) -> anyhow::Result<Vec<(String, anyhow::Result<Host>)>> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let meta = |h: &crate::settings::FleetHost| TargetMeta {
+        target: target.display(),
+        engine: h.address.clone(),
+        repository: project.registry.display(),
+        environment: target.environment.clone(),
+    };
+    Ok(crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await)
+}
+
+/// For `versions`: what every host runs, read in parallel, counted by digest. A host that does
+/// not answer is listed, not fatal; the floor is the highest any host's image sets.
+pub(super) async fn placement(
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> super::versions::Placement {
+    match reach_all(app).await {
+        Ok(hosts) => placement_of(&hosts, target, repository).await,
+        Err(e) => {
+            tracing::info!("deployed marks unavailable: {e:#}");
+            super::versions::Placement {
+                hosts: target.hosts.len(),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// For the rollback picker: what the first host in lock order runs and its history (what
+/// `previous` is resolved with), and where each digest runs.
+pub(super) async fn picker_facts(
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> anyhow::Result<(
+    Option<ImageRef>,
+    Vec<history::OperationView>,
+    super::versions::Placement,
+)> {
+    let hosts = reach_all(app).await?;
+    let placement = placement_of(&hosts, target, repository).await;
+    let up: Vec<&Host> = hosts.iter().filter_map(|(_, h)| h.as_ref().ok()).collect();
+    let addresses: Vec<String> = up.iter().map(|h| h.address.clone()).collect();
+    let Some(&first) = fleet::lock_order(&addresses).first() else {
+        anyhow::bail!("reach any host of the fleet: none answered");
+    };
+    let first = up[first];
+    let ops = history::operations(&first.journal.read()?);
+    let current = deployed::read(&first.engine, target, repository)
+        .await
+        .map_err(|e| e.context(format!("read what {} runs on {}", target.display(), first.address)))?;
+    Ok((current.first().map(|d| d.image.clone()), ops, placement))
+}
+
+/// What every host runs (read in parallel), counted by digest; the hosts that did not answer.
+async fn placement_of(
+    hosts: &[(String, anyhow::Result<Host>)],
+    target: &crate::settings::TargetSettings,
+    repository: &str,
+) -> super::versions::Placement {
+    let mut placement = super::versions::Placement {
+        hosts: target.hosts.len(),
+        ..Default::default()
+    };
+    let reads = hosts.iter().map(|(address, connected)| async move {
+        let host = match connected {
+            Ok(h) => h,
+            Err(e) => return (address, Err(format!("{e:#}"))),
+        };
+        match deployed::read(&host.engine, target, repository).await {
+            Ok(d) => {
+                let floor = crate::ops::guard::floor(&host.engine, &d).await;
+                (address, Ok((d, floor)))
+            }
+            Err(e) => (address, Err(format!("{e:#}"))),
+        }
+    });
+    for (address, read) in futures::future::join_all(reads).await {
+        match read {
+            Ok((d, floor)) => {
+                let digests: std::collections::BTreeSet<_> = d.into_iter().filter_map(|d| d.digest).collect();
+                for digest in digests {
+                    *placement.on.entry(digest).or_default() += 1;
+                }
+                if floor.as_ref().map(|f| &f.min) > placement.floor.as_ref().map(|f| &f.min) {
+                    placement.floor = floor;
+                }
+            }
+            Err(why) => placement.unreachable.push((address.clone(), why)),
+        }
+    }
+    placement
 }
 
 #[derive(Debug, Serialize)]

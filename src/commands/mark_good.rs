@@ -85,7 +85,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     }
     let report = mark_good(
         registry.as_ref(),
-        &journal,
+        &[&journal],
         engine.as_ref(),
         &app.printer,
         MarkRequest {

@@ -8,6 +8,8 @@ mod doctor;
 mod drill;
 mod emergency;
 mod fleet;
+mod fleet_emergency;
+mod fleet_state;
 mod history;
 mod mark_good;
 mod policy;
@@ -128,7 +130,8 @@ impl App<'_> {
         if self.is_fleet() {
             anyhow::bail!(
                 "run this command across several hosts: not built yet for this command; \
-                 pick one host with --hosts NAME (deploy, rollback and status work on the whole fleet)"
+                 pick one host with --hosts NAME (deploy, rollback, emergency, status, versions, \
+                 history, validate and mark-good work on the whole fleet)"
             );
         }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
@@ -181,9 +184,13 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
+        Command::MarkGood(args) if app.is_fleet() => fleet_state::mark_good(&app, &args).await,
         Command::MarkGood(args) => mark_good::run(&app, &args).await,
+        Command::Emergency(args) if app.is_fleet() => fleet_emergency::emergency(&app, &args).await,
         Command::Emergency(args) => emergency::run(&app, &args).await,
+        Command::History(args) if app.is_fleet() => fleet_state::history(&app, &args).await,
         Command::History(args) => history::run(&app, &args).await,
+        Command::Validate if app.is_fleet() => fleet_state::validate(&app).await,
         Command::Validate => validate::run(&app).await,
         Command::Warm(args) => warm::run(&app, &args).await,
         Command::Drill(args) => drill::run(&app, &args).await,

@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use super::App;
-use crate::adapters::docker::LABEL_VERSION;
+use crate::adapters::docker::{Engine, LABEL_VERSION};
 use crate::error::Failure;
 use crate::ops::deployed;
 use crate::ops::validate::{Check, check_now};
 use crate::output::{Report, render_table, table};
+use crate::settings::{Project, TargetSettings};
 
 #[derive(Debug, Serialize)]
 struct ValidateReport {
@@ -21,14 +22,30 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let engine = app.engine().await?;
-    let current = deployed::read(&engine, target, &project.registry.display()).await?;
+    let checks = checks(&engine, project, target).await?;
+    let healthy = checks.iter().all(|c| c.ok);
+    app.printer.report(&ValidateReport {
+        target: target.display(),
+        healthy,
+        checks,
+    })?;
+    if healthy {
+        Ok(())
+    } else {
+        Err(Failure::Unhealthy(format!("{} failed its health checks", target.display())).into())
+    }
+}
+
+/// One pass of the health checks against what `engine` runs of the target.
+pub(super) async fn checks(engine: &Engine, project: &Project, target: &TargetSettings) -> anyhow::Result<Vec<Check>> {
+    let current = deployed::read(engine, target, &project.registry.display()).await?;
     let mut checks = Vec::new();
     for d in &current {
         // The version backtrack deployed, checked against what the image itself says.
         let expected = d.container.labels.get(LABEL_VERSION).cloned();
         checks.extend(
             check_now(
-                &engine,
+                engine,
                 std::slice::from_ref(&d.container.name),
                 &project.health,
                 expected.as_deref(),
@@ -42,17 +59,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         let mut seen = false;
         checks.retain(|c| c.name != probe || !std::mem::replace(&mut seen, true));
     }
-    let healthy = checks.iter().all(|c| c.ok);
-    app.printer.report(&ValidateReport {
-        target: target.display(),
-        healthy,
-        checks,
-    })?;
-    if healthy {
-        Ok(())
-    } else {
-        Err(Failure::Unhealthy(format!("{} failed its health checks", target.display())).into())
-    }
+    Ok(checks)
 }
 
 impl Report for ValidateReport {

@@ -1,7 +1,7 @@
 //! `backtrack versions`: the versions in the registry, highest first, with what each image is
 //! and which one is deployed or last known good.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -27,6 +27,9 @@ struct VersionsReport {
     tags: Vec<Row>,
     #[serde(skip)]
     limited: bool,
+    /// Fleet hosts that did not answer: their deployed marks are missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unreachable: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,7 +43,7 @@ struct Row {
     size: Option<u64>,
     revision: Option<String>,
     description: Option<String>,
-    /// `deployed`, `last_known_good` (or `last_known_good-ENV`, one per environment pointing at
+    /// `deployed` (on a fleet: `deployed 2/3 hosts` unless on every host), `last_known_good` (or `last_known_good-ENV`, one per environment pointing at
     /// it), `failed` (its last validation on this target failed).
     marks: Vec<String>,
 }
@@ -49,31 +52,40 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let registry = app.registry()?;
     // What is deployed is read while the registry answers (best effort: a down engine only
-    // loses the mark).
+    // loses the mark). On a fleet, every host is read at once; the mark counts the hosts.
     // The migration floor of the running image marks the versions below it.
     let deployed_task = async {
         let Some(target) = project.target.as_ref() else {
-            return (Vec::new(), None);
+            return Placement::default();
         };
+        if app.is_fleet() {
+            return super::fleet::placement(app, target, &registry.name()).await;
+        }
         let engine = match app.engine().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!("deployed mark unavailable: {e}");
-                return (Vec::new(), None);
+                return Placement::default();
             }
         };
         match deployed::read(&engine, target, &registry.name()).await {
             Ok(d) => {
                 let floor = crate::ops::guard::floor(&engine, &d).await;
-                (d.into_iter().filter_map(|d| d.digest).collect(), floor)
+                Placement::one_host(d.into_iter().filter_map(|d| d.digest).collect(), floor)
             }
             Err(e) => {
                 tracing::info!("deployed mark unavailable: {e:#}");
-                (Vec::new(), None)
+                Placement::default()
             }
         }
     };
-    let (catalog, (deployed, floor)) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
+    let (catalog, placement) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
+    for (host, why) in &placement.unreachable {
+        app.printer.note(format!(
+            "warning: {host} did not answer ({why}); its deployed marks are missing"
+        ));
+    }
+    let floor = placement.floor.clone();
     let catalog = catalog?;
 
     let limit = match (args.limit, args.all) {
@@ -136,8 +148,8 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
             let digest = digests.get(&tag).cloned();
             let info = digest.as_ref().and_then(|d| infos.get(d));
             let mut marks = Vec::new();
-            if digest.is_some() && deployed.iter().any(|d| Some(d) == digest.as_ref()) {
-                marks.push("deployed".to_string());
+            if let Some(mark) = digest.as_ref().and_then(|d| placement.mark(d)) {
+                marks.push(mark);
             }
             if !is_lkg_tag(&tag) {
                 for (p, d) in &pointer_digests {
@@ -173,7 +185,35 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
         total_other_tags: catalog.others.len(),
         tags: rows,
         limited,
+        unreachable: placement.unreachable.into_iter().map(|(h, _)| h).collect(),
     })
+}
+
+/// Where the target's digests run: on how many of its hosts each (one host unless a fleet), the
+/// hosts that did not answer, and the migration floor of what runs.
+#[derive(Debug, Default)]
+pub(super) struct Placement {
+    pub hosts: usize,
+    /// Each digest running, with the number of hosts running it.
+    pub on: BTreeMap<Digest, usize>,
+    pub unreachable: Vec<(String, String)>,
+    pub floor: Option<crate::ops::guard::Floor>,
+}
+
+impl Placement {
+    pub(super) fn one_host(digests: Vec<Digest>, floor: Option<crate::ops::guard::Floor>) -> Self {
+        Self {
+            hosts: 1,
+            on: digests.into_iter().map(|d| (d, 1)).collect(),
+            unreachable: Vec::new(),
+            floor,
+        }
+    }
+
+    /// `deployed` (every host), `deployed 2/3 hosts`, or nothing.
+    pub(super) fn mark(&self, digest: &Digest) -> Option<String> {
+        crate::domain::fleet::deployed_mark(self.on.get(digest).copied().unwrap_or(0), self.hosts)
+    }
 }
 
 impl Report for VersionsReport {

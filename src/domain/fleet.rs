@@ -2,11 +2,14 @@
 //! (`parallel`, `rolling`, `canary`), in which order their locks are taken (one fixed order, so
 //! two fleet runs never hold a lock each the other needs), which hosts must be put back when one
 //! fails (all-or-nothing), what the whole run comes to, and where a fleet drifts (hosts on
-//! different digests). No IO: hosts are indexes and facts, handed in.
+//! different digests), and how the hosts' journals come together as fleet operations. No IO:
+//! hosts are indexes and facts, handed in.
 
 use std::collections::BTreeMap;
 
-use crate::domain::history::Operation;
+use chrono::{DateTime, Utc};
+
+use crate::domain::history::{Operation, OperationView};
 
 /// How the hosts of a fleet are swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -194,6 +197,83 @@ pub fn deployed_mark(on: usize, of: usize) -> Option<String> {
     }
 }
 
+/// One operation as the fleet's journals tell it: every host's journal has it under the one
+/// shared id (`fleet-…`); a host with nothing to do wrote nothing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FleetOperation {
+    pub id: String,
+    /// When the first host started it.
+    pub started: DateTime<Utc>,
+    pub op: Operation,
+    /// Each host's own record of it, in the order the hosts were handed in.
+    pub hosts: Vec<HostOperation>,
+}
+
+/// One host's part of a fleet operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostOperation {
+    pub address: String,
+    #[serde(flatten)]
+    pub op: OperationView,
+}
+
+impl FleetOperation {
+    /// The first host's view, for what every host shares (who, why, to which version).
+    pub fn first(&self) -> &OperationView {
+        &self.hosts[0].op
+    }
+
+    /// The results in one line: `ok on 3/3 hosts`, else each result with its hosts
+    /// (`reverted: a, b; revert-failed: c`). Hosts are named without scheme and user.
+    pub fn summary(&self, of: usize) -> String {
+        let result = |h: &HostOperation| h.op.result.map_or("unfinished", |r| r.as_str());
+        let mut by: Vec<(&str, Vec<&str>)> = Vec::new();
+        for h in &self.hosts {
+            match by.iter_mut().find(|(r, _)| *r == result(h)) {
+                Some((_, hosts)) => hosts.push(short_host(&h.address)),
+                None => by.push((result(h), vec![short_host(&h.address)])),
+            }
+        }
+        if let [(r, hosts)] = by.as_slice() {
+            return format!("{r} on {}/{of} hosts", hosts.len());
+        }
+        by.iter()
+            .map(|(r, hosts)| format!("{r}: {}", hosts.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A host address without its scheme and user: `ssh://deploy@10.0.0.2:22` -> `10.0.0.2:22`.
+pub fn short_host(address: &str) -> &str {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    rest.rsplit_once('@').map_or(rest, |(_, r)| r)
+}
+
+/// The fleet's operations from every host's operations (oldest first): operations under one id
+/// on several hosts are one fleet operation.
+pub fn fleet_operations(journals: Vec<(String, Vec<OperationView>)>) -> Vec<FleetOperation> {
+    let mut by_id: BTreeMap<String, FleetOperation> = BTreeMap::new();
+    for (address, ops) in journals {
+        for op in ops {
+            let fleet_op = by_id.entry(op.id.clone()).or_insert_with(|| FleetOperation {
+                id: op.id.clone(),
+                started: op.started,
+                op: op.op,
+                hosts: Vec::new(),
+            });
+            fleet_op.started = fleet_op.started.min(op.started);
+            fleet_op.hosts.push(HostOperation {
+                address: address.clone(),
+                op,
+            });
+        }
+    }
+    let mut all: Vec<FleetOperation> = by_id.into_values().collect();
+    all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +366,56 @@ mod tests {
         assert_eq!(deployed_mark(2, 3).as_deref(), Some("deployed 2/3 hosts"));
         assert_eq!(deployed_mark(3, 3).as_deref(), Some("deployed"));
         assert_eq!(deployed_mark(0, 3), None);
+    }
+
+    fn view(id: &str, minute: u32, result: Option<crate::domain::history::Outcome>) -> OperationView {
+        use chrono::TimeZone as _;
+        OperationView {
+            id: id.into(),
+            started: Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).unwrap(),
+            op: Operation::Rollback,
+            user: None,
+            host: None,
+            target: None,
+            from: None,
+            to: None,
+            reason: None,
+            result,
+            duration_ms: None,
+            detail: None,
+            containers: Vec::new(),
+            notes: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_id_on_several_hosts_is_one_fleet_operation_with_a_summary_per_host() {
+        use crate::domain::history::Outcome::*;
+        let ops = fleet_operations(vec![
+            (
+                "ssh://u@a:22".into(),
+                vec![view("fleet-1", 2, Some(Ok)), view("fleet-2", 5, Some(Reverted))],
+            ),
+            (
+                "ssh://u@b:22".into(),
+                vec![view("fleet-1", 1, Some(Ok)), view("fleet-2", 5, Some(RevertFailed))],
+            ),
+            ("unix:///var/run/docker.sock".into(), vec![view("fleet-2", 4, None)]),
+        ]);
+        assert_eq!(
+            ops.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            ["fleet-1", "fleet-2"]
+        );
+        assert_eq!(
+            ops[0].started.format("%M").to_string(),
+            "01",
+            "the earliest host's start"
+        );
+        assert_eq!(ops[0].summary(3), "ok on 2/3 hosts");
+        assert_eq!(
+            ops[1].summary(3),
+            "reverted: a:22; revert-failed: b:22; unfinished: /var/run/docker.sock"
+        );
     }
 }

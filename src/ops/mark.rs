@@ -66,9 +66,11 @@ pub struct MarkRequest<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// Moves the pointer once, recorded in every journal given (one per host of a fleet, under one
+/// id), and keeps the image on `engine`'s host.
 pub async fn mark_good(
     registry: &dyn Registry,
-    journal: &Journal,
+    journals: &[&Journal],
     engine: Option<&Engine>,
     printer: &Printer,
     request: MarkRequest<'_>,
@@ -83,35 +85,31 @@ pub async fn mark_good(
         .digest
         .clone()
         .ok_or_else(|| anyhow::anyhow!("mark {}: its digest is unknown", image.display()))?;
-    let base = Record {
+    let mut base = Record {
         from: previous.clone(),
         to: Some(image.clone()),
         reason: reason.map(str::to_string),
         detail: Some(format!("pointer {pointer}")),
         ..state::begin(Operation::MarkGood)
     };
-    journal.append(&base)?;
+    if journals.len() > 1 {
+        base.id = format!("fleet-{}", base.id);
+    }
+    let append = |r: &Record| journals.iter().try_for_each(|j| j.append(r));
+    append(&base)?;
     let started = std::time::Instant::now();
     if let Err(e) = registry.retag(&digest, pointer).await {
-        journal.append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
+        append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
         return Err(anyhow::Error::new(e).context(format!("point {pointer} at {}", image.display())));
     }
     let elapsed = started.elapsed().as_millis() as u64;
-    journal.append(&base.finish(Utc::now(), Outcome::Ok, Some(elapsed), None))?;
+    append(&base.finish(Utc::now(), Outcome::Ok, Some(elapsed), None))?;
 
     let mut local_image = None;
     if let Some(engine) = engine {
-        let reference = registry.pull_reference(&digest);
-        let auth = registry.pull_auth().await.ok();
-        let (repo, tag) = local_lkg_reference(&registry_repository(registry), pointer);
-        match engine.pull(&reference, auth.as_ref(), |_| {}).await {
-            Ok(_) => match engine.tag_image(&reference, &repo, &tag).await {
-                Ok(()) => local_image = Some(format!("{repo}:{tag}")),
-                Err(e) => printer.note(format!("warning: could not keep the image on this host: {e}")),
-            },
-            Err(e) => printer.note(format!(
-                "warning: could not pull {reference} to keep it on this host (emergency will need the registry): {e}"
-            )),
+        match keep_on_host(registry, engine, pointer, image).await {
+            Ok(kept) => local_image = Some(kept),
+            Err(e) => printer.note(format!("warning: could not {e:#}")),
         }
     }
     Ok(MarkReport {
@@ -122,6 +120,31 @@ pub async fn mark_good(
         previous,
         local_image,
     })
+}
+
+/// Pulls the image a pointer names onto `engine`'s host and tags it locally (so `emergency` finds
+/// it with the registry down); the local name kept.
+pub async fn keep_on_host(
+    registry: &dyn Registry,
+    engine: &Engine,
+    pointer: &str,
+    image: &ImageRef,
+) -> anyhow::Result<String> {
+    let digest = image
+        .digest
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("keep {} on this host: its digest is unknown", image.display()))?;
+    let reference = registry.pull_reference(digest);
+    let auth = registry.pull_auth().await.ok();
+    let (repo, tag) = local_lkg_reference(&registry_repository(registry), pointer);
+    engine.pull(&reference, auth.as_ref(), |_| {}).await.map_err(|e| {
+        anyhow::anyhow!("pull {reference} to keep it on this host (emergency will need the registry): {e}")
+    })?;
+    engine
+        .tag_image(&reference, &repo, &tag)
+        .await
+        .map_err(|e| anyhow::anyhow!("keep the image on this host: {e}"))?;
+    Ok(format!("{repo}:{tag}"))
 }
 
 /// The repository part of `host/repository`.

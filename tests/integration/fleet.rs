@@ -276,3 +276,186 @@ fn two_fleet_runs_contending_for_locks_do_not_deadlock() {
         assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
     }
 }
+
+/// The marks `versions --output json` gives a tag.
+fn marks(versions: &serde_json::Value, tag: &str) -> Vec<String> {
+    versions["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tag"] == tag)
+        .map(|r| {
+            r["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per_fleet_run() {
+    let repo = pushed("fleetviews");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    t.exec(["rollback", "v1.0.0", "--yes", "--hosts", H2]).success();
+    assert_eq!(serves(H2, &app.name), "1.0.0");
+    assert_eq!(serves(H3, &app.name), "1.1.0");
+
+    let versions = t.exec(["versions", "--output", "json"]).success().json();
+    assert_eq!(marks(&versions, "v1.1.0"), ["deployed 1/2 hosts"], "{versions}");
+    assert_eq!(marks(&versions, "v1.0.0"), ["deployed 1/2 hosts"], "{versions}");
+    // A host that does not answer is said, and counted as not running anything.
+    let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
+    let partial = app.test(&repo, &[H2, H3, &gone], "/health", "20s");
+    let run = partial.exec(["versions", "--output", "json"]).success();
+    assert!(run.stderr.contains(&gone), "the silent host is named: {}", run.stderr);
+    let versions = run.json();
+    assert_eq!(versions["unreachable"][0], gone.as_str(), "{versions}");
+    assert_eq!(marks(&versions, "v1.1.0"), ["deployed 1/3 hosts"], "{versions}");
+
+    // History: the deploy is one operation with a result on each host; the rollback on one.
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let ops = history["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 2, "{history}");
+    assert_eq!(ops[0]["op"], "deploy", "{history}");
+    let per_host: Vec<(&str, &str)> = ops[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["address"].as_str().unwrap(), h["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(per_host, [(H2, "ok"), (H3, "ok")], "{history}");
+    assert!(ops[0]["id"].as_str().unwrap().starts_with("fleet-"), "{history}");
+    assert_eq!(ops[1]["hosts"].as_array().unwrap().len(), 1, "{history}");
+    let table = t.exec(["history"]).success();
+    assert!(table.stdout.contains("ok on 2/2 hosts"), "{}", table.stdout);
+    assert!(table.stdout.contains("ok on 1/2 hosts"), "{}", table.stdout);
+    let one = t.exec(["history", "show", "1"]).success();
+    assert!(one.stdout.contains(H2) && one.stdout.contains(H3), "{}", one.stdout);
+
+    // mark-good with no selector needs one digest on every host: it names where they differ.
+    let run = t.exec(["mark-good"]).code(1);
+    assert!(
+        run.stderr.contains("different images") && run.stderr.contains(H3),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(repo.tag_digest("last_known_good"), None, "the pointer did not move");
+
+    // The rollback picker on a terminal counts hosts too, and asks before the fleet moves.
+    let (screen, code, _) = t.on_terminal("rollback", &[("[previous", "1\n"), ("[y/n]", "y\n")]);
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("v1.1.0") && l.contains("deployed 1/2 hosts")),
+        "{screen}"
+    );
+    assert!(screen.contains("on 2 host(s) to 1.1.0? [y/n]"), "{screen}");
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
+}
+
+#[test]
+fn fleet_validate_names_the_failing_host_and_mark_good_moves_the_pointer_once() {
+    let repo = pushed("fleetgood");
+    let hosts = [H2, H3];
+    // On bt-h3 the app is published on another port: its probe fails there.
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[H3]);
+    let t = app.test(&repo, &hosts, "/health", "5s");
+
+    let run = t.exec(["validate"]).code(1);
+    assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
+    assert!(!run.stderr.contains(H2), "the healthy host is not: {}", run.stderr);
+    assert!(run.stdout.contains("UNHEALTHY on"), "{}", run.stdout);
+
+    // Both hosts run v1.0.0: mark-good with no selector points last_known_good at it, once.
+    t.exec(["mark-good", "--reason", "fleet soak"]).success();
+    assert_eq!(repo.tag_digest("last_known_good"), repo.tag_digest("v1.0.0"));
+    let id = |j: &str| {
+        j.lines()
+            .filter(|l| l.contains("\"mark-good\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .next()
+            .unwrap_or_default()
+    };
+    let ids: Vec<String> = hosts.iter().map(|h| id(&app.journal(h, &t))).collect();
+    assert!(ids[0].starts_with("fleet-") && ids[0] == ids[1], "{ids:?}");
+    let kept = format!("backtrack/{}:lkg", repo.name);
+    for h in hosts {
+        let image = on(h, &["image", "inspect", &kept]);
+        assert!(image.status.success(), "{h} keeps {kept} for emergency");
+        on(h, &["rmi", &kept]);
+    }
+}
+
+#[test]
+fn fleet_emergency_is_all_or_nothing_across_hosts() {
+    require_fleet();
+    let repo = Repo::new("fleetemerg");
+    repo.push(&AppImage::new("v1.0.0"));
+    // Only v1.1.0 knows the user the app runs as on bt-h3: the emergency copy cannot start there.
+    repo.push(&AppImage::new("v1.1.0").user("appuser"));
+    let image = format!("{}:v1.1.0", repo.image());
+    let mut app = FleetApp::run(&image, &[H2], &[]);
+    app.hosts.push(H3);
+    let publish = format!("127.0.0.1:{}:8080", app.port);
+    let run_on_h3 = |extra: &[&str]| {
+        on(H3, &["rm", "-f", &app.name]);
+        let out = on(
+            H3,
+            &[
+                &["run", "-d", "--name", &app.name, "-p", &publish][..],
+                extra,
+                &[&image],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        app.wait_serving(H3);
+    };
+    run_on_h3(&["--user", "appuser"]);
+    let t = app.test(&repo, &[H2, H3], "/health", "20s");
+    t.exec(["mark-good", "v1.0.0"]).success();
+
+    let plan = t.exec(["emergency", "--dry-run"]).success();
+    assert!(
+        plan.stdout.contains(H2) && plan.stdout.contains(H3) && plan.stdout.contains("docker run"),
+        "a plan per host: {}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("dry run: nothing was changed"), "{}", plan.stdout);
+
+    let run = t.exec(["emergency", "--yes"]).code(6);
+    assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
+    for h in [H2, H3] {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h} runs its original again");
+        let aside = on(h, &["inspect", &format!("{}-backtrack-pre-emergency", app.name)]);
+        assert!(!aside.status.success(), "{h} kept a set-aside container");
+    }
+    assert!(app.journal(H2, &t).contains("put back"), "{}", app.journal(H2, &t));
+
+    // Without the user, every host takes the emergency, under one fleet id.
+    run_on_h3(&[]);
+    let run = t.exec(["emergency", "--yes", "--output", "json"]).success().json();
+    assert_eq!(run["hosts"].as_array().unwrap().len(), 2, "{run}");
+    for h in [H2, H3] {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h} runs last known good");
+    }
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let last = history["operations"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["op"], "emergency", "{history}");
+    assert_eq!(last["hosts"].as_array().unwrap().len(), 2, "{history}");
+    assert!(last["id"].as_str().unwrap().starts_with("fleet-"), "{history}");
+    for h in [H2, H3] {
+        on(h, &["rmi", &format!("backtrack/{}:lkg", repo.name)]);
+    }
+}

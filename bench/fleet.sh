@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Benchmark: a rollback across a fleet against the same rollback on one host, in the same run.
+#
+#   one host     backtrack rollback --yes, [target] host = ssh://bt-remote@127.0.0.1:2222 (the
+#                baseline: a single-host target over SSH)
+#   fleet of 2   [target] hosts = [bt-h2, bt-h3] (both over SSH), strategy parallel (the default
+#                for rollback)
+#   fleet of 3   the same plus this machine's engine (unix socket), parallel; BENCH_HOSTS=2 skips it
+#   rolling      the fleet of 2, --strategy rolling (batch 1: one host validated, then the next)
+#   canary       the fleet of 2, --strategy canary (canary_soak = BENCH_SOAK, 2s by default: the
+#                soak is in the figure)
+# Each measured rollback starts with every host on v1.1.0 (an unmeasured parallel deploy) and goes
+# to v1.0.0; the methods interleaved; median of BENCH_RUNS (5).
+# Target (issue 14): fleet of 2 <= 1.3x one host. Rolling and canary are reported, not judged.
+#
+# Run:   bench/fleet.sh
+# Needs: scripts/test-env (registry, the remote hosts bt-h2 on 127.0.0.1:2222 and bt-h3 on :2223).
+# Knobs: BACKTRACK=path/to/binary (default target/release/backtrack, built if missing; a debug
+#        binary works and is said in the output, its figures are slower than a release's),
+#        BENCH_RUNS (5), BENCH_HOSTS (3 or 2), BENCH_SOAK (2s), BENCH_PORT (18092). Uses container
+#        bench-fleet on every host, removed on exit.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+registry=127.0.0.1:5000
+image=$registry/bench/fleet
+runs=${BENCH_RUNS:-5}
+fleet_size=${BENCH_HOSTS:-3}
+soak=${BENCH_SOAK:-2s}
+port=${BENCH_PORT:-18092}
+h2=${BACKTRACK_TEST_REMOTE_DIR:-/var/lib/backtrack-test-env/h2}
+h3=${BACKTRACK_TEST_REMOTE3_DIR:-/var/lib/backtrack-test-env/h3}
+cfg=$h2/client/ssh_config
+host2=ssh://bt-remote@127.0.0.1:2222
+host3=ssh://bt-remote@127.0.0.1:2223
+local=unix:///var/run/docker.sock
+app=bench-fleet
+export DOCKER_BUILDKIT=0
+
+case $fleet_size in 2 | 3) ;; *) die "BENCH_HOSTS must be 2 or 3, not $fleet_size" ;; esac
+for p in 2222 2223; do
+  ssh -F "$cfg" -o BatchMode=yes -p "$p" bt-remote@127.0.0.1 true \
+    || die "the remote host on 127.0.0.1:$p does not answer: run scripts/test-env (as root) first"
+done
+[ -S "$h2/docker.sock" ] && [ -S "$h3/docker.sock" ] || die "the remote hosts' engines are not up: run scripts/test-env"
+find_backtrack
+case $BACKTRACK in
+  */debug/*) build="debug build (slower than release; ratios are comparable, absolute times are not)" ;;
+  *) build="release build" ;;
+esac
+work=$(mktemp -d)
+on() { # on HOST DOCKER-ARGS...: docker against one host's engine
+  local h=$1
+  shift
+  case $h in
+    "$host2") docker -H "unix://$h2/docker.sock" "$@" ;;
+    "$host3") docker -H "unix://$h3/docker.sock" "$@" ;;
+    *) docker "$@" ;;
+  esac
+}
+all_hosts=("$host2" "$host3")
+[ "$fleet_size" = 3 ] && all_hosts+=("$local")
+cleanup() {
+  for h in "${all_hosts[@]}"; do
+    on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say "building and pushing two versions"
+for v in v1.0.0 v1.1.0; do
+  mkdir -p "$work/$v"
+  cp /bin/busybox "$work/$v/busybox"
+  cat >"$work/$v/Dockerfile" <<EOF
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox","--install","-s","/bin"]
+RUN ["/bin/sh","-c","mkdir -p /www && echo ${v#v} > /www/health"]
+LABEL org.opencontainers.image.version="${v#v}"
+CMD ["/bin/sh","-c","trap 'kill \$pid; exit 0' TERM; httpd -f -p 8080 -h /www & pid=\$!; wait \$pid"]
+EOF
+  docker build -q -t "$image:$v" "$work/$v" >/dev/null
+  docker push -q "$image:$v" >/dev/null
+done
+for h in "${all_hosts[@]}"; do
+  on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" >/dev/null 2>&1 || true
+  on "$h" pull -q "$image:v1.0.0" >/dev/null
+  on "$h" pull -q "$image:v1.1.0" >/dev/null
+  on "$h" run -d --name "$app" -p "127.0.0.1:$port:8080" "$image:v1.0.0" >/dev/null
+done
+
+config() { # config NAME TARGET-LINES: a backtrack.toml in its own folder
+  mkdir -p "$work/$1"
+  cat >"$work/$1/backtrack.toml" <<EOF
+[registry]
+url = "$registry"
+repository = "bench/fleet"
+[target]
+kind = "container"
+name = "$app"
+$2
+canary_soak = "$soak"
+[health]
+http = "http://127.0.0.1:$port/health"
+timeout = "30s"
+EOF
+}
+list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+config one "host = \"$host2\""
+config two "hosts = [$(list "$host2" "$host3")]"
+config all "hosts = [$(list "${all_hosts[@]}")]"
+# The one-host baseline has no hosts list: canary_soak is only read for a fleet.
+sed -i '/^canary_soak/d' "$work/one/backtrack.toml"
+bt() { # bt CONFIG ARGS...
+  local c=$1
+  shift
+  BACKTRACK_SSH_CONFIG=$cfg BACKTRACK_STATE_DIR=$work/state "$BACKTRACK" --config "$work/$c/backtrack.toml" "$@" >"$work/last.log" 2>&1
+}
+to_v11() { bt all deploy v1.1.0 --yes --strategy parallel || { cat "$work/last.log" >&2; die "deploy v1.1.0 failed"; }; }
+measure() { # measure CONFIG ARGS...: prints the microseconds of one rollback to v1.0.0
+  to_v11
+  local s
+  s=$(now_us)
+  bt "$@" || { cat "$work/last.log" >&2; die "rollback ($*) failed"; }
+  echo $(($(now_us) - s))
+}
+
+say "binary: $build"
+say "warming up (every host pulls both versions once)"
+to_v11
+bt all rollback v1.0.0 --yes || { cat "$work/last.log" >&2; die "warm-up rollback failed"; }
+declare -a t_one t_two t_all t_rolling t_canary
+for i in $(seq "$runs"); do
+  t_one+=("$(measure one rollback v1.0.0 --yes)")
+  t_two+=("$(measure two rollback v1.0.0 --yes)")
+  [ "$fleet_size" = 3 ] && t_all+=("$(measure all rollback v1.0.0 --yes)")
+  t_rolling+=("$(measure two rollback v1.0.0 --yes --strategy rolling)")
+  t_canary+=("$(measure two rollback v1.0.0 --yes --strategy canary)")
+  line="round $i: one host $(secs "${t_one[-1]}") s, 2 hosts $(secs "${t_two[-1]}") s"
+  [ "$fleet_size" = 3 ] && line+=", 3 hosts $(secs "${t_all[-1]}") s"
+  say "$line, rolling $(secs "${t_rolling[-1]}") s, canary $(secs "${t_canary[-1]}") s"
+done
+one=$(median_us "${t_one[@]}")
+two=$(median_us "${t_two[@]}")
+rolling=$(median_us "${t_rolling[@]}")
+canary=$(median_us "${t_canary[@]}")
+
+printf '\nfleet rollback, median of %s runs; binary: %s\n' "$runs" "$build"
+printf 'baseline: the same rollback on one host (single-host target over ssh), measured in this run\n\n'
+table_head
+table_row "one host (baseline)" "$(secs "$one") s" "$(secs "$one") s" "1.00x" "-" "-"
+table_row "fleet of 2, parallel" "$(secs "$two") s" "$(secs "$one") s" "$(ratio "$two" "$one")x" "<= 1.30x" \
+  "$(verdict ratio_le "$two" "$one" 1.3)"
+if [ "$fleet_size" = 3 ]; then
+  all=$(median_us "${t_all[@]}")
+  table_row "fleet of 3 (2 ssh + local), parallel" "$(secs "$all") s" "$(secs "$one") s" "$(ratio "$all" "$one")x" "-" "reported"
+fi
+table_row "fleet of 2, rolling (batch 1)" "$(secs "$rolling") s" "$(secs "$one") s" "$(ratio "$rolling" "$one")x" "-" "reported"
+table_row "fleet of 2, canary (soak $soak)" "$(secs "$canary") s" "$(secs "$one") s" "$(ratio "$canary" "$one")x" "-" "reported"
