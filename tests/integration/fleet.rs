@@ -459,3 +459,51 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
         on(h, &["rmi", &format!("backtrack/{}:lkg", repo.name)]);
     }
 }
+
+#[test]
+fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
+    let repo = pushed("fleetcanary");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    let t = Test::new()
+        .repo(
+            &repo,
+            &format!(
+                "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\nstrategy = \"canary\"\ncanary_soak = \"30s\"\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\ntimeout = \"20s\"\n",
+                app.name, app.port
+            ),
+        )
+        .env("BACKTRACK_SSH_CONFIG", h2_dir().join("client/ssh_config").to_str().unwrap());
+    let id_of = |h: &str| {
+        String::from_utf8_lossy(&on(h, &["inspect", "--format", "{{.Id}}", &app.name]).stdout)
+            .trim()
+            .to_string()
+    };
+    let other_before = id_of(H3);
+    let mut child = t
+        .command()
+        .args(["deploy", "v1.1.0", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The canary (the first host) validates on 1.1.0, then dies during its soak.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while serves(H2, &app.name) != "1.1.0" {
+        assert!(Instant::now() < deadline, "the canary never ran 1.1.0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(on(H2, &["kill", &app.name]).status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("canary"), "{stderr}");
+    // The canary is back on its previous version; the other host was never touched.
+    app.wait_serving(H2);
+    assert_eq!(serves(H2, &app.name), "1.0.0");
+    assert_eq!(id_of(H3), other_before);
+    assert_eq!(serves(H3, &app.name), "1.0.0");
+}
