@@ -481,7 +481,7 @@ fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
             .to_string()
     };
     let other_before = id_of(H3);
-    let mut child = t
+    let child = t
         .command()
         .args(["deploy", "v1.1.0", "--yes"])
         .stdin(Stdio::null())
