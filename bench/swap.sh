@@ -260,8 +260,11 @@ for ((i = 1; i <= pull_runs; i++)); do
   timed s_raw_pull_swap raw_pull_swap || true
   drop_big; settle
   timed s_warm_only bt_warm || true
+  # warm runs ahead of time: let the pull's writes reach the disk before the rollback, as they
+  # would have long before a real one (the raw floor below runs on a settled disk too).
+  sync; settle
   timed s_bt_warm bt_swap "$big" || true
-  ensure_on v1.0.0; current=v1.0.0; settle
+  ensure_on v1.0.0; current=v1.0.0; sync; settle
   timed s_raw_present raw_swap "$big" "$big_ref" || true
   say "  run $i: after warm $(secs "${s_bt_warm[-1]:-0}")s vs raw with the image present $(secs "${s_raw_present[-1]:-0}")s"
   say "  run $i: backtrack with pull $(secs "${s_bt_pull[-1]:-0}")s, docker pull $(secs "${s_raw_pull[-1]:-0}")s, raw swap with pull $(secs "${s_raw_pull_swap[-1]:-0}")s"
