@@ -64,6 +64,36 @@ impl Report for FleetReport {
 
 /// `deploy` / `rollback` across the fleet.
 /// `confirm_first`: a version picked on a terminal is confirmed before anything changes.
+/// The hosts that answered; the others refuse the run, naming the host, unless `skip` (then
+/// each is a warning, and listed as skipped).
+pub fn reachable_hosts(
+    app: &App<'_>,
+    connected: Vec<(String, anyhow::Result<Host>)>,
+    skip: bool,
+) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
+    let mut hosts: Vec<Host> = Vec::new();
+    let mut skipped = Vec::new();
+    for (address, result) in connected {
+        match result {
+            Ok(h) => hosts.push(h),
+            Err(e) if skip => {
+                app.printer.note(format!("warning: skipping {address}: {e:#}"));
+                skipped.push(address);
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "reach host {address} of the fleet (nothing was changed on any host; \
+                     --skip-unreachable goes on without it)"
+                )));
+            }
+        }
+    }
+    if hosts.is_empty() {
+        anyhow::bail!("reach any host of the fleet: none answered ({})", skipped.join(", "));
+    }
+    Ok((hosts, skipped))
+}
+
 pub async fn swap_command(
     app: &App<'_>,
     op: Operation,
@@ -84,26 +114,11 @@ pub async fn swap_command(
         repository: project.registry.display(),
         environment: target.environment.clone(),
     };
-    let mut hosts: Vec<Host> = Vec::new();
-    let mut skipped = Vec::new();
-    for (address, connected) in crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await {
-        match connected {
-            Ok(h) => hosts.push(h),
-            Err(e) if common.skip_unreachable => {
-                app.printer.note(format!("warning: skipping {address}: {e:#}"));
-                skipped.push(address);
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "reach host {address} of the fleet (nothing was changed on any host; \
-                     --skip-unreachable goes on without it)"
-                )));
-            }
-        }
-    }
-    if hosts.is_empty() {
-        anyhow::bail!("reach any host of the fleet: none answered ({})", skipped.join(", "));
-    }
+    let (mut hosts, skipped) = reachable_hosts(
+        app,
+        crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await,
+        common.skip_unreachable,
+    )?;
     // Every lock before the first change, in one fixed order: two fleet runs never wait on each
     // other's half; the one that comes second is refused at its first host, holding nothing.
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();

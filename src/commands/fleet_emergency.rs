@@ -18,7 +18,6 @@ use crate::domain::fleet::{self, HostStep, Verdict};
 use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
-use crate::ops::fleet::Host;
 use crate::ops::{interrupt, recover, validate};
 use crate::output::{Report, confirm, render_table, table};
 
@@ -115,26 +114,8 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
-    let mut hosts: Vec<Host> = Vec::new();
-    let mut skipped = Vec::new();
-    for (address, connected) in super::fleet::reach_all(app).await? {
-        match connected {
-            Ok(h) => hosts.push(h),
-            Err(e) if args.skip_unreachable => {
-                app.printer.note(format!("warning: skipping {address}: {e:#}"));
-                skipped.push(address);
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "reach host {address} of the fleet (nothing was changed on any host; \
-                     --skip-unreachable goes on without it)"
-                )));
-            }
-        }
-    }
-    if hosts.is_empty() {
-        anyhow::bail!("reach any host of the fleet: none answered ({})", skipped.join(", "));
-    }
+    let (mut hosts, skipped) =
+        super::fleet::reachable_hosts(app, super::fleet::reach_all(app).await?, args.skip_unreachable)?;
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = fleet::lock_order(&addresses);
     if !args.dry_run {
