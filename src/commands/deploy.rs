@@ -452,7 +452,7 @@ async fn swap_command(
         repository: registry.name(),
         forward,
     };
-    let mut report = swap::execute_with(&engine, &journal, &app.printer, &plan, &opts).await?;
+    let mut report = swap::execute(&engine, &journal, &app.printer, &plan, &opts).await?;
     report.forward = forward;
     write_version_env(app, target, &current, &report);
     app.printer.report(&report)?;

@@ -209,48 +209,9 @@ pub struct SwapOptions<'a> {
     pub forward: bool,
 }
 
-impl<'a> SwapOptions<'a> {
-    /// Options with no hooks and no notifications.
-    pub fn plain(auth: Option<&'a PullAuth>, health: &'a HealthSettings, reason: Option<&'a str>) -> Self {
-        static NO_HOOKS: std::sync::OnceLock<Hooks> = std::sync::OnceLock::new();
-        static NO_NOTIFY: std::sync::OnceLock<NotifySection> = std::sync::OnceLock::new();
-        Self {
-            auth,
-            health,
-            reason,
-            hooks: NO_HOOKS.get_or_init(Hooks::default),
-            hooks_skipped: false,
-            notify: NO_NOTIFY.get_or_init(NotifySection::default),
-            scope: String::new(),
-            repository: String::new(),
-            forward: false,
-        }
-    }
-}
-
 /// Runs the plan. `Ok` with `Outcome::Ok` when every container validated; on failure the previous
 /// containers run again and the error says whether restoring worked.
 pub async fn execute(
-    engine: &Engine,
-    journal: &Journal,
-    printer: &Printer,
-    plan: &Plan,
-    auth: Option<&PullAuth>,
-    health: &HealthSettings,
-    reason: Option<&str>,
-) -> anyhow::Result<SwapReport> {
-    execute_with(
-        engine,
-        journal,
-        printer,
-        plan,
-        &SwapOptions::plain(auth, health, reason),
-    )
-    .await
-}
-
-/// The swap with hooks and notifications (see [`SwapOptions`]).
-pub async fn execute_with(
     engine: &Engine,
     journal: &Journal,
     printer: &Printer,
