@@ -70,6 +70,10 @@ pub enum Failure {
          were removed), and the next backtrack run records it as completed"
     )]
     NotRecorded { what: String, error: String },
+    /// A flag or command that does not apply to this kind of target (or is not built for it);
+    /// the message says what to do instead.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// The exit code for an error: the first typed error in the chain decides.
@@ -82,6 +86,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::Partial { .. } => PARTIAL,
                 Failure::NeedsConfirmation { .. } => USAGE,
                 Failure::Cancelled => ERROR,
+                Failure::Usage(_) => USAGE,
                 Failure::Interrupted => INTERRUPTED,
                 Failure::Unhealthy(_) => ERROR,
                 Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
@@ -118,7 +123,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return match e {
                 EngineError::Pull { message, .. } if pull_failed_at_registry(message) => REGISTRY,
                 // The config names a container that is not there: a configuration mistake.
-                EngineError::TargetNotFound { .. } => USAGE,
+                EngineError::TargetNotFound { .. } | EngineError::ServiceNotFound { .. } => USAGE,
                 _ => ENGINE,
             };
         }

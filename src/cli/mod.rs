@@ -166,6 +166,13 @@ pub struct SwapCommon {
     /// journal of the others).
     #[arg(long)]
     pub skip_unreachable: bool,
+    /// Swarm: how many tasks are updated at once (default: the service's own update config).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub parallelism: Option<u64>,
+    /// Swarm: start-first (the new task starts before the old one stops) or stop-first
+    /// (default: the service's own update config).
+    #[arg(long, value_name = "ORDER", value_parser = ["start-first", "stop-first"])]
+    pub order: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::App;
+use crate::adapters::docker::swarm::UpdateOverrides;
 use crate::adapters::state::Journal;
 use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
 use crate::domain::history::Record;
@@ -16,8 +17,10 @@ use crate::ops::hooks::{self, HookEnv, Hooks};
 use crate::ops::mark::{MarkRequest, mark_good};
 use crate::ops::rebuild;
 use crate::ops::swap::{self, Plan, SwapOptions, SwapReport};
+use crate::ops::swarm as swarm_ops;
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
 use crate::output::{Report, ask, confirm};
+use crate::settings::TargetKind;
 
 pub async fn run_deploy(app: &App<'_>, args: &SwapArgs) -> anyhow::Result<()> {
     swap_command(app, Operation::Deploy, &args.selector, &args.common, false).await
@@ -229,6 +232,15 @@ async fn swap_command(
     }
     let project = app.project()?;
     let target = app.target()?;
+    let swarm = target.kind == TargetKind::Swarm;
+    if !swarm && (common.parallelism.is_some() || common.order.is_some()) {
+        return Err(Failure::Usage(format!(
+            "use --parallelism or --order on {}: they set a Swarm service's update config; \
+             they apply only to kind = \"swarm\"",
+            target.display()
+        ))
+        .into());
+    }
     let registry = app.registry()?;
     let journal = app.journal()?;
     let _lock = app.lock_unless(common.dry_run, &format!("backtrack {} {input}", op.as_str()))?;
@@ -239,6 +251,12 @@ async fn swap_command(
             app.printer.note(format!(
                 "note: {open} interrupted operation(s) will be settled first by a real run"
             ));
+        }
+    } else if swarm {
+        interrupt::install();
+        if !history::open_operations(&journal.read()?).is_empty() {
+            let auth = registry.pull_auth().await?;
+            swarm_ops::settle(&engine, &journal, &app.printer, target, Some(&auth)).await?;
         }
     } else {
         interrupt::install();
@@ -363,17 +381,46 @@ async fn swap_command(
         ));
     }
     // The migration guard: the running image may forbid versions below a floor.
-    guard::check(
-        &engine,
-        &current,
+    let floor = if swarm {
+        guard::registry_floor(registry.as_ref(), &current).await
+    } else {
+        guard::floor(&engine, &current).await
+    };
+    guard::enforce(
+        floor,
         chosen.image.version.as_deref(),
         chosen.image.display(),
         common.force,
         common.reason.as_deref(),
         &app.printer,
-    )
-    .await?;
+    )?;
     let image = registry.pull_reference(&chosen.digest);
+    if swarm {
+        let svc = swarm_ops::service(&engine, target).await?;
+        let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
+        let overrides = UpdateOverrides {
+            parallelism: common.parallelism,
+            order: common.order.clone(),
+            force: false,
+        };
+        let mut plan = swarm_ops::plan(
+            op,
+            target,
+            &svc,
+            current_ref.clone().unwrap_or_default(),
+            &chosen.image,
+            repository,
+            &overrides,
+        );
+        plan.note = note;
+        if common.dry_run {
+            return app.printer.report(&SwarmPlanReport {
+                dry_run: true,
+                plan: &plan,
+            });
+        }
+        return swarm_swap(app, &engine, &journal, &plan, common, confirm_first, forward).await;
+    }
     let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
     plan.note = note;
     if common.dry_run {
@@ -383,75 +430,16 @@ async fn swap_command(
             plan: &plan,
         });
     }
-    if (confirm_first || forward) && !app.settings.yes {
-        let q = format!(
-            "{} {} from {} to {}?",
-            match op {
-                Operation::Rollback if forward => "Roll forward",
-                Operation::Rollback => "Roll back",
-                _ => "Deploy",
-            },
-            target.display(),
-            current_ref.as_ref().map_or("-".into(), ImageRef::display),
-            chosen.image.display()
-        );
-        let what = if forward {
-            "confirm a rollback to a higher version"
-        } else {
-            "confirm the rollback"
-        };
-        if !confirm(&app.printer, &q, what)? {
-            return Err(Failure::Cancelled.into());
-        }
-    }
-    let hooks = Hooks::from_project(project, common.no_hooks);
-    let hooks_skipped = common.no_hooks
-        && project
-            .hooks
-            .pre
-            .iter()
-            .chain(&project.hooks.post)
-            .chain(&project.hooks.on_revert)
-            .next()
-            .is_some();
-    // `pre` runs before anything changes; a failure stops here, recorded.
-    let env = HookEnv {
-        op: op.as_str().to_string(),
-        from_version: plan.from.version.clone(),
-        to_version: plan.to.version.clone(),
-        digest: Some(chosen.digest.to_string()),
+    let change = Change {
+        op,
         target: plan.target.clone(),
-        hosts: Vec::new(),
-        result: None,
-        reason: common.reason.clone(),
-    };
-    if let Err(e) = hooks::run(&app.printer, "pre", hooks.pre.as_deref(), &env, &hooks).await {
-        let base = Record {
-            target: Some(plan.target.clone()),
-            from: Some(plan.from.clone()),
-            to: Some(plan.to.clone()),
-            reason: common.reason.clone(),
-            ..crate::adapters::state::begin(op)
-        };
-        journal.append(&base)?;
-        journal.append(&Record {
-            notes: vec![e.to_string()],
-            ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
-        })?;
-        return Err(anyhow::Error::new(e).context("go on: nothing was changed"));
-    }
-    let auth = registry.pull_auth().await?;
-    let opts = SwapOptions {
-        auth: Some(&auth),
-        health: &project.health,
-        reason: common.reason.as_deref(),
-        hooks: &hooks,
-        hooks_skipped,
-        notify: &project.notify,
-        scope: target.environment.clone().unwrap_or_else(|| target.display()),
-        repository: registry.name(),
+        from: plan.from.clone(),
+        to: plan.to.clone(),
         forward,
     };
+    let hooks = confirm_and_pre(app, &journal, &change, common, confirm_first).await?;
+    let auth = registry.pull_auth().await?;
+    let opts = swap_options(app, &hooks, &auth, common, forward)?;
     let mut report = swap::execute(&engine, &journal, &app.printer, &plan, &opts).await?;
     report.forward = forward;
     write_version_env(app, target, &current, &report);
@@ -463,6 +451,172 @@ async fn swap_command(
         mark_after_validation(app, registry.as_ref(), &catalog, &engine, &journal, &report, common).await?;
     }
     Ok(())
+}
+
+/// What a swap is about to change, as the confirmation and the hooks tell it.
+struct Change {
+    op: Operation,
+    target: String,
+    from: ImageRef,
+    to: ImageRef,
+    forward: bool,
+}
+
+/// Asks for confirmation where needed (a picked version, a rollback that goes forward), then
+/// runs the `pre` hook: a failure is recorded and stops here, before anything changed. Returns
+/// the hooks for the rest of the swap.
+async fn confirm_and_pre(
+    app: &App<'_>,
+    journal: &Journal,
+    change: &Change,
+    common: &SwapCommon,
+    confirm_first: bool,
+) -> anyhow::Result<Hooks> {
+    let project = app.project()?;
+    let (op, forward) = (change.op, change.forward);
+    if (confirm_first || forward) && !app.settings.yes {
+        let q = format!(
+            "{} {} from {} to {}?",
+            match op {
+                Operation::Rollback if forward => "Roll forward",
+                Operation::Rollback => "Roll back",
+                _ => "Deploy",
+            },
+            change.target,
+            change.from.display(),
+            change.to.display()
+        );
+        let what = if forward {
+            "confirm a rollback to a higher version"
+        } else {
+            "confirm the rollback"
+        };
+        if !confirm(&app.printer, &q, what)? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    let hooks = Hooks::from_project(project, common.no_hooks);
+    let env = HookEnv {
+        op: op.as_str().to_string(),
+        from_version: change.from.version.clone(),
+        to_version: change.to.version.clone(),
+        digest: change.to.digest.as_ref().map(ToString::to_string),
+        target: change.target.clone(),
+        hosts: Vec::new(),
+        result: None,
+        reason: common.reason.clone(),
+    };
+    if let Err(e) = hooks::run(&app.printer, "pre", hooks.pre.as_deref(), &env, &hooks).await {
+        let base = Record {
+            target: Some(change.target.clone()),
+            from: Some(change.from.clone()),
+            to: Some(change.to.clone()),
+            reason: common.reason.clone(),
+            ..crate::adapters::state::begin(op)
+        };
+        journal.append(&base)?;
+        journal.append(&Record {
+            notes: vec![e.to_string()],
+            ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
+        })?;
+        return Err(anyhow::Error::new(e).context("go on: nothing was changed"));
+    }
+    Ok(hooks)
+}
+
+/// How the swap runs beyond its plan, from the config and the flags.
+fn swap_options<'a>(
+    app: &'a App<'_>,
+    hooks: &'a Hooks,
+    auth: &'a crate::adapters::registry::PullAuth,
+    common: &'a SwapCommon,
+    forward: bool,
+) -> anyhow::Result<SwapOptions<'a>> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let hooks_skipped = common.no_hooks
+        && project
+            .hooks
+            .pre
+            .iter()
+            .chain(&project.hooks.post)
+            .chain(&project.hooks.on_revert)
+            .next()
+            .is_some();
+    Ok(SwapOptions {
+        auth: Some(auth),
+        health: &project.health,
+        reason: common.reason.as_deref(),
+        hooks,
+        hooks_skipped,
+        notify: &project.notify,
+        scope: target.environment.clone().unwrap_or_else(|| target.display()),
+        repository: app.registry()?.name(),
+        forward,
+    })
+}
+
+/// The swap of a Swarm service, once planned: confirmation and `pre` hook as for containers,
+/// then the service update, validated (reverted on failure), and `--mark-good`.
+async fn swarm_swap(
+    app: &App<'_>,
+    engine: &crate::adapters::docker::Engine,
+    journal: &Journal,
+    plan: &swarm_ops::SwarmPlan,
+    common: &SwapCommon,
+    confirm_first: bool,
+    forward: bool,
+) -> anyhow::Result<()> {
+    let registry = app.registry()?;
+    let change = Change {
+        op: plan.op,
+        target: plan.target.clone(),
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        forward,
+    };
+    let hooks = confirm_and_pre(app, journal, &change, common, confirm_first).await?;
+    let auth = registry.pull_auth().await?;
+    let opts = swap_options(app, &hooks, &auth, common, forward)?;
+    let mut report = swarm_ops::execute(engine, journal, &app.printer, plan, &opts).await?;
+    report.forward = forward;
+    app.printer.report(&report)?;
+    if common.mark_good {
+        let catalog = Catalog::load(registry.as_ref()).await?;
+        mark_after_validation(app, registry.as_ref(), &catalog, engine, journal, &report, common).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct SwarmPlanReport<'a> {
+    dry_run: bool,
+    #[serde(flatten)]
+    plan: &'a swarm_ops::SwarmPlan,
+}
+
+impl Report for SwarmPlanReport<'_> {
+    fn human(&self) -> String {
+        let p = self.plan;
+        let replicas = p.replicas.map_or("global".into(), |r| format!("{r} replica(s)"));
+        format!(
+            "plan: {} {}\n  from   {}\n  to     {}{}\n  image  {}\n  update {replicas}, {}, {} at a time \
+             (a failure puts back {})\nequivalent docker command:\n  {}\ndry run: nothing was changed",
+            p.op.as_str(),
+            p.target,
+            p.from.display(),
+            p.to.display(),
+            p.to.digest
+                .as_ref()
+                .map(|d| format!(" ({})", d.short()))
+                .unwrap_or_default(),
+            p.image,
+            p.order,
+            p.parallelism,
+            p.previous_image,
+            p.command,
+        )
+    }
 }
 
 /// After a validated swap, the new rollback candidates (the version just left, last_known_good)
@@ -560,7 +714,14 @@ async fn mark_after_validation(
                 crate::domain::duration::format(duration)
             ),
         );
-        if let Err(invalid) = validate::soak(engine, &report.containers, &project.health, duration).await {
+        let soaked = match app.target()? {
+            t if t.kind == TargetKind::Swarm => {
+                let digest = report.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+                swarm_ops::soak(engine, t, &digest, &project.health, duration).await
+            }
+            _ => validate::soak(engine, &report.containers, &project.health, duration).await,
+        };
+        if let Err(invalid) = soaked {
             progress.finish(&format!(
                 "{} did not stay healthy: {}",
                 report.to.display(),
@@ -581,7 +742,8 @@ async fn mark_after_validation(
     let marked = mark_good(
         registry,
         &[journal],
-        Some(engine),
+        // A swarm's images live on its nodes: nothing is kept on the manager's host.
+        (app.target()?.kind != TargetKind::Swarm).then_some(engine),
         &app.printer,
         MarkRequest {
             image: &report.to,

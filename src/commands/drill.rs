@@ -28,6 +28,15 @@ struct DrillReport {
 }
 
 pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
+    if let Ok(target) = app.target()
+        && target.kind == crate::settings::TargetKind::Swarm
+    {
+        return Err(crate::error::Failure::Usage(format!(
+            "rehearse {}: not built yet for Swarm services; `backtrack validate` checks what runs, and a failed deploy is reverted by itself",
+            target.display()
+        ))
+        .into());
+    }
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;

@@ -86,7 +86,10 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     let report = mark_good(
         registry.as_ref(),
         &[&journal],
-        engine.as_ref(),
+        // A swarm's images live on its nodes: nothing is kept on the manager's host.
+        engine
+            .as_ref()
+            .filter(|_| app.target().is_ok_and(|t| t.kind != crate::settings::TargetKind::Swarm)),
         &app.printer,
         MarkRequest {
             image: &chosen,

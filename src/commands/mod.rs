@@ -16,6 +16,7 @@ mod policy;
 mod prune;
 mod prune_local;
 mod status;
+mod swarm;
 mod validate;
 mod versions;
 mod warm;
@@ -126,6 +127,12 @@ impl App<'_> {
             .is_some_and(|t| !t.hosts.is_empty())
     }
 
+    /// Whether the target is a Swarm service.
+    pub fn is_swarm(&self) -> bool {
+        self.target()
+            .is_ok_and(|t| t.kind == crate::settings::TargetKind::Swarm)
+    }
+
     pub async fn engine(&self) -> anyhow::Result<Engine> {
         if self.is_fleet() {
             anyhow::bail!(
@@ -181,12 +188,14 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
         Command::Status if app.is_fleet() => fleet::status(&app).await,
+        Command::Status if app.is_swarm() => swarm::status(&app).await,
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
         Command::MarkGood(args) if app.is_fleet() => fleet_state::mark_good(&app, &args).await,
         Command::MarkGood(args) => mark_good::run(&app, &args).await,
         Command::Emergency(args) if app.is_fleet() => fleet_emergency::emergency(&app, &args).await,
+        Command::Emergency(args) if app.is_swarm() => swarm::emergency(&app, &args).await,
         Command::Emergency(args) => emergency::run(&app, &args).await,
         Command::History(args) if app.is_fleet() => fleet_state::history(&app, &args).await,
         Command::History(args) => history::run(&app, &args).await,

@@ -31,6 +31,15 @@ struct LocalReport {
 }
 
 pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
+    if let Ok(target) = app.target()
+        && target.kind == crate::settings::TargetKind::Swarm
+    {
+        return Err(crate::error::Failure::Usage(format!(
+            "prune the local images of {}: not built yet for Swarm services (the images are on each node); `docker image prune` on a node does it by hand",
+            target.display()
+        ))
+        .into());
+    }
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;

@@ -38,6 +38,9 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
 
 /// One pass of the health checks against what `engine` runs of the target.
 pub(super) async fn checks(engine: &Engine, project: &Project, target: &TargetSettings) -> anyhow::Result<Vec<Check>> {
+    if target.kind == crate::settings::TargetKind::Swarm {
+        return crate::ops::swarm::check_now(engine, target, &project.health).await;
+    }
     let current = deployed::read(engine, target, &project.registry.display()).await?;
     let mut checks = Vec::new();
     for d in &current {

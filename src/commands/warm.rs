@@ -18,6 +18,15 @@ struct WarmReport {
 }
 
 pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
+    if let Ok(target) = app.target()
+        && target.kind == crate::settings::TargetKind::Swarm
+    {
+        return Err(crate::error::Failure::Usage(format!(
+            "warm the nodes of {}: not built yet; Swarm pulls on each node as it places a task (`docker pull IMAGE` on a node warms it by hand)",
+            target.display()
+        ))
+        .into());
+    }
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;

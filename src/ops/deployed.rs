@@ -44,6 +44,9 @@ pub fn image_version(c: &ContainerView) -> Option<String> {
 /// Reads the target's containers, with the digest each runs: the digest pinned in its image
 /// reference, else the local image's repo digest for `repository`.
 pub async fn read(engine: &Engine, target: &TargetSettings, repository: &str) -> anyhow::Result<Vec<Deployed>> {
+    if target.kind == crate::settings::TargetKind::Swarm {
+        return crate::ops::swarm::deployed(engine, target).await;
+    }
     let containers = engine.target_containers(target).await?;
     let mut out = Vec::with_capacity(containers.len());
     for c in containers {

@@ -4,6 +4,7 @@
 //! are refused unless forced with a reason; `versions` marks the versions below it.
 
 use crate::adapters::docker::Engine;
+use crate::adapters::registry::Registry;
 use crate::domain::version::{parse_version, strip_build};
 use crate::ops::deployed::{Deployed, carried_version};
 
@@ -44,7 +45,19 @@ pub async fn check(
     reason: Option<&str>,
     printer: &crate::output::Printer,
 ) -> Result<(), crate::error::Failure> {
-    let Some(floor) = floor(engine, current).await else {
+    enforce(floor(engine, current).await, version, what, force, reason, printer)
+}
+
+/// Refuses going to `version` when it is below `floor` (see [`check`]).
+pub fn enforce(
+    floor: Option<Floor>,
+    version: Option<&str>,
+    what: String,
+    force: bool,
+    reason: Option<&str>,
+    printer: &crate::output::Printer,
+) -> Result<(), crate::error::Failure> {
+    let Some(floor) = floor else {
         return Ok(());
     };
     if !floor.refuses(version) {
@@ -64,22 +77,48 @@ pub async fn check(
     Ok(())
 }
 
-/// The highest floor among the images the target's containers run (a label that is not a
-/// version is ignored with a warning).
+/// The highest floor among the images the target's containers run, read from the engine (a
+/// label that is not a version is ignored with a warning).
 pub async fn floor(engine: &Engine, current: &[Deployed]) -> Option<Floor> {
-    let mut best: Option<Floor> = None;
+    let mut labels = Vec::new();
     for d in current {
         let Ok(Some(image)) = engine.image(&d.container.image_id).await else {
             continue;
         };
-        let Some(raw) = image
-            .config
-            .and_then(|c| c.labels)
-            .and_then(|l| l.get(MIN_ROLLBACK_LABEL).cloned())
-        else {
-            continue;
-        };
-        let Some(min) = parse_version(&raw).map(|v| strip_build(&v)) else {
+        labels.push((d, image.config.and_then(|c| c.labels).unwrap_or_default()));
+    }
+    highest(
+        labels
+            .iter()
+            .map(|(d, l)| (*d, l.get(MIN_ROLLBACK_LABEL).map(String::as_str))),
+    )
+}
+
+/// The same floor read from the registry's image configs: for a Swarm service, whose images
+/// live on its nodes rather than on the engine backtrack talks to.
+pub async fn registry_floor(registry: &dyn Registry, current: &[Deployed]) -> Option<Floor> {
+    let digests: Vec<_> = current
+        .iter()
+        .filter_map(|d| d.digest.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let infos = registry.image_infos(&digests).await.ok()?;
+    highest(current.iter().map(|d| {
+        let raw = d
+            .digest
+            .as_ref()
+            .and_then(|x| infos.get(x))
+            .and_then(|i| i.label(MIN_ROLLBACK_LABEL));
+        (d, raw)
+    }))
+}
+
+fn highest<'a>(labels: impl Iterator<Item = (&'a Deployed, Option<&'a str>)>) -> Option<Floor> {
+    let mut best: Option<Floor> = None;
+    for (d, raw) in labels {
+        let Some(raw) = raw else { continue };
+        let Some(min) = parse_version(raw).map(|v| strip_build(&v)) else {
             tracing::warn!(
                 "ignoring {MIN_ROLLBACK_LABEL} = {raw:?} on {}: not a version",
                 d.container.name

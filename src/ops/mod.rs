@@ -17,6 +17,7 @@ pub mod rebuild;
 pub mod recover;
 pub mod resolve;
 pub mod swap;
+pub mod swarm;
 pub mod targets;
 pub mod validate;
 pub mod warm;

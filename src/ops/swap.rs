@@ -440,7 +440,7 @@ fn hook_env(plan: &Plan, opts: &SwapOptions<'_>, result: Option<Outcome>) -> Hoo
 
 /// Sends the notification of a finished swap, if `[notify]` wants it, and notes how it went in
 /// the journal. Never fails the swap.
-async fn announce(
+pub(crate) async fn announce(
     journal: &Journal,
     printer: &Printer,
     base: &Record,
@@ -486,7 +486,7 @@ pub fn note_delivery(journal: &Journal, printer: &Printer, base: &Record, sent: 
     }
 }
 
-fn print_logs(printer: &Printer, logs: &[String]) {
+pub(crate) fn print_logs(printer: &Printer, logs: &[String]) {
     if logs.is_empty() {
         return;
     }

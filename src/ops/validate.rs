@@ -15,7 +15,7 @@ use crate::settings::HealthSettings;
 /// With neither a HEALTHCHECK nor an HTTP probe, a container must stay up this long to count.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Polling starts fast (a healthy app is noticed within a few ms) and slows down over time.
-fn poll_interval(elapsed: Duration) -> Duration {
+pub(crate) fn poll_interval(elapsed: Duration) -> Duration {
     match elapsed.as_millis() {
         0..=2_000 => Duration::from_millis(20),
         2_001..=10_000 => Duration::from_millis(100),
@@ -194,7 +194,7 @@ async fn check_version(engine: &Engine, name: &str, want: &str) -> Result<(), In
     }
 }
 
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1))
@@ -205,14 +205,14 @@ fn http_client() -> reqwest::Client {
 
 /// Why a probe failed, and whether it reached a server at all.
 #[derive(Debug)]
-struct ProbeError {
-    message: String,
+pub(crate) struct ProbeError {
+    pub message: String,
     /// An HTTP answer came back, or the connection was made and then timed out.
-    reached: bool,
+    pub reached: bool,
 }
 
 /// GETs `url` from where the engine is: through its host's SSH connection for a remote engine.
-async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) -> Result<(), ProbeError> {
+pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) -> Result<(), ProbeError> {
     let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
     let route = match engine.probe_route(url).await {
         Ok(r) => r,

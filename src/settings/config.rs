@@ -112,6 +112,9 @@ pub struct TargetSection {
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
+    /// Swarm: the stack the service came from (`docker stack deploy`), found by its
+    /// `com.docker.stack.namespace` label.
+    pub stack: Option<String>,
     pub host: Option<String>,
     /// Many engines (instead of `host`): one rollback across all of them.
     pub hosts: Option<Vec<String>>,

@@ -182,6 +182,8 @@ pub struct TargetSettings {
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
+    /// Swarm: the stack of the service (`[target] stack`).
+    pub stack: Option<String>,
     /// Docker host as written (`--host`, `[target] host`, `DOCKER_HOST`, the docker context's);
     /// `None` = the local socket. Parsed in `Project::engine`.
     pub host: Option<String>,
@@ -197,7 +199,10 @@ impl TargetSettings {
             (TargetKind::Compose, Some(p)) => format!("compose service {p}/{}", self.name),
             (TargetKind::Compose, None) => format!("compose service {}", self.name),
             (TargetKind::Container, _) => format!("container {}", self.name),
-            (TargetKind::Swarm, _) => format!("swarm service {}", self.name),
+            (TargetKind::Swarm, _) => match &self.stack {
+                Some(stack) => format!("swarm service {stack}/{}", self.name),
+                None => format!("swarm service {}", self.name),
+            },
         }
     }
 }
@@ -484,6 +489,7 @@ fn resolve_project(
         kind: t.kind,
         name: t.name,
         project: t.project,
+        stack: t.stack,
         host: engine_host.clone(),
         environment: t.environment,
         version_env: t.version_env,
@@ -504,12 +510,34 @@ fn resolve_project(
             "[target] kind = \"compose\" needs `project` (the compose project name, e.g. the folder name)".into(),
         ));
     }
+    if let Some(t) = &target
+        && t.stack.is_some()
+        && t.kind != TargetKind::Swarm
+    {
+        return Err(invalid(
+            "[target] stack only applies to kind = \"swarm\" (the stack a swarm service came from)".into(),
+        ));
+    }
+    if let Some(t) = &target
+        && t.kind == TargetKind::Swarm
+        && !t.hosts.is_empty()
+    {
+        return Err(invalid(
+            "[target] kind = \"swarm\" is reached through one manager: set `host` to a manager, not `hosts` \
+             (Swarm itself spreads the service over its nodes)"
+                .into(),
+        ));
+    }
     let target_dir = |engine_id: &str, t: &TargetSettings| {
         sanitize(&format!(
             "{}_{}_{}{}",
             engine_id,
             t.kind.as_str(),
-            t.project.as_deref().map(|p| format!("{p}_")).unwrap_or_default(),
+            t.project
+                .as_deref()
+                .or(t.stack.as_deref())
+                .map(|p| format!("{p}_"))
+                .unwrap_or_default(),
             t.name
         ))
     };

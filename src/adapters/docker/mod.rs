@@ -6,6 +6,7 @@ pub mod build;
 pub mod clone;
 pub mod context;
 pub mod images;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +58,10 @@ pub enum EngineError {
         container: String,
         message: String,
     },
+    #[error("find swarm service {}: no such service", match stack { Some(s) => format!("{name} in stack {s}"), None => name.clone() })]
+    ServiceNotFound { name: String, stack: Option<String> },
+    #[error("use the swarm at {host}: {message}")]
+    NotManager { host: String, message: String },
     #[error("{action}: {message}")]
     Other { action: String, message: String },
     /// The host of an `ssh://` engine refused or could not be reached.
@@ -75,6 +80,13 @@ impl EngineError {
             }
             Self::Pull { .. } => Some("check that the registry is reachable from the docker engine".into()),
             Self::Host(e) => e.hint(),
+            Self::ServiceNotFound { .. } => Some(
+                "check [target] name (and stack) in backtrack.toml against `docker service ls` on a manager".into(),
+            ),
+            Self::NotManager { .. } => Some(
+                "point [target] host (or --host) at a manager of the swarm: `docker node ls` there lists the nodes"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -1,0 +1,312 @@
+//! Swarm services through a manager's Engine API: find the target's service (by name, or by its
+//! stack's `com.docker.stack.namespace` label), read its spec, update status and tasks (with the
+//! node each runs on and the host-mode ports it publishes), and update its spec with registry
+//! credentials for the workers, as `docker service update --with-registry-auth` does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::auth::DockerCredentials;
+use bollard::models::{ServiceSpec, Task};
+use bollard::query_parameters::{
+    ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
+    UpdateServiceOptionsBuilder,
+};
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{Engine, EngineError, short_error};
+use crate::adapters::registry::PullAuth;
+use crate::domain::digest::Digest;
+
+/// The label `docker stack deploy` puts on the services of a stack.
+pub const LABEL_STACK: &str = "com.docker.stack.namespace";
+
+/// A service as the manager reports it.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub id: String,
+    pub name: String,
+    /// The object version an update must name (optimistic concurrency).
+    pub version: u64,
+    pub spec: ServiceSpec,
+    /// `TaskTemplate.ContainerSpec.Image` (Swarm stores it pinned: `repo:tag@sha256:…`).
+    pub image: String,
+    /// Desired replicas; `None` for a global service.
+    pub replicas: Option<u64>,
+    /// `UpdateStatus.State` (`updating`, `completed`, `paused`, `rollback_started`, …), if any.
+    pub update_state: Option<String>,
+    pub update_message: Option<String>,
+    /// When the last update started (tells a new update's status from an older one's).
+    pub update_started: Option<String>,
+}
+
+impl ServiceView {
+    /// The manifest digest the spec pins, if it pins one.
+    pub fn pinned_digest(&self) -> Option<Digest> {
+        pinned(&self.image)
+    }
+
+    /// The labels of the spec's containers (backtrack keeps its version and tag there).
+    pub fn container_labels(&self) -> HashMap<String, String> {
+        self.spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn container_env(&self) -> Vec<String> {
+        self.spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The digest pinned in an image reference (`repo:tag@sha256:…`).
+pub fn pinned(image: &str) -> Option<Digest> {
+    image.rsplit_once('@').and_then(|(_, d)| Digest::parse(d).ok())
+}
+
+/// One task of a service: a replica slot on a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    /// `SERVICE.SLOT` (replicated) or `SERVICE.NODE` (global), as `docker service ps` names it.
+    pub name: String,
+    pub node_id: String,
+    /// The node's hostname, else its id.
+    pub node: String,
+    /// The node's address (`Status.Addr`), where its host-mode ports are published.
+    pub node_addr: Option<String>,
+    /// What Swarm wants (`running`, `shutdown`).
+    pub desired: String,
+    /// Where it is (`starting` until its HEALTHCHECK passes, `running`, `failed`, …).
+    pub state: String,
+    /// Swarm's error for the task (e.g. `task: non-zero exit (137): dockerexec: unhealthy container`).
+    pub error: Option<String>,
+    pub image: String,
+    /// The labels and environment of the task's container spec.
+    pub labels: HashMap<String, String>,
+    pub env: Vec<String>,
+    pub container_id: Option<String>,
+    /// Host-mode published ports: (container port, host port).
+    pub ports: Vec<(u16, u16)>,
+    pub updated_at: Option<String>,
+}
+
+impl TaskView {
+    pub fn digest(&self) -> Option<Digest> {
+        pinned(&self.image)
+    }
+
+    /// The host port this task publishes for `container_port`, in host mode.
+    pub fn host_port(&self, container_port: u16) -> Option<u16> {
+        self.ports.iter().find(|(t, _)| *t == container_port).map(|(_, p)| *p)
+    }
+}
+
+/// What an update changes besides the image, when the user overrides the service's own config.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateOverrides {
+    pub parallelism: Option<u64>,
+    /// `start-first` or `stop-first`.
+    pub order: Option<String>,
+    /// Replace every task even when the spec's image does not change (`--force`).
+    pub force: bool,
+}
+
+impl Engine {
+    /// Finds the service `name` (in `stack`, when given: `STACK_NAME` or `NAME` among the
+    /// services labelled with that stack).
+    pub async fn service(&self, name: &str, stack: Option<&str>) -> Result<ServiceView, EngineError> {
+        let not_found = || EngineError::ServiceNotFound {
+            name: name.to_string(),
+            stack: stack.map(str::to_string),
+        };
+        let service = match stack {
+            None => match self.docker.inspect_service(name, None).await {
+                Ok(s) => s,
+                Err(e) if super::is_not_found(&e) => return Err(not_found()),
+                Err(e) => return Err(self.swarm_err(&format!("inspect swarm service {name}"), &e)),
+            },
+            Some(stack) => {
+                let filters = HashMap::from([("label", vec![format!("{LABEL_STACK}={stack}")])]);
+                let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
+                let list = self
+                    .docker
+                    .list_services(Some(opts))
+                    .await
+                    .map_err(|e| self.swarm_err(&format!("list the services of stack {stack}"), &e))?;
+                let full = format!("{stack}_{name}");
+                let named = |s: &&bollard::models::Service, n: &str| {
+                    s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(n)
+                };
+                list.iter()
+                    .find(|s| named(s, &full))
+                    .or_else(|| list.iter().find(|s| named(s, name)))
+                    .cloned()
+                    .ok_or_else(not_found)?
+            }
+        };
+        let spec = service.spec.clone().unwrap_or_default();
+        let image = spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let replicas = spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .map(|r| r.replicas.unwrap_or(1).max(0) as u64);
+        let update = service.update_status.as_ref();
+        Ok(ServiceView {
+            id: service.id.clone().unwrap_or_default(),
+            name: spec.name.clone().unwrap_or_else(|| name.to_string()),
+            version: service.version.as_ref().and_then(|v| v.index).unwrap_or(0),
+            image,
+            replicas,
+            update_state: update
+                .and_then(|u| u.state)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty()),
+            update_message: update.and_then(|u| u.message.clone()),
+            update_started: update.and_then(|u| u.started_at.as_ref()).map(|d| d.to_string()),
+            spec,
+        })
+    }
+
+    /// The service's tasks (current and recent history), newest first within a slot, each with
+    /// its node's name and address.
+    pub async fn service_tasks(&self, service: &ServiceView) -> Result<Vec<TaskView>, EngineError> {
+        let filters = HashMap::from([("service", vec![service.id.clone()])]);
+        let opts = ListTasksOptionsBuilder::default().filters(&filters).build();
+        let (tasks, nodes) = tokio::join!(
+            self.docker.list_tasks(Some(opts)),
+            self.docker.list_nodes(None::<ListNodesOptions>)
+        );
+        let tasks = tasks.map_err(|e| self.swarm_err(&format!("list the tasks of {}", service.name), &e))?;
+        let nodes = nodes.map_err(|e| self.swarm_err("list the swarm's nodes", &e))?;
+        let nodes: HashMap<String, (String, Option<String>)> = nodes
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.id?;
+                let host = n.description.and_then(|d| d.hostname).unwrap_or_else(|| id.clone());
+                Some((id, (host, n.status.and_then(|s| s.addr))))
+            })
+            .collect();
+        let mut out: Vec<TaskView> = tasks.into_iter().map(|t| task_view(&service.name, t, &nodes)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| b.updated_at.cmp(&a.updated_at)));
+        Ok(out)
+    }
+
+    /// Updates the service to `spec`, naming the version it was read at. Credentials go to the
+    /// workers with the update (`--with-registry-auth`). Returns the manager's warnings.
+    pub async fn update_service(
+        &self,
+        service: &ServiceView,
+        spec: ServiceSpec,
+        auth: Option<&PullAuth>,
+    ) -> Result<Vec<String>, EngineError> {
+        let opts = UpdateServiceOptionsBuilder::default()
+            .version(service.version as i32)
+            .build();
+        let creds = auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
+            username: a.username.clone(),
+            password: a.password.clone(),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let response = self
+            .docker
+            .update_service(&service.id, spec, opts, creds)
+            .await
+            .map_err(|e| self.swarm_err(&format!("update swarm service {}", service.name), &e))?;
+        Ok(response.warnings.unwrap_or_default())
+    }
+
+    /// The last `n` lines a task wrote (through the manager's log broker), bounded in time; empty
+    /// when they cannot be read.
+    pub async fn task_logs_tail(&self, task_id: &str, n: usize) -> Vec<String> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&n.to_string())
+            .build();
+        let read = async {
+            let mut stream = self.docker.task_logs(task_id, Some(opts));
+            let mut out = String::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+            out
+        };
+        match tokio::time::timeout(Duration::from_secs(3), read).await {
+            Ok(out) => out.lines().map(str::to_string).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A Swarm API error, told apart when the engine is no manager.
+    fn swarm_err(&self, action: &str, e: &bollard::errors::Error) -> EngineError {
+        let message = short_error(e);
+        if message.contains("not a swarm manager") || message.contains("not part of a swarm") {
+            return EngineError::NotManager {
+                host: self.host.clone(),
+                message,
+            };
+        }
+        EngineError::Other {
+            action: action.to_string(),
+            message,
+        }
+    }
+}
+
+fn task_view(service: &str, t: Task, nodes: &HashMap<String, (String, Option<String>)>) -> TaskView {
+    let node_id = t.node_id.clone().unwrap_or_default();
+    let (node, node_addr) = nodes.get(&node_id).cloned().unwrap_or_else(|| (node_id.clone(), None));
+    let status = t.status.clone().unwrap_or_default();
+    let mut ports: Vec<(u16, u16)> = status
+        .port_status
+        .as_ref()
+        .and_then(|p| p.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            Some((
+                u16::try_from(p.target_port?).ok()?,
+                u16::try_from(p.published_port?).ok()?,
+            ))
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let container = t.spec.clone().and_then(|s| s.container_spec).unwrap_or_default();
+    let name = match t.slot {
+        Some(slot) => format!("{service}.{slot}"),
+        None => format!("{service}.{node_id}"),
+    };
+    TaskView {
+        id: t.id.clone().unwrap_or_default(),
+        name,
+        node_id,
+        node,
+        node_addr,
+        desired: t.desired_state.map(|s| s.to_string()).unwrap_or_default(),
+        state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+        error: status.err.filter(|e| !e.is_empty()),
+        image: container.image.unwrap_or_default(),
+        labels: container.labels.unwrap_or_default(),
+        env: container.env.unwrap_or_default(),
+        container_id: status.container_status.and_then(|c| c.container_id),
+        ports,
+        updated_at: t.updated_at.map(|d| d.to_string()),
+    }
+}

@@ -1,0 +1,1043 @@
+//! Swarm services: the same deploy, rollback, validation and revert as for containers, with the
+//! orchestrator doing the placing. backtrack pins the digest in the service's spec (keeping the
+//! rest of it), lets Swarm roll the update out under the service's own update config (or the
+//! `--parallelism`/`--order` given), and then decides: the update's `UpdateStatus.State` (Swarm
+//! answers "updated" even when it rolled back: the state says what happened), every running task
+//! on the new digest (a task is `running` only once its HEALTHCHECK passed), the `[health] http`
+//! probe against each task's host-mode port on its node, and `expect_version`. On failure the
+//! spec read before the update goes back (Swarm keeps no `PreviousSpec` after its own automatic
+//! rollback, so the journal records the previous image itself).
+//!
+//! The journal and lock are the target's, as for containers (on the manager's host when it is
+//! reached over SSH); the `started` record holds the previous image under the service's name
+//! (`saved`), so a crash is settled by putting it back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ServiceSpec, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigOrderEnum};
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::adapters::docker::swarm::{ServiceView, TaskView, UpdateOverrides, pinned};
+use crate::adapters::docker::{ContainerView, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION};
+use crate::adapters::registry::PullAuth;
+use crate::adapters::state::{self, Journal};
+use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::image::ImageRef;
+use crate::error::Failure;
+use crate::ops::deployed::{Deployed, carried_version};
+use crate::ops::hooks::{self, HookEnv};
+use crate::ops::interrupt;
+use crate::ops::swap::{SwapOptions, SwapReport};
+use crate::ops::validate::{self, Invalid};
+use crate::output::{Printer, Progress};
+use crate::settings::{HealthSettings, TargetSettings};
+
+/// The image backtrack wrote into the spec along with its version and tag labels: a spec whose
+/// image is another was changed by someone else, and those labels no longer describe it.
+pub const LABEL_IMAGE: &str = "io.backtrack.image";
+
+/// How long a revert may take to converge, at least (a revert waits for the old tasks to run).
+const REVERT_WAIT: Duration = Duration::from_secs(90);
+
+/// The service of the target.
+pub async fn service(engine: &Engine, target: &TargetSettings) -> Result<ServiceView, EngineError> {
+    engine.service(&target.name, target.stack.as_deref()).await
+}
+
+/// What the service runs: one entry per task Swarm wants running (each with the image its own
+/// spec names, so a half-done update shows both versions), or the service's spec when it has
+/// no task (scaled to zero).
+pub async fn deployed(engine: &Engine, target: &TargetSettings) -> anyhow::Result<Vec<Deployed>> {
+    let svc = service(engine, target).await?;
+    let tasks = engine.service_tasks(&svc).await?;
+    let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+    if live.is_empty() {
+        let view = ContainerView {
+            name: svc.name.clone(),
+            id: svc.id.clone(),
+            image_ref: svc.image.clone(),
+            image_id: String::new(),
+            state: "no tasks".into(),
+            health: None,
+            restart_count: 0,
+            labels: svc.container_labels(),
+            env: svc.container_env(),
+        };
+        return Ok(vec![entry(view)]);
+    }
+    Ok(live.into_iter().map(|t| entry(task_container(t))).collect())
+}
+
+fn entry(mut view: ContainerView) -> Deployed {
+    // A `docker service update --image` by hand keeps the spec's labels: backtrack's version and
+    // tag labels count only beside the image they were written with.
+    if view.labels.get(LABEL_IMAGE) != Some(&view.image_ref) {
+        for key in [LABEL_IMAGE, LABEL_VERSION, LABEL_TAG, LABEL_EMERGENCY] {
+            view.labels.remove(key);
+        }
+    }
+    let digest = view.pinned_digest();
+    let tag = view.labels.get(LABEL_TAG).cloned().or_else(|| tag_of(&view.image_ref));
+    let version = carried_version(&view).or_else(|| {
+        tag.as_deref()
+            .and_then(crate::domain::version::parse_version)
+            .map(|v| v.to_string())
+    });
+    Deployed {
+        image: ImageRef {
+            tag,
+            version,
+            digest: digest.clone(),
+        },
+        digest,
+        container: view,
+    }
+}
+
+/// The tag of `repo[:port]/path:tag[@digest]`, if it names one.
+fn tag_of(image: &str) -> Option<String> {
+    let name = image.split_once('@').map_or(image, |(n, _)| n);
+    let (_, tag) = name.rsplit_once(':')?;
+    (!tag.contains('/')).then(|| tag.to_string())
+}
+
+/// Everything the update will do, computed without changing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmPlan {
+    pub op: Operation,
+    pub target: String,
+    pub service: String,
+    pub from: ImageRef,
+    pub to: ImageRef,
+    /// The image the new spec names (`repo:tag@digest`).
+    pub image: String,
+    /// The image the spec names now, put back on a revert.
+    pub previous_image: String,
+    pub replicas: Option<u64>,
+    pub parallelism: u64,
+    pub order: String,
+    /// `--force`: replace every task even when the spec's image does not change (emergency).
+    pub force: bool,
+    /// The equivalent docker command.
+    pub command: String,
+    pub note: Option<String>,
+    #[serde(skip)]
+    service_view: ServiceView,
+    #[serde(skip)]
+    spec: ServiceSpec,
+}
+
+/// Computes the update: the service's spec with the image pinned by digest, backtrack's version
+/// and tag labels on its containers, and the overrides of the update config.
+pub fn plan(
+    op: Operation,
+    target: &TargetSettings,
+    svc: &ServiceView,
+    from: ImageRef,
+    to: &ImageRef,
+    repository: &str,
+    overrides: &UpdateOverrides,
+) -> SwarmPlan {
+    let force = overrides.force;
+    let digest = to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+    let image = match &to.tag {
+        Some(tag) => format!("{repository}:{tag}@{digest}"),
+        None => format!("{repository}@{digest}"),
+    };
+    let mut spec = svc.spec.clone();
+    let task = spec.task_template.get_or_insert_with(Default::default);
+    let container = task.container_spec.get_or_insert_with(Default::default);
+    container.image = Some(image.clone());
+    let labels = container.labels.get_or_insert_with(Default::default);
+    labels.remove(LABEL_EMERGENCY);
+    labels.insert(LABEL_IMAGE.to_string(), image.clone());
+    for (key, value) in [(LABEL_VERSION, &to.version), (LABEL_TAG, &to.tag)] {
+        match value {
+            Some(v) => labels.insert(key.to_string(), v.clone()),
+            None => labels.remove(key),
+        };
+    }
+    if op == Operation::Emergency {
+        labels.insert(LABEL_EMERGENCY.to_string(), "true".into());
+    }
+    if force {
+        task.force_update = Some(task.force_update.unwrap_or(0) + 1);
+    }
+    let update = spec.update_config.get_or_insert_with(ServiceSpecUpdateConfig::default);
+    if let Some(p) = overrides.parallelism {
+        update.parallelism = Some(p as i64);
+    }
+    match overrides.order.as_deref() {
+        Some("start-first") => update.order = Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+        Some("stop-first") => update.order = Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST),
+        _ => {}
+    }
+    let parallelism = update.parallelism.unwrap_or(1).max(0) as u64;
+    let order = match update.order {
+        Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST) => "start-first",
+        _ => "stop-first",
+    }
+    .to_string();
+    let mut command = format!("docker service update --with-registry-auth --image {image}");
+    if let Some(p) = overrides.parallelism {
+        command.push_str(&format!(" --update-parallelism {p}"));
+    }
+    if let Some(o) = &overrides.order {
+        command.push_str(&format!(" --update-order {o}"));
+    }
+    if force {
+        command.push_str(" --force");
+    }
+    command.push_str(&format!(" {}", svc.name));
+    SwarmPlan {
+        op,
+        target: target.display(),
+        service: svc.name.clone(),
+        from,
+        to: to.clone(),
+        image,
+        previous_image: svc.image.clone(),
+        replicas: svc.replicas,
+        parallelism,
+        order,
+        force,
+        command,
+        note: None,
+        service_view: svc.clone(),
+        spec,
+    }
+}
+
+/// Runs the update and validates it; on failure the previous spec goes back and the error says
+/// whether that worked. `gate = false` (emergency) waits for the tasks to run but does not revert.
+pub async fn execute(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+    plan: &SwarmPlan,
+    opts: &SwapOptions<'_>,
+) -> anyhow::Result<SwapReport> {
+    let started = Instant::now();
+    interrupt::arm();
+    let base = Record {
+        target: Some(plan.target.clone()),
+        from: Some(plan.from.clone()),
+        to: Some(plan.to.clone()),
+        reason: opts.reason.map(str::to_string),
+        detail: plan.note.clone(),
+        ..state::begin(plan.op)
+    };
+    let mut notes = Vec::new();
+    if opts.hooks_skipped {
+        notes.push("hooks skipped (--no-hooks)".to_string());
+    }
+    journal.append(&Record {
+        containers: vec![plan.service.clone()],
+        saved: BTreeMap::from([(plan.service.clone(), plan.previous_image.clone())]),
+        notes: notes.clone(),
+        ..base.clone()
+    })?;
+    let finish = |result: Outcome, detail: Option<String>| {
+        base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
+    };
+    printer.note(format!(
+        "updating {}: {} -> {} ({}, {} at a time)",
+        plan.target,
+        plan.from.display(),
+        plan.to.display(),
+        plan.order,
+        plan.parallelism
+    ));
+    match engine
+        .update_service(&plan.service_view, plan.spec.clone(), opts.auth)
+        .await
+    {
+        Ok(warnings) => {
+            for w in warnings {
+                printer.note(format!("swarm: {w}"));
+            }
+        }
+        Err(e) => {
+            // The manager refused the update: the spec is unchanged.
+            journal.append(&finish(Outcome::Failed, Some(e.to_string())))?;
+            return Err(e.into());
+        }
+    }
+
+    let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+    let progress = Progress::new(
+        printer,
+        &format!(
+            "waiting for {} to converge on {} (timeout {})",
+            plan.service,
+            plan.to.display(),
+            crate::domain::duration::format(opts.health.timeout)
+        ),
+    );
+    let expected = opts
+        .health
+        .expect_version
+        .then_some(plan.to.version.as_deref())
+        .flatten();
+    let result = wait_converged(engine, plan, &digest, opts.health, expected, opts.health.timeout, |s| {
+        progress.set(&format!("{}: {s}", plan.service))
+    })
+    .await;
+    let mut failure = match result {
+        Ok(()) => {
+            progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
+            None
+        }
+        Err(f) => {
+            progress.finish(&format!("{} failed validation: {}", plan.service, f.invalid.why));
+            Some(f)
+        }
+    };
+    if failure.is_none() {
+        let env = hook_env(plan, opts, None);
+        match hooks::run(printer, "post", opts.hooks.post.as_deref(), &env, opts.hooks).await {
+            Ok(done) => notes.extend(done),
+            Err(e) => {
+                notes.push(e.to_string());
+                failure = Some(Failed {
+                    invalid: Invalid {
+                        why: e.to_string(),
+                        container: None,
+                        probe_unreachable: false,
+                    },
+                    logs: Vec::new(),
+                });
+            }
+        }
+    }
+
+    if let Some(Failed { invalid, logs }) = failure {
+        printer.note(format!(
+            "putting the previous version back on {}: {}",
+            plan.service,
+            short_image(&plan.previous_image)
+        ));
+        let reverted = revert(engine, plan, opts.auth, printer).await;
+        let outcome = match (&reverted, invalid.probe_unreachable) {
+            (Err(_), _) => Outcome::RevertFailed,
+            (Ok(()), true) => Outcome::RevertedProbeUnreachable,
+            (Ok(()), false) => Outcome::Reverted,
+        };
+        let env = hook_env(plan, opts, Some(outcome));
+        match hooks::run(printer, "on_revert", opts.hooks.on_revert.as_deref(), &env, opts.hooks).await {
+            Ok(done) => notes.extend(done),
+            Err(e) => {
+                printer.note(format!("warning: {e}"));
+                notes.push(e.to_string());
+            }
+        }
+        let why = invalid.why;
+        let detail = match &reverted {
+            Ok(()) => why.clone(),
+            Err(e) => format!("{why}; revert: {e}"),
+        };
+        let record = Record {
+            notes,
+            logs: logs.clone(),
+            ..finish(outcome, Some(detail))
+        };
+        journal.append(&record)?;
+        crate::ops::swap::print_logs(printer, &logs);
+        crate::ops::swap::announce(
+            journal,
+            printer,
+            &base,
+            opts,
+            outcome,
+            Some(why.clone()),
+            record.duration_ms,
+        )
+        .await;
+        let version = plan.to.display();
+        return Err(match reverted {
+            Ok(()) => Failure::Reverted { version, why },
+            Err(revert_error) => Failure::RevertFailed {
+                version,
+                why,
+                revert_error,
+            },
+        }
+        .into());
+    }
+
+    let committed = journal.append(&Record {
+        at: Utc::now(),
+        phase: Phase::Committed,
+        ..base.clone()
+    });
+    let record = Record {
+        notes,
+        ..finish(Outcome::Ok, None)
+    };
+    let finished = journal.append(&record);
+    if let Err(e) = committed.and(finished) {
+        return Err(Failure::NotRecorded {
+            what: format!(
+                "the validated {} {} on {}",
+                plan.op.as_str(),
+                plan.to.display(),
+                plan.target
+            ),
+            error: e.to_string(),
+        }
+        .into());
+    }
+    crate::ops::swap::announce(journal, printer, &base, opts, Outcome::Ok, None, record.duration_ms).await;
+    Ok(SwapReport {
+        op: plan.op,
+        target: plan.target.clone(),
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        containers: vec![plan.service.clone()],
+        result: Outcome::Ok,
+        forward: false,
+        pulled: false,
+        duration_ms: record.duration_ms.unwrap_or_default(),
+        detail: None,
+        logs: Vec::new(),
+    })
+}
+
+fn hook_env(plan: &SwarmPlan, opts: &SwapOptions<'_>, result: Option<Outcome>) -> HookEnv {
+    HookEnv {
+        op: plan.op.as_str().to_string(),
+        from_version: plan.from.version.clone(),
+        to_version: plan.to.version.clone(),
+        digest: plan.to.digest.as_ref().map(ToString::to_string),
+        target: plan.target.clone(),
+        hosts: Vec::new(),
+        result: result.map(|r| r.as_str().to_string()),
+        reason: opts.reason.map(str::to_string),
+    }
+}
+
+/// `repo:tag@sha256:abcdef…` shortened for messages.
+fn short_image(image: &str) -> String {
+    match pinned(image) {
+        Some(d) => format!("{}@{}", image.split_once('@').map_or(image, |(n, _)| n), d.short()),
+        None => image.to_string(),
+    }
+}
+
+/// A failed validation and the failing task's last lines.
+#[derive(Debug)]
+pub struct Failed {
+    pub invalid: Invalid,
+    pub logs: Vec<String>,
+}
+
+fn invalid(why: String) -> Failed {
+    Failed {
+        invalid: Invalid {
+            why,
+            container: None,
+            probe_unreachable: false,
+        },
+        logs: Vec::new(),
+    }
+}
+
+/// Waits until the update is Swarm's `completed`, every task Swarm wants running runs `digest`
+/// (as many as the service asks for), the probe answers on each task's host-mode port, and with
+/// `expected` every task carries that version. Fails at once when Swarm paused or rolled the
+/// update back, or a task on the new digest failed.
+async fn wait_converged(
+    engine: &Engine,
+    plan: &SwarmPlan,
+    digest: &str,
+    health: &HealthSettings,
+    expected: Option<&str>,
+    timeout: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<(), Failed> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let http = validate::http_client();
+    let before = plan.service_view.update_started.clone();
+    let (mut probed, mut probe_reached) = (false, false);
+    let mut last_status = String::from("update sent");
+    loop {
+        if interrupt::requested() {
+            return Err(invalid("interrupted".into()));
+        }
+        let svc = engine
+            .service(&plan.service_view.name, None)
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        let tasks = engine.service_tasks(&svc).await.map_err(|e| invalid(e.to_string()))?;
+        // The status of an update started before ours says nothing about ours.
+        let state = if svc.update_started != before {
+            svc.update_state.clone()
+        } else {
+            None
+        };
+        if let Some(s) = state.as_deref()
+            && matches!(
+                s,
+                "paused" | "rollback_started" | "rollback_paused" | "rollback_completed"
+            )
+        {
+            let failed = tasks.iter().find(|t| is_failed_on(t, digest));
+            let logs = match failed {
+                Some(t) => engine.task_logs_tail(&t.id, 20).await,
+                None => Vec::new(),
+            };
+            let mut why = format!(
+                "Swarm {} the update ({})",
+                match s {
+                    "paused" => "paused",
+                    "rollback_completed" => "rolled back",
+                    _ => "is rolling back",
+                },
+                svc.update_message.as_deref().unwrap_or(s)
+            );
+            if let Some(t) = failed {
+                why.push_str(&format!(
+                    "; task {} on {}: {}",
+                    t.name,
+                    t.node,
+                    t.error.as_deref().unwrap_or(&t.state)
+                ));
+            }
+            return Err(Failed {
+                invalid: Invalid {
+                    why,
+                    container: None,
+                    probe_unreachable: false,
+                },
+                logs,
+            });
+        }
+        if let Some(t) = tasks.iter().find(|t| is_failed_on(t, digest)) {
+            let logs = engine.task_logs_tail(&t.id, 20).await;
+            return Err(Failed {
+                invalid: Invalid {
+                    why: format!(
+                        "task {} on {} failed: {}",
+                        t.name,
+                        t.node,
+                        t.error.as_deref().unwrap_or(&t.state)
+                    ),
+                    container: Some(t.name.clone()),
+                    probe_unreachable: false,
+                },
+                logs,
+            });
+        }
+        let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+        let on_new = live
+            .iter()
+            .filter(|t| t.digest().is_some_and(|d| d.to_string() == digest) && t.state == "running")
+            .count();
+        let wanted = plan.replicas.map_or(live.len(), |r| r as usize);
+        let settled = on_new == live.len() && on_new >= wanted && state.as_deref() == Some("completed");
+        last_status = if settled {
+            last_status
+        } else {
+            format!(
+                "{on_new}/{wanted} tasks running {}, update {}",
+                plan.to.display(),
+                state.as_deref().unwrap_or("starting")
+            )
+        };
+        let mut ok = settled;
+        if ok && let Some(want) = expected {
+            for t in &live {
+                let carried = entry(task_container(t)).image.version;
+                if !same_version(carried.as_deref(), want) {
+                    return Err(invalid(format!(
+                        "task {} carries version {}, expected {want}",
+                        t.name,
+                        carried.as_deref().unwrap_or("(none)")
+                    )));
+                }
+            }
+        }
+        if ok && let Some(url) = &health.http {
+            probed = true;
+            match probe_tasks(&http, engine, url, &live).await {
+                Ok(()) => {}
+                Err(e) => {
+                    probe_reached |= e.reached;
+                    ok = false;
+                    last_status = e.message;
+                }
+            }
+        }
+        if ok {
+            return Ok(());
+        }
+        progress(&last_status);
+        if Instant::now() >= deadline {
+            let limit = crate::domain::duration::format(timeout);
+            if probed && !probe_reached {
+                return Err(Failed {
+                    invalid: Invalid {
+                        why: format!(
+                            "the probe never reached anything within {limit} ({last_status}); the tasks ran; \
+                             check [health] http (it is requested from {} at each task's host-mode port)",
+                            engine.probe_origin()
+                        ),
+                        container: None,
+                        probe_unreachable: true,
+                    },
+                    logs: Vec::new(),
+                });
+            }
+            return Err(invalid(format!("not converged within {limit} ({last_status})")));
+        }
+        tokio::time::sleep(validate::poll_interval(start.elapsed()).max(Duration::from_millis(100))).await;
+    }
+}
+
+fn same_version(carried: Option<&str>, want: &str) -> bool {
+    use crate::domain::version::{parse_version, strip_build};
+    let v = |s: &str| parse_version(s).map(|v| strip_build(&v));
+    matches!((carried.and_then(v), v(want)), (Some(a), Some(b)) if a == b)
+}
+
+/// A task that ran (or tried to run) `digest` and failed: Swarm gave up on it.
+fn is_failed_on(t: &TaskView, digest: &str) -> bool {
+    t.digest().is_some_and(|d| d.to_string() == digest) && matches!(t.state.as_str(), "failed" | "rejected")
+}
+
+/// Probes `url` on every task: a loopback URL (`http://127.0.0.1:8080/health`) means each task's
+/// own port, reached at its node's address and host-mode published port; any other URL (a load
+/// balancer) is requested once as it is.
+async fn probe_tasks(
+    http: &reqwest::Client,
+    engine: &Engine,
+    url: &str,
+    tasks: &[&TaskView],
+) -> Result<(), validate::ProbeError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| validate::ProbeError {
+        message: format!("parse {url}: {e}"),
+        reached: false,
+    })?;
+    let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let Some(port) = parsed.port_or_known_default() else {
+        return validate::probe(http, engine, url).await;
+    };
+    if !loopback {
+        return validate::probe(http, engine, url).await;
+    }
+    let mut reached_one = false;
+    for t in tasks {
+        let (Some(addr), Some(host_port)) = (t.node_addr.as_deref(), t.host_port(port)) else {
+            // No host-mode port for it: the task cannot be probed from outside its node.
+            continue;
+        };
+        let mut u = parsed.clone();
+        if u.set_host(Some(addr)).is_err() || u.set_port(Some(host_port)).is_err() {
+            continue;
+        }
+        reached_one = true;
+        validate::probe(http, engine, u.as_str())
+            .await
+            .map_err(|e| validate::ProbeError {
+                message: format!("task {} on {} (GET {u}): {}", t.name, t.node, e.message),
+                reached: e.reached,
+            })?;
+    }
+    if !reached_one {
+        tracing::debug!("no task publishes port {port} in host mode; the probe was not sent");
+    }
+    Ok(())
+}
+
+/// One pass of every check on the service as it runs now, for `backtrack validate`: each task
+/// Swarm wants running is running the spec's image and carries its version, the update is not
+/// stuck, and the probe answers on each task's host-mode port.
+pub async fn check_now(
+    engine: &Engine,
+    target: &TargetSettings,
+    health: &HealthSettings,
+) -> anyhow::Result<Vec<validate::Check>> {
+    use validate::Check;
+    let svc = service(engine, target).await?;
+    let tasks = engine.service_tasks(&svc).await?;
+    let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+    let labels = svc.container_labels();
+    let spec_version = labels
+        .get(LABEL_VERSION)
+        .filter(|_| labels.get(LABEL_IMAGE) == Some(&svc.image))
+        .cloned();
+    let mut checks = Vec::new();
+    let running = live.iter().filter(|t| t.state == "running").count();
+    let wanted = svc.replicas.map_or(live.len(), |r| r as usize);
+    checks.push(Check {
+        name: format!("{}: replicas", svc.name),
+        ok: running >= wanted && running == live.len(),
+        detail: format!("{running}/{wanted} running"),
+    });
+    if let Some(state) = &svc.update_state {
+        checks.push(Check {
+            name: format!("{}: last update", svc.name),
+            ok: state == "completed" || state == "rollback_completed",
+            detail: match &svc.update_message {
+                Some(m) => format!("{state}: {m}"),
+                None => state.clone(),
+            },
+        });
+    }
+    for t in &live {
+        checks.push(Check {
+            name: format!("{} on {}: running", t.name, t.node),
+            ok: t.state == "running" && same_image(&t.image, &svc.image),
+            detail: format!("{} ({})", t.state, short_image(&t.image)),
+        });
+        if health.expect_version
+            && let Some(want) = &spec_version
+        {
+            let carried = entry(task_container(t)).image.version;
+            checks.push(Check {
+                name: format!("{}: version", t.name),
+                ok: same_version(carried.as_deref(), want),
+                detail: format!("carries {}", carried.as_deref().unwrap_or("no version")),
+            });
+        }
+    }
+    if let Some(url) = &health.http {
+        let r = probe_tasks(&validate::http_client(), engine, url, &live).await;
+        checks.push(Check {
+            name: format!("GET {url} on every task"),
+            ok: r.is_ok(),
+            detail: r.err().map_or_else(|| "2xx".into(), |e| e.message),
+        });
+    }
+    Ok(checks)
+}
+
+/// A task seen as a container (what version checks and reports read).
+fn task_container(t: &TaskView) -> ContainerView {
+    ContainerView {
+        name: t.name.clone(),
+        id: t.container_id.clone().unwrap_or_else(|| t.id.clone()),
+        image_ref: t.image.clone(),
+        image_id: String::new(),
+        state: t.state.clone(),
+        health: None,
+        restart_count: 0,
+        labels: t.labels.clone(),
+        env: t.env.clone(),
+    }
+}
+
+/// Watches a service that validated for `duration`: a task that fails or leaves the digest, or
+/// a failed probe, ends the soak with the reason.
+pub async fn soak(
+    engine: &Engine,
+    target: &TargetSettings,
+    digest: &str,
+    health: &HealthSettings,
+    duration: Duration,
+) -> Result<(), Invalid> {
+    let deadline = Instant::now() + duration;
+    let http = validate::http_client();
+    let fail = |why: String| Invalid {
+        why,
+        container: None,
+        probe_unreachable: false,
+    };
+    while Instant::now() < deadline {
+        if interrupt::requested() {
+            return Err(fail("interrupted".into()));
+        }
+        let svc = service(engine, target).await.map_err(|e| fail(e.to_string()))?;
+        let tasks = engine.service_tasks(&svc).await.map_err(|e| fail(e.to_string()))?;
+        if let Some(t) = tasks.iter().find(|t| is_failed_on(t, digest)) {
+            return Err(fail(format!(
+                "task {} on {} failed: {}",
+                t.name,
+                t.node,
+                t.error.as_deref().unwrap_or(&t.state)
+            )));
+        }
+        let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+        if let Some(t) = live
+            .iter()
+            .find(|t| t.state != "running" || t.digest().is_none_or(|d| d.to_string() != digest))
+        {
+            return Err(fail(format!(
+                "task {} on {} is {} ({})",
+                t.name,
+                t.node,
+                t.state,
+                short_image(&t.image)
+            )));
+        }
+        if let Some(url) = &health.http {
+            probe_tasks(&http, engine, url, &live)
+                .await
+                .map_err(|e| fail(e.message))?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Puts the spec read before the update back (unless Swarm's own rollback already did) and
+/// waits until the tasks run the previous image again.
+async fn revert(engine: &Engine, plan: &SwarmPlan, auth: Option<&PullAuth>, printer: &Printer) -> Result<(), String> {
+    put_back(
+        engine,
+        &plan.service_view.name,
+        &plan.service_view.spec,
+        &plan.previous_image,
+        auth,
+        printer,
+    )
+    .await
+}
+
+/// Puts `spec` (naming `previous_image`) back on the service and waits for its tasks.
+async fn put_back(
+    engine: &Engine,
+    name: &str,
+    spec: &ServiceSpec,
+    previous_image: &str,
+    auth: Option<&PullAuth>,
+    printer: &Printer,
+) -> Result<(), String> {
+    let svc = engine.service(name, None).await.map_err(|e| e.to_string())?;
+    if svc.image != previous_image {
+        let mut spec = spec.clone();
+        // The old spec as it was, but its force-update counter never goes back (an emergency
+        // may have raised it).
+        if let Some(t) = spec.task_template.as_mut() {
+            let current = svc
+                .spec
+                .task_template
+                .as_ref()
+                .and_then(|t| t.force_update)
+                .unwrap_or(0);
+            t.force_update = Some(current.max(t.force_update.unwrap_or(0)));
+        }
+        engine
+            .update_service(&svc, spec, auth)
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        printer.note(format!("{name}: Swarm already put the previous spec back"));
+    }
+    let start = Instant::now();
+    loop {
+        let svc = engine.service(name, None).await.map_err(|e| e.to_string())?;
+        let tasks = engine.service_tasks(&svc).await.map_err(|e| e.to_string())?;
+        let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+        let back = live
+            .iter()
+            .filter(|t| same_image(&t.image, previous_image) && t.state == "running")
+            .count();
+        let wanted = svc.replicas.map_or(live.len(), |r| r as usize);
+        let updating = matches!(svc.update_state.as_deref(), Some("updating" | "rollback_started"));
+        if back == live.len() && back >= wanted && !updating {
+            return Ok(());
+        }
+        if start.elapsed() > REVERT_WAIT {
+            return Err(format!(
+                "{back}/{wanted} tasks run the previous image after {}s (update {})",
+                REVERT_WAIT.as_secs(),
+                svc.update_state.as_deref().unwrap_or("-")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two image references name the same image: the same pinned digest, else the same text.
+fn same_image(a: &str, b: &str) -> bool {
+    match (pinned(a), pinned(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Settles the open operations of a swarm target (call with the lock held): a committed one is
+/// recorded done; one interrupted before its verdict gets the previous image back (the spec as
+/// it is now, with that image), as a swap of containers would.
+pub async fn settle(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+    target: &TargetSettings,
+    auth: Option<&PullAuth>,
+) -> anyhow::Result<usize> {
+    let records = journal.read()?;
+    let open = history::open_operations(&records);
+    for (started, committed) in &open {
+        let what = format!(
+            "{} to {} started {}",
+            started.op.as_str(),
+            started.to.as_ref().map_or("-".into(), |t| t.display()),
+            started.at.format("%Y-%m-%d %H:%M:%SZ"),
+        );
+        let who = state::Identity::current();
+        let (outcome, problem) = if *committed {
+            printer.note(format!(
+                "found an interrupted {what}; it had validated, so recording it done"
+            ));
+            (Outcome::Ok, None)
+        } else if started.op == Operation::Emergency {
+            printer.note(format!("found an interrupted {what}; Swarm finishes it on its own"));
+            (Outcome::Failed, None)
+        } else {
+            printer.note(format!(
+                "found an interrupted {what}; putting the previous version back"
+            ));
+            let previous = started.containers.first().and_then(|s| started.saved.get(s));
+            match previous {
+                None => (
+                    Outcome::RevertFailed,
+                    Some("the journal does not say which image ran before".to_string()),
+                ),
+                Some(previous) => {
+                    let svc = service(engine, target).await?;
+                    let mut spec = svc.spec.clone();
+                    if let Some(c) = spec.task_template.as_mut().and_then(|t| t.container_spec.as_mut()) {
+                        c.image = Some(previous.clone());
+                        if let Some(l) = c.labels.as_mut() {
+                            l.remove(LABEL_VERSION);
+                            l.remove(LABEL_TAG);
+                            l.remove(LABEL_EMERGENCY);
+                            l.insert(LABEL_IMAGE.into(), previous.clone());
+                            if let Some(from) = &started.from {
+                                if let Some(v) = &from.version {
+                                    l.insert(LABEL_VERSION.into(), v.clone());
+                                }
+                                if let Some(t) = &from.tag {
+                                    l.insert(LABEL_TAG.into(), t.clone());
+                                }
+                            }
+                        }
+                    }
+                    match put_back(engine, &svc.name, &spec, previous, auth, printer).await {
+                        Ok(()) => (Outcome::RolledBackAfterCrash, None),
+                        Err(e) => (Outcome::RevertFailed, Some(e)),
+                    }
+                }
+            }
+        };
+        let detail = match &problem {
+            None => format!("settled by pid {} of {}@{}", std::process::id(), who.user, who.host),
+            Some(p) => format!("settling failed: {p}"),
+        };
+        journal.append(&started.finish(Utc::now(), outcome, None, Some(detail.clone())))?;
+        if problem.is_some() {
+            return Err(Failure::SettleFailed { what, detail }.into());
+        }
+        printer.note(format!("settled: {}", outcome.as_str()));
+    }
+    Ok(open.len())
+}
+
+/// Replaces every task with `plan`'s image and waits until they run it, with no verdict on
+/// health and no revert: `emergency`. Journaled like any operation.
+pub async fn emergency(
+    engine: &Engine,
+    journal: &Journal,
+    printer: &Printer,
+    plan: &SwarmPlan,
+    opts: &SwapOptions<'_>,
+) -> anyhow::Result<SwapReport> {
+    let (auth, reason, wait) = (opts.auth, opts.reason, opts.health.timeout);
+    let started = Instant::now();
+    let base = Record {
+        target: Some(plan.target.clone()),
+        from: Some(plan.from.clone()),
+        to: Some(plan.to.clone()),
+        reason: reason.map(str::to_string),
+        ..state::begin(Operation::Emergency)
+    };
+    journal.append(&Record {
+        containers: vec![plan.service.clone()],
+        saved: BTreeMap::from([(plan.service.clone(), plan.previous_image.clone())]),
+        ..base.clone()
+    })?;
+    let finish = |result: Outcome, detail: Option<String>| {
+        base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
+    };
+    if let Err(e) = engine.update_service(&plan.service_view, plan.spec.clone(), auth).await {
+        journal.append(&finish(Outcome::Failed, Some(e.to_string())))?;
+        return Err(e.into());
+    }
+    // No gate: wait only so the report can say whether the tasks run it.
+    let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+    let progress = Progress::new(
+        printer,
+        &format!("waiting for {} to run {}", plan.service, plan.to.display()),
+    );
+    let no_checks = HealthSettings {
+        http: None,
+        timeout: wait,
+        expect_version: false,
+    };
+    let ran = wait_converged(engine, plan, &digest, &no_checks, None, wait, |s| progress.set(s)).await;
+    let detail = match &ran {
+        Ok(()) => {
+            progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
+            None
+        }
+        Err(f) => {
+            progress.finish(&format!("warning: {}", f.invalid.why));
+            Some(format!("not converged: {}", f.invalid.why))
+        }
+    };
+    let record = finish(Outcome::Ok, detail.clone());
+    journal.append(&record)?;
+    crate::ops::swap::announce(
+        journal,
+        printer,
+        &base,
+        opts,
+        Outcome::Ok,
+        detail.clone(),
+        record.duration_ms,
+    )
+    .await;
+    Ok(SwapReport {
+        op: Operation::Emergency,
+        target: plan.target.clone(),
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        containers: vec![plan.service.clone()],
+        result: Outcome::Ok,
+        forward: false,
+        pulled: false,
+        duration_ms: record.duration_ms.unwrap_or_default(),
+        detail,
+        logs: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_read_from_pinned_and_plain_references() {
+        for (image, tag) in [
+            ("127.0.0.1:5000/app:1.2.0@sha256:abcd", Some("1.2.0")),
+            ("127.0.0.1:5000/app@sha256:abcd", None),
+            ("127.0.0.1:5000/app", None),
+            ("app:v2", Some("v2")),
+        ] {
+            assert_eq!(tag_of(image).as_deref(), tag, "{image}");
+        }
+    }
+
+    #[test]
+    fn images_match_by_digest_before_text() {
+        let d = "sha256:".to_string() + &"a".repeat(64);
+        assert!(same_image(&format!("r/app:1.0@{d}"), &format!("r/app:other@{d}")));
+        assert!(!same_image(&format!("r/app:1.0@{d}"), "r/app:1.0"));
+        assert!(same_image("r/app:1.0", "r/app:1.0"));
+    }
+}
