@@ -541,8 +541,17 @@ async fn wait_converged(
         last_status = if settled {
             last_status
         } else {
+            // Why a task on the new digest is not running yet (e.g. `no suitable node`).
+            let waiting = live
+                .iter()
+                .find(|t| t.digest().is_some_and(|d| d.to_string() == digest) && t.state != "running")
+                .map(|t| match t.error.as_deref() {
+                    Some(e) => format!(" ({} on {}: {}: {e})", t.name, t.node, t.state),
+                    None => format!(" ({} on {}: {})", t.name, t.node, t.state),
+                })
+                .unwrap_or_default();
             format!(
-                "{on_new}/{wanted} tasks running {}, update {}",
+                "{on_new}/{wanted} tasks running {}{waiting}, update {}",
                 plan.to.display(),
                 state.as_deref().unwrap_or("starting")
             )

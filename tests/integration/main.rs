@@ -15,6 +15,7 @@ mod rebuild;
 mod remote;
 mod state;
 mod swap;
+mod swarm;
 mod versions;
 mod warm;
 

@@ -1,0 +1,541 @@
+//! Swarm services on the real 2-node swarm `scripts/test-env` starts: engines in network
+//! namespaces bt-s1 (manager) and bt-s2 (worker), joined over a bridge this namespace also sits
+//! on (10.231.0.0/24), so host-mode published ports are reachable from here as from a machine on
+//! the nodes' network. The main engine never joins a swarm (checked). Services publish in host
+//! mode (the ingress mesh does not work on this kernel) and each test removes its own.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{AppImage, BASE_IMAGE, Repo, Test, base_image, docker, docker_ok, unique};
+
+fn swarm_dir() -> PathBuf {
+    std::env::var_os("BACKTRACK_TEST_SWARM_DIR")
+        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/swarm"), PathBuf::from)
+}
+
+fn manager_socket() -> String {
+    format!("unix://{}", swarm_dir().join("s1/docker.sock").display())
+}
+
+/// `docker` against the swarm's manager.
+fn s1(args: &[&str]) -> Output {
+    let socket = manager_socket();
+    docker(&[&["-H", socket.as_str()], args].concat())
+}
+
+fn s1_ok(args: &[&str]) -> String {
+    let out = s1(args);
+    assert!(
+        out.status.success(),
+        "docker (swarm manager) {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Fails loudly when the swarm is not there, and checks the main engine stays out of it.
+fn require_swarm() {
+    let nodes = s1(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]);
+    let listed = String::from_utf8_lossy(&nodes.stdout).to_string();
+    assert!(
+        nodes.status.success() && listed.matches("Ready").count() == 2,
+        "no 2-node swarm answers at {} ({listed}{}): run `scripts/test-env` (as root) first",
+        manager_socket(),
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    let main = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(main, "inactive", "the main engine must stay out of swarm mode");
+}
+
+/// A service on the swarm, removed when dropped.
+struct Service {
+    name: String,
+    /// A stack it belongs to (removed with `docker stack rm`).
+    stack: Option<String>,
+}
+
+impl Service {
+    /// `docker service create` with `replicas` tasks, one per node, publishing 8080 in host mode.
+    fn create(prefix: &str, image: &str, extra: &[&str]) -> Self {
+        require_swarm();
+        let name = unique(prefix);
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--name",
+            &name,
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+            "--publish",
+            "mode=host,target=8080",
+            "--update-monitor",
+            "1s",
+            "--stop-grace-period",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        s1_ok(&args);
+        let s = Self { name, stack: None };
+        s.wait_running(image, Duration::from_secs(90));
+        s
+    }
+
+    /// `docker stack deploy` of a compose file with service `web` (2 replicas, host-mode port).
+    fn stack(prefix: &str, image: &str) -> Self {
+        require_swarm();
+        let stack = unique(prefix);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stack.yml");
+        std::fs::write(
+            &file,
+            format!(
+                "version: \"3.8\"\nservices:\n  web:\n    image: {image}\n    ports:\n      - target: 8080\n        mode: host\n    \
+                 stop_grace_period: 2s\n    deploy:\n      replicas: 2\n      update_config:\n        monitor: 1s\n"
+            ),
+        )
+        .unwrap();
+        s1_ok(&["stack", "deploy", "--compose-file", file.to_str().unwrap(), &stack]);
+        let s = Self {
+            name: format!("{stack}_web"),
+            stack: Some(stack),
+        };
+        s.wait_running(image, Duration::from_secs(90));
+        s
+    }
+
+    /// The digest each task Swarm wants running runs, with its node and state.
+    fn tasks(&self) -> Vec<(String, String, String)> {
+        let out = s1_ok(&[
+            "service",
+            "ps",
+            &self.name,
+            "--filter",
+            "desired-state=running",
+            "--no-trunc",
+            "--format",
+            "{{.Node}} {{.Image}} {{.CurrentState}}",
+        ]);
+        out.lines()
+            .map(|l| {
+                let mut parts = l.split_whitespace();
+                let node = parts.next().unwrap_or_default().to_string();
+                let image = parts.next().unwrap_or_default().to_string();
+                let digest = image.rsplit_once('@').map_or(image.clone(), |(_, d)| d.to_string());
+                (node, digest, parts.next().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    /// The image the spec names.
+    fn spec_image(&self) -> String {
+        s1_ok(&[
+            "service",
+            "inspect",
+            &self.name,
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        ])
+    }
+
+    fn wait_running(&self, image: &str, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let tasks = self.tasks();
+            if tasks.len() == 2 && tasks.iter().all(|(_, _, state)| state == "Running") {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "service {} ({image}) did not get 2 running tasks: {tasks:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The config of a test on this service.
+    fn test(&self, repo: &Repo, health: &str) -> Test {
+        let stack = match &self.stack {
+            Some(s) => format!("stack = \"{s}\"\nname = \"web\"\n"),
+            None => format!("name = \"{}\"\n", self.name),
+        };
+        Test::new().repo(
+            repo,
+            &format!(
+                "[target]\nkind = \"swarm\"\n{stack}host = \"{}\"\n[health]\n{health}\n",
+                manager_socket()
+            ),
+        )
+    }
+
+    /// What each task serves at /health, asked at its node's address and host port.
+    fn served(&self) -> Vec<String> {
+        let ids = s1_ok(&["service", "ps", &self.name, "--filter", "desired-state=running", "-q"]);
+        let mut out = Vec::new();
+        for id in ids.lines() {
+            let node = s1_ok(&["inspect", id, "--format", "{{.NodeID}}"]);
+            let addr = s1_ok(&["node", "inspect", &node, "--format", "{{.Status.Addr}}"]);
+            let port = s1_ok(&[
+                "inspect",
+                id,
+                "--format",
+                "{{range .Status.PortStatus.Ports}}{{.PublishedPort}} {{end}}",
+            ]);
+            let port = port.split_whitespace().next().unwrap_or_default().to_string();
+            let body = crate::harness::http_get(&format!("http://{addr}:{port}/health")).unwrap_or_default();
+            out.push(body.trim().to_string());
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        match &self.stack {
+            Some(stack) => drop(s1(&["stack", "rm", stack])),
+            None => drop(s1(&["service", "rm", &self.name])),
+        }
+    }
+}
+
+/// Pushes a custom image to `repo` as `tag` (a Dockerfile over the busybox base); returns its digest.
+fn push_custom(repo: &Repo, tag: &str, dockerfile: &str) -> String {
+    base_image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile.replace("BASE", BASE_IMAGE)).unwrap();
+    let image = format!("{}:{tag}", repo.image());
+    docker_ok(&["build", "-q", "-t", &image, dir.path().to_str().unwrap()]);
+    docker_ok(&["push", "-q", &image]);
+    repo.tag_digest(tag).expect("pushed tag has a digest")
+}
+
+const PROBE: &str = "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"60s\"";
+
+#[test]
+fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out() {
+    let repo = Repo::new("swarm-roll");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let svc = Service::create("bt-swarm-roll", &format!("{}:1.0.0", repo.image()), &[]);
+    let t = svc.test(&repo, PROBE);
+
+    // --parallelism overrides the service's own update config (1 at a time).
+    let run = t.exec(["deploy", "1.1.0", "--yes", "--parallelism", "2"]).success();
+    assert!(run.stdout.contains("deployed swarm service"), "{}", run.stdout);
+    let tasks = svc.tasks();
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+    let nodes: std::collections::BTreeSet<_> = tasks.iter().map(|t| t.0.clone()).collect();
+    assert_eq!(nodes.len(), 2, "one task per node: {tasks:?}");
+    assert!(tasks.iter().all(|t| t.1 == d2), "every task on 1.1.0: {tasks:?}");
+    assert_eq!(svc.served(), vec!["1.1.0", "1.1.0"]);
+    assert!(
+        svc.spec_image().ends_with(&d2),
+        "pinned by digest: {}",
+        svc.spec_image()
+    );
+    let parallelism = s1_ok(&[
+        "service",
+        "inspect",
+        &svc.name,
+        "--format",
+        "{{.Spec.UpdateConfig.Parallelism}}",
+    ]);
+    assert_eq!(parallelism, "2");
+
+    t.exec(["rollback", "--yes"]).success();
+    let tasks = svc.tasks();
+    assert!(tasks.iter().all(|t| t.1 == d1), "every task back on 1.0.0: {tasks:?}");
+    assert_eq!(svc.served(), vec!["1.0.0", "1.0.0"]);
+
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    let rows = status["tasks"].as_array().unwrap();
+    let on: std::collections::BTreeSet<_> = rows.iter().map(|r| r["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(on, ["bt-s1".to_string(), "bt-s2".to_string()].into(), "{status}");
+    assert!(
+        rows.iter().all(|r| r["version"] == "1.0.0" && r["state"] == "running"),
+        "{status}"
+    );
+    assert_eq!(status["running"], 2);
+    assert_eq!(status["replicas"], 2);
+    assert!(status["warnings"].as_array().unwrap().is_empty(), "{status}");
+
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let ops: Vec<_> = history["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap().to_string(),
+                o["result"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![("deploy".into(), "ok".into()), ("rollback".into(), "ok".into())],
+        "{history}"
+    );
+    let versions = t.exec(["versions", "--output", "json"]).success().json();
+    let deployed: Vec<_> = versions["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["marks"].as_array().unwrap().iter().any(|m| m == "deployed"))
+        .map(|v| v["tag"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deployed, vec!["1.0.0"], "{versions}");
+    require_swarm();
+}
+
+#[test]
+fn swarm_failing_healthcheck_is_reverted_and_recorded() {
+    let repo = Repo::new("swarm-hc");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    repo.push(&AppImage::new("1.1.0").healthcheck(false));
+    let svc = Service::create("bt-swarm-hc", &format!("{}:1.0.0", repo.image()), &[]);
+    let t = svc.test(&repo, PROBE);
+    let run = t.exec(["deploy", "1.1.0", "--yes"]).code(6);
+    assert!(
+        run.stderr.contains("unhealthy") || run.stderr.contains("Swarm"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        svc.spec_image().ends_with(&d1),
+        "spec back on 1.0.0: {}",
+        svc.spec_image()
+    );
+    svc.wait_running(&d1, Duration::from_secs(60));
+    assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let last = history["operations"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["result"], "reverted", "{history}");
+    assert_eq!(last["to"]["version"], "1.1.0", "{history}");
+    let versions = t.exec(["versions", "--output", "json"]).success().json();
+    let v110 = versions["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["tag"] == "1.1.0")
+        .unwrap()
+        .clone();
+    assert!(
+        v110["marks"].as_array().unwrap().iter().any(|m| m == "failed"),
+        "{versions}"
+    );
+}
+
+#[test]
+fn swarm_probe_failing_on_one_task_reverts_naming_that_task() {
+    let repo = Repo::new("swarm-probe");
+    let d1 = repo.push(&AppImage::new("1.0.0"));
+    // 1.1.0 serves /health everywhere but on node bt-s2 (Swarm fills NODE_HOST per task).
+    push_custom(
+        &repo,
+        "1.1.0",
+        "FROM BASE\nLABEL org.opencontainers.image.version=\"1.1.0\"\nCMD [\"/bin/sh\",\"-c\",\"mkdir -p /www; \
+         [ \\\"$NODE_HOST\\\" = bt-s2 ] || echo 1.1.0 > /www/health; trap 'kill $pid; exit 0' TERM; \
+         httpd -f -p 8080 -h /www & pid=$!; wait $pid\"]\n",
+    );
+    let svc = Service::create(
+        "bt-swarm-probe",
+        &format!("{}:1.0.0", repo.image()),
+        &["--env", "NODE_HOST={{.Node.Hostname}}"],
+    );
+    let t = svc.test(&repo, "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"30s\"");
+    let run = t.exec(["deploy", "1.1.0", "--yes"]).code(6);
+    assert!(
+        run.stderr.contains("on bt-s2") && run.stderr.contains("HTTP 404"),
+        "{}",
+        run.stderr
+    );
+    svc.wait_running(&d1, Duration::from_secs(60));
+    assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
+    assert_eq!(svc.served(), vec!["1.0.0", "1.0.0"]);
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(
+        history["operations"].as_array().unwrap().last().unwrap()["result"],
+        "reverted",
+        "{history}"
+    );
+}
+
+#[test]
+fn swarm_stack_service_is_found_by_its_stack_name() {
+    let repo = Repo::new("swarm-stack");
+    repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let svc = Service::stack("bt-stack", &format!("{}:1.0.0", repo.image()));
+    let t = svc.test(&repo, PROBE);
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert_eq!(status["service"], svc.name.as_str(), "{status}");
+    let stack = svc.stack.clone().unwrap();
+    assert_eq!(status["target"], format!("swarm service {stack}/web"), "{status}");
+    // start-first: the new task runs before the old one stops (a host-mode port is dynamic, so
+    // both fit on one node).
+    t.exec(["deploy", "1.1.0", "--yes", "--order", "start-first"]).success();
+    assert!(svc.tasks().iter().all(|t| t.1 == d2), "{:?}", svc.tasks());
+    let order = s1_ok(&[
+        "service",
+        "inspect",
+        &svc.name,
+        "--format",
+        "{{.Spec.UpdateConfig.Order}}",
+    ]);
+    assert_eq!(order, "start-first");
+    // Without the stack, the name means another service: refused as a usage error.
+    let wrong = Test::new().repo(
+        &repo,
+        &format!(
+            "[target]\nkind = \"swarm\"\nname = \"web\"\nhost = \"{}\"\n",
+            manager_socket()
+        ),
+    );
+    let run = wrong.exec(["status"]).code(2);
+    assert!(run.stderr.contains("no such service"), "{}", run.stderr);
+}
+
+#[test]
+fn swarm_emergency_forces_last_known_good_onto_every_task() {
+    let repo = Repo::new("swarm-emergency");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let svc = Service::create(
+        "bt-swarm-em",
+        &format!("{}:1.1.0", repo.image()),
+        &["--update-parallelism", "2"],
+    );
+    let t = svc.test(&repo, PROBE);
+    t.exec(["mark-good", "1.0.0"]).success();
+    assert!(svc.tasks().iter().all(|t| t.1 == d2));
+    let plan = t.exec(["emergency", "--dry-run"]).success();
+    assert!(plan.stdout.contains("--force"), "{}", plan.stdout);
+    assert!(svc.tasks().iter().all(|t| t.1 == d2), "a dry run changes nothing");
+    let run = t.exec(["emergency", "--yes", "--reason", "pager"]).success();
+    assert!(run.stdout.contains("EMERGENCY"), "{}", run.stdout);
+    assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("EMERGENCY")),
+        "{status}"
+    );
+    // A deploy leaves emergency mode.
+    t.exec(["deploy", "1.1.0", "--yes"]).success();
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert!(status["warnings"].as_array().unwrap().is_empty(), "{status}");
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let ops: Vec<_> = history["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops, vec!["mark-good", "emergency", "deploy"], "{history}");
+}
+
+#[test]
+fn swarm_update_interrupted_by_a_crash_is_put_back_by_the_next_run() {
+    let repo = Repo::new("swarm-crash");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let svc = Service::create("bt-swarm-crash", &format!("{}:1.0.0", repo.image()), &[]);
+    let t = svc.test(&repo, PROBE);
+    let mut child = t
+        .command()
+        .args(["deploy", "1.1.0", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the update is under way (the spec names 1.1.0), before its verdict.
+    let start = Instant::now();
+    while svc.spec_image().ends_with(&d1) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the update never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("did not finish")),
+        "{status}"
+    );
+    // The next run settles it first (the previous image goes back), then does its own work.
+    let run = t.exec(["rollback", "1.0.0", "--yes"]).success();
+    assert!(
+        run.stderr.contains("putting the previous version back"),
+        "{}",
+        run.stderr
+    );
+    assert!(svc.spec_image().ends_with(&d1), "{}", svc.spec_image());
+    assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(
+        history["operations"][0]["result"], "rolled-back-after-crash",
+        "{history}"
+    );
+}
+
+#[test]
+fn swarm_manager_over_ssh_keeps_journal_and_lock_on_the_manager() {
+    let repo = Repo::new("swarm-ssh");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let svc = Service::create(
+        "bt-swarm-ssh",
+        &format!("{}:1.0.0", repo.image()),
+        &["--update-parallelism", "2"],
+    );
+    let ssh_config = std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
+        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h2"), PathBuf::from)
+        .join("client/ssh_config");
+    let t = Test::new()
+        .repo(
+            &repo,
+            &format!(
+                "[target]\nkind = \"swarm\"\nname = \"{}\"\nhost = \"ssh://bt-remote@10.231.0.1\"\n[health]\n{PROBE}\n",
+                svc.name
+            ),
+        )
+        .env("BACKTRACK_SSH_CONFIG", ssh_config.to_str().unwrap());
+    t.exec(["deploy", "1.1.0", "--yes"]).success();
+    assert!(svc.tasks().iter().all(|t| t.1 == d2), "{:?}", svc.tasks());
+    t.exec(["rollback", "--yes"]).success();
+    assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
+    // The journal is on the manager's host, not here.
+    let remote_journal = swarm_dir()
+        .join("s1/state/backtrack/targets")
+        .join(format!("local_swarm_{}", svc.name))
+        .join("history.jsonl");
+    let text = std::fs::read_to_string(&remote_journal)
+        .unwrap_or_else(|e| panic!("no journal at {}: {e}", remote_journal.display()));
+    assert_eq!(text.matches("\"phase\":\"finished\"").count(), 2, "{text}");
+    assert!(!t.state_dir().join("targets").exists() || walk_has_no_journal(&t.state_dir()));
+}
+
+fn walk_has_no_journal(dir: &std::path::Path) -> bool {
+    let out = Command::new("find")
+        .args([dir.to_str().unwrap(), "-name", "journal*"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
