@@ -615,7 +615,11 @@ impl Report for SwarmPlanReport<'_> {
             p.parallelism,
             p.previous_image,
             p.command,
-        )
+        ) + &p
+            .warning
+            .as_ref()
+            .map(|w| format!("\nwarning: {w}"))
+            .unwrap_or_default()
     }
 }
 

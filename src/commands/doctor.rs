@@ -154,7 +154,12 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     if let (Some(reg), Some(cat)) = (&registry, &catalog) {
         other_pointers(&mut f, reg.as_ref(), cat, project, &pointer);
     }
+    let swarm = app.is_swarm();
     match (&engine, &registry, &lkg_digest) {
+        _ if swarm => f.push(Finding::skipped(
+            "lkg image",
+            "a Swarm service's images are on its nodes; `emergency` names the pinned digest and each node pulls it",
+        )),
         (Some(engine), Some(reg), Some(digest)) => lkg_image(&mut f, engine, reg.as_ref(), &pointer, digest).await,
         (None, _, _) => f.push(Finding::skipped("lkg image", "the engine is out of reach")),
         _ => f.push(Finding::skipped("lkg image", lkg_unknown)),
@@ -176,7 +181,16 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         (None, _) => f.push(Finding::skipped("health url", "no [health] http in the config")),
         (Some(_), None) => f.push(Finding::skipped("health url", "the engine is out of reach")),
         (Some(url), Some(engine)) => {
-            let probe = validate::check_now(engine, &[], &project.health, None).await;
+            let probe = match app.target() {
+                // Every task, at its node's address and host-mode port.
+                Ok(target) if swarm => crate::ops::swarm::check_now(engine, target, &project.health)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.name.starts_with("GET "))
+                    .collect(),
+                _ => validate::check_now(engine, &[], &project.health, None).await,
+            };
             match probe.into_iter().next() {
                 Some(c) if c.ok => f.push(Finding::ok("health url", format!("GET {url}: {}", c.detail))),
                 Some(c) => f.push(Finding::fail(

@@ -123,6 +123,8 @@ pub struct SwarmPlan {
     /// The equivalent docker command.
     pub command: String,
     pub note: Option<String>,
+    /// Something about the update config that may keep it from converging.
+    pub warning: Option<String>,
     #[serde(skip)]
     service_view: ServiceView,
     #[serde(skip)]
@@ -180,6 +182,19 @@ pub fn plan(
         _ => "stop-first",
     }
     .to_string();
+    let max_per_node = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .and_then(|p| p.max_replicas)
+        .filter(|m| *m > 0);
+    let warning = match max_per_node {
+        Some(m) if order == "start-first" => Some(format!(
+            "start-first needs room for a new task beside the old one, and {} allows {m} per node:              Swarm may leave new tasks pending until the timeout",
+            svc.name
+        )),
+        _ => None,
+    };
     let mut command = format!("docker service update --with-registry-auth --image {image}");
     if let Some(p) = overrides.parallelism {
         command.push_str(&format!(" --update-parallelism {p}"));
@@ -205,6 +220,7 @@ pub fn plan(
         force,
         command,
         note: None,
+        warning,
         service_view: svc.clone(),
         spec,
     }
@@ -242,6 +258,9 @@ pub async fn execute(
     let finish = |result: Outcome, detail: Option<String>| {
         base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
     };
+    if let Some(w) = &plan.warning {
+        printer.note(format!("warning: {w}"));
+    }
     printer.note(format!(
         "updating {}: {} -> {} ({}, {} at a time)",
         plan.target,
@@ -1040,6 +1059,178 @@ mod tests {
         ] {
             assert_eq!(tag_of(image).as_deref(), tag, "{image}");
         }
+    }
+
+    fn service_view(image: &str, labels: &[(&str, &str)]) -> ServiceView {
+        use bollard::models::{TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement};
+        let spec = ServiceSpec {
+            name: Some("web".into()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(image.into()),
+                    env: Some(vec!["MODE=prod".into()]),
+                    labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement {
+                    max_replicas: Some(1),
+                    ..Default::default()
+                }),
+                force_update: Some(3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ServiceView {
+            id: "svc1".into(),
+            name: "web".into(),
+            version: 7,
+            spec,
+            image: image.into(),
+            replicas: Some(2),
+            update_state: Some("completed".into()),
+            update_message: None,
+            update_started: None,
+        }
+    }
+
+    fn target() -> TargetSettings {
+        TargetSettings {
+            hosts: Vec::new(),
+            strategy: None,
+            batch: 1,
+            canary_soak: Duration::from_secs(1),
+            kind: crate::settings::TargetKind::Swarm,
+            name: "web".into(),
+            project: None,
+            stack: None,
+            host: None,
+            engine_id: "local".into(),
+            environment: None,
+            version_env: None,
+        }
+    }
+
+    fn digest(c: char) -> crate::domain::digest::Digest {
+        crate::domain::digest::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    #[test]
+    fn the_plan_pins_the_digest_and_keeps_the_rest_of_the_spec() {
+        let old = format!("r/app:1.0.0@{}", digest('a'));
+        let svc = service_view(&old, &[(LABEL_EMERGENCY, "x"), ("team", "shop")]);
+        let to = ImageRef {
+            tag: Some("1.1.0".into()),
+            version: Some("1.1.0".into()),
+            digest: Some(digest('b')),
+        };
+        let p = plan(
+            Operation::Deploy,
+            &target(),
+            &svc,
+            ImageRef::default(),
+            &to,
+            "r/app",
+            &UpdateOverrides::default(),
+        );
+        let c = p.spec.task_template.as_ref().unwrap().container_spec.as_ref().unwrap();
+        assert_eq!(
+            c.image.as_deref(),
+            Some(format!("r/app:1.1.0@{}", digest('b')).as_str())
+        );
+        assert_eq!(
+            c.env,
+            Some(vec!["MODE=prod".to_string()]),
+            "the rest of the spec is kept"
+        );
+        let labels = c.labels.as_ref().unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("shop"));
+        assert_eq!(labels.get(LABEL_VERSION).map(String::as_str), Some("1.1.0"));
+        assert_eq!(
+            labels.get(LABEL_IMAGE),
+            c.image.as_ref(),
+            "labels name the image they describe"
+        );
+        assert!(!labels.contains_key(LABEL_EMERGENCY), "a deploy leaves emergency mode");
+        assert_eq!(p.previous_image, old);
+        assert_eq!(
+            p.spec.task_template.as_ref().unwrap().force_update,
+            Some(3),
+            "no force without --force"
+        );
+        assert_eq!((p.parallelism, p.order.as_str()), (1, "stop-first"));
+        assert!(p.warning.is_none());
+        assert!(
+            p.command.ends_with(&format!("--image r/app:1.1.0@{} web", digest('b'))),
+            "{}",
+            p.command
+        );
+    }
+
+    #[test]
+    fn overrides_and_force_change_the_update_config_and_say_so() {
+        let svc = service_view(&format!("r/app@{}", digest('a')), &[]);
+        let to = ImageRef {
+            tag: None,
+            version: None,
+            digest: Some(digest('c')),
+        };
+        let overrides = UpdateOverrides {
+            parallelism: Some(2),
+            order: Some("start-first".into()),
+            force: true,
+        };
+        let p = plan(
+            Operation::Emergency,
+            &target(),
+            &svc,
+            ImageRef::default(),
+            &to,
+            "r/app",
+            &overrides,
+        );
+        let task = p.spec.task_template.as_ref().unwrap();
+        assert_eq!(task.force_update, Some(4));
+        let update = p.spec.update_config.as_ref().unwrap();
+        assert_eq!(update.parallelism, Some(2));
+        assert_eq!(update.order, Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST));
+        let labels = task.container_spec.as_ref().unwrap().labels.as_ref().unwrap();
+        assert!(labels.contains_key(LABEL_EMERGENCY));
+        assert!(!labels.contains_key(LABEL_VERSION) && !labels.contains_key(LABEL_TAG));
+        assert_eq!(p.image, format!("r/app@{}", digest('c')));
+        for part in ["--update-parallelism 2", "--update-order start-first", "--force"] {
+            assert!(p.command.contains(part), "{}", p.command);
+        }
+        let w = p.warning.expect("start-first with one task per node is warned about");
+        assert!(w.contains("allows 1 per node"), "{w}");
+    }
+
+    #[test]
+    fn labels_written_for_another_image_are_not_believed() {
+        let image = format!("r/app:1.2.0@{}", digest('d'));
+        let by_hand = entry(ContainerView {
+            name: "web.1".into(),
+            id: "t1".into(),
+            image_ref: image.clone(),
+            image_id: String::new(),
+            state: "running".into(),
+            health: None,
+            restart_count: 0,
+            labels: [
+                (LABEL_VERSION.to_string(), "1.1.0".to_string()),
+                (LABEL_TAG.to_string(), "1.1.0".to_string()),
+                (LABEL_IMAGE.to_string(), "r/app:1.1.0@x".to_string()),
+            ]
+            .into(),
+            env: Vec::new(),
+        });
+        assert_eq!(
+            by_hand.image.version.as_deref(),
+            Some("1.2.0"),
+            "read from the image's tag"
+        );
+        assert_eq!(by_hand.image.tag.as_deref(), Some("1.2.0"));
+        assert_eq!(by_hand.digest, Some(digest('d')));
     }
 
     #[test]

@@ -393,6 +393,11 @@ fn swarm_stack_service_is_found_by_its_stack_name() {
         "{{.Spec.UpdateConfig.Order}}",
     ]);
     assert_eq!(order, "start-first");
+    // What is not built for Swarm says so, as a usage error.
+    for cmd in [&["warm"][..], &["drill"], &["prune", "--local"]] {
+        let run = t.exec(cmd).code(2);
+        assert!(run.stderr.contains("not built yet"), "{cmd:?}: {}", run.stderr);
+    }
     // Without the stack, the name means another service: refused as a usage error.
     let wrong = Test::new().repo(
         &repo,
@@ -418,6 +423,13 @@ fn swarm_emergency_forces_last_known_good_onto_every_task() {
     let t = svc.test(&repo, PROBE);
     t.exec(["mark-good", "1.0.0"]).success();
     assert!(svc.tasks().iter().all(|t| t.1 == d2));
+    // doctor probes each task at its node and does not ask for an lkg image on the manager.
+    let doctor = t.exec(["doctor"]).success();
+    assert!(
+        doctor.stdout.contains("GET http://127.0.0.1:8080/health: 2xx"),
+        "{}",
+        doctor.stdout
+    );
     let plan = t.exec(["emergency", "--dry-run"]).success();
     assert!(plan.stdout.contains("--force"), "{}", plan.stdout);
     assert!(svc.tasks().iter().all(|t| t.1 == d2), "a dry run changes nothing");
