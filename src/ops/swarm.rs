@@ -631,9 +631,12 @@ fn same_version(carried: Option<&str>, want: &str) -> bool {
     matches!((carried.and_then(v), v(want)), (Some(a), Some(b)) if a == b)
 }
 
-/// A task that ran (or tried to run) `digest` and failed: Swarm gave up on it.
+/// A task that ran (or tried to run) `digest` and ended on its own: it failed, was rejected, or
+/// exited 0 (`complete`; a service's task is meant to keep running, and an app that stops on
+/// SIGTERM when its HEALTHCHECK kills it ends that way).
 fn is_failed_on(t: &TaskView, digest: &str) -> bool {
-    t.digest().is_some_and(|d| d.to_string() == digest) && matches!(t.state.as_str(), "failed" | "rejected")
+    t.digest().is_some_and(|d| d.to_string() == digest)
+        && matches!(t.state.as_str(), "failed" | "rejected" | "complete")
 }
 
 /// Probes `url` on every task: a loopback URL (`http://127.0.0.1:8080/health`) means each task's
@@ -835,7 +838,10 @@ async fn put_back(
     printer: &Printer,
 ) -> Result<(), String> {
     let svc = engine.service(name, None).await.map_err(|e| e.to_string())?;
-    if svc.image != previous_image {
+    // The status of an update started before this one says nothing about it.
+    let before = svc.update_started.clone();
+    let ours = svc.image != previous_image;
+    if ours {
         let mut spec = spec.clone();
         // The old spec as it was, but its force-update counter never goes back (an emergency
         // may have raised it).
@@ -865,8 +871,18 @@ async fn put_back(
             .filter(|t| same_image(&t.image, previous_image) && t.state == "running")
             .count();
         let wanted = svc.replicas.map_or(live.len(), |r| r as usize);
-        let updating = matches!(svc.update_state.as_deref(), Some("updating" | "rollback_started"));
-        if back == live.len() && back >= wanted && !updating {
+        // Back once every task runs the previous image (which ran before): Swarm's monitor
+        // period after it is not waited for. A pause means Swarm could not put it back.
+        if ours
+            && svc.update_started != before
+            && matches!(svc.update_state.as_deref(), Some("paused" | "rollback_paused"))
+        {
+            return Err(format!(
+                "Swarm paused the update back to the previous image ({})",
+                svc.update_message.as_deref().unwrap_or("no message")
+            ));
+        }
+        if back == live.len() && back >= wanted {
             return Ok(());
         }
         if start.elapsed() > REVERT_WAIT {

@@ -294,6 +294,27 @@ fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out(
         .map(|v| v["tag"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(deployed, vec!["1.0.0"], "{versions}");
+    // Retention keeps what the service runs, with the reason.
+    std::fs::write(t.dir.path().join("p.toml"), "[[keep]]\nnewest = 1\n").unwrap();
+    let plan = t
+        .exec(["prune", "--policy", "p.toml", "--dry-run", "--output", "json"])
+        .success()
+        .json();
+    let kept = plan["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["digest"] == d1.as_str())
+        .unwrap_or_else(|| panic!("1.0.0 in the plan: {plan}"));
+    assert_eq!(kept["action"], "keep", "{plan}");
+    assert!(
+        kept["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("the target runs it now")),
+        "{plan}"
+    );
     require_swarm();
 }
 
