@@ -518,12 +518,7 @@ async fn wait_converged(
                 svc.update_message.as_deref().unwrap_or(s)
             );
             if let Some(t) = failed {
-                why.push_str(&format!(
-                    "; task {} on {}: {}",
-                    t.name,
-                    t.node,
-                    t.error.as_deref().unwrap_or(&t.state)
-                ));
+                why.push_str(&format!("; task {} on {}: {}", t.name, t.node, ended(t)));
             }
             return Err(Failed {
                 invalid: Invalid {
@@ -538,12 +533,7 @@ async fn wait_converged(
             let logs = engine.task_logs_tail(&t.id, 20).await;
             return Err(Failed {
                 invalid: Invalid {
-                    why: format!(
-                        "task {} on {} failed: {}",
-                        t.name,
-                        t.node,
-                        t.error.as_deref().unwrap_or(&t.state)
-                    ),
+                    why: format!("task {} on {} failed: {}", t.name, t.node, ended(t)),
                     container: Some(t.name.clone()),
                     probe_unreachable: false,
                 },
@@ -629,6 +619,14 @@ fn same_version(carried: Option<&str>, want: &str) -> bool {
     use crate::domain::version::{parse_version, strip_build};
     let v = |s: &str| parse_version(s).map(|v| strip_build(&v));
     matches!((carried.and_then(v), v(want)), (Some(a), Some(b)) if a == b)
+}
+
+/// How a task that ended did: Swarm's error, else its state.
+fn ended(t: &TaskView) -> String {
+    match &t.error {
+        Some(e) => e.clone(),
+        None => format!("it stopped on its own (task state {})", t.state),
+    }
 }
 
 /// A task that ran (or tried to run) `digest` and ended on its own: it failed, was rejected, or
@@ -784,12 +782,7 @@ pub async fn soak(
         let svc = service(engine, target).await.map_err(|e| fail(e.to_string()))?;
         let tasks = engine.service_tasks(&svc).await.map_err(|e| fail(e.to_string()))?;
         if let Some(t) = tasks.iter().find(|t| is_failed_on(t, digest)) {
-            return Err(fail(format!(
-                "task {} on {} failed: {}",
-                t.name,
-                t.node,
-                t.error.as_deref().unwrap_or(&t.state)
-            )));
+            return Err(fail(format!("task {} on {} failed: {}", t.name, t.node, ended(t))));
         }
         let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
         if let Some(t) = live
