@@ -225,7 +225,7 @@ fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out(
     let repo = Repo::new("swarm-roll");
     let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
     let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
-    let svc = Service::create("bt-swarm-roll", &format!("{}:1.0.0", repo.image()), &[]);
+    let svc = Service::create("bt-swarm-roll", &format!("{}:1.0.0@{d1}", repo.image()), &[]);
     let t = svc.test(&repo, PROBE);
 
     // --parallelism overrides the service's own update config (1 at a time).
@@ -323,7 +323,7 @@ fn swarm_failing_healthcheck_is_reverted_and_recorded() {
     let repo = Repo::new("swarm-hc");
     let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
     repo.push(&AppImage::new("1.1.0").healthcheck(false));
-    let svc = Service::create("bt-swarm-hc", &format!("{}:1.0.0", repo.image()), &[]);
+    let svc = Service::create("bt-swarm-hc", &format!("{}:1.0.0@{d1}", repo.image()), &[]);
     let t = svc.test(&repo, PROBE);
     let run = t.exec(["deploy", "1.1.0", "--yes"]).code(6);
     // Swarm's verdict (paused) or the failed task, whichever backtrack saw first.
@@ -371,7 +371,7 @@ fn swarm_probe_failing_on_one_task_reverts_naming_that_task() {
     );
     let svc = Service::create(
         "bt-swarm-probe",
-        &format!("{}:1.0.0", repo.image()),
+        &format!("{}:1.0.0@{d1}", repo.image()),
         &["--env", "NODE_HOST={{.Node.Hostname}}"],
     );
     let t = svc.test(&repo, "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"30s\"");
@@ -395,9 +395,9 @@ fn swarm_probe_failing_on_one_task_reverts_naming_that_task() {
 #[test]
 fn swarm_stack_service_is_found_by_its_stack_name() {
     let repo = Repo::new("swarm-stack");
-    repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
     let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
-    let svc = Service::stack("bt-stack", &format!("{}:1.0.0", repo.image()));
+    let svc = Service::stack("bt-stack", &format!("{}:1.0.0@{d1}", repo.image()));
     let t = svc.test(&repo, PROBE);
     let status = t.exec(["status", "--output", "json"]).success().json();
     assert_eq!(status["service"], svc.name.as_str(), "{status}");
@@ -439,12 +439,12 @@ fn swarm_emergency_forces_last_known_good_onto_every_task() {
     let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
     let svc = Service::create(
         "bt-swarm-em",
-        &format!("{}:1.1.0", repo.image()),
+        &format!("{}:1.1.0@{d2}", repo.image()),
         &["--update-parallelism", "2"],
     );
     let t = svc.test(&repo, PROBE);
     t.exec(["mark-good", "1.0.0"]).success();
-    assert!(svc.tasks().iter().all(|t| t.1 == d2));
+    assert!(svc.tasks().iter().all(|t| t.1 == d2), "{:?}", svc.tasks());
     // doctor probes each task at its node and does not ask for an lkg image on the manager.
     let doctor = t.exec(["doctor"]).success();
     assert!(
@@ -454,7 +454,11 @@ fn swarm_emergency_forces_last_known_good_onto_every_task() {
     );
     let plan = t.exec(["emergency", "--dry-run"]).success();
     assert!(plan.stdout.contains("--force"), "{}", plan.stdout);
-    assert!(svc.tasks().iter().all(|t| t.1 == d2), "a dry run changes nothing");
+    assert!(
+        svc.tasks().iter().all(|t| t.1 == d2),
+        "a dry run changes nothing: {:?}",
+        svc.tasks()
+    );
     let run = t.exec(["emergency", "--yes", "--reason", "pager"]).success();
     assert!(run.stdout.contains("EMERGENCY"), "{}", run.stdout);
     assert!(svc.tasks().iter().all(|t| t.1 == d1), "{:?}", svc.tasks());
@@ -486,7 +490,7 @@ fn swarm_update_interrupted_by_a_crash_is_put_back_by_the_next_run() {
     let repo = Repo::new("swarm-crash");
     let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
     repo.push(&AppImage::new("1.1.0").healthcheck(true));
-    let svc = Service::create("bt-swarm-crash", &format!("{}:1.0.0", repo.image()), &[]);
+    let svc = Service::create("bt-swarm-crash", &format!("{}:1.0.0@{d1}", repo.image()), &[]);
     let t = svc.test(&repo, PROBE);
     let mut child = t
         .command()
@@ -536,7 +540,7 @@ fn swarm_manager_over_ssh_keeps_journal_and_lock_on_the_manager() {
     let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
     let svc = Service::create(
         "bt-swarm-ssh",
-        &format!("{}:1.0.0", repo.image()),
+        &format!("{}:1.0.0@{d1}", repo.image()),
         &["--update-parallelism", "2"],
     );
     let ssh_config = std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
