@@ -7,10 +7,11 @@ use super::App;
 use crate::adapters::state::TargetMeta;
 use crate::cli::SwapCommon;
 use crate::domain::fleet::{self, HostStep, Strategy, Verdict};
-use crate::domain::history::{self, Operation};
+use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::fleet::{Host, HostResult, Run, Slot};
+use crate::ops::hooks::{self, HookEnv, Hooks};
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, swap};
 use crate::output::Report;
 
@@ -224,13 +225,45 @@ pub async fn swap_command(
             return Err(Failure::Cancelled.into());
         }
     }
-    let auth = registry.pull_auth().await?;
     let mut base = crate::adapters::state::begin(op);
     base.id = format!("fleet-{}", base.id);
     base.reason = common.reason.clone();
+    base.target = Some(target.display());
+    base.from = current_ref.clone();
+    base.to = Some(chosen.image.clone());
     if !skipped.is_empty() {
         base.detail = Some(format!("fleet run without unreachable host(s): {}", skipped.join(", ")));
     }
+    // The hooks run once for the whole fleet, on this machine, with every host named.
+    let hooks = Hooks::from_project(project, common.no_hooks);
+    let moving: Vec<String> = slots
+        .iter()
+        .filter(|s| s.plan.is_some())
+        .map(|s| s.host.address.clone())
+        .collect();
+    let hook_env = |result: Option<Outcome>| HookEnv {
+        op: op.as_str().to_string(),
+        from_version: current_ref.as_ref().and_then(|r| r.version.clone()),
+        to_version: chosen.image.version.clone(),
+        digest: Some(chosen.digest.to_string()),
+        target: target.display(),
+        hosts: moving.clone(),
+        result: result.map(|r| r.as_str().to_string()),
+        reason: common.reason.clone(),
+    };
+    if !moving.is_empty()
+        && let Err(e) = hooks::run(&app.printer, "pre", hooks.pre.as_deref(), &hook_env(None), &hooks).await
+    {
+        for h in &hosts {
+            h.journal.append(&base)?;
+            h.journal.append(&Record {
+                notes: vec![e.to_string()],
+                ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
+            })?;
+        }
+        return Err(anyhow::Error::new(e).context("go on: nothing was changed on any host"));
+    }
+    let auth = registry.pull_auth().await?;
     let run = Run {
         printer: &app.printer,
         health: &project.health,
@@ -259,7 +292,16 @@ pub async fn swap_command(
         }
     }
     let steps: Vec<HostStep> = slots.iter().map(|s| s.result.step).collect();
-    let to_revert = fleet::must_revert(&steps);
+    let mut to_revert = fleet::must_revert(&steps);
+    // Every host validated: the `post` hook has the last word, for the whole fleet.
+    let mut post_failed = None;
+    if to_revert.is_empty()
+        && steps.contains(&HostStep::Validated)
+        && let Err(e) = hooks::run(&app.printer, "post", hooks.post.as_deref(), &hook_env(None), &hooks).await
+    {
+        to_revert = (0..steps.len()).filter(|i| steps[*i] == HostStep::Validated).collect();
+        post_failed = Some(e.to_string());
+    }
     if to_revert.is_empty() {
         let ms = started.elapsed().as_millis() as u64;
         futures::future::join_all(
@@ -275,7 +317,10 @@ pub async fn swap_command(
             .filter(|s| s.result.step.is_failure())
             .map(|s| s.host.address.clone())
             .collect();
-        let because = format!("{} failed", failed.join(", "));
+        let because = match &post_failed {
+            Some(e) => e.clone(),
+            None => format!("{} failed", failed.join(", ")),
+        };
         app.printer.note(format!(
             "{because}: putting the previous version back on every swapped host"
         ));
@@ -300,6 +345,43 @@ pub async fn swap_command(
         }
     }
     let steps: Vec<HostStep> = slots.iter().map(|s| s.result.step).collect();
+    let verdict = match (fleet::verdict(&steps), &post_failed) {
+        // No host failed its own validation: the `post` hook did.
+        (Verdict::Done, Some(_)) => Verdict::RevertedEverywhere { failed: Vec::new() },
+        (v, _) => v,
+    };
+    let outcome = match &verdict {
+        Verdict::Done => Outcome::Ok,
+        Verdict::RevertedEverywhere { .. } => Outcome::Reverted,
+        Verdict::NeedsAPerson { .. } => Outcome::RevertFailed,
+    };
+    if outcome != Outcome::Ok {
+        let env = hook_env(Some(outcome));
+        if let Err(e) = hooks::run(&app.printer, "on_revert", hooks.on_revert.as_deref(), &env, &hooks).await {
+            app.printer.note(format!("warning: {e}"));
+        }
+    }
+    // One notification for the fleet operation, noted in the first host's journal.
+    if !moving.is_empty() {
+        let why = slots
+            .iter()
+            .filter_map(|s| s.result.detail.as_ref().map(|d| format!("on {}: {d}", s.host.address)))
+            .chain(post_failed.clone())
+            .collect::<Vec<_>>();
+        let event = crate::ops::notify::Event {
+            hosts: moving.clone(),
+            ..crate::ops::notify::Event::of(
+                &run.base,
+                target.environment.clone().unwrap_or_else(|| target.display()),
+                registry.name(),
+                outcome,
+                (outcome != Outcome::Ok).then(|| why.join("; ")),
+                Some(started.elapsed().as_millis() as u64),
+            )
+        };
+        let sent = crate::ops::notify::send(&project.notify, &event).await;
+        crate::ops::swap::note_delivery(&slots[order[0]].host.journal, &app.printer, &run.base, sent);
+    }
     report.hosts = slots.into_iter().map(|s| s.result).collect();
     app.printer.report(&report)?;
     let name = |i: &usize| report.hosts[*i].host.clone();
@@ -316,16 +398,19 @@ pub async fn swap_command(
             .collect::<Vec<_>>()
             .join("; ")
     };
-    match fleet::verdict(&steps) {
+    match verdict {
         Verdict::Done => Ok(()),
         Verdict::RevertedEverywhere { failed } => Err(Failure::Reverted {
             version: chosen.image.display(),
-            why: format!("{}; every host runs its previous version again", why(&failed)),
+            why: format!(
+                "{}; every host runs its previous version again",
+                post_failed.clone().unwrap_or_else(|| why(&failed))
+            ),
         }
         .into()),
         Verdict::NeedsAPerson { failed, hosts } => Err(Failure::RevertFailed {
             version: chosen.image.display(),
-            why: why(&failed),
+            why: post_failed.clone().unwrap_or_else(|| why(&failed)),
             revert_error: format!(
                 "a person must act on {} (what runs there is neither the previous nor the chosen version, \
                  or the host could not be reached; the next run settles it from that host's journal)",

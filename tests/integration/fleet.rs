@@ -507,3 +507,68 @@ fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
     assert_eq!(id_of(H3), other_before);
     assert_eq!(serves(H3, &app.name), "1.0.0");
 }
+
+#[test]
+fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_back() {
+    let repo = pushed("fleethooks");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let (hook_port, got) = crate::hooks::receiver();
+    let more = format!(
+        "[hooks]\npre = [\"/bin/sh\", \"-c\", \"test -f fail-pre && exit 3; echo \\\"pre $BACKTRACK_OP $BACKTRACK_TO_VERSION $BACKTRACK_HOSTS\\\" >> hooks.log\"]\n\
+         post = [\"/bin/sh\", \"-c\", \"test -f fail-post && exit 4; echo post >> hooks.log\"]\n\
+         on_revert = [\"/bin/sh\", \"-c\", \"echo \\\"on_revert $BACKTRACK_RESULT\\\" >> hooks.log\"]\n\
+         [notify]\nwebhook = \"http://127.0.0.1:{hook_port}/fleet\"\n"
+    );
+    let t = {
+        let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+        Test::new()
+            .repo(
+                &repo,
+                &format!(
+                    "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\ntimeout = \"20s\"\n{more}",
+                    app.name, app.port
+                ),
+            )
+            .env("BACKTRACK_SSH_CONFIG", h2_dir().join("client/ssh_config").to_str().unwrap())
+    };
+    let log = || std::fs::read_to_string(t.dir.path().join("hooks.log")).unwrap_or_default();
+
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    assert_eq!(
+        log(),
+        format!("pre deploy 1.1.0 {H2},{H3}\npost\n"),
+        "once for the fleet"
+    );
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
+
+    // The post hook fails once every host validated: every host goes back, on_revert is told.
+    std::fs::write(t.dir.path().join("fail-post"), "").unwrap();
+    let run = t.exec(["rollback", "v1.0.0", "--yes"]).code(6);
+    assert!(run.stderr.contains("post hook"), "{}", run.stderr);
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h} is back on its previous version");
+    }
+    assert!(log().ends_with("on_revert reverted\n"), "{}", log());
+
+    // One notification per fleet operation, naming the hosts.
+    let bodies = got.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(first["result"], "ok", "{first}");
+    assert_eq!(first["hosts"], serde_json::json!([H2, H3]), "{first}");
+    let second: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(second["result"], "reverted", "{second}");
+    assert!(second["why"].as_str().unwrap().contains("post hook"), "{second}");
+    // The pre hook failing stops the fleet before any host changes, recorded on every host.
+    std::fs::remove_file(t.dir.path().join("fail-post")).unwrap();
+    std::fs::write(t.dir.path().join("fail-pre"), "").unwrap();
+    let run = t.exec(["rollback", "v1.0.0", "--yes"]).code(1);
+    assert!(run.stderr.contains("nothing was changed on any host"), "{}", run.stderr);
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+        assert!(app.journal(h, &t).contains("pre hook"), "{h}: {}", app.journal(h, &t));
+    }
+}

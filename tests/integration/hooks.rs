@@ -104,7 +104,7 @@ timeout = "10s"
 }
 
 /// A webhook receiver on loopback: answers 200 and keeps every request body.
-fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
