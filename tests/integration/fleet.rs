@@ -572,3 +572,59 @@ fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_b
         assert!(app.journal(h, &t).contains("pre hook"), "{h}: {}", app.journal(h, &t));
     }
 }
+
+#[test]
+fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
+    let repo = pushed("fleetlost");
+    // On bt-h3 the probe never answers, so its swap is still validating when its link drops.
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2, H3], &[H3]);
+    let proxy = crate::remote::CuttableProxy::start("127.0.0.1:2223");
+    let h3_via_proxy = format!("ssh://bt-remote@127.0.0.1:{}", proxy.port);
+    let t = app.test(&repo, &[H2, &h3_via_proxy], "/health", "30s");
+    let run = t
+        .command()
+        .args(["deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prev = format!("{}-backtrack-prev", app.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on(H3, &["inspect", &prev]).status.success() {
+        assert!(Instant::now() < deadline, "the swap on bt-h3 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy.cut();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains(&h3_via_proxy), "the lost host is named: {stderr}");
+    // The host that validated is put back; the lost one is left for its next run.
+    assert_eq!(serves(H2, &app.name), "1.0.0");
+    assert!(app.journal(H3, &t).contains("\"started\""), "{}", app.journal(H3, &t));
+
+    // The next run reaches bt-h3 again and settles it from its journal before anything else.
+    let next = t.exec(["rollback", "v1.0.0", "--yes", "--strategy", "parallel"]);
+    assert!(
+        format!("{}{}", next.stdout, next.stderr).contains("putting the previous version back"),
+        "{}{}",
+        next.stdout,
+        next.stderr
+    );
+    assert_eq!(next.code, 0, "{}{}", next.stdout, next.stderr);
+    assert!(
+        !on(H3, &["inspect", &prev]).status.success(),
+        "nothing set aside stays on bt-h3"
+    );
+    let image = on(H3, &["inspect", "--format", "{{.Config.Image}}", &app.name]);
+    assert!(
+        !String::from_utf8_lossy(&image.stdout).contains(&repo.tag_digest("v1.1.0").unwrap()),
+        "bt-h3 is back on its previous version"
+    );
+    assert!(
+        app.journal(H3, &t).contains("rolled-back-after-crash"),
+        "{}",
+        app.journal(H3, &t)
+    );
+}

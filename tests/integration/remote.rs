@@ -267,13 +267,13 @@ fn two_operators_contend_for_the_remote_lock() {
 
 /// A TCP proxy in front of the remote host's sshd whose connections can be cut at once, as a
 /// dropped network would.
-struct CuttableProxy {
-    port: u16,
+pub(crate) struct CuttableProxy {
+    pub(crate) port: u16,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl CuttableProxy {
-    fn start(upstream: &str) -> Self {
+    pub(crate) fn start(upstream: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -308,7 +308,7 @@ impl CuttableProxy {
         Self { port, open }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for s in self.open.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
