@@ -136,26 +136,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             }
         }
     }
-    let holder = app.lock_holder()?;
-    for (open, _) in history::open_operations(&records) {
-        let what = format!(
-            "{} to {} started {}",
-            open.op.as_str(),
-            open.to.as_ref().map_or("-".into(), ImageRef::display),
-            open.at.format("%Y-%m-%d %H:%M:%SZ")
-        );
-        match &holder {
-            Some(h) => warnings.push(format!("in progress: {what}, by {h}")),
-            None => warnings.push(format!(
-                "an operation did not finish: {what} (the next deploy or rollback settles it)"
-            )),
-        }
-    }
-    if let Some(h) = &holder
-        && history::open_operations(&records).is_empty()
-    {
-        warnings.push(format!("in progress: {h}"));
-    }
+    warnings.extend(in_progress(&records, app.lock_holder()?));
     app.printer.report(&StatusReport {
         target: target.display(),
         registry: registry.name(),
@@ -164,6 +145,33 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         rollback,
         warnings,
     })
+}
+
+/// What is under way or was left unfinished: each open operation (by the lock's holder, or
+/// interrupted), or a holder with none open.
+pub(super) fn in_progress(records: &[history::Record], holder: Option<impl std::fmt::Display>) -> Vec<String> {
+    let open = history::open_operations(records);
+    let mut out = Vec::new();
+    for (started, _) in &open {
+        let what = format!(
+            "{} to {} started {}",
+            started.op.as_str(),
+            started.to.as_ref().map_or("-".into(), ImageRef::display),
+            started.at.format("%Y-%m-%d %H:%M:%SZ")
+        );
+        match &holder {
+            Some(h) => out.push(format!("in progress: {what}, by {h}")),
+            None => out.push(format!(
+                "an operation did not finish: {what} (the next deploy or rollback settles it)"
+            )),
+        }
+    }
+    if let Some(h) = &holder
+        && open.is_empty()
+    {
+        out.push(format!("in progress: {h}"));
+    }
+    out
 }
 
 impl Report for StatusReport {

@@ -188,21 +188,7 @@ pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
             history::marked_good(&ops).next().cloned()
         }
     };
-    let holder = app.lock_holder()?;
-    for (open, _) in history::open_operations(&records) {
-        let what = format!(
-            "{} to {} started {}",
-            open.op.as_str(),
-            open.to.as_ref().map_or("-".into(), ImageRef::display),
-            open.at.format("%Y-%m-%d %H:%M:%SZ")
-        );
-        match &holder {
-            Some(h) => warnings.push(format!("in progress: {what}, by {h}")),
-            None => warnings.push(format!(
-                "an operation did not finish: {what} (the next deploy or rollback settles it)"
-            )),
-        }
-    }
+    warnings.extend(super::status::in_progress(&records, app.lock_holder()?));
     app.printer.report(&SwarmStatus {
         target: target.display(),
         registry: registry.name(),

@@ -323,53 +323,16 @@ pub async fn execute(
                 revert_errors.push(format!("{}: {e}", c.name));
             }
         }
-        let version = plan.to.display();
-        // An unreachable probe says nothing about the version: it is not marked failed.
-        let outcome = match (revert_errors.is_empty(), probe_unreachable) {
-            (false, _) => Outcome::RevertFailed,
-            (true, true) => Outcome::RevertedProbeUnreachable,
-            (true, false) => Outcome::Reverted,
-        };
-        let env = hook_env(plan, opts, Some(outcome));
-        match hooks::run(printer, "on_revert", opts.hooks.on_revert.as_deref(), &env, opts.hooks).await {
-            Ok(done) => notes.extend(done),
-            Err(e) => {
-                printer.note(format!("warning: {e}"));
-                notes.push(e.to_string());
-            }
-        }
-        let detail = if revert_errors.is_empty() {
-            why.clone()
-        } else {
-            format!("{why}; revert: {}", revert_errors.join("; "))
-        };
-        let record = Record {
-            notes: notes.clone(),
-            logs: logs.clone(),
-            ..finish(outcome, Some(detail))
-        };
-        journal.append(&record)?;
-        print_logs(printer, &logs);
-        announce(
-            journal,
-            printer,
-            &base,
-            opts,
-            outcome,
-            Some(why.clone()),
-            record.duration_ms,
-        )
-        .await;
-        if revert_errors.is_empty() {
-            return Err(Failure::Reverted { version, why }.into());
-        }
-        let revert_error = revert_errors.join("; ");
-        return Err(Failure::RevertFailed {
-            version,
+        let ending = Ending {
+            version: plan.to.display(),
             why,
-            revert_error,
-        }
-        .into());
+            probe_unreachable,
+            revert_error: (!revert_errors.is_empty()).then(|| revert_errors.join("; ")),
+            logs,
+            notes,
+        };
+        let env = |outcome| hook_env(plan, opts, Some(outcome));
+        return Err(conclude_reverted(journal, printer, &base, opts, env, ending, started.elapsed()).await);
     }
 
     // Every container validated: the point of no return.
@@ -422,6 +385,94 @@ pub async fn execute(
         detail: None,
         logs: Vec::new(),
     })
+}
+
+/// How a swap that failed validation ended, once the revert was tried.
+pub(crate) struct Ending {
+    pub version: String,
+    pub why: String,
+    /// Only the probe failed, and it never reached anything: the version is not marked failed.
+    pub probe_unreachable: bool,
+    /// Why putting the previous version back failed, if it did.
+    pub revert_error: Option<String>,
+    /// The failed container's (or task's) last lines.
+    pub logs: Vec<String>,
+    /// Notes so far (hooks, `--no-hooks`).
+    pub notes: Vec<String>,
+}
+
+/// Finishes a swap that failed validation, after the revert: the `on_revert` hook (told the
+/// outcome through `env`), the journal's record, the last lines, the notification, and the error
+/// (exit 6, or 7 when the revert failed too). Shared by containers and Swarm services.
+pub(crate) async fn conclude_reverted(
+    journal: &Journal,
+    printer: &Printer,
+    base: &Record,
+    opts: &SwapOptions<'_>,
+    env: impl Fn(Outcome) -> HookEnv,
+    ending: Ending,
+    elapsed: std::time::Duration,
+) -> anyhow::Error {
+    let Ending {
+        version,
+        why,
+        probe_unreachable,
+        revert_error,
+        logs,
+        mut notes,
+    } = ending;
+    let outcome = match (&revert_error, probe_unreachable) {
+        (Some(_), _) => Outcome::RevertFailed,
+        (None, true) => Outcome::RevertedProbeUnreachable,
+        (None, false) => Outcome::Reverted,
+    };
+    match hooks::run(
+        printer,
+        "on_revert",
+        opts.hooks.on_revert.as_deref(),
+        &env(outcome),
+        opts.hooks,
+    )
+    .await
+    {
+        Ok(done) => notes.extend(done),
+        Err(e) => {
+            printer.note(format!("warning: {e}"));
+            notes.push(e.to_string());
+        }
+    }
+    let detail = match &revert_error {
+        None => why.clone(),
+        Some(e) => format!("{why}; revert: {e}"),
+    };
+    let record = Record {
+        notes,
+        logs: logs.clone(),
+        ..base.finish(Utc::now(), outcome, Some(elapsed.as_millis() as u64), Some(detail))
+    };
+    if let Err(e) = journal.append(&record) {
+        return e.into();
+    }
+    print_logs(printer, &logs);
+    announce(
+        journal,
+        printer,
+        base,
+        opts,
+        outcome,
+        Some(why.clone()),
+        record.duration_ms,
+    )
+    .await;
+    match revert_error {
+        None => Failure::Reverted { version, why }.into(),
+        Some(revert_error) => Failure::RevertFailed {
+            version,
+            why,
+            revert_error,
+        }
+        .into(),
+    }
 }
 
 /// What hooks are told about this swap.

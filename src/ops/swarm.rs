@@ -339,51 +339,18 @@ pub async fn execute(
             short_image(&plan.previous_image)
         ));
         let reverted = revert(engine, plan, opts.auth, printer).await;
-        let outcome = match (&reverted, invalid.probe_unreachable) {
-            (Err(_), _) => Outcome::RevertFailed,
-            (Ok(()), true) => Outcome::RevertedProbeUnreachable,
-            (Ok(()), false) => Outcome::Reverted,
-        };
-        let env = hook_env(plan, opts, Some(outcome));
-        match hooks::run(printer, "on_revert", opts.hooks.on_revert.as_deref(), &env, opts.hooks).await {
-            Ok(done) => notes.extend(done),
-            Err(e) => {
-                printer.note(format!("warning: {e}"));
-                notes.push(e.to_string());
-            }
-        }
-        let why = invalid.why;
-        let detail = match &reverted {
-            Ok(()) => why.clone(),
-            Err(e) => format!("{why}; revert: {e}"),
-        };
-        let record = Record {
+        let ending = crate::ops::swap::Ending {
+            version: plan.to.display(),
+            why: invalid.why,
+            probe_unreachable: invalid.probe_unreachable,
+            revert_error: reverted.err(),
+            logs,
             notes,
-            logs: logs.clone(),
-            ..finish(outcome, Some(detail))
         };
-        journal.append(&record)?;
-        crate::ops::swap::print_logs(printer, &logs);
-        crate::ops::swap::announce(
-            journal,
-            printer,
-            &base,
-            opts,
-            outcome,
-            Some(why.clone()),
-            record.duration_ms,
-        )
-        .await;
-        let version = plan.to.display();
-        return Err(match reverted {
-            Ok(()) => Failure::Reverted { version, why },
-            Err(revert_error) => Failure::RevertFailed {
-                version,
-                why,
-                revert_error,
-            },
-        }
-        .into());
+        let env = |outcome| hook_env(plan, opts, Some(outcome));
+        return Err(
+            crate::ops::swap::conclude_reverted(journal, printer, &base, opts, env, ending, started.elapsed()).await,
+        );
     }
 
     let committed = journal.append(&Record {
