@@ -6,7 +6,10 @@
 //!
 //! **One state shell per run**: a single channel runs a small `sh` loop that answers requests
 //! (read the journal, append a record, take or release the lock, name the holder) as lines, so a
-//! journal write costs a round trip on an open channel, not a new channel (~40 ms each). **A
+//! journal write costs a round trip on an open channel, not a new channel (~40 ms each); while
+//! the run holds the target's lock, the journal is read from the host once and kept in step with
+//! each append (the host answers an append with the file's size, so a write by anyone else is
+//! noticed and the journal read again). **A
 //! journal record is one append followed by `sync`**, so it is on the host's disk before anything
 //! else happens. **The lock is a `flock` held by that shell for as long as the run keeps the
 //! channel open**: it is released when the run ends or releases it, and also when the run's
@@ -35,7 +38,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
         if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi &&
         printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
-      echo OK
+      echo "OK $(wc -c < "$f")"
     else
       printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
     fi ;;
@@ -77,6 +80,9 @@ struct Channel {
 pub struct StateShell {
     ssh: Arc<SshSession>,
     channel: Mutex<Option<Channel>>,
+    /// The journals of the targets whose lock this shell holds, as last read or written, by
+    /// relative folder: while the lock is held, a read costs no round trip.
+    journals: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 impl std::fmt::Debug for StateShell {
@@ -90,6 +96,7 @@ impl StateShell {
         Arc::new(Self {
             ssh,
             channel: Mutex::new(None),
+            journals: Mutex::default(),
         })
     }
 
@@ -213,9 +220,36 @@ impl RemoteDir {
         )
     }
 
-    /// The journal's bytes (empty when there is none yet).
+    /// The journal's bytes (empty when there is none yet). While this run holds the target's
+    /// lock, the journal is read from the host once and then kept here, in step with every
+    /// append (an append that finds the file grown by someone else drops the copy).
     pub fn read_journal(&self) -> Result<Vec<u8>, SshError> {
+        if let Some(bytes) = self.cached() {
+            return Ok(bytes);
+        }
         let what = "read the journal";
+        let bytes = self.read_from_host(what)?;
+        self.keep(|cache| {
+            if let Some(c) = cache {
+                *c = bytes.clone();
+            }
+        });
+        Ok(bytes)
+    }
+
+    fn cached(&self) -> Option<Vec<u8>> {
+        let journals = self.shell.journals.lock().ok()?;
+        journals.get(&self.relative).filter(|b| !b.is_empty()).cloned()
+    }
+
+    /// Runs `f` on this target's kept journal: `Some` only while this shell holds its lock.
+    fn keep(&self, f: impl FnOnce(Option<&mut Vec<u8>>)) {
+        if let Ok(mut journals) = self.shell.journals.lock() {
+            f(journals.get_mut(&self.relative));
+        }
+    }
+
+    fn read_from_host(&self, what: &str) -> Result<Vec<u8>, SshError> {
         self.shell.request(what, &["read", &self.relative], |r| {
             let line = status_line(r)?;
             let n: usize = line
@@ -238,13 +272,32 @@ impl RemoteDir {
         if line.contains('\n') || meta.contains('\n') {
             return Err(self.shell.fail(what, "a record spans lines"));
         }
+        let mut size = None;
         let answer = self
             .shell
             .request(what, &["append", &self.relative, meta.trim_end(), line], |r| {
-                status_line(r).map(|l| ok_or_err(l, "OK"))
+                status_line(r).map(|l| {
+                    size = l.strip_prefix("OK ").and_then(|n| n.trim().parse::<usize>().ok());
+                    ok_or_err(l, "OK")
+                })
             })?;
         match answer {
-            Answer::Ok => Ok(()),
+            Answer::Ok => {
+                self.keep(|cache| {
+                    if let Some(c) = cache {
+                        if c.last().is_some_and(|b| *b != b'\n') {
+                            c.push(b'\n');
+                        }
+                        c.extend_from_slice(line.as_bytes());
+                        c.push(b'\n');
+                        // Someone else wrote too (or the size is unknown): read it again next time.
+                        if size != Some(c.len()) {
+                            c.clear();
+                        }
+                    }
+                });
+                Ok(())
+            }
             Answer::Err(e) => Err(self.shell.fail(what, e)),
         }
     }
@@ -280,6 +333,10 @@ impl RemoteDir {
             .request("take the lock", &["lock", &self.relative, &holder_json], status_line)
             .map_err(|e| io(e.to_string()))?;
         if line == "LOCKED" {
+            // Nobody else writes the journal now: keep it here from its next read on.
+            if let Ok(mut journals) = self.shell.journals.lock() {
+                journals.insert(self.relative.clone(), Vec::new());
+            }
             return Ok(RemoteLock { dir: self.clone() });
         }
         if let Some(rest) = line.strip_prefix("HELD") {
@@ -299,6 +356,9 @@ pub struct RemoteLock {
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
+        if let Ok(mut journals) = self.dir.shell.journals.lock() {
+            journals.remove(&self.dir.relative);
+        }
         let _ = self
             .dir
             .shell
