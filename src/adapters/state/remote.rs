@@ -25,13 +25,14 @@ use super::{Holder, Identity, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
 
 /// The state shell's loop. Each request is a command line and the target folder's relative path
-/// (plus the command's own lines); each answer starts with one status line.
+/// (plus the command's own lines); each answer starts with one status line. Taking the lock
+/// also answers with the journal (the first thing a run that locks reads).
 const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"
+data() { if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
-  read)
-    if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi ;;
+  read) data ;;
   append)
     IFS= read -r meta; IFS= read -r line
     if err=$( { mkdir -p "$d" &&
@@ -53,7 +54,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
     if err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
       exec 9>>"$d/lock"
       if flock -n 9; then
-        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED
+        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED; data
       else
         exec 9>&-
         i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
@@ -73,6 +74,9 @@ struct Channel {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Requests sent without waiting for their one-line answer (releasing the lock), read
+    /// before the next request's answer.
+    unanswered: usize,
 }
 
 /// One long-lived `sh` on the host, through the run's SSH connection, that reads and writes the
@@ -80,9 +84,10 @@ struct Channel {
 pub struct StateShell {
     ssh: Arc<SshSession>,
     channel: Mutex<Option<Channel>>,
-    /// The journals of the targets whose lock this shell holds, as last read or written, by
-    /// relative folder: while the lock is held, a read costs no round trip.
-    journals: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    /// The journals of the targets whose lock this shell holds, by relative folder, as last read
+    /// or written (`None`: to be read from the host): while the lock is held, a read costs no
+    /// round trip.
+    journals: Mutex<std::collections::HashMap<String, Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for StateShell {
@@ -131,19 +136,22 @@ impl StateShell {
                 .map_err(|e| SshError::NoClient(e.to_string()))?;
             let stdin = child.stdin.take().expect("piped stdin");
             let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-            *guard = Some(Channel { child, stdin, stdout });
+            *guard = Some(Channel {
+                child,
+                stdin,
+                stdout,
+                unanswered: 0,
+            });
         }
         let chan = guard.as_mut().expect("started above");
-        let mut text = String::new();
-        for l in lines {
-            debug_assert!(!l.contains('\n'), "a request line holds no newline");
-            text.push_str(l);
-            text.push('\n');
-        }
-        let result = chan
-            .stdin
-            .write_all(text.as_bytes())
-            .and_then(|()| chan.stdin.flush())
+        let result = send(chan, lines)
+            .and_then(|()| {
+                while chan.unanswered > 0 {
+                    status_line(&mut chan.stdout)?;
+                    chan.unanswered -= 1;
+                }
+                Ok(())
+            })
             .and_then(|()| answer(&mut chan.stdout));
         result.map_err(|e| {
             if let Some(mut c) = guard.take() {
@@ -153,6 +161,31 @@ impl StateShell {
             self.fail(what, format!("the state shell on the host ended: {e}"))
         })
     }
+}
+
+impl StateShell {
+    /// Sends a request whose one-line answer is not waited for (it is read before the next
+    /// answer). Only on a running shell; errors are ignored (the shell ending does the same).
+    fn send_unanswered(&self, lines: &[&str]) {
+        if let Ok(mut guard) = self.channel.lock()
+            && let Some(chan) = guard.as_mut()
+            && send(chan, lines).is_ok()
+        {
+            chan.unanswered += 1;
+        }
+    }
+}
+
+/// Writes request lines (none holds a newline) to the shell.
+fn send(chan: &mut Channel, lines: &[&str]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        debug_assert!(!l.contains('\n'), "a request line holds no newline");
+        text.push_str(l);
+        text.push('\n');
+    }
+    chan.stdin.write_all(text.as_bytes())?;
+    chan.stdin.flush()
 }
 
 impl Drop for StateShell {
@@ -172,6 +205,18 @@ impl Drop for StateShell {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// A `DATA n` answer: the status line, then n bytes.
+fn data(r: &mut BufReader<ChildStdout>) -> std::io::Result<Vec<u8>> {
+    let line = status_line(r)?;
+    let n: usize = line
+        .strip_prefix("DATA")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
+    let mut bytes = vec![0; n];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// One status line of an answer, without its newline.
@@ -227,11 +272,10 @@ impl RemoteDir {
         if let Some(bytes) = self.cached() {
             return Ok(bytes);
         }
-        let what = "read the journal";
-        let bytes = self.read_from_host(what)?;
+        let bytes = self.shell.request("read the journal", &["read", &self.relative], data)?;
         self.keep(|cache| {
             if let Some(c) = cache {
-                *c = bytes.clone();
+                *c = Some(bytes.clone());
             }
         });
         Ok(bytes)
@@ -239,27 +283,14 @@ impl RemoteDir {
 
     fn cached(&self) -> Option<Vec<u8>> {
         let journals = self.shell.journals.lock().ok()?;
-        journals.get(&self.relative).filter(|b| !b.is_empty()).cloned()
+        journals.get(&self.relative)?.clone()
     }
 
     /// Runs `f` on this target's kept journal: `Some` only while this shell holds its lock.
-    fn keep(&self, f: impl FnOnce(Option<&mut Vec<u8>>)) {
+    fn keep(&self, f: impl FnOnce(Option<&mut Option<Vec<u8>>>)) {
         if let Ok(mut journals) = self.shell.journals.lock() {
             f(journals.get_mut(&self.relative));
         }
-    }
-
-    fn read_from_host(&self, what: &str) -> Result<Vec<u8>, SshError> {
-        self.shell.request(what, &["read", &self.relative], |r| {
-            let line = status_line(r)?;
-            let n: usize = line
-                .strip_prefix("DATA")
-                .and_then(|n| n.trim().parse().ok())
-                .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
-            let mut bytes = vec![0; n];
-            r.read_exact(&mut bytes)?;
-            Ok(bytes)
-        })
     }
 
     /// Appends one line (ending a torn last line first) and syncs it to disk; writes `meta` as
@@ -284,7 +315,7 @@ impl RemoteDir {
         match answer {
             Answer::Ok => {
                 self.keep(|cache| {
-                    if let Some(c) = cache {
+                    if let Some(Some(c)) = cache {
                         if c.last().is_some_and(|b| *b != b'\n') {
                             c.push(b'\n');
                         }
@@ -292,7 +323,7 @@ impl RemoteDir {
                         c.push(b'\n');
                         // Someone else wrote too (or the size is unknown): read it again next time.
                         if size != Some(c.len()) {
-                            c.clear();
+                            *cache.expect("matched") = None;
                         }
                     }
                 });
@@ -328,14 +359,18 @@ impl RemoteDir {
             path: path.clone(),
             source: std::io::Error::other(detail),
         };
-        let line = self
+        let (line, journal) = self
             .shell
-            .request("take the lock", &["lock", &self.relative, &holder_json], status_line)
+            .request("take the lock", &["lock", &self.relative, &holder_json], |r| {
+                let line = status_line(r)?;
+                let journal = if line == "LOCKED" { Some(data(r)?) } else { None };
+                Ok((line, journal))
+            })
             .map_err(|e| io(e.to_string()))?;
-        if line == "LOCKED" {
-            // Nobody else writes the journal now: keep it here from its next read on.
+        if let Some(journal) = journal {
+            // Nobody else writes the journal now: it is kept here, from this copy on.
             if let Ok(mut journals) = self.shell.journals.lock() {
-                journals.insert(self.relative.clone(), Vec::new());
+                journals.insert(self.relative.clone(), Some(journal));
             }
             return Ok(RemoteLock { dir: self.clone() });
         }
@@ -359,9 +394,8 @@ impl Drop for RemoteLock {
         if let Ok(mut journals) = self.dir.shell.journals.lock() {
             journals.remove(&self.dir.relative);
         }
-        let _ = self
-            .dir
-            .shell
-            .request("release the lock", &["unlock", &self.dir.relative], status_line);
+        // Not waited for: the next request (or the shell's end, which the run waits for) comes
+        // after it on the same channel.
+        self.dir.shell.send_unanswered(&["unlock", &self.dir.relative]);
     }
 }
