@@ -272,7 +272,9 @@ impl RemoteDir {
         if let Some(bytes) = self.cached() {
             return Ok(bytes);
         }
-        let bytes = self.shell.request("read the journal", &["read", &self.relative], data)?;
+        let bytes = self
+            .shell
+            .request("read the journal", &["read", &self.relative], data)?;
         self.keep(|cache| {
             if let Some(c) = cache {
                 *c = Some(bytes.clone());
