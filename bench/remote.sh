@@ -16,7 +16,11 @@
 # Run:   bench/remote.sh
 # Needs: scripts/test-env (registry, the remote host bt-h2 with its sshd on 127.0.0.1:2222).
 # Knobs: BACKTRACK=path/to/binary (default target/release/backtrack, built if missing),
-#        BENCH_RUNS (7). Uses container bench-remote on the remote host, removed on exit.
+#        BENCH_RUNS (7), BENCH_HOST=h2|h3 (h2: bt-h2 on 127.0.0.1:2222; h3: bt-h3 on 2223, whose
+#        socat bridge sets TCP_NODELAY as ssh and sshd do on a real connection, so small answers
+#        are not held ~40 ms by Nagle), BACKTRACK_BEFORE=path/to/another/binary (an earlier build,
+#        timed in the same rounds as a fourth method, for before/after figures on a busy machine).
+#        Uses container bench-remote on that host, removed on exit.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -25,16 +29,22 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 registry=127.0.0.1:5000
 image=$registry/bench/remote
 runs=${BENCH_RUNS:-7}
-h2=${BACKTRACK_TEST_REMOTE_DIR:-/var/lib/backtrack-test-env/h2}
-cfg=$h2/client/ssh_config
-host=ssh://bt-remote@127.0.0.1:2222
+env_dir=${BACKTRACK_TEST_ENV_DIR:-/var/lib/backtrack-test-env}
+cfg=$env_dir/h2/client/ssh_config # one client config reaches both hosts
+case ${BENCH_HOST:-h2} in
+  h2) h2=${BACKTRACK_TEST_REMOTE_DIR:-$env_dir/h2} ssh_port=2222 ns=bt-h2 ;;
+  h3) h2=${BACKTRACK_TEST_REMOTE3_DIR:-$env_dir/h3} ssh_port=2223 ns=bt-h3 ;;
+  *) die "BENCH_HOST must be h2 or h3" ;;
+esac
+host=ssh://bt-remote@127.0.0.1:$ssh_port
 app=bench-remote
 port=18091
 export DOCKER_BUILDKIT=0
 
-[ -S "$h2/docker.sock" ] && ssh -F "$cfg" -o BatchMode=yes -p 2222 bt-remote@127.0.0.1 true \
+[ -S "$h2/docker.sock" ] && ssh -F "$cfg" -o BatchMode=yes -p "$ssh_port" bt-remote@127.0.0.1 true \
   || die "the remote host does not answer: run scripts/test-env (as root) first"
 find_backtrack
+[ -z "${BACKTRACK_BEFORE:-}" ] || [ -x "$BACKTRACK_BEFORE" ] || die "BACKTRACK_BEFORE=$BACKTRACK_BEFORE is not an executable"
 work=$(mktemp -d)
 h2docker() { docker -H "unix://$h2/docker.sock" "$@"; }
 cleanup() { h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -83,7 +93,8 @@ EOF
 config "$host" remote
 config "unix://$h2/docker.sock" onhost
 bt_remote() { BACKTRACK_SSH_CONFIG=$cfg BACKTRACK_STATE_DIR=$work/remote/state "$BACKTRACK" --config "$work/remote/backtrack.toml" "$@" >/dev/null 2>&1; }
-bt_onhost() { nsenter --net=/run/netns/bt-h2 env BACKTRACK_STATE_DIR="$work/onhost/state" "$BACKTRACK" --config "$work/onhost/backtrack.toml" "$@" >/dev/null 2>&1; }
+bt_before() { BACKTRACK_SSH_CONFIG=$cfg BACKTRACK_STATE_DIR=$work/remote/state "$BACKTRACK_BEFORE" --config "$work/remote/backtrack.toml" "$@" >/dev/null 2>&1; }
+bt_onhost() { nsenter --net=/run/netns/$ns env BACKTRACK_STATE_DIR="$work/onhost/state" "$BACKTRACK" --config "$work/onhost/backtrack.toml" "$@" >/dev/null 2>&1; }
 raw_docker() { PATH=$work/bin:$PATH DOCKER_HOST=$host docker "$@"; }
 raw_rollback() {
   raw_docker rm -f "$app" >/dev/null
@@ -94,12 +105,16 @@ to_v11() { bt_remote deploy v1.1.0 --yes || die "deploy v1.1.0 failed"; }
 
 say "warming up"
 to_v11; bt_remote rollback --yes
-declare -a t_remote t_onhost t_raw t_ssh
+declare -a t_remote t_onhost t_raw t_ssh t_before
 for i in $(seq "$runs"); do
   to_v11; s=$(now_us); bt_remote rollback --yes || die "remote rollback failed"; t_remote+=($(( $(now_us) - s )))
+  if [ -n "${BACKTRACK_BEFORE:-}" ]; then
+    to_v11; s=$(now_us); bt_before rollback --yes || die "remote rollback (before) failed"; t_before+=($(( $(now_us) - s )))
+    say "round $i: before $(secs "${t_before[-1]}") s"
+  fi
   to_v11; s=$(now_us); bt_onhost rollback --yes || die "on-host rollback failed"; t_onhost+=($(( $(now_us) - s )))
   to_v11; s=$(now_us); raw_rollback; t_raw+=($(( $(now_us) - s )))
-  s=$(now_us); ssh -F "$cfg" -o BatchMode=yes -p 2222 bt-remote@127.0.0.1 true; t_ssh+=($(( $(now_us) - s )))
+  s=$(now_us); ssh -F "$cfg" -o BatchMode=yes -p "$ssh_port" bt-remote@127.0.0.1 true; t_ssh+=($(( $(now_us) - s )))
   say "round $i: remote $(secs "${t_remote[-1]}") s, on host $(secs "${t_onhost[-1]}") s, raw $(secs "${t_raw[-1]}") s, ssh true $(secs "${t_ssh[-1]}") s"
 done
 remote=$(median_us "${t_remote[@]}"); onhost=$(median_us "${t_onhost[@]}")
@@ -111,3 +126,7 @@ printf '%-34s %8s\n' "on the host" "$(secs "$onhost")"
 printf '%-34s %8s  %s\n' "raw floor, DOCKER_HOST=ssh://" "$(secs "$raw")" "remote is $(ratio "$remote" "$raw")x of it"
 printf '%-34s %8s\n' "ssh host true" "$(secs "$sshtrue")"
 printf '%-34s %8s  %s\n' "target: on host + ssh true" "$(secs "$budget")" "$(verdict le "$remote" "$budget")"
+if [ -n "${BACKTRACK_BEFORE:-}" ]; then
+  before=$(median_us "${t_before[@]}")
+  printf '%-34s %8s  %s\n' "remote, BACKTRACK_BEFORE" "$(secs "$before")" "$(ratio "$before" "$onhost")x on host; now $(ratio "$remote" "$before")x of it"
+fi

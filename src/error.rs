@@ -6,6 +6,7 @@
 
 use crate::adapters::docker::EngineError;
 use crate::adapters::docker::build::BuildError;
+use crate::adapters::docker::tls::TlsError;
 use crate::adapters::git::GitError;
 use crate::adapters::registry::RegistryError;
 use crate::adapters::ssh::SshError;
@@ -24,7 +25,8 @@ pub const REVERT_FAILED: i32 = 7;
 pub const PARTIAL: i32 = 8;
 pub const ENGINE: i32 = 9;
 /// The remote host of an `ssh://` engine: unreachable, login refused, unknown host key, or its
-/// engine refused us (no docker, no permission on the socket).
+/// engine refused us (no docker, no permission on the socket); or TLS to a `tcp://` engine failed
+/// (a TLS file missing, a certificate refused either way, a plain-HTTP port).
 pub const HOST: i32 = 10;
 /// `drill`: a rehearsed candidate would fail (or could not be found).
 pub const DRILL_FAILED: i32 = 11;
@@ -115,7 +117,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return LOCKED;
         }
         if cause.downcast_ref::<SshError>().is_some()
-            || matches!(cause.downcast_ref::<EngineError>(), Some(EngineError::Host(_)))
+            || cause.downcast_ref::<TlsError>().is_some()
+            || matches!(
+                cause.downcast_ref::<EngineError>(),
+                Some(EngineError::Host(_) | EngineError::Tls(_))
+            )
         {
             return HOST;
         }
@@ -190,6 +196,9 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
             return e.hint();
         }
         if let Some(e) = cause.downcast_ref::<SshError>() {
+            return e.hint();
+        }
+        if let Some(e) = cause.downcast_ref::<TlsError>() {
             return e.hint();
         }
         if let Some(e) = cause.downcast_ref::<LockError>() {

@@ -4,7 +4,9 @@
 //! `SshSession::open` starts `ssh` as a ControlMaster on a socket in a private temporary folder
 //! and waits (bounded) until it authenticated; everything else rides on that connection as
 //! multiplexed channels, with no further handshake: the Docker Engine API (each HTTP connection
-//! is a `docker system dial-stdio` channel, pooled and kept alive), health probes to the host's
+//! is a `docker system dial-stdio` channel, pooled and kept alive; the first is opened as soon as
+//! the connection is up, so the docker CLI starts on the host while the lock is taken), health
+//! probes to the host's
 //! own loopback (`ssh -W` channels behind a local listener), and short remote commands for the
 //! target's state (journal, lock). **A channel never falls back to a new connection**: when the
 //! master is gone, they fail, so nothing continues after the host's lock was lost with it.
@@ -107,6 +109,10 @@ pub struct SshSession {
     /// What the last failing `docker system dial-stdio` said, to explain a refused engine.
     dial_error: Arc<Mutex<Option<String>>>,
     forwards: Mutex<Vec<Forward>>,
+    /// A `dial-stdio` channel opened ahead of need, when the connection was made: the first
+    /// Engine API connection takes it instead of waiting for the docker CLI to start on the host
+    /// (it starts while the state shell takes the lock).
+    spare: Mutex<Option<DialStream>>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -164,9 +170,16 @@ impl SshSession {
             _dir: dir,
             dial_error: Arc::default(),
             forwards: Mutex::default(),
+            spare: Mutex::default(),
         };
         match status {
-            Some(s) if s.success() && session.control.exists() => Ok(session),
+            Some(s) if s.success() && session.control.exists() => {
+                // Only inside the runtime (tokio's process support needs it).
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    *session.spare.lock().expect("spare") = session.spawn_dial().ok();
+                }
+                Ok(session)
+            }
             Some(_) => Err(classify_connect(dest, &said)),
             None => Err(SshError::Unreachable {
                 host: dest.to_string(),
@@ -447,38 +460,56 @@ impl tower_service::Service<hyper::Uri> for DialStdio {
     fn call(&mut self, _: hyper::Uri) -> Self::Future {
         let session = self.session.clone();
         Box::pin(async move {
-            let mut child = tokio::process::Command::new("ssh")
-                .args(session.channel_args())
-                .arg("--")
-                .arg(&session.dest.host)
-                .arg("docker system dial-stdio")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let (Some(stdin), Some(stdout), Some(mut stderr)) =
-                (child.stdin.take(), child.stdout.take(), child.stderr.take())
-            else {
-                return Err(std::io::Error::other("ssh gave no pipes"));
+            // The spare, unless its channel already ended (then a new one says why).
+            let ready = session
+                .spare
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .and_then(|mut s| s.alive().then_some(s));
+            let stream = match ready {
+                Some(s) => s,
+                None => session.spawn_dial()?,
             };
-            // Keep what the remote side says: it explains a refused engine.
-            let slot = session.dial_error.clone();
-            tokio::spawn(async move {
-                let mut text = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut text).await;
-                let text = String::from_utf8_lossy(&text).trim().to_string();
-                if !text.is_empty()
-                    && let Ok(mut s) = slot.lock()
-                {
-                    *s = Some(text);
-                }
-            });
-            Ok(hyper_util::rt::TokioIo::new(DialStream {
-                _child: child,
-                stdin,
-                stdout,
-            }))
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+impl SshSession {
+    /// A new channel running `docker system dial-stdio` on the host; what it says on stderr is
+    /// kept (it explains a refused engine).
+    fn spawn_dial(&self) -> std::io::Result<DialStream> {
+        let mut child = tokio::process::Command::new("ssh")
+            .args(self.channel_args())
+            .arg("--")
+            .arg(&self.dest.host)
+            .arg("docker system dial-stdio")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(std::io::Error::other("ssh gave no pipes"));
+        };
+        let slot = self.dial_error.clone();
+        tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut text).await;
+            let text = String::from_utf8_lossy(&text).trim().to_string();
+            if !text.is_empty()
+                && let Ok(mut s) = slot.lock()
+            {
+                *s = Some(text);
+            }
+        });
+        Ok(DialStream {
+            _child: child,
+            stdin,
+            stdout,
         })
     }
 }
@@ -488,6 +519,12 @@ struct DialStream {
     _child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::process::ChildStdout,
+}
+
+impl DialStream {
+    fn alive(&mut self) -> bool {
+        matches!(self._child.try_wait(), Ok(None))
+    }
 }
 
 impl Connection for DialStream {

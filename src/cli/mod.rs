@@ -16,7 +16,7 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 error, 2 usage or config, 3 registry, 4 no such version, 5 locked, \
                   6 validation failed (previous version restored), 7 validation failed and restoring failed, \
-                  8 partly done, 9 docker engine, 10 remote host (ssh), 11 a drill candidate would fail, \
+                  8 partly done, 9 docker engine, 10 remote host (ssh, or TLS to tcp://), 11 a drill candidate would fail, \
                   130 interrupted."
 )]
 pub struct Cli {

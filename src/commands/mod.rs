@@ -147,7 +147,15 @@ impl App<'_> {
                 let ssh = self.ssh()?.expect("an ssh:// engine has a session");
                 Ok(Engine::connect_ssh(ssh, self.settings.ssh.connect_timeout).await?)
             }
-            Some(other) => Ok(Engine::connect(Some(&other.to_string())).await?),
+            Some(EngineAddress::Tcp { host, port }) if let Some(files) = self.project()?.engine_tls.as_ref() => {
+                Ok(Engine::connect_tls(&host, port, files, self.settings.ssh.connect_timeout).await?)
+            }
+            Some(other) => {
+                if let Some(warning) = other.plain_tcp_warning(false) {
+                    self.printer.note(warning);
+                }
+                Ok(Engine::connect(Some(&other.to_string())).await?)
+            }
             None => Ok(Engine::connect(None).await?),
         }
     }

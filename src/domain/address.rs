@@ -108,6 +108,24 @@ impl EngineAddress {
     }
 }
 
+impl EngineAddress {
+    /// What to say when this engine is reached in plain HTTP over a network: anyone on the path
+    /// may then run containers as root on that host. `None` for unix sockets, ssh, TLS and
+    /// loopback. The docker CLI allows it; backtrack does too, with this warning.
+    pub fn plain_tcp_warning(&self, tls: bool) -> Option<String> {
+        let Self::Tcp { host, .. } = self else {
+            return None;
+        };
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        (!tls && !loopback).then(|| {
+            format!(
+                "warning: {self} is plain HTTP: anyone on the network path can run containers as root on that \
+                 host; reach it over ssh://, or with TLS (DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
+            )
+        })
+    }
+}
+
 impl fmt::Display for EngineAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -187,6 +205,27 @@ mod tests {
                 port: 2375
             }
         );
+    }
+
+    #[test]
+    fn plain_tcp_off_this_machine_is_warned_about() {
+        let warn = |a: &str, tls: bool| EngineAddress::parse(a).unwrap().plain_tcp_warning(tls);
+        assert!(
+            warn("tcp://10.0.0.5:2375", false)
+                .unwrap()
+                .contains("tcp://10.0.0.5:2375 is plain HTTP")
+        );
+        assert!(warn("tcp://docker.example.com", false).is_some());
+        for (a, tls) in [
+            ("tcp://10.0.0.5:2376", true),
+            ("tcp://127.0.0.1:2375", false),
+            ("tcp://localhost:2375", false),
+            ("tcp://[::1]:2375", false),
+            ("ssh://u@h", false),
+            ("unix:///run/docker.sock", false),
+        ] {
+            assert_eq!(warn(a, tls), None, "{a}");
+        }
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> an
                 .expect("an ssh:// host has a remote state folder");
             (engine, Some(RemoteDir::new(StateShell::new(session), relative)))
         }
+        EngineAddress::Tcp { host: name, port } if let Some(files) = host.tls.as_ref() => (
+            Engine::connect_tls(name, *port, files, ssh.connect_timeout).await?,
+            None,
+        ),
         other => (Engine::connect(Some(&other.to_string())).await?, None),
     };
     let journal = match &remote {

@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::adapters::docker::tls::TlsFiles;
 use crate::adapters::ssh::SshOptions;
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::domain::address::EngineAddress;
@@ -55,6 +56,9 @@ pub struct Project {
     /// The engine of the target (`--host`, `[target] host`, `DOCKER_HOST`, the current docker
     /// context, else the local socket); `None` for the local socket's default.
     pub engine: Option<EngineAddress>,
+    /// TLS to the engine, for a `tcp://` engine when the environment or the docker context asks
+    /// for it (`DOCKER_TLS_VERIFY` + `DOCKER_CERT_PATH`, a context's TLS folder).
+    pub engine_tls: Option<TlsFiles>,
     /// For a target on an `ssh://` engine: its state folder on that host, relative to the remote
     /// user's state root (`targets/local_container_web`, as a run on the host would name it).
     pub remote_state: Option<String>,
@@ -108,6 +112,8 @@ pub struct FleetHost {
     pub state_dir: PathBuf,
     /// Its state folder on the host, relative to the remote state root (for `ssh://`).
     pub remote_state: Option<String>,
+    /// TLS to its engine, for a `tcp://` host when the environment asks for it.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The hosts of `[target] hosts` this run acts on (`--hosts` picks some, by address or by the
@@ -262,7 +268,12 @@ impl Settings {
             flag: global.host.clone(),
             only: global.hosts.clone(),
             docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
-            tls_verify: std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()),
+            env_tls: env_tls(
+                env("DOCKER_TLS_VERIFY").is_some(),
+                env("DOCKER_TLS").is_some(),
+                env("DOCKER_CERT_PATH"),
+                &home,
+            ),
             context: docker_context_host(
                 &env("DOCKER_CONFIG").unwrap_or_else(|| home.join(".docker")),
                 std::env::var("DOCKER_CONTEXT").ok().filter(|c| !c.is_empty()),
@@ -301,27 +312,72 @@ pub struct EngineHosts {
     /// `--hosts a,b`: the hosts of a fleet this run acts on.
     pub only: Option<Vec<String>>,
     pub docker_host: Option<String>,
-    /// `DOCKER_TLS_VERIFY` is set: the docker CLI would talk TLS to a `tcp://` engine.
-    pub tls_verify: bool,
+    /// The TLS the environment asks for `tcp://` engines named outside a docker context
+    /// (`DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`), or why it cannot be had.
+    pub env_tls: Result<Option<TlsFiles>, String>,
     /// The current docker context's engine (`DOCKER_CONTEXT`, else `currentContext` of the
     /// docker config), or why it could not be read.
-    pub context: Result<Option<String>, String>,
+    pub context: Result<Option<ContextEngine>, String>,
+}
+
+/// The engine of a docker context: its address and its TLS (the context's own TLS folder, when
+/// it has one), or why that TLS cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextEngine {
+    pub host: String,
+    pub tls: Result<Option<TlsFiles>, String>,
 }
 
 impl EngineHosts {
-    /// `--host`, then `[target] host`, then `DOCKER_HOST`, then the docker context.
-    fn pick(&self, configured: Option<&str>) -> Result<Option<String>, String> {
+    /// `--host`, then `[target] host`, then `DOCKER_HOST`, then the docker context; with the TLS
+    /// that goes with where it was named (the environment's, or the context's own), as the
+    /// docker CLI pairs them.
+    fn pick(&self, configured: Option<&str>) -> Result<Option<ContextEngine>, String> {
         if let Some(h) = self.flag.as_deref().or(configured).or(self.docker_host.as_deref()) {
-            return Ok(Some(h.to_string()));
+            return Ok(Some(ContextEngine {
+                host: h.to_string(),
+                tls: self.env_tls.clone(),
+            }));
         }
         self.context.clone()
     }
 }
 
+/// The TLS `docker` would use for a `tcp://` engine from its environment: `DOCKER_TLS_VERIFY`
+/// (any non-empty value) with the files in `DOCKER_CERT_PATH`, default `~/.docker`. `DOCKER_TLS`
+/// alone (TLS that does not check the engine's certificate) is refused: it is not built.
+fn env_tls(verify: bool, tls: bool, cert_path: Option<PathBuf>, home: &Path) -> Result<Option<TlsFiles>, String> {
+    if !verify {
+        if tls {
+            return Err(
+                "DOCKER_TLS is set without DOCKER_TLS_VERIFY: TLS that does not check the engine's \
+                        certificate is not supported; set DOCKER_TLS_VERIFY=1 and put the engine's CA in \
+                        DOCKER_CERT_PATH/ca.pem"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(match cert_path {
+        Some(dir) => TlsFiles {
+            dir,
+            source: "DOCKER_CERT_PATH".into(),
+        },
+        None => TlsFiles {
+            dir: home.join(".docker"),
+            source: "~/.docker (DOCKER_TLS_VERIFY is set, DOCKER_CERT_PATH is not)".into(),
+        },
+    }))
+}
+
 /// The engine address of the current docker context, as the docker CLI finds it: the context
 /// named by `DOCKER_CONTEXT`, else `currentContext` in `config.json`; `default` (or none) is the
 /// local socket. A context's metadata is `contexts/meta/<sha256 of its name>/meta.json`.
-pub fn docker_context_host(docker_config: &Path, env_context: Option<String>) -> Result<Option<String>, String> {
+///
+/// Its TLS files, when it has any, are in `contexts/tls/<same hash>/docker/` (`ca.pem`,
+/// `cert.pem`, `key.pem`); a context that skips verifying the engine's certificate is refused for
+/// a `tcp://` engine.
+pub fn docker_context_host(docker_config: &Path, env_context: Option<String>) -> Result<Option<ContextEngine>, String> {
     use sha2::Digest as _;
     let name = match env_context {
         Some(n) => n,
@@ -344,7 +400,7 @@ pub fn docker_context_host(docker_config: &Path, env_context: Option<String>) ->
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
-    let meta = docker_config.join("contexts/meta").join(hash).join("meta.json");
+    let meta = docker_config.join("contexts/meta").join(&hash).join("meta.json");
     let text = std::fs::read(&meta).map_err(|_| {
         format!(
             "find docker context '{name}' (no {}); see `docker context ls`",
@@ -352,10 +408,38 @@ pub fn docker_context_host(docker_config: &Path, env_context: Option<String>) ->
         )
     })?;
     let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("read {}: {e}", meta.display()))?;
-    Ok(v.pointer("/Endpoints/docker/Host")
+    let Some(host) = v
+        .pointer("/Endpoints/docker/Host")
         .and_then(|h| h.as_str())
         .filter(|h| !h.is_empty())
-        .map(str::to_string))
+    else {
+        return Ok(None);
+    };
+    let tls_dir = docker_config.join("contexts/tls").join(&hash).join("docker");
+    let has_tls = ["ca.pem", "cert.pem", "key.pem"]
+        .iter()
+        .any(|f| tls_dir.join(f).exists());
+    let skip = v
+        .pointer("/Endpoints/docker/SkipTLSVerify")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let tls = if skip {
+        Err(format!(
+            "docker context '{name}' skips verifying the engine's TLS certificate, which backtrack does not do; \
+             give the context the engine's CA (`docker context update {name} --docker \"host={host},ca=…,cert=…,key=…\"`)"
+        ))
+    } else if has_tls {
+        Ok(Some(TlsFiles {
+            dir: tls_dir,
+            source: format!("docker context '{name}'"),
+        }))
+    } else {
+        Ok(None)
+    };
+    Ok(Some(ContextEngine {
+        host: host.to_string(),
+        tls,
+    }))
 }
 
 fn load_project(explicit: Option<PathBuf>, state_root: &Path, hosts: &EngineHosts) -> Result<Project, ProjectError> {
@@ -453,35 +537,46 @@ fn resolve_project(
         [one] => Some(one.clone()),
         _ => None,
     };
-    let engine_host = match &single {
-        Some(one) => Some(one.clone()),
+    let picked = match &single {
+        Some(one) => Some(ContextEngine {
+            host: one.clone(),
+            tls: hosts.env_tls.clone(),
+        }),
         None => hosts
             .pick(file.target.as_ref().and_then(|t| t.host.as_deref()))
             .map_err(invalid)?,
     };
+    let engine_host = picked.as_ref().map(|p| p.host.clone());
     let engine = engine_host
         .as_deref()
         .map(EngineAddress::parse)
         .transpose()
         .map_err(|e| invalid(e.to_string()))?;
-    if hosts.tls_verify && matches!(engine, Some(EngineAddress::Tcp { .. })) {
-        return Err(invalid(format!(
-            "DOCKER_TLS_VERIFY is set for {}, but TLS to tcp:// engines is not built yet; reach that engine \
-             over ssh:// instead (nothing to install on the host), or unset DOCKER_TLS_VERIFY for a plain one",
-            engine_host.as_deref().unwrap_or_default()
-        )));
-    }
+    // TLS is for `tcp://` engines only (ssh:// and unix:// ignore it, as the docker CLI does).
+    let engine_tls = match (&engine, picked) {
+        (Some(EngineAddress::Tcp { .. }), Some(p)) => p.tls.map_err(invalid)?,
+        _ => None,
+    };
     let fleet = if fleet.len() > 1 { fleet } else { Vec::new() };
-    let target = file.target.map(|t| TargetSettings {
-        hosts: fleet
-            .iter()
-            .map(|address| FleetHost {
-                engine: EngineAddress::parse(address).expect("checked in fleet_hosts"),
+    let fleet_hosts = fleet
+        .iter()
+        .map(|address| {
+            let engine = EngineAddress::parse(address).expect("checked in fleet_hosts");
+            let tls = match engine {
+                EngineAddress::Tcp { .. } => hosts.env_tls.clone().map_err(invalid)?,
+                _ => None,
+            };
+            Ok(FleetHost {
+                engine,
                 address: address.clone(),
                 state_dir: PathBuf::new(),
                 remote_state: None,
+                tls,
             })
-            .collect(),
+        })
+        .collect::<Result<Vec<_>, ProjectError>>()?;
+    let target = file.target.map(|t| TargetSettings {
+        hosts: fleet_hosts,
         strategy: t.strategy,
         batch: t.batch.unwrap_or(1).max(1),
         canary_soak: t.canary_soak.unwrap_or(Duration::from_secs(120)),
@@ -592,6 +687,7 @@ fn resolve_project(
         legacy_state_dir,
         state_root: state_root.to_path_buf(),
         engine,
+        engine_tls,
         remote_state,
     })
 }
@@ -623,7 +719,7 @@ mod tests {
                 flag: None,
                 only: None,
                 docker_host: None,
-                tls_verify: false,
+                env_tls: Ok(None),
                 context: Ok(None),
             },
         )
@@ -717,8 +813,11 @@ mod tests {
             flag: flag.map(str::to_string),
             only: None,
             docker_host: env.map(str::to_string),
-            tls_verify: false,
-            context: Ok(Some("tcp://from-context:2375".into())),
+            env_tls: Ok(None),
+            context: Ok(Some(ContextEngine {
+                host: "tcp://from-context:2375".into(),
+                tls: Ok(None),
+            })),
         };
         let at = |h: &EngineHosts| {
             resolve_project(Path::new("/srv/app/backtrack.toml"), file(), Path::new("/state"), h).unwrap()
@@ -747,12 +846,81 @@ mod tests {
         assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://env:2375");
         let p = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &hosts(None, None)).unwrap();
         assert_eq!(p.engine.as_ref().unwrap().to_string(), "tcp://from-context:2375");
-        let mut tls = hosts(None, None);
-        tls.tls_verify = true;
-        let err = resolve_project(Path::new("/b.toml"), bare(), Path::new("/state"), &tls).unwrap_err();
+        assert_eq!(p.engine_tls, None);
+    }
+
+    #[test]
+    fn tls_goes_with_where_the_engine_was_named_and_only_to_tcp_engines() {
+        let bare = |host: &str| {
+            config::parse_toml(
+                Path::new("/b.toml"),
+                &format!("[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\nname = \"web\"\n{host}"),
+            )
+            .unwrap()
+        };
+        let env = TlsFiles {
+            dir: "/certs/env".into(),
+            source: "DOCKER_CERT_PATH".into(),
+        };
+        let ctx = TlsFiles {
+            dir: "/certs/ctx".into(),
+            source: "docker context 'prod'".into(),
+        };
+        let hosts = |docker_host: Option<&str>, env_tls: Result<Option<TlsFiles>, String>| EngineHosts {
+            flag: None,
+            only: None,
+            docker_host: docker_host.map(str::to_string),
+            env_tls,
+            context: Ok(Some(ContextEngine {
+                host: "tcp://ctx:2376".into(),
+                tls: Ok(Some(ctx.clone())),
+            })),
+        };
+        let at = |file, h: &EngineHosts| resolve_project(Path::new("/b.toml"), file, Path::new("/state"), h);
+        // DOCKER_HOST with DOCKER_TLS_VERIFY: the environment's folder.
+        let p = at(bare(""), &hosts(Some("tcp://env:2376"), Ok(Some(env.clone())))).unwrap();
+        assert_eq!(p.engine_tls.as_ref(), Some(&env));
+        // The context's engine: the context's folder, whatever the environment says.
+        let p = at(bare(""), &hosts(None, Ok(Some(env.clone())))).unwrap();
+        assert_eq!(p.engine.unwrap().to_string(), "tcp://ctx:2376");
+        assert_eq!(p.engine_tls.as_ref(), Some(&ctx));
+        // ssh:// and unix:// never use TLS, and a refused TLS setting does not matter to them.
+        let p = at(bare("host = \"ssh://u@h\"\n"), &hosts(None, Err("no".into()))).unwrap();
+        assert_eq!(p.engine_tls, None);
+        // tcp:// with TLS refused (DOCKER_TLS without verification): a usage error saying why.
+        let err = at(
+            bare("host = \"tcp://h:2376\"\n"),
+            &hosts(None, Err("DOCKER_TLS is set".into())),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("DOCKER_TLS is set"), "{err}");
+        // Fleet hosts on tcp:// take the environment's TLS.
+        let p = at(
+            bare("hosts = [\"tcp://a:2376\", \"ssh://u@b\"]\n"),
+            &hosts(None, Ok(Some(env.clone()))),
+        )
+        .unwrap();
+        let fleet = &p.target.unwrap().hosts;
+        assert_eq!(fleet[0].tls.as_ref(), Some(&env));
+        assert_eq!(fleet[1].tls, None);
+    }
+
+    #[test]
+    fn env_tls_is_docker_clis() {
+        let home = Path::new("/home/me");
+        assert_eq!(env_tls(false, false, Some("/c".into()), home), Ok(None));
+        assert_eq!(
+            env_tls(true, false, None, home).unwrap().unwrap().dir,
+            home.join(".docker")
+        );
+        assert_eq!(
+            env_tls(true, true, Some("/c".into()), home).unwrap().unwrap().dir,
+            PathBuf::from("/c")
+        );
         assert!(
-            err.to_string().contains("TLS to tcp:// engines is not built yet"),
-            "{err}"
+            env_tls(false, true, None, home)
+                .unwrap_err()
+                .contains("DOCKER_TLS_VERIFY=1")
         );
     }
 
@@ -764,11 +932,13 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), r#"{"currentContext":"ec2"}"#).unwrap();
         let err = docker_context_host(dir.path(), None).unwrap_err();
         assert!(err.contains("find docker context 'ec2'"), "{err}");
-        let hash: String = sha2::Sha256::digest(b"ec2")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let meta = dir.path().join("contexts/meta").join(hash);
+        let hash_of = |name: &str| -> String {
+            sha2::Sha256::digest(name.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let meta = dir.path().join("contexts/meta").join(hash_of("ec2"));
         std::fs::create_dir_all(&meta).unwrap();
         std::fs::write(
             meta.join("meta.json"),
@@ -777,10 +947,26 @@ mod tests {
         .unwrap();
         assert_eq!(
             docker_context_host(dir.path(), None),
-            Ok(Some("ssh://ubuntu@ec2-1".into()))
+            Ok(Some(ContextEngine {
+                host: "ssh://ubuntu@ec2-1".into(),
+                tls: Ok(None)
+            }))
         );
         // DOCKER_CONTEXT wins over config.json; "default" is the local socket.
         assert_eq!(docker_context_host(dir.path(), Some("default".into())), Ok(None));
+        // A context's TLS files are in contexts/tls/<hash>/docker.
+        let tls = dir.path().join("contexts/tls").join(hash_of("ec2")).join("docker");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::write(tls.join("ca.pem"), "x").unwrap();
+        let found = docker_context_host(dir.path(), None).unwrap().unwrap();
+        assert_eq!(found.tls.unwrap().unwrap().dir, tls);
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ec2","Endpoints":{"docker":{"Host":"tcp://ec2-1:2376","SkipTLSVerify":true}}}"#,
+        )
+        .unwrap();
+        let found = docker_context_host(dir.path(), None).unwrap().unwrap();
+        assert!(found.tls.unwrap_err().contains("skips verifying"));
     }
 
     #[test]
@@ -809,7 +995,7 @@ mod tests {
                     flag: flag.map(str::to_string),
                     only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
                     docker_host: None,
-                    tls_verify: false,
+                    env_tls: Ok(None),
                     context: Ok(None),
                 },
             )

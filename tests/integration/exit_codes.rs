@@ -213,6 +213,22 @@ fn the_readme_exit_code_table_is_true_for_every_code() {
         10,
         "127.0.0.1",
     );
+    // ... and a tcp:// engine over TLS whose folder lacks the CA (read before any connection).
+    let no_ca = tempfile::tempdir().unwrap();
+    let tls = Test::new()
+        .config(&format!(
+            "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"tcp://127.0.0.1:{closed}\"\n",
+            crate::harness::registry()
+        ))
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", no_ca.path().to_str().unwrap());
+    expect(
+        &mut seen,
+        "TLS engine without its CA file",
+        tls.exec(["status"]),
+        10,
+        "ca.pem: no such file",
+    );
 
     // 130 interrupted before anything was changed: Ctrl-C at the picker (after a deploy, so
     // that there is a previous version to offer).

@@ -13,6 +13,7 @@ mod lkg;
 mod prune;
 mod rebuild;
 mod remote;
+mod remote_tls;
 mod state;
 mod swap;
 mod swarm;

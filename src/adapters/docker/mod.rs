@@ -7,6 +7,7 @@ pub mod clone;
 pub mod context;
 pub mod images;
 pub mod swarm;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub enum EngineError {
     /// The host of an `ssh://` engine refused or could not be reached.
     #[error(transparent)]
     Host(#[from] SshError),
+    /// TLS to a `tcp://` engine failed (files, certificates, a plain-HTTP port).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 impl EngineError {
@@ -87,6 +91,7 @@ impl EngineError {
                 "point [target] host (or --host) at a manager of the swarm: `docker node ls` there lists the nodes"
                     .into(),
             ),
+            Self::Tls(e) => e.hint(),
             _ => None,
         }
     }
@@ -197,12 +202,61 @@ impl Engine {
         let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
-            .map_err(|e| unreachable(short_error(&e)))?;
+            .map_err(|e| {
+                let cause = short_error(&e);
+                // A Go TLS server's answer to plain HTTP.
+                if cause.contains("HTTP request to an HTTPS server") {
+                    EngineError::Tls(tls::TlsError::TlsNeeded { host: shown.clone() })
+                } else {
+                    unreachable(cause)
+                }
+            })?;
         Ok(Self {
             docker,
             host: shown,
             ssh: None,
         })
+    }
+
+    /// Reaches a `tcp://` engine over TLS with the files in `files` (as `docker --tlsverify`
+    /// does) and negotiates the API version within `timeout`. A TLS failure (a missing file, a
+    /// certificate rejected either way, a plain-HTTP port) is told apart from an engine that
+    /// does not answer.
+    pub async fn connect_tls(
+        host: &str,
+        port: u16,
+        files: &tls::TlsFiles,
+        timeout: Duration,
+    ) -> Result<Self, EngineError> {
+        let shown = format!("tcp://{host}:{port}");
+        let transport = tls::Transport::new(host, port, files, timeout)?;
+        let failures = transport.failures();
+        let call = transport.call;
+        let docker = Docker::connect_with_custom_transport(
+            move |req: bollard::BollardRequest| call(req),
+            Some(format!("https://{host}:{port}")),
+            120,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| EngineError::Unreachable {
+            host: shown.clone(),
+            cause: e.to_string(),
+        })?;
+        let cause = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+            Ok(Ok(docker)) => {
+                return Ok(Self {
+                    docker,
+                    host: shown,
+                    ssh: None,
+                });
+            }
+            Ok(Err(e)) => short_error(&e),
+            Err(_) => format!("no answer within {}s", timeout.as_secs_f32()),
+        };
+        match failures.first() {
+            Some(e) => Err(e.into()),
+            None => Err(EngineError::Unreachable { host: shown, cause }),
+        }
     }
 
     /// Reaches the engine of an SSH host through the run's connection (each API connection is a

@@ -6,7 +6,10 @@
 //!
 //! **One state shell per run**: a single channel runs a small `sh` loop that answers requests
 //! (read the journal, append a record, take or release the lock, name the holder) as lines, so a
-//! journal write costs a round trip on an open channel, not a new channel (~40 ms each). **A
+//! journal write costs a round trip on an open channel, not a new channel (~40 ms each); while
+//! the run holds the target's lock, the journal is read from the host once and kept in step with
+//! each append (the host answers an append with the file's size, so a write by anyone else is
+//! noticed and the journal read again). **A
 //! journal record is one append followed by `sync`**, so it is on the host's disk before anything
 //! else happens. **The lock is a `flock` held by that shell for as long as the run keeps the
 //! channel open**: it is released when the run ends or releases it, and also when the run's
@@ -22,20 +25,21 @@ use super::{Holder, Identity, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
 
 /// The state shell's loop. Each request is a command line and the target folder's relative path
-/// (plus the command's own lines); each answer starts with one status line.
+/// (plus the command's own lines); each answer starts with one status line. Taking the lock
+/// also answers with the journal (the first thing a run that locks reads).
 const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"
+data() { if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
-  read)
-    if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi ;;
+  read) data ;;
   append)
     IFS= read -r meta; IFS= read -r line
     if err=$( { mkdir -p "$d" &&
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
         if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi &&
         printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
-      echo OK
+      echo "OK $(wc -c < "$f")"
     else
       printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
     fi ;;
@@ -50,7 +54,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
     if err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
       exec 9>>"$d/lock"
       if flock -n 9; then
-        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED
+        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED; data
       else
         exec 9>&-
         i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
@@ -70,6 +74,9 @@ struct Channel {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Requests sent without waiting for their one-line answer (releasing the lock), read
+    /// before the next request's answer.
+    unanswered: usize,
 }
 
 /// One long-lived `sh` on the host, through the run's SSH connection, that reads and writes the
@@ -77,6 +84,10 @@ struct Channel {
 pub struct StateShell {
     ssh: Arc<SshSession>,
     channel: Mutex<Option<Channel>>,
+    /// The journals of the targets whose lock this shell holds, by relative folder, as last read
+    /// or written (`None`: to be read from the host): while the lock is held, a read costs no
+    /// round trip.
+    journals: Mutex<std::collections::HashMap<String, Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for StateShell {
@@ -90,6 +101,7 @@ impl StateShell {
         Arc::new(Self {
             ssh,
             channel: Mutex::new(None),
+            journals: Mutex::default(),
         })
     }
 
@@ -124,19 +136,22 @@ impl StateShell {
                 .map_err(|e| SshError::NoClient(e.to_string()))?;
             let stdin = child.stdin.take().expect("piped stdin");
             let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-            *guard = Some(Channel { child, stdin, stdout });
+            *guard = Some(Channel {
+                child,
+                stdin,
+                stdout,
+                unanswered: 0,
+            });
         }
         let chan = guard.as_mut().expect("started above");
-        let mut text = String::new();
-        for l in lines {
-            debug_assert!(!l.contains('\n'), "a request line holds no newline");
-            text.push_str(l);
-            text.push('\n');
-        }
-        let result = chan
-            .stdin
-            .write_all(text.as_bytes())
-            .and_then(|()| chan.stdin.flush())
+        let result = send(chan, lines)
+            .and_then(|()| {
+                while chan.unanswered > 0 {
+                    status_line(&mut chan.stdout)?;
+                    chan.unanswered -= 1;
+                }
+                Ok(())
+            })
             .and_then(|()| answer(&mut chan.stdout));
         result.map_err(|e| {
             if let Some(mut c) = guard.take() {
@@ -146,6 +161,31 @@ impl StateShell {
             self.fail(what, format!("the state shell on the host ended: {e}"))
         })
     }
+}
+
+impl StateShell {
+    /// Sends a request whose one-line answer is not waited for (it is read before the next
+    /// answer). Only on a running shell; errors are ignored (the shell ending does the same).
+    fn send_unanswered(&self, lines: &[&str]) {
+        if let Ok(mut guard) = self.channel.lock()
+            && let Some(chan) = guard.as_mut()
+            && send(chan, lines).is_ok()
+        {
+            chan.unanswered += 1;
+        }
+    }
+}
+
+/// Writes request lines (none holds a newline) to the shell.
+fn send(chan: &mut Channel, lines: &[&str]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        debug_assert!(!l.contains('\n'), "a request line holds no newline");
+        text.push_str(l);
+        text.push('\n');
+    }
+    chan.stdin.write_all(text.as_bytes())?;
+    chan.stdin.flush()
 }
 
 impl Drop for StateShell {
@@ -165,6 +205,18 @@ impl Drop for StateShell {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// A `DATA n` answer: the status line, then n bytes.
+fn data(r: &mut BufReader<ChildStdout>) -> std::io::Result<Vec<u8>> {
+    let line = status_line(r)?;
+    let n: usize = line
+        .strip_prefix("DATA")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
+    let mut bytes = vec![0; n];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// One status line of an answer, without its newline.
@@ -213,19 +265,34 @@ impl RemoteDir {
         )
     }
 
-    /// The journal's bytes (empty when there is none yet).
+    /// The journal's bytes (empty when there is none yet). While this run holds the target's
+    /// lock, the journal is read from the host once and then kept here, in step with every
+    /// append (an append that finds the file grown by someone else drops the copy).
     pub fn read_journal(&self) -> Result<Vec<u8>, SshError> {
-        let what = "read the journal";
-        self.shell.request(what, &["read", &self.relative], |r| {
-            let line = status_line(r)?;
-            let n: usize = line
-                .strip_prefix("DATA")
-                .and_then(|n| n.trim().parse().ok())
-                .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
-            let mut bytes = vec![0; n];
-            r.read_exact(&mut bytes)?;
-            Ok(bytes)
-        })
+        if let Some(bytes) = self.cached() {
+            return Ok(bytes);
+        }
+        let bytes = self
+            .shell
+            .request("read the journal", &["read", &self.relative], data)?;
+        self.keep(|cache| {
+            if let Some(c) = cache {
+                *c = Some(bytes.clone());
+            }
+        });
+        Ok(bytes)
+    }
+
+    fn cached(&self) -> Option<Vec<u8>> {
+        let journals = self.shell.journals.lock().ok()?;
+        journals.get(&self.relative)?.clone()
+    }
+
+    /// Runs `f` on this target's kept journal: `Some` only while this shell holds its lock.
+    fn keep(&self, f: impl FnOnce(Option<&mut Option<Vec<u8>>>)) {
+        if let Ok(mut journals) = self.shell.journals.lock() {
+            f(journals.get_mut(&self.relative));
+        }
     }
 
     /// Appends one line (ending a torn last line first) and syncs it to disk; writes `meta` as
@@ -238,13 +305,32 @@ impl RemoteDir {
         if line.contains('\n') || meta.contains('\n') {
             return Err(self.shell.fail(what, "a record spans lines"));
         }
+        let mut size = None;
         let answer = self
             .shell
             .request(what, &["append", &self.relative, meta.trim_end(), line], |r| {
-                status_line(r).map(|l| ok_or_err(l, "OK"))
+                status_line(r).map(|l| {
+                    size = l.strip_prefix("OK ").and_then(|n| n.trim().parse::<usize>().ok());
+                    ok_or_err(l, "OK")
+                })
             })?;
         match answer {
-            Answer::Ok => Ok(()),
+            Answer::Ok => {
+                self.keep(|cache| {
+                    if let Some(Some(c)) = cache {
+                        if c.last().is_some_and(|b| *b != b'\n') {
+                            c.push(b'\n');
+                        }
+                        c.extend_from_slice(line.as_bytes());
+                        c.push(b'\n');
+                        // Someone else wrote too (or the size is unknown): read it again next time.
+                        if size != Some(c.len()) {
+                            *cache.expect("matched") = None;
+                        }
+                    }
+                });
+                Ok(())
+            }
             Answer::Err(e) => Err(self.shell.fail(what, e)),
         }
     }
@@ -275,11 +361,19 @@ impl RemoteDir {
             path: path.clone(),
             source: std::io::Error::other(detail),
         };
-        let line = self
+        let (line, journal) = self
             .shell
-            .request("take the lock", &["lock", &self.relative, &holder_json], status_line)
+            .request("take the lock", &["lock", &self.relative, &holder_json], |r| {
+                let line = status_line(r)?;
+                let journal = if line == "LOCKED" { Some(data(r)?) } else { None };
+                Ok((line, journal))
+            })
             .map_err(|e| io(e.to_string()))?;
-        if line == "LOCKED" {
+        if let Some(journal) = journal {
+            // Nobody else writes the journal now: it is kept here, from this copy on.
+            if let Ok(mut journals) = self.shell.journals.lock() {
+                journals.insert(self.relative.clone(), Some(journal));
+            }
             return Ok(RemoteLock { dir: self.clone() });
         }
         if let Some(rest) = line.strip_prefix("HELD") {
@@ -299,9 +393,11 @@ pub struct RemoteLock {
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
-        let _ = self
-            .dir
-            .shell
-            .request("release the lock", &["unlock", &self.dir.relative], status_line);
+        if let Ok(mut journals) = self.dir.shell.journals.lock() {
+            journals.remove(&self.dir.relative);
+        }
+        // Not waited for: the next request (or the shell's end, which the run waits for) comes
+        // after it on the same channel.
+        self.dir.shell.send_unanswered(&["unlock", &self.dir.relative]);
     }
 }
