@@ -51,6 +51,7 @@ pub async fn wait_valid(
     mut progress: impl FnMut(&str),
 ) -> Result<(), Invalid> {
     let start = Instant::now();
+    let started_unix = chrono::Utc::now().timestamp() - 1;
     let deadline = start + health.timeout;
     let http = http_client();
     let mut initial_restarts = Vec::with_capacity(containers.len());
@@ -98,8 +99,14 @@ pub async fn wait_valid(
                         live.exit_code
                     )
                 } else {
+                    // Restarted already: its state forgot the exit code, the engine's events did not.
+                    let code = engine
+                        .last_exit_code(name, started_unix)
+                        .await
+                        .map(|c| format!(" (exit code {c})"))
+                        .unwrap_or_default();
                     format!(
-                        "container {name} exited and was restarted {} time(s) by its restart policy",
+                        "container {name} exited{code} and was restarted {} time(s) by its restart policy",
                         live.restart_count - restarts
                     )
                 }));

@@ -592,6 +592,38 @@ impl Engine {
         Ok(created.id)
     }
 
+    /// The exit code of the last time container `name` died since `since_unix` (seconds), from
+    /// the engine's events: a restart policy restarts it at once and its state forgets the code.
+    pub async fn last_exit_code(&self, name: &str, since_unix: i64) -> Option<i64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs()
+            + 1;
+        let filters = HashMap::from([
+            ("container", vec![name.to_string()]),
+            ("event", vec!["die".to_string()]),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .since(&since_unix.to_string())
+            .until(&now.to_string())
+            .filters(&filters)
+            .build();
+        let read = async {
+            let mut code = None;
+            let mut stream = self.docker.events(Some(opts));
+            while let Some(Ok(event)) = stream.next().await {
+                code = event
+                    .actor
+                    .and_then(|a| a.attributes)
+                    .and_then(|a| a.get("exitCode").and_then(|c| c.parse().ok()))
+                    .or(code);
+            }
+            code
+        };
+        tokio::time::timeout(Duration::from_secs(2), read).await.ok().flatten()
+    }
+
     pub async fn liveness(&self, name: &str) -> Result<Liveness, EngineError> {
         let c = self.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
             what: format!("container {name}"),
