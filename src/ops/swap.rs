@@ -257,9 +257,6 @@ pub async fn execute(
             .collect::<BTreeMap<_, _>>(),
         ..base.clone()
     })?;
-    let finish = |result: Outcome, detail: Option<String>| {
-        base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
-    };
 
     let mut swapped: Vec<&ContainerPlan> = Vec::new();
     // Why, the failed container's last lines, and whether only an unreachable probe failed.
@@ -352,26 +349,15 @@ pub async fn execute(
             }
         }
     }
-    let record = Record {
-        notes,
-        ..finish(Outcome::Ok, None)
-    };
-    let finished = journal.append(&record);
-    if let Err(e) = committed.and(finished) {
-        // The validated version stays: with the set-aside containers gone, the next run finds the
-        // target on the new digest with nothing to put back, and records the operation as done.
-        return Err(Failure::NotRecorded {
-            what: format!(
-                "the validated {} {} on {}",
-                plan.op.as_str(),
-                plan.to.display(),
-                plan.target
-            ),
-            error: e.to_string(),
-        }
-        .into());
-    }
-    announce(journal, printer, &base, opts, Outcome::Ok, None, record.duration_ms).await;
+    // With the set-aside containers gone, a lost record leaves the validated version in place:
+    // the next run finds the target on the new digest with nothing to put back and records it.
+    let what = format!(
+        "the validated {} {} on {}",
+        plan.op.as_str(),
+        plan.to.display(),
+        plan.target
+    );
+    let record = conclude_validated(journal, printer, &base, opts, committed, notes, started.elapsed(), what).await?;
     Ok(SwapReport {
         op: plan.op,
         target: plan.target.clone(),
@@ -385,6 +371,36 @@ pub async fn execute(
         detail: None,
         logs: Vec::new(),
     })
+}
+
+/// Finishes a swap that validated (its `committed` record was written, or tried, as
+/// `committed`): the `finished` record, the notification, or `NotRecorded` (exit 1) when either
+/// record could not be written. Shared by containers and Swarm services.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn conclude_validated(
+    journal: &Journal,
+    printer: &Printer,
+    base: &Record,
+    opts: &SwapOptions<'_>,
+    committed: Result<(), state::StateError>,
+    notes: Vec<String>,
+    elapsed: std::time::Duration,
+    what: String,
+) -> anyhow::Result<Record> {
+    let record = Record {
+        notes,
+        ..base.finish(Utc::now(), Outcome::Ok, Some(elapsed.as_millis() as u64), None)
+    };
+    let finished = journal.append(&record);
+    if let Err(e) = committed.and(finished) {
+        return Err(Failure::NotRecorded {
+            what,
+            error: e.to_string(),
+        }
+        .into());
+    }
+    announce(journal, printer, base, opts, Outcome::Ok, None, record.duration_ms).await;
+    Ok(record)
 }
 
 /// How a swap that failed validation ended, once the revert was tried.

@@ -358,24 +358,15 @@ pub async fn execute(
         phase: Phase::Committed,
         ..base.clone()
     });
-    let record = Record {
-        notes,
-        ..finish(Outcome::Ok, None)
-    };
-    let finished = journal.append(&record);
-    if let Err(e) = committed.and(finished) {
-        return Err(Failure::NotRecorded {
-            what: format!(
-                "the validated {} {} on {}",
-                plan.op.as_str(),
-                plan.to.display(),
-                plan.target
-            ),
-            error: e.to_string(),
-        }
-        .into());
-    }
-    crate::ops::swap::announce(journal, printer, &base, opts, Outcome::Ok, None, record.duration_ms).await;
+    let what = format!(
+        "the validated {} {} on {}",
+        plan.op.as_str(),
+        plan.to.display(),
+        plan.target
+    );
+    let record =
+        crate::ops::swap::conclude_validated(journal, printer, &base, opts, committed, notes, started.elapsed(), what)
+            .await?;
     Ok(SwapReport {
         op: plan.op,
         target: plan.target.clone(),
