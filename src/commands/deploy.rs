@@ -263,7 +263,13 @@ async fn swap_command(
         recover::settle(&engine, &journal, &app.printer).await?;
     }
     let ops = history::operations(&journal.read()?);
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    // A Swarm service is read once: its spec for the plan, its tasks for what runs.
+    let (current, service) = if swarm {
+        let svc = swarm_ops::service(&engine, target).await?;
+        (swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?), Some(svc))
+    } else {
+        (deployed::read(&engine, target, &registry.name()).await?, None)
+    };
     let current_ref = current.first().map(|d| d.image.clone());
     let catalog = Catalog::load(registry.as_ref()).await?;
     let (chosen, note) = match resolve::resolve(
@@ -395,8 +401,7 @@ async fn swap_command(
         &app.printer,
     )?;
     let image = registry.pull_reference(&chosen.digest);
-    if swarm {
-        let svc = swarm_ops::service(&engine, target).await?;
+    if let Some(svc) = service {
         let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
         let overrides = UpdateOverrides {
             parallelism: common.parallelism,

@@ -13,7 +13,7 @@ use crate::domain::history::{self, Operation};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::swarm as swarm_ops;
-use crate::ops::{catalog::Catalog, deployed, resolve};
+use crate::ops::{catalog::Catalog, resolve};
 use crate::output::{Report, confirm, render_table, table};
 
 #[derive(Debug, Serialize)]
@@ -104,7 +104,7 @@ pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
     let ops = history::operations(&records);
     let svc = swarm_ops::service(&engine, target).await?;
     let tasks = engine.service_tasks(&svc).await?;
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let current = swarm_ops::entries(&svc, &tasks);
     let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
     let running = live.iter().filter(|t| t.state == "running").count();
     let version_of = |name: &str| {
@@ -164,7 +164,6 @@ pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
     {
         warnings.push(format!("{running} of {r} tasks run: see the state and error columns"));
     }
-    let spec_entry = current.first().map(|d| d.image.clone()).unwrap_or_default();
     if let Some(last) = history::last_committed(&ops)
         && let Some(want) = last.to.as_ref().and_then(|t| t.digest.as_ref())
         && svc.pinned_digest().as_ref() != Some(want)
@@ -194,10 +193,10 @@ pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
         registry: registry.name(),
         service: svc.name.clone(),
         image: svc.image.clone(),
-        version: spec_entry.version.filter(|_| current.len() == 1).or_else(|| {
-            let first = current.first()?;
-            (first.digest == svc.pinned_digest()).then(|| first.image.display())
-        }),
+        version: {
+            let spec = swarm_ops::spec_entry(&svc).image;
+            spec.version.or(spec.tag)
+        },
         digest: svc.pinned_digest(),
         replicas: svc.replicas,
         running,
@@ -275,7 +274,8 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     let ops = history::operations(&journal.read()?);
     let pointer = project.lkg_tag();
     let (lkg, source) = super::emergency::find_last_known_good(&app.printer, registry.as_ref(), &ops, &pointer).await?;
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let svc = swarm_ops::service(&engine, target).await?;
+    let current = swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?);
     let floor = crate::ops::guard::registry_floor(registry.as_ref(), &current).await;
     crate::ops::guard::enforce(
         floor,
@@ -285,7 +285,6 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         args.reason.as_deref(),
         &app.printer,
     )?;
-    let svc = swarm_ops::service(&engine, target).await?;
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
     let reference = registry.pull_reference(&digest);
     let repository = reference.rsplit_once('@').map_or(reference.as_str(), |(r, _)| r);

@@ -52,22 +52,31 @@ pub async fn service(engine: &Engine, target: &TargetSettings) -> Result<Service
 pub async fn deployed(engine: &Engine, target: &TargetSettings) -> anyhow::Result<Vec<Deployed>> {
     let svc = service(engine, target).await?;
     let tasks = engine.service_tasks(&svc).await?;
+    Ok(entries(&svc, &tasks))
+}
+
+/// [`deployed`] from a service and its tasks already read.
+pub fn entries(svc: &ServiceView, tasks: &[TaskView]) -> Vec<Deployed> {
     let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
     if live.is_empty() {
-        let view = ContainerView {
-            name: svc.name.clone(),
-            id: svc.id.clone(),
-            image_ref: svc.image.clone(),
-            image_id: String::new(),
-            state: "no tasks".into(),
-            health: None,
-            restart_count: 0,
-            labels: svc.container_labels(),
-            env: svc.container_env(),
-        };
-        return Ok(vec![entry(view)]);
+        return vec![spec_entry(svc)];
     }
-    Ok(live.into_iter().map(|t| entry(task_container(t))).collect())
+    live.into_iter().map(|t| entry(task_container(t))).collect()
+}
+
+/// What the service's spec names (image, version, tag), read as a task's would be.
+pub fn spec_entry(svc: &ServiceView) -> Deployed {
+    entry(ContainerView {
+        name: svc.name.clone(),
+        id: svc.id.clone(),
+        image_ref: svc.image.clone(),
+        image_id: String::new(),
+        state: "no tasks".into(),
+        health: None,
+        restart_count: 0,
+        labels: svc.container_labels(),
+        env: svc.container_env(),
+    })
 }
 
 fn entry(mut view: ContainerView) -> Deployed {
@@ -149,21 +158,8 @@ pub fn plan(
         None => format!("{repository}@{digest}"),
     };
     let mut spec = svc.spec.clone();
+    name_image(&mut spec, &image, to, op == Operation::Emergency);
     let task = spec.task_template.get_or_insert_with(Default::default);
-    let container = task.container_spec.get_or_insert_with(Default::default);
-    container.image = Some(image.clone());
-    let labels = container.labels.get_or_insert_with(Default::default);
-    labels.remove(LABEL_EMERGENCY);
-    labels.insert(LABEL_IMAGE.to_string(), image.clone());
-    for (key, value) in [(LABEL_VERSION, &to.version), (LABEL_TAG, &to.tag)] {
-        match value {
-            Some(v) => labels.insert(key.to_string(), v.clone()),
-            None => labels.remove(key),
-        };
-    }
-    if op == Operation::Emergency {
-        labels.insert(LABEL_EMERGENCY.to_string(), "true".into());
-    }
     if force {
         task.force_update = Some(task.force_update.unwrap_or(0) + 1);
     }
@@ -223,6 +219,26 @@ pub fn plan(
         warning,
         service_view: svc.clone(),
         spec,
+    }
+}
+
+/// Makes `spec` name `image`, with backtrack's labels saying which version and tag it is (and
+/// which image they were written with), and whether it runs in emergency mode.
+fn name_image(spec: &mut ServiceSpec, image: &str, version: &ImageRef, emergency: bool) {
+    let task = spec.task_template.get_or_insert_with(Default::default);
+    let container = task.container_spec.get_or_insert_with(Default::default);
+    container.image = Some(image.to_string());
+    let labels = container.labels.get_or_insert_with(Default::default);
+    labels.remove(LABEL_EMERGENCY);
+    labels.insert(LABEL_IMAGE.to_string(), image.to_string());
+    for (key, value) in [(LABEL_VERSION, &version.version), (LABEL_TAG, &version.tag)] {
+        match value {
+            Some(v) => labels.insert(key.to_string(), v.clone()),
+            None => labels.remove(key),
+        };
+    }
+    if emergency {
+        labels.insert(LABEL_EMERGENCY.to_string(), "true".into());
     }
 }
 
@@ -338,7 +354,9 @@ pub async fn execute(
             plan.service,
             short_image(&plan.previous_image)
         ));
-        let reverted = revert(engine, plan, opts.auth, printer).await;
+        // The spec read before the update (unless Swarm's own rollback already put it back).
+        let view = &plan.service_view;
+        let reverted = put_back(engine, &view.name, &view.spec, &plan.previous_image, opts.auth, printer).await;
         let ending = crate::ops::swap::Ending {
             version: plan.to.display(),
             why: invalid.why,
@@ -765,20 +783,6 @@ pub async fn soak(
     Ok(())
 }
 
-/// Puts the spec read before the update back (unless Swarm's own rollback already did) and
-/// waits until the tasks run the previous image again.
-async fn revert(engine: &Engine, plan: &SwarmPlan, auth: Option<&PullAuth>, printer: &Printer) -> Result<(), String> {
-    put_back(
-        engine,
-        &plan.service_view.name,
-        &plan.service_view.spec,
-        &plan.previous_image,
-        auth,
-        printer,
-    )
-    .await
-}
-
 /// Puts `spec` (naming `previous_image`) back on the service and waits for its tasks.
 async fn put_back(
     engine: &Engine,
@@ -896,23 +900,8 @@ pub async fn settle(
                 Some(previous) => {
                     let svc = service(engine, target).await?;
                     let mut spec = svc.spec.clone();
-                    if let Some(c) = spec.task_template.as_mut().and_then(|t| t.container_spec.as_mut()) {
-                        c.image = Some(previous.clone());
-                        if let Some(l) = c.labels.as_mut() {
-                            l.remove(LABEL_VERSION);
-                            l.remove(LABEL_TAG);
-                            l.remove(LABEL_EMERGENCY);
-                            l.insert(LABEL_IMAGE.into(), previous.clone());
-                            if let Some(from) = &started.from {
-                                if let Some(v) = &from.version {
-                                    l.insert(LABEL_VERSION.into(), v.clone());
-                                }
-                                if let Some(t) = &from.tag {
-                                    l.insert(LABEL_TAG.into(), t.clone());
-                                }
-                            }
-                        }
-                    }
+                    let was = started.from.clone().unwrap_or_default();
+                    name_image(&mut spec, previous, &was, false);
                     match put_back(engine, &svc.name, &spec, previous, auth, printer).await {
                         Ok(()) => (Outcome::RolledBackAfterCrash, None),
                         Err(e) => (Outcome::RevertFailed, Some(e)),

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
 use futures::StreamExt;
 
@@ -116,13 +115,7 @@ impl Engine {
     ) -> Result<(), BuildError> {
         let image = format!("{repo}:{tag}");
         let opts = PushImageOptionsBuilder::default().tag(tag).build();
-        let creds = auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            serveraddress: Some(a.server.clone()),
-            ..Default::default()
-        });
-        let mut stream = self.docker.push_image(repo, Some(opts), creds);
+        let mut stream = self.docker.push_image(repo, Some(opts), super::credentials(auth));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| BuildError::Push {
                 image: image.clone(),

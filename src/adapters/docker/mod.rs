@@ -399,9 +399,10 @@ impl Engine {
                 });
                 Ok(out)
             }
+            // A service's containers are its tasks, on its nodes: `ops::swarm` reads them.
             TargetKind::Swarm => Err(EngineError::Other {
-                action: format!("use {}", target.display()),
-                message: "swarm targets are not built yet; use kind = \"container\" or \"compose\"".into(),
+                action: format!("list the containers of {}", target.display()),
+                message: "a swarm service's containers are its tasks, read through the manager".into(),
             }),
         }
     }
@@ -439,13 +440,7 @@ impl Engine {
             return Ok(false);
         }
         let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
-        let creds = auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            serveraddress: Some(a.server.clone()),
-            ..Default::default()
-        });
-        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        let mut stream = self.docker.create_image(Some(opts), None, credentials(auth));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| EngineError::Pull {
                 reference: reference.to_string(),
@@ -656,6 +651,17 @@ impl Engine {
         }
         out.lines().map(str::to_string).collect()
     }
+}
+
+/// The registry credentials the engine sends on (pull, push, a service update for its workers);
+/// none for an anonymous registry.
+fn credentials(auth: Option<&PullAuth>) -> Option<DockerCredentials> {
+    auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
+        username: a.username.clone(),
+        password: a.password.clone(),
+        serveraddress: Some(a.server.clone()),
+        ..Default::default()
+    })
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::auth::DockerCredentials;
 use bollard::models::{ServiceSpec, Task};
 use bollard::query_parameters::{
     ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
@@ -217,15 +216,9 @@ impl Engine {
         let opts = UpdateServiceOptionsBuilder::default()
             .version(service.version as i32)
             .build();
-        let creds = auth.filter(|a| a.username.is_some()).map(|a| DockerCredentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            serveraddress: Some(a.server.clone()),
-            ..Default::default()
-        });
         let response = self
             .docker
-            .update_service(&service.id, spec, opts, creds)
+            .update_service(&service.id, spec, opts, super::credentials(auth))
             .await
             .map_err(|e| self.swarm_err(&format!("update swarm service {}", service.name), &e))?;
         Ok(response.warnings.unwrap_or_default())
