@@ -109,12 +109,17 @@ impl FleetApp {
     }
 
     fn test(&self, repo: &Repo, hosts: &[&str], health_path: &str, timeout: &str) -> Test {
+        self.test_with(repo, hosts, health_path, timeout, "")
+    }
+
+    /// The same config with `more` TOML after it (hooks, notify).
+    fn test_with(&self, repo: &Repo, hosts: &[&str], health_path: &str, timeout: &str, more: &str) -> Test {
         let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
         Test::new()
             .repo(
                 repo,
                 &format!(
-                    "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\n[health]\nhttp = \"http://127.0.0.1:{}{health_path}\"\ntimeout = \"{timeout}\"\n",
+                    "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\n[health]\nhttp = \"http://127.0.0.1:{}{health_path}\"\ntimeout = \"{timeout}\"\n{more}",
                     self.name, self.port
                 ),
             )
@@ -520,18 +525,7 @@ fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_b
          on_revert = [\"/bin/sh\", \"-c\", \"echo \\\"on_revert $BACKTRACK_RESULT\\\" >> hooks.log\"]\n\
          [notify]\nwebhook = \"http://127.0.0.1:{hook_port}/fleet\"\n"
     );
-    let t = {
-        let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
-        Test::new()
-            .repo(
-                &repo,
-                &format!(
-                    "[target]\nkind = \"container\"\nname = \"{}\"\nhosts = [{list}]\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\ntimeout = \"20s\"\n{more}",
-                    app.name, app.port
-                ),
-            )
-            .env("BACKTRACK_SSH_CONFIG", h2_dir().join("client/ssh_config").to_str().unwrap())
-    };
+    let t = app.test_with(&repo, &hosts, "/health", "20s", &more);
     let log = || std::fs::read_to_string(t.dir.path().join("hooks.log")).unwrap_or_default();
 
     t.exec(["deploy", "v1.1.0", "--yes"]).success();

@@ -218,13 +218,19 @@ fn push_custom(repo: &Repo, tag: &str, dockerfile: &str) -> String {
     repo.tag_digest(tag).expect("pushed tag has a digest")
 }
 
+/// A repository with 1.0.0 and 1.1.0, both with a passing HEALTHCHECK; their digests.
+fn two_healthy_versions(test: &str) -> (Repo, String, String) {
+    let repo = Repo::new(test);
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    (repo, d1, d2)
+}
+
 const PROBE: &str = "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"60s\"";
 
 #[test]
 fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out() {
-    let repo = Repo::new("swarm-roll");
-    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
-    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let (repo, d1, d2) = two_healthy_versions("swarm-roll");
     let svc = Service::create("bt-swarm-roll", &format!("{}:1.0.0@{d1}", repo.image()), &[]);
     let t = svc.test(&repo, PROBE);
 
@@ -394,9 +400,7 @@ fn swarm_probe_failing_on_one_task_reverts_naming_that_task() {
 
 #[test]
 fn swarm_stack_service_is_found_by_its_stack_name() {
-    let repo = Repo::new("swarm-stack");
-    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
-    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let (repo, d1, d2) = two_healthy_versions("swarm-stack");
     let svc = Service::stack("bt-stack", &format!("{}:1.0.0@{d1}", repo.image()));
     let t = svc.test(&repo, PROBE);
     let status = t.exec(["status", "--output", "json"]).success().json();
@@ -434,9 +438,7 @@ fn swarm_stack_service_is_found_by_its_stack_name() {
 
 #[test]
 fn swarm_emergency_forces_last_known_good_onto_every_task() {
-    let repo = Repo::new("swarm-emergency");
-    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
-    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let (repo, d1, d2) = two_healthy_versions("swarm-emergency");
     let svc = Service::create(
         "bt-swarm-em",
         &format!("{}:1.1.0@{d2}", repo.image()),
@@ -487,9 +489,7 @@ fn swarm_emergency_forces_last_known_good_onto_every_task() {
 
 #[test]
 fn swarm_update_interrupted_by_a_crash_is_put_back_by_the_next_run() {
-    let repo = Repo::new("swarm-crash");
-    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
-    repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let (repo, d1, _) = two_healthy_versions("swarm-crash");
     let svc = Service::create("bt-swarm-crash", &format!("{}:1.0.0@{d1}", repo.image()), &[]);
     let t = svc.test(&repo, PROBE);
     let mut child = t
@@ -535,9 +535,7 @@ fn swarm_update_interrupted_by_a_crash_is_put_back_by_the_next_run() {
 
 #[test]
 fn swarm_manager_over_ssh_keeps_journal_and_lock_on_the_manager() {
-    let repo = Repo::new("swarm-ssh");
-    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
-    let d2 = repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    let (repo, d1, d2) = two_healthy_versions("swarm-ssh");
     let svc = Service::create(
         "bt-swarm-ssh",
         &format!("{}:1.0.0@{d1}", repo.image()),
