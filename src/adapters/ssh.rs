@@ -1,23 +1,31 @@
 //! One SSH connection to a remote host per run, through the system `ssh` client (so
 //! `~/.ssh/config`, agents, ProxyJump and known_hosts work as they do for `docker -H ssh://…`).
 //!
-//! `SshSession::open` starts `ssh` as a ControlMaster on a socket in a private temporary folder
-//! and waits (bounded) until it authenticated; everything else rides on that connection as
-//! multiplexed channels, with no further handshake: the Docker Engine API (each HTTP connection
-//! is a `docker system dial-stdio` channel, pooled and kept alive; the first is opened as soon as
-//! the connection is up, so the docker CLI starts on the host while the lock is taken), health
-//! probes to the host's
-//! own loopback (`ssh -W` channels behind a local listener), and short remote commands for the
-//! target's state (journal, lock). **A channel never falls back to a new connection**: when the
-//! master is gone, they fail, so nothing continues after the host's lock was lost with it.
+//! `SshSession::open` starts `ssh` as a ControlMaster on a socket in a private temporary folder,
+//! with the caller's command (the state shell) as the connection's own session, and waits
+//! (bounded) until it has logged in; everything else rides on that connection, with no further
+//! handshake. The session starts in the same flight as the login and first says which engine the
+//! docker CLI there would use (`PRELUDE`); the master then forwards that engine's socket, so each
+//! Docker Engine API connection is one channel straight to it (pooled and kept alive), with
+//! `docker system dial-stdio` channels as the way when it cannot (another kind of engine, a
+//! context of the user's, or an sshd that refuses), and to explain a refusal. Health probes to
+//! the host's own loopback go through forwards the master listens for, behind a local listener
+//! (an `ssh -W` channel per connection if the master will not). **A channel never falls back to
+//! a new connection**: when the master is gone, they fail, so nothing continues after the host's
+//! lock was lost with it. **Every `ssh` runs in a process group of its own**: a Ctrl-C at the
+//! terminal is backtrack's to handle, and it may still need the host to finish or revert a swap.
+//! Closing waits for nothing on the host: the session's input closes and the master, left without
+//! channels, exits by itself.
 //!
 //! Host keys are never accepted blindly (`StrictHostKeyChecking=yes`), and every failure to reach
 //! the host is one typed error naming the host, with the fix.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -105,15 +113,46 @@ pub struct SshSession {
     options: SshOptions,
     control: PathBuf,
     /// Holds the control socket and the master's log; removed on drop.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// What the last failing `docker system dial-stdio` said, to explain a refused engine.
     dial_error: Arc<Mutex<Option<String>>>,
-    forwards: Mutex<Vec<Forward>>,
-    /// A `dial-stdio` channel opened ahead of need, when the connection was made: the first
-    /// Engine API connection takes it instead of waiting for the docker CLI to start on the host
-    /// (it starts while the state shell takes the lock).
+    forwards: tokio::sync::Mutex<Vec<Forward>>,
+    /// A `dial-stdio` channel opened ahead of need once that way to the engine is used: the next
+    /// Engine API connection (a request made while another runs) takes it instead of waiting for
+    /// the docker CLI to start on the host.
     spare: Mutex<Option<DialStream>>,
+    /// The master `ssh`: our child, in a process group of its own (a Ctrl-C at the terminal is
+    /// for backtrack, which may still need the host to finish or revert a swap).
+    master: Mutex<Option<std::process::Child>>,
+    /// The input and output of the master's own session, until taken.
+    session_in: Mutex<Option<ChildStdin>>,
+    session_out: Mutex<Option<BufReader<ChildStdout>>>,
+    /// What the session's first line said about the host's engine (see `PRELUDE`).
+    endpoint: OnceLock<Option<String>>,
+    /// The local end of a forward to the host's engine socket, once asked for.
+    engine_socket: OnceLock<Option<PathBuf>>,
 }
+
+/// Runs first in the connection's own session, before the caller's command: one line naming the
+/// engine the docker CLI would use there, read from what it reads (`DOCKER_HOST`, then
+/// `DOCKER_CONTEXT`, then the config's current context, then the default socket) without
+/// starting it; empty when a context of the user's choosing decides (then only the docker CLI
+/// itself can say).
+const PRELUDE: &str = r#"e=unix:///var/run/docker.sock
+if [ -n "${DOCKER_HOST+set}" ]; then e=${DOCKER_HOST:-$e}
+elif [ -n "${DOCKER_CONTEXT+set}" ]; then [ "$DOCKER_CONTEXT" = default ] || e=
+else
+  c="${DOCKER_CONFIG:-$HOME/.docker}/config.json"
+  if [ -f "$c" ]; then
+    while IFS= read -r l || [ -n "$l" ]; do
+      case "$l" in *'"currentContext"'*)
+        case "$l" in *'"currentContext": "default"'*|*'"currentContext":"default"'*) ;; *) e= ;; esac ;;
+      esac
+    done < "$c"
+  fi
+fi
+echo "ENGINE $e"
+eval "exec $1""#;
 
 impl std::fmt::Debug for SshSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,9 +161,12 @@ impl std::fmt::Debug for SshSession {
 }
 
 impl SshSession {
-    /// Connects and authenticates, within the connect timeout. Blocking (it runs once per run,
-    /// before anything else can happen).
-    pub fn open(dest: &SshDestination, options: &SshOptions) -> Result<Self, SshError> {
+    /// Connects and authenticates, within the connect timeout, with `session` (a command line
+    /// for the remote user's shell) as the connection's own session: it starts in the same
+    /// flight as the login, so it is running on the host as soon as the connection is up, and
+    /// its input and output are handed out once (`take_session_input`, `take_session_output`). Blocking (it runs once per
+    /// run, before anything else can happen).
+    pub fn open(dest: &SshDestination, options: &SshOptions, session: &str) -> Result<Arc<Self>, SshError> {
         let dir = tempfile::Builder::new()
             .prefix("backtrack-ssh-")
             .tempdir_in(std::env::temp_dir())
@@ -138,54 +180,136 @@ impl SshSession {
         cmd.args(base_args(dest, options))
             .arg("-S")
             .arg(&control)
-            .args(["-M", "-N", "-f"])
-            .args(["-o", "ControlPersist=60"])
+            .args(["-M", "-o", "ControlPersist=no"])
             .arg("-o")
             .arg(format!("ConnectTimeout={secs}"))
             .args(["-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3"])
             .arg("--")
             .arg(&dest.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .arg(session_line(session))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(log);
-        let mut child = cmd.spawn().map_err(|e| SshError::NoClient(e.to_string()))?;
-        // `-f`: ssh goes to the background once authenticated; the foreground process exits 0.
+        let mut master = own_group(cmd).spawn().map_err(|e| SshError::NoClient(e.to_string()))?;
+        // The master listens on its control socket once it has logged in (it appears whole:
+        // ssh links it into place after `listen`); an ssh that exits first failed.
         let deadline = Instant::now() + options.connect_timeout + Duration::from_millis(500);
-        let status = loop {
-            if let Some(s) = child.try_wait().map_err(|e| SshError::NoClient(e.to_string()))? {
-                break Some(s);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        let failed = loop {
+            if control.exists() {
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if let Some(s) = master.try_wait().map_err(|e| SshError::NoClient(e.to_string()))? {
+                break Some(Some(s));
+            }
+            if Instant::now() >= deadline {
+                let _ = master.kill();
+                let _ = master.wait();
+                break Some(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
         };
-        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let session = Self {
+        if let Some(exited) = failed {
+            return Err(match exited {
+                Some(_) => classify_connect(dest, &std::fs::read_to_string(&log_path).unwrap_or_default()),
+                None => SshError::Unreachable {
+                    host: dest.to_string(),
+                    detail: format!("no answer within {}s", options.connect_timeout.as_secs_f32()),
+                },
+            });
+        }
+        let (input, output) = (
+            master.stdin.take().expect("piped stdin"),
+            BufReader::new(master.stdout.take().expect("piped stdout")),
+        );
+        let session = Arc::new(Self {
             dest: dest.clone(),
             options: options.clone(),
             control,
-            _dir: dir,
+            dir,
             dial_error: Arc::default(),
-            forwards: Mutex::default(),
+            forwards: tokio::sync::Mutex::default(),
             spare: Mutex::default(),
-        };
-        match status {
-            Some(s) if s.success() && session.control.exists() => {
-                // Only inside the runtime (tokio's process support needs it).
-                if tokio::runtime::Handle::try_current().is_ok() {
-                    *session.spare.lock().expect("spare") = session.spawn_dial().ok();
-                }
-                Ok(session)
-            }
-            Some(_) => Err(classify_connect(dest, &said)),
-            None => Err(SshError::Unreachable {
-                host: dest.to_string(),
-                detail: format!("no answer within {}s", options.connect_timeout.as_secs_f32()),
-            }),
+            master: Mutex::new(Some(master)),
+            session_in: Mutex::new(Some(input)),
+            session_out: Mutex::new(Some(output)),
+            endpoint: OnceLock::new(),
+            engine_socket: OnceLock::new(),
+        });
+        // The way to the engine is readied while the caller goes on (it takes the session's
+        // first line and one `ssh -O forward`).
+        let ready = session.clone();
+        std::thread::spawn(move || {
+            ready.engine_socket();
+        });
+        Ok(session)
+    }
+
+    /// The input of the connection's own session (the command given to `open`), once: `None`
+    /// when it was taken before. Closing it ends that command.
+    pub fn take_session_input(&self) -> Option<ChildStdin> {
+        self.session_in.lock().ok()?.take()
+    }
+
+    /// The output of the connection's own session, once, past its first line (which names the
+    /// engine; see `PRELUDE`): it blocks until that line has come.
+    pub fn take_session_output(&self) -> Option<BufReader<ChildStdout>> {
+        let mut out = self.session_out.lock().ok()?;
+        if let Some(o) = out.as_mut() {
+            self.read_endpoint(o);
         }
+        out.take()
+    }
+
+    /// The engine the docker CLI on the host would use, as the session's first line said it:
+    /// `Some("unix:///…")` and the like, `None` when it could not tell (a context of the user's
+    /// choosing) or the session ended. Blocks until that line has come (the session starts
+    /// with the connection).
+    fn endpoint(&self) -> Option<&str> {
+        if self.endpoint.get().is_none()
+            && let Ok(mut out) = self.session_out.lock()
+            && let Some(o) = out.as_mut()
+        {
+            self.read_endpoint(o);
+        }
+        self.endpoint.get().and_then(Option::as_deref)
+    }
+
+    fn read_endpoint(&self, out: &mut BufReader<ChildStdout>) {
+        self.endpoint.get_or_init(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).ok()?;
+            let e = line.strip_prefix("ENGINE")?.trim();
+            (!e.is_empty()).then(|| e.to_string())
+        });
+    }
+
+    /// A local socket through which the master reaches the host's engine socket directly (a
+    /// `direct-streamlocal` channel per connection: no process on either side), when the host's
+    /// docker CLI would use a `unix://` socket and the master agrees to forward it; `None`
+    /// otherwise (then `docker system dial-stdio` channels are the way). Blocking; asked once.
+    pub fn engine_socket(&self) -> Option<PathBuf> {
+        self.engine_socket
+            .get_or_init(|| {
+                let path = self.endpoint()?.strip_prefix("unix://")?.to_string();
+                if path.is_empty() || path.contains(':') {
+                    return None;
+                }
+                let local = self.dir.path().join("engine.sock");
+                let forwarded = std::process::Command::new("ssh")
+                    .args(self.channel_args())
+                    .args(["-O", "forward", "-L"])
+                    .arg(format!("{}:{path}", local.display()))
+                    .arg("--")
+                    .arg(&self.dest.host)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                forwarded.then_some(local)
+            })
+            .clone()
     }
 
     pub fn destination(&self) -> &SshDestination {
@@ -196,7 +320,7 @@ impl SshSession {
     pub fn command(&self, remote: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("ssh");
         cmd.args(self.channel_args()).arg("--").arg(&self.dest.host).arg(remote);
-        cmd
+        own_group(cmd)
     }
 
     fn channel_args(&self) -> Vec<String> {
@@ -265,6 +389,21 @@ impl SshSession {
         }
     }
 
+    /// The Engine API through `engine_socket` as a bollard transport: each HTTP connection is a
+    /// channel the master opens to the host's engine socket; connections are pooled and reused.
+    pub fn forwarded_transport(
+        socket: PathBuf,
+    ) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
+        let connector = ForwardedSocket { path: Arc::new(socket) };
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        move |req: bollard::BollardRequest| -> EngineResponse {
+            let client = client.clone();
+            Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
+        }
+    }
+
     /// What a refused engine connection said on the host, as a typed error when it is one of the
     /// known causes (no docker, no permission, engine down).
     pub fn engine_failure(&self) -> Option<SshError> {
@@ -297,28 +436,54 @@ impl SshSession {
     }
 
     /// A local address whose connections are forwarded to `host:port` as the remote host sees
-    /// it (an `ssh -W` channel per connection). One listener per destination, for the whole run.
+    /// it. One listener per destination, for the whole run. The master itself forwards them (it
+    /// is asked once to listen on a socket in the session's private folder, so a connection
+    /// costs one channel opened on the live connection); when it will not, each connection is an
+    /// `ssh -W` channel of its own.
     pub async fn forward(self: &Arc<Self>, host: &str, port: u16) -> std::io::Result<std::net::SocketAddr> {
         let key = (host.to_string(), port);
-        if let Some((_, addr, _)) = self
-            .forwards
-            .lock()
-            .expect("forwards")
-            .iter()
-            .find(|(k, _, _)| *k == key)
-        {
+        let mut forwards = self.forwards.lock().await;
+        if let Some((_, addr, _)) = forwards.iter().find(|(k, _, _)| *k == key) {
             return Ok(*addr);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let socket = self.dir.path().join(format!("forward-{}", forwards.len()));
+        let by_master = tokio::process::Command::new("ssh")
+            .process_group(0)
+            .args(self.channel_args())
+            .args(["-O", "forward", "-L"])
+            .arg(format!("{}:{target}", socket.display()))
+            .arg("--")
+            .arg(&self.dest.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
         let session = self.clone();
-        let target = format!("{host}:{port}");
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut local, _)) = listener.accept().await else {
                     break;
                 };
+                if by_master {
+                    let Ok(mut remote) = tokio::net::UnixStream::connect(&socket).await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                    });
+                    continue;
+                }
                 let Ok(mut child) = tokio::process::Command::new("ssh")
+                    .process_group(0)
                     .args(session.channel_args())
                     .arg("-W")
                     .arg(&target)
@@ -343,36 +508,42 @@ impl SshSession {
                 });
             }
         });
-        self.forwards
-            .lock()
-            .expect("forwards")
-            .push((key, addr, task.abort_handle()));
+        forwards.push((key, addr, task.abort_handle()));
         Ok(addr)
     }
 }
 
 impl Drop for SshSession {
+    /// Ends the run's side of the connection without waiting on the host: forwards stop, the
+    /// session's input closes (its command ends), and the master, whose channels are all
+    /// closing, exits by itself; it is reaped in the background, and ended if it lingers.
     fn drop(&mut self) {
-        for (_, _, task) in self
-            .forwards
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
-        {
+        for (_, _, task) in std::mem::take(self.forwards.get_mut()) {
             task.abort();
         }
-        // Close the master now (it would also go by itself 60 s after its last channel).
-        let _ = std::process::Command::new("ssh")
-            .args(base_args(&self.dest, &self.options))
-            .arg("-S")
-            .arg(&self.control)
-            .args(["-O", "exit", "--"])
-            .arg(&self.dest.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        drop(self.session_in.get_mut().ok().and_then(Option::take));
+        drop(self.spare.get_mut().ok().and_then(Option::take));
+        if let Some(mut master) = self.master.get_mut().ok().and_then(Option::take) {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if !matches!(master.try_wait(), Ok(None)) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = master.kill();
+                let _ = master.wait();
+            });
+        }
     }
+}
+
+/// `cmd` in a process group of its own, so a Ctrl-C at the terminal reaches backtrack only: it
+/// may still need the connection to finish or put back what it started on the host.
+fn own_group(mut cmd: std::process::Command) -> std::process::Command {
+    cmd.process_group(0);
+    cmd
 }
 
 /// Options shared by the master and every channel: the user's config file, the user and port
@@ -403,6 +574,11 @@ fn base_args(dest: &SshDestination, options: &SshOptions) -> Vec<String> {
         .map(String::from),
     );
     args
+}
+
+/// The remote command line of the connection's own session: `PRELUDE`, then `session`.
+fn session_line(session: &str) -> String {
+    format!("sh -c {} sh {}", shell_quote(PRELUDE), shell_quote(session))
 }
 
 /// Turns what `ssh` said when the connection failed into the error a person can act on.
@@ -471,6 +647,12 @@ impl tower_service::Service<hyper::Uri> for DialStdio {
                 Some(s) => s,
                 None => session.spawn_dial()?,
             };
+            // One channel stays ready ahead of need.
+            if let Ok(next) = session.spawn_dial()
+                && let Ok(mut spare) = session.spare.lock()
+            {
+                *spare = Some(next);
+            }
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
@@ -481,6 +663,7 @@ impl SshSession {
     /// kept (it explains a refused engine).
     fn spawn_dial(&self) -> std::io::Result<DialStream> {
         let mut child = tokio::process::Command::new("ssh")
+            .process_group(0)
             .args(self.channel_args())
             .arg("--")
             .arg(&self.dest.host)
@@ -511,6 +694,60 @@ impl SshSession {
             stdin,
             stdout,
         })
+    }
+}
+
+/// The connector behind `forwarded_transport`: a connection to the master's local end of the
+/// forward to the host's engine socket.
+#[derive(Clone)]
+struct ForwardedSocket {
+    path: Arc<PathBuf>,
+}
+
+impl tower_service::Service<hyper::Uri> for ForwardedSocket {
+    type Response = hyper_util::rt::TokioIo<Forwarded>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(hyper_util::rt::TokioIo::new(Forwarded(stream)))
+        })
+    }
+}
+
+/// One connection through the forward of the host's engine socket.
+struct Forwarded(tokio::net::UnixStream);
+
+impl Connection for Forwarded {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Forwarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Forwarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -620,6 +857,65 @@ mod tests {
             "{:?}",
             e.hint()
         );
+    }
+
+    /// Runs the session line in a local `sh` with only `env` (and a home of its own) set, as
+    /// sshd would on the host; returns its first two lines.
+    fn session_start(env: &[(&str, &str)], config: Option<&str>) -> (String, String) {
+        let home = tempfile::tempdir().unwrap();
+        if let Some(c) = config {
+            std::fs::create_dir_all(home.path().join(".docker")).unwrap();
+            std::fs::write(home.path().join(".docker/config.json"), c).unwrap();
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(session_line("echo 'the session runs'"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", home.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines().map(str::to_string);
+        (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_session_names_the_engine_the_docker_cli_would_use_then_runs() {
+        let default = "ENGINE unix:///var/run/docker.sock";
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+        let cases: &[Case] = &[
+            (&[], None, default),
+            (
+                &[("DOCKER_HOST", "unix:///run/user/1000/docker.sock")],
+                None,
+                "ENGINE unix:///run/user/1000/docker.sock",
+            ),
+            (
+                &[("DOCKER_HOST", "tcp://10.0.0.5:2375")],
+                None,
+                "ENGINE tcp://10.0.0.5:2375",
+            ),
+            // Set but empty: the default context, as the docker CLI reads it.
+            (&[("DOCKER_HOST", "")], None, default),
+            // DOCKER_HOST wins over a context, as it does for the docker CLI.
+            (
+                &[("DOCKER_HOST", "unix:///x.sock"), ("DOCKER_CONTEXT", "remote")],
+                None,
+                "ENGINE unix:///x.sock",
+            ),
+            (&[("DOCKER_CONTEXT", "default")], None, default),
+            (&[("DOCKER_CONTEXT", "rootless")], None, "ENGINE"),
+            (&[], Some("{\n  \"currentContext\": \"rootless\"\n}"), "ENGINE"),
+            (&[], Some("{\"auths\":{},\"currentContext\":\"default\"}"), default),
+            (&[], Some("{\"auths\": {}}"), default),
+        ];
+        for (env, config, want) in cases {
+            let (first, second) = session_start(env, *config);
+            assert_eq!(first.trim_end(), *want, "{env:?} {config:?}");
+            assert_eq!(second, "the session runs", "{env:?} {config:?}");
+        }
     }
 
     #[test]

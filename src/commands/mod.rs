@@ -21,17 +21,17 @@ mod validate;
 mod versions;
 mod warm;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
-use crate::adapters::ssh::SshSession;
+use crate::adapters::ssh::{SshError, SshSession};
 use crate::adapters::state::remote::{RemoteDir, StateShell};
 use crate::adapters::state::{self, Journal, TargetLock, TargetMeta};
 use crate::cli::Command;
-use crate::domain::address::EngineAddress;
+use crate::domain::address::{EngineAddress, SshDestination};
 use crate::output::Printer;
 use crate::settings::{Project, Settings, TargetSettings};
 
@@ -43,10 +43,16 @@ use crate::settings::{Project, Settings, TargetSettings};
 pub struct App<'a> {
     pub settings: &'a Settings,
     pub printer: Printer,
-    ssh: OnceLock<Arc<SshSession>>,
+    /// The SSH connection to the target's host (or why it could not be made), once opened.
+    ssh: OnceLock<Result<Arc<SshSession>, SshError>>,
+    /// The connection being opened in the background since the command started (`connect_early`).
+    opening: Mutex<Option<Opening>>,
     /// The one state shell on the remote host (journal and lock requests), started on first use.
     state_shell: OnceLock<Arc<StateShell>>,
 }
+
+/// An SSH connection being opened on a thread of its own.
+type Opening = std::thread::JoinHandle<Result<Arc<SshSession>, SshError>>;
 
 impl App<'_> {
     pub fn project(&self) -> anyhow::Result<&Project> {
@@ -160,19 +166,46 @@ impl App<'_> {
         }
     }
 
-    /// The SSH connection to the target's host, for an `ssh://` engine: opened once per run.
+    /// The SSH connection to the target's host, for an `ssh://` engine: opened once per run (or
+    /// taken from `connect_early`); a failure to open it is the answer for the rest of the run.
     fn ssh(&self) -> anyhow::Result<Option<Arc<SshSession>>> {
-        let Ok(project) = self.settings.project() else {
+        let Some(dest) = self.ssh_destination() else {
             return Ok(None);
         };
-        let Some(EngineAddress::Ssh(dest)) = &project.engine else {
-            return Ok(None);
-        };
-        if let Some(s) = self.ssh.get() {
-            return Ok(Some(s.clone()));
+        let session = self.ssh.get_or_init(|| {
+            let early = self.opening.lock().ok().and_then(|mut o| o.take());
+            match early {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
+                None => SshSession::open(dest, &self.settings.ssh, &state::remote::shell_command()),
+            }
+        });
+        Ok(Some(session.clone()?))
+    }
+
+    fn ssh_destination(&self) -> Option<&SshDestination> {
+        let project = self.settings.project().ok()?;
+        match &project.engine {
+            Some(EngineAddress::Ssh(dest)) => Some(dest),
+            _ => None,
         }
-        let session = Arc::new(SshSession::open(dest, &self.settings.ssh)?);
-        Ok(Some(self.ssh.get_or_init(|| session).clone()))
+    }
+
+    /// Starts connecting to the target's host (an `ssh://` engine, not a fleet) in the
+    /// background, so the login overlaps whatever the command does before it needs the host.
+    fn connect_early(&self) {
+        if self.is_fleet() {
+            return;
+        }
+        let Some(dest) = self.ssh_destination().cloned() else {
+            return;
+        };
+        let options = self.settings.ssh.clone();
+        let handle = std::thread::spawn(move || SshSession::open(&dest, &options, &state::remote::shell_command()));
+        if let Ok(mut o) = self.opening.lock() {
+            *o = Some(handle);
+        }
     }
 
     /// The target's state folder on its host, for a target on an `ssh://` engine.
@@ -186,13 +219,31 @@ impl App<'_> {
     }
 }
 
+impl Drop for App<'_> {
+    /// A connection opened early but never used (the command ended before it needed the host)
+    /// is waited for and closed, so it leaves nothing behind.
+    fn drop(&mut self) {
+        if let Some(handle) = self.opening.get_mut().ok().and_then(Option::take) {
+            drop(handle.join());
+        }
+    }
+}
+
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let app = App {
         settings,
         printer: Printer::new(settings.output, settings.interactive),
         ssh: OnceLock::new(),
+        opening: Mutex::new(None),
         state_shell: OnceLock::new(),
     };
+    // Every command but these acts on the target, and so on its host.
+    if !matches!(
+        command,
+        Command::Policy(_) | Command::Completions { .. } | Command::Man | Command::Build(_)
+    ) {
+        app.connect_early();
+    }
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
         Command::Status if app.is_fleet() => fleet::status(&app).await,

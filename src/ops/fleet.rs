@@ -10,7 +10,6 @@
 //! module only does what they say against the engines.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -67,8 +66,10 @@ pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> an
     let (engine, remote) = match &host.engine {
         EngineAddress::Ssh(dest) => {
             let (dest, options) = (dest.clone(), ssh.clone());
-            let session = tokio::task::spawn_blocking(move || SshSession::open(&dest, &options)).await??;
-            let session = Arc::new(session);
+            let session = tokio::task::spawn_blocking(move || {
+                SshSession::open(&dest, &options, &crate::adapters::state::remote::shell_command())
+            })
+            .await??;
             let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout).await?;
             let relative = host
                 .remote_state

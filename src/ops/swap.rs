@@ -269,7 +269,9 @@ pub async fn execute(
             plan.to.display()
         ));
         swapped.push(c);
-        if let Err(e) = swap_one(engine, c).await {
+        // The probe's route (a forward over SSH) is made while the container is swapped.
+        let (swap, ()) = tokio::join!(swap_one(engine, c), engine.prepare_probe(health.http.as_deref()));
+        if let Err(e) = swap {
             failure = Some((format!("swap {}: {e}", c.name), Vec::new(), false));
             break;
         }

@@ -375,6 +375,44 @@ fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
     assert_eq!(containers_named(&app.name, h2), std::slice::from_ref(&app.name));
 }
 
+/// A Ctrl-C at a terminal goes to the whole foreground process group: backtrack's `ssh` children
+/// must not be in it, or the interrupted swap loses the host it has to put back.
+#[test]
+fn ctrl_c_at_the_terminal_reaches_only_backtrack_which_puts_the_remote_version_back() {
+    use std::os::unix::process::CommandExt;
+    let repo = pushed("remotesigint", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let t = remote_test(&repo, &app, HOST, "/missing", "60s");
+    let mut run = t
+        .command()
+        .args(["deploy", "v1.1.0", "--yes"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the swap starts", Duration::from_secs(30), || {
+        app.journal().contains("\"started\"")
+            && !containers_named(&format!("{}-backtrack-prev", app.name), h2).is_empty()
+    });
+    // As the terminal does: SIGINT to every process of the group.
+    let group = format!("-{}", run.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = run.wait().unwrap();
+    let mut stderr = String::new();
+    run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(serves(&app.name), "1.0.0", "{stderr}");
+    assert_eq!(containers_named(&app.name, h2), std::slice::from_ref(&app.name));
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(h["operations"][0]["result"], "reverted", "{h}");
+}
+
 #[test]
 fn unknown_host_key_is_refused_and_never_added() {
     require_remote();

@@ -259,23 +259,39 @@ impl Engine {
         }
     }
 
-    /// Reaches the engine of an SSH host through the run's connection (each API connection is a
-    /// `docker system dial-stdio` channel on it) and negotiates the API version within `timeout`.
-    /// A refusal on the host (no docker, no permission on its socket) is told apart.
+    /// Reaches the engine of an SSH host through the run's connection and negotiates the API
+    /// version within `timeout`: straight to the host's engine socket when the master forwards
+    /// it, else (or when the engine does not answer there) through `docker system dial-stdio`
+    /// channels, whose docker CLI says why a refusal happened (no docker, no permission on its
+    /// socket), which is told apart.
     pub async fn connect_ssh(session: Arc<SshSession>, timeout: Duration) -> Result<Self, EngineError> {
         let shown = session.destination().to_string();
         let unreachable = |cause: String| EngineError::Unreachable {
             host: shown.clone(),
             cause,
         };
-        let docker = Docker::connect_with_custom_transport(
-            session.docker_transport(),
-            Some("http://docker.invalid"),
-            120,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
-        let cause = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+        let no_answer = || format!("no answer within {}s", timeout.as_secs_f32());
+        let forwarded = {
+            let s = session.clone();
+            tokio::task::spawn_blocking(move || s.engine_socket())
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(socket) = forwarded {
+            match tokio::time::timeout(timeout, negotiated(SshSession::forwarded_transport(socket))).await {
+                Ok(Ok(docker)) => {
+                    return Ok(Self {
+                        docker,
+                        host: shown,
+                        ssh: Some(session),
+                    });
+                }
+                Ok(Err(e)) => tracing::debug!("the forwarded engine socket on {shown} refused: {e}"),
+                Err(_) => return Err(unreachable(no_answer())),
+            }
+        }
+        let cause = match tokio::time::timeout(timeout, negotiated(session.docker_transport())).await {
             Ok(Ok(docker)) => {
                 return Ok(Self {
                     docker,
@@ -284,7 +300,7 @@ impl Engine {
                 });
             }
             Ok(Err(e)) => short_error(&e),
-            Err(_) => format!("no answer within {}s", timeout.as_secs_f32()),
+            Err(_) => no_answer(),
         };
         // What the host said arrives on the channel's stderr, maybe just after the failure.
         for _ in 0..40 {
@@ -305,6 +321,15 @@ impl Engine {
         match &self.ssh {
             Some(s) => format!("{} over ssh", s.destination()),
             None => "this machine".into(),
+        }
+    }
+
+    /// Readies the route of the HTTP probe `url` ahead of need (for an `ssh://` engine, the
+    /// forward that `probe_route` will use), so validation does not wait for it. Errors are left
+    /// for `probe_route` to report.
+    pub async fn prepare_probe(&self, url: Option<&str>) {
+        if let (Some(_), Some(url)) = (&self.ssh, url) {
+            let _ = self.probe_route(url).await;
         }
     }
 
@@ -669,6 +694,46 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
         e,
         bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
     )
+}
+
+/// A client over `transport` speaking the engine's API version, learnt from `/_ping` as the
+/// docker CLI does (`/version` would also ask containerd and runc for theirs, ~10 ms).
+async fn negotiated<F>(transport: F) -> Result<Docker, bollard::errors::Error>
+where
+    F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse + Send + Sync + 'static,
+{
+    let transport = Arc::new(transport);
+    let ping = hyper::Request::get("http://docker.invalid/_ping")
+        .body(http_body_util::Either::Left(http_body_util::Full::new(
+            bytes::Bytes::new(),
+        )))
+        .map_err(|e| bollard::errors::Error::IOError {
+            err: std::io::Error::other(e),
+        })?;
+    let answer = transport(ping).await?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: status.as_u16(),
+            message: format!("GET /_ping answered {status}"),
+        });
+    }
+    let server = answer
+        .headers()
+        .get("api-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('.'))
+        .and_then(|(major, minor)| {
+            Some(bollard::ClientVersion {
+                major_version: major.parse().ok()?,
+                minor_version: minor.parse().ok()?,
+            })
+        })
+        .ok_or(bollard::errors::Error::APIVersionParseError {})?;
+    let ours = bollard::API_DEFAULT_VERSION;
+    let version = if server < *ours { server } else { *ours };
+    let call = transport.clone();
+    Docker::connect_with_custom_transport(move |req| call(req), Some("http://docker.invalid"), 120, &version)
 }
 
 pub(crate) fn short_error(e: &bollard::errors::Error) -> String {

@@ -4,38 +4,53 @@
 //! SSH connection by one POSIX `sh` on the host (nothing to install there besides `flock`, which
 //! util-linux and busybox both have).
 //!
-//! **One state shell per run**: a single channel runs a small `sh` loop that answers requests
-//! (read the journal, append a record, take or release the lock, name the holder) as lines, so a
-//! journal write costs a round trip on an open channel, not a new channel (~40 ms each); while
-//! the run holds the target's lock, the journal is read from the host once and kept in step with
-//! each append (the host answers an append with the file's size, so a write by anyone else is
-//! noticed and the journal read again). **A
-//! journal record is one append followed by `sync`**, so it is on the host's disk before anything
-//! else happens. **The lock is a `flock` held by that shell for as long as the run keeps the
-//! channel open**: it is released when the run ends or releases it, and also when the run's
-//! machine crashes or the connection drops (sshd ends the session). Its holder (user@machine,
+//! **One state shell per run**: the SSH connection's own session runs a small `sh` loop that
+//! answers requests (read the journal, append a record, take or release the lock, name the
+//! holder) as lines, so it is running as soon as the connection is up and a journal write costs
+//! a round trip on an open channel, not a new channel (~40 ms each). While the run holds the
+//! target's lock, the journal is read from the host once (with the lock's answer) and kept in
+//! step with each append: every writer, backtrack on the host itself included, takes that lock
+//! first, so the copy is the file, and an append need not read the file back; without the lock
+//! the host looks at the file's end itself. **A journal record is one append followed by
+//! `sync`**, so it is on the host's disk before anything else happens. **The lock is a `flock`
+//! held by that shell for as long as the run keeps the connection**: it is released when the run
+//! ends or releases it, and also when the run's machine crashes or the connection drops (sshd
+//! ends the session). Its holder (user@machine,
 //! pid, command, since) is written beside it by the winner, so a loser can name it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Holder, Identity, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
 
+/// The command line of the state shell, for `SshSession::open`.
+pub fn shell_command() -> String {
+    format!("sh -c {}", shell_quote(SHELL))
+}
+
 /// The state shell's loop. Each request is a command line and the target folder's relative path
 /// (plus the command's own lines); each answer starts with one status line. Taking the lock
 /// also answers with the journal (the first thing a run that locks reads).
-const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"
+const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held=
 data() { if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
   read) data ;;
   append)
-    IFS= read -r meta; IFS= read -r line
-    if err=$( { mkdir -p "$d" &&
+    IFS= read -r ends; IFS= read -r meta; IFS= read -r line
+    if [ "$held" = "$d" ] && [ "$ends" != unknown ]; then
+      if err=$( { if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
+          if [ "$ends" = torn ]; then printf '\n' >> "$f"; fi &&
+          printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
+        echo OK
+      else
+        printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
+      fi
+    elif err=$( { { [ -d "$d" ] || mkdir -p "$d"; } &&
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
         if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi &&
         printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
@@ -51,10 +66,10 @@ while IFS= read -r cmd && IFS= read -r rel; do
     fi ;;
   lock)
     IFS= read -r who
-    if err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
+    if err=$( { { [ -d "$d" ] || mkdir -p "$d"; } && : >> "$d/lock"; } 2>&1 ); then
       exec 9>>"$d/lock"
       if flock -n 9; then
-        printf '%s\n' "$who" > "$d/holder.json.tmp.$$"; mv "$d/holder.json.tmp.$$" "$d/holder.json"; echo LOCKED; data
+        held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo LOCKED; data
       else
         exec 9>&-
         i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
@@ -64,23 +79,25 @@ while IFS= read -r cmd && IFS= read -r rel; do
       printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
     fi ;;
   unlock)
-    rm -f "$d/holder.json"; exec 9>&-; echo OK ;;
+    : > "$d/holder.json"; held=; exec 9>&-; echo OK ;;
   *) echo "ERR unknown request $cmd" ;;
   esac
 done"#;
 
-/// The state shell's channel.
+/// The state shell's input and output (the SSH connection's own session). The output is taken
+/// after the first request was sent, so that request is on its way while the session starts.
 struct Channel {
-    child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    stdout: Option<BufReader<ChildStdout>>,
     /// Requests sent without waiting for their one-line answer (releasing the lock), read
     /// before the next request's answer.
     unanswered: usize,
 }
 
 /// One long-lived `sh` on the host, through the run's SSH connection, that reads and writes the
-/// state of the targets there. Started on first use; ended (which frees a lock it holds) on drop.
+/// state of the targets there: the connection's own session (`SshSession::open` with
+/// `shell_command`), running from the moment the connection is up. Ended (which frees a lock it
+/// holds) on drop.
 pub struct StateShell {
     ssh: Arc<SshSession>,
     channel: Mutex<Option<Channel>>,
@@ -126,38 +143,34 @@ impl StateShell {
             .lock()
             .map_err(|_| self.fail(what, "the state shell is poisoned"))?;
         if guard.is_none() {
-            let mut child = self
+            let stdin = self
                 .ssh
-                .command(&format!("sh -c {}", shell_quote(SHELL)))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| SshError::NoClient(e.to_string()))?;
-            let stdin = child.stdin.take().expect("piped stdin");
-            let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+                .take_session_input()
+                .ok_or_else(|| self.fail(what, "the state shell on the host ended"))?;
             *guard = Some(Channel {
-                child,
                 stdin,
-                stdout,
+                stdout: None,
                 unanswered: 0,
             });
         }
         let chan = guard.as_mut().expect("started above");
-        let result = send(chan, lines)
-            .and_then(|()| {
-                while chan.unanswered > 0 {
-                    status_line(&mut chan.stdout)?;
-                    chan.unanswered -= 1;
-                }
-                Ok(())
-            })
-            .and_then(|()| answer(&mut chan.stdout));
-        result.map_err(|e| {
-            if let Some(mut c) = guard.take() {
-                let _ = c.child.kill();
-                let _ = c.child.wait();
+        let result = send(chan, lines).and_then(|()| {
+            if chan.stdout.is_none() {
+                chan.stdout = self.ssh.take_session_output();
             }
+            let stdout = chan
+                .stdout
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("its output is gone"))?;
+            while chan.unanswered > 0 {
+                status_line(stdout)?;
+                chan.unanswered -= 1;
+            }
+            answer(stdout)
+        });
+        result.map_err(|e| {
+            // Dropped: its input closes, and every later request fails too.
+            guard.take();
             self.fail(what, format!("the state shell on the host ended: {e}"))
         })
     }
@@ -189,21 +202,28 @@ fn send(chan: &mut Channel, lines: &[&str]) -> std::io::Result<()> {
 }
 
 impl Drop for StateShell {
+    /// Ends the shell (its input closes; the flock it holds goes with it), after reading the
+    /// answers to requests not waited for yet, so a lock released is released on the host before
+    /// the run ends. Bounded: a host that stopped answering is not waited for.
     fn drop(&mut self) {
-        let Some(Channel { mut child, stdin, .. }) = self.channel.get_mut().ok().and_then(Option::take) else {
+        let Some(Channel {
+            stdin,
+            stdout,
+            unanswered,
+        }) = self.channel.get_mut().ok().and_then(Option::take)
+        else {
             return;
         };
-        // End its input: the shell exits, which releases any flock it holds.
         drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let Some(mut stdout) = stdout.filter(|_| unanswered > 0) else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let read = (0..unanswered).try_for_each(|_| status_line(&mut stdout).map(drop));
+            let _ = tx.send(read);
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(3));
     }
 }
 
@@ -296,7 +316,9 @@ impl RemoteDir {
     }
 
     /// Appends one line (ending a torn last line first) and syncs it to disk; writes `meta` as
-    /// `target.json` when the journal is new.
+    /// `target.json` when the journal is new. While this run holds the lock, its copy of the
+    /// journal says how the file ends (nobody else may write it), which spares the host from
+    /// reading it back; otherwise the host looks, and answers with the file's new size.
     pub fn append_journal(&self, line: &[u8], meta: Option<&[u8]>) -> Result<(), SshError> {
         let what = "append to the journal";
         let line = String::from_utf8_lossy(line);
@@ -305,10 +327,15 @@ impl RemoteDir {
         if line.contains('\n') || meta.contains('\n') {
             return Err(self.shell.fail(what, "a record spans lines"));
         }
+        let ends = match self.cached() {
+            Some(c) if c.last().is_some_and(|b| *b != b'\n') => "torn",
+            Some(_) => "clean",
+            None => "unknown",
+        };
         let mut size = None;
         let answer = self
             .shell
-            .request(what, &["append", &self.relative, meta.trim_end(), line], |r| {
+            .request(what, &["append", &self.relative, ends, meta.trim_end(), line], |r| {
                 status_line(r).map(|l| {
                     size = l.strip_prefix("OK ").and_then(|n| n.trim().parse::<usize>().ok());
                     ok_or_err(l, "OK")
@@ -323,8 +350,8 @@ impl RemoteDir {
                         }
                         c.extend_from_slice(line.as_bytes());
                         c.push(b'\n');
-                        // Someone else wrote too (or the size is unknown): read it again next time.
-                        if size != Some(c.len()) {
+                        // The host looked and found another size than ours: read it again.
+                        if size.is_some_and(|n| n != c.len()) {
                             *cache.expect("matched") = None;
                         }
                     }
