@@ -18,7 +18,7 @@
 //! ends the session). Its holder (user@machine,
 //! pid, command, since) is written beside it by the winner, so a loser can name it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub fn shell_command() -> String {
 /// (plus the command's own lines); each answer starts with one status line. Taking the lock
 /// also answers with the journal (the first thing a run that locks reads).
 const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held=
-data() { if [ -f "$f" ]; then n=$(wc -c < "$f"); echo "DATA $n"; head -c "$n" "$f"; else echo "DATA 0"; fi; }
+data() { echo DATA; if [ -f "$f" ]; then cat "$f"; fi; printf '\nEND\n'; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
@@ -227,16 +227,29 @@ impl Drop for StateShell {
     }
 }
 
-/// A `DATA n` answer: the status line, then n bytes.
-fn data(r: &mut BufReader<ChildStdout>) -> std::io::Result<Vec<u8>> {
+/// A `DATA` answer: the status line, the journal's bytes, then `\nEND\n` (a journal line is a
+/// JSON record, never `END`, so a single `cat` on the host frames it).
+fn data(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
     let line = status_line(r)?;
-    let n: usize = line
-        .strip_prefix("DATA")
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))?;
-    let mut bytes = vec![0; n];
-    r.read_exact(&mut bytes)?;
-    Ok(bytes)
+    if line != "DATA" {
+        return Err(std::io::Error::other(format!("unexpected answer {line:?}")));
+    }
+    let mut bytes = Vec::new();
+    loop {
+        let start = bytes.len();
+        if r.read_until(b'\n', &mut bytes)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the journal was cut short",
+            ));
+        }
+        if &bytes[start..] == b"END\n" {
+            bytes.truncate(start);
+            // The newline printed before END.
+            bytes.pop();
+            return Ok(bytes);
+        }
+    }
 }
 
 /// One status line of an answer, without its newline.
@@ -426,5 +439,31 @@ impl Drop for RemoteLock {
         // Not waited for: the next request (or the shell's end, which the run waits for) comes
         // after it on the same channel.
         self.dir.shell.send_unanswered(&["unlock", &self.dir.relative]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_read_from_the_host_comes_back_byte_for_byte() {
+        // What the shell's `data` prints for each file: DATA, the file, then "\nEND\n".
+        for file in [
+            "",
+            "{\"a\":1}\n",
+            "{\"a\":1}\n{\"b\":2}\n",
+            "{\"a\":1}\n{\"torn",
+            "\n\n",
+            "{\"x\":\"END\"}\n",
+        ] {
+            let framed = format!("DATA\n{file}\nEND\nOK\n");
+            let mut r = std::io::Cursor::new(framed.into_bytes());
+            assert_eq!(String::from_utf8(data(&mut r).unwrap()).unwrap(), file);
+            // The next answer is untouched.
+            assert_eq!(status_line(&mut r).unwrap(), "OK");
+        }
+        let mut cut = std::io::Cursor::new(b"DATA\n{\"a\":1}\n".to_vec());
+        assert!(data(&mut cut).is_err());
     }
 }
