@@ -379,14 +379,7 @@ impl SshSession {
     pub fn docker_transport(
         self: &Arc<Self>,
     ) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
-        let connector = DialStdio { session: self.clone() };
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        move |req: bollard::BollardRequest| -> EngineResponse {
-            let client = client.clone();
-            Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
-        }
+        pooled(EngineConnector::Dial(self.clone()))
     }
 
     /// The Engine API through `engine_socket` as a bollard transport: each HTTP connection is a
@@ -394,14 +387,7 @@ impl SshSession {
     pub fn forwarded_transport(
         socket: PathBuf,
     ) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
-        let connector = ForwardedSocket { path: Arc::new(socket) };
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        move |req: bollard::BollardRequest| -> EngineResponse {
-            let client = client.clone();
-            Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
-        }
+        pooled(EngineConnector::Socket(Arc::new(socket)))
     }
 
     /// What a refused engine connection said on the host, as a typed error when it is one of the
@@ -618,14 +604,27 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The connector behind `docker_transport`: a new channel running `docker system dial-stdio`.
-#[derive(Clone)]
-struct DialStdio {
-    session: Arc<SshSession>,
+/// A bollard transport over `connector`: a hyper client that pools and keeps connections alive.
+fn pooled(connector: EngineConnector) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+    move |req: bollard::BollardRequest| -> EngineResponse {
+        let client = client.clone();
+        Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
+    }
 }
 
-impl tower_service::Service<hyper::Uri> for DialStdio {
-    type Response = hyper_util::rt::TokioIo<DialStream>;
+/// How a new Engine API connection is made: a channel running `docker system dial-stdio`, or a
+/// connection to the master's local end of its forward to the host's engine socket.
+#[derive(Clone)]
+enum EngineConnector {
+    Dial(Arc<SshSession>),
+    Socket(Arc<PathBuf>),
+}
+
+impl tower_service::Service<hyper::Uri> for EngineConnector {
+    type Response = hyper_util::rt::TokioIo<EngineStream>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -634,31 +633,41 @@ impl tower_service::Service<hyper::Uri> for DialStdio {
     }
 
     fn call(&mut self, _: hyper::Uri) -> Self::Future {
-        let session = self.session.clone();
+        let how = self.clone();
         Box::pin(async move {
-            // The spare, unless its channel already ended (then a new one says why).
-            let ready = session
-                .spare
-                .lock()
-                .ok()
-                .and_then(|mut s| s.take())
-                .and_then(|mut s| s.alive().then_some(s));
-            let stream = match ready {
-                Some(s) => s,
-                None => session.spawn_dial()?,
+            let stream = match how {
+                EngineConnector::Socket(path) => {
+                    EngineStream::Socket(tokio::net::UnixStream::connect(path.as_path()).await?)
+                }
+                EngineConnector::Dial(session) => EngineStream::Dial(Box::new(session.dial_ready()?)),
             };
-            // One channel stays ready ahead of need.
-            if let Ok(next) = session.spawn_dial()
-                && let Ok(mut spare) = session.spare.lock()
-            {
-                *spare = Some(next);
-            }
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
 }
 
 impl SshSession {
+    /// A `dial-stdio` channel for a new connection: the spare, unless its channel already ended
+    /// (then a new one says why); one channel then stays ready ahead of need.
+    fn dial_ready(&self) -> std::io::Result<DialStream> {
+        let ready = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .and_then(|mut s| s.alive().then_some(s));
+        let stream = match ready {
+            Some(s) => s,
+            None => self.spawn_dial()?,
+        };
+        if let Ok(next) = self.spawn_dial()
+            && let Ok(mut spare) = self.spare.lock()
+        {
+            *spare = Some(next);
+        }
+        Ok(stream)
+    }
+
     /// A new channel running `docker system dial-stdio` on the host; what it says on stderr is
     /// kept (it explains a refused engine).
     fn spawn_dial(&self) -> std::io::Result<DialStream> {
@@ -697,61 +706,7 @@ impl SshSession {
     }
 }
 
-/// The connector behind `forwarded_transport`: a connection to the master's local end of the
-/// forward to the host's engine socket.
-#[derive(Clone)]
-struct ForwardedSocket {
-    path: Arc<PathBuf>,
-}
-
-impl tower_service::Service<hyper::Uri> for ForwardedSocket {
-    type Response = hyper_util::rt::TokioIo<Forwarded>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: hyper::Uri) -> Self::Future {
-        let path = self.path.clone();
-        Box::pin(async move {
-            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
-            Ok(hyper_util::rt::TokioIo::new(Forwarded(stream)))
-        })
-    }
-}
-
-/// One connection through the forward of the host's engine socket.
-struct Forwarded(tokio::net::UnixStream);
-
-impl Connection for Forwarded {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for Forwarded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Forwarded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// One `dial-stdio` channel as a byte stream: its stdout is read, its stdin written.
+/// One `dial-stdio` channel: its stdout is read, its stdin written.
 struct DialStream {
     _child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
@@ -764,29 +719,47 @@ impl DialStream {
     }
 }
 
-impl Connection for DialStream {
+/// One Engine API connection, as `EngineConnector` made it.
+enum EngineStream {
+    Dial(Box<DialStream>),
+    Socket(tokio::net::UnixStream),
+}
+
+impl Connection for EngineStream {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
-impl AsyncRead for DialStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stdout).poll_read(cx, buf)
+impl AsyncRead for EngineStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Dial(d) => Pin::new(&mut d.stdout).poll_read(cx, buf),
+            Self::Socket(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 
-impl AsyncWrite for DialStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stdin).poll_write(cx, buf)
+impl AsyncWrite for EngineStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Dial(d) => Pin::new(&mut d.stdin).poll_write(cx, buf),
+            Self::Socket(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stdin).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Dial(d) => Pin::new(&mut d.stdin).poll_flush(cx),
+            Self::Socket(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stdin).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Dial(d) => Pin::new(&mut d.stdin).poll_shutdown(cx),
+            Self::Socket(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 

@@ -126,6 +126,15 @@ impl RemoteApp {
     fn journal(&self) -> String {
         std::fs::read_to_string(self.state_dir().join("history.jsonl")).unwrap_or_default()
     }
+
+    /// Waits until a swap is half done: its intent is on the host and the old container is set
+    /// aside.
+    fn wait_mid_swap(&self) {
+        wait_until("the swap starts", Duration::from_secs(30), || {
+            self.journal().contains("\"started\"")
+                && !containers_named(&format!("{}-backtrack-prev", self.name), h2).is_empty()
+        });
+    }
 }
 
 impl Drop for RemoteApp {
@@ -334,11 +343,7 @@ fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Mid-swap: the intent is on the host and the old container is set aside.
-    wait_until("the swap starts", Duration::from_secs(30), || {
-        app.journal().contains("\"started\"")
-            && !containers_named(&format!("{}-backtrack-prev", app.name), h2).is_empty()
-    });
+    app.wait_mid_swap();
     proxy.cut();
     let started = Instant::now();
     let status = loop {
@@ -391,10 +396,7 @@ fn ctrl_c_at_the_terminal_reaches_only_backtrack_which_puts_the_remote_version_b
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the swap starts", Duration::from_secs(30), || {
-        app.journal().contains("\"started\"")
-            && !containers_named(&format!("{}-backtrack-prev", app.name), h2).is_empty()
-    });
+    app.wait_mid_swap();
     // As the terminal does: SIGINT to every process of the group.
     let group = format!("-{}", run.id());
     let killed = std::process::Command::new("kill")

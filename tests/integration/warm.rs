@@ -113,8 +113,8 @@ fn prune_local_keeps_every_candidate_and_removes_the_rest() {
     assert!(keep4 && why4.contains("rollback candidate: previous"), "{why4}");
     let (keep2, why2) = decision("v2.0.0");
     assert!(keep2 && why2.contains("last_known_good points at it"), "{why2}");
-    assert!(!decision("v3.0.0").0);
-    assert!(!decision("v1.0.0").0);
+    assert!(!decision("v3.0.0").0, "{plan}");
+    assert!(!decision("v1.0.0").0, "{plan}");
     assert!(present(&repo, &digests[2]), "a dry run removes nothing");
 
     let run = t.exec(["prune", "--local", "--yes"]).success();
