@@ -97,6 +97,15 @@ impl SshError {
     }
 }
 
+/// Forwards known before connecting, which the master sets up as it logs in (no `ssh -O forward`
+/// later): the engine socket the host named last time (a cache of the caller's), and the
+/// `host:port` destinations of configured probes.
+#[derive(Debug, Clone, Default)]
+pub struct Ahead {
+    pub engine_socket: Option<String>,
+    pub probes: Vec<(String, u16)>,
+}
+
 /// A local listener forwarding to (host, port) as the remote host sees it, and its accept loop.
 type Forward = ((String, u16), std::net::SocketAddr, tokio::task::AbortHandle);
 
@@ -131,6 +140,15 @@ pub struct SshSession {
     endpoint: OnceLock<Option<String>>,
     /// The local end of a forward to the host's engine socket, once asked for.
     engine_socket: OnceLock<Option<PathBuf>>,
+    /// Forwards the master made as it logged in (`Ahead`), and their local ends.
+    premade: Vec<(Premade, PathBuf)>,
+}
+
+/// What a forward made ahead leads to.
+#[derive(Debug, PartialEq)]
+enum Premade {
+    Engine(String),
+    Probe(String, u16),
 }
 
 /// Runs first in the connection's own session, before the caller's command: one line naming the
@@ -166,7 +184,12 @@ impl SshSession {
     /// flight as the login, so it is running on the host as soon as the connection is up, and
     /// its input and output are handed out once (`take_session_input`, `take_session_output`). Blocking (it runs once per
     /// run, before anything else can happen).
-    pub fn open(dest: &SshDestination, options: &SshOptions, session: &str) -> Result<Arc<Self>, SshError> {
+    pub fn open(
+        dest: &SshDestination,
+        options: &SshOptions,
+        session: &str,
+        ahead: &Ahead,
+    ) -> Result<Arc<Self>, SshError> {
         let dir = tempfile::Builder::new()
             .prefix("backtrack-ssh-")
             .tempdir_in(std::env::temp_dir())
@@ -176,11 +199,25 @@ impl SshSession {
         let log = std::fs::File::create(&log_path)
             .map_err(|e| SshError::NoClient(format!("create {}: {e}", log_path.display())))?;
         let secs = options.connect_timeout.as_secs().max(1);
+        // Forwards known ahead: the master listens for them from the start.
+        let mut premade = Vec::new();
+        let mut listen = Vec::new();
+        if let Some(path) = ahead.engine_socket.as_deref().filter(|p| forwardable(p)) {
+            let local = dir.path().join("engine.sock");
+            listen.push(format!("{}:{path}", local.display()));
+            premade.push((Premade::Engine(path.to_string()), local));
+        }
+        for (i, (host, port)) in ahead.probes.iter().enumerate() {
+            let local = dir.path().join(format!("probe-{i}.sock"));
+            listen.push(format!("{}:{}", local.display(), tcp_target(host, *port)));
+            premade.push((Premade::Probe(host.clone(), *port), local));
+        }
         let mut cmd = std::process::Command::new("ssh");
         cmd.args(base_args(dest, options))
             .arg("-S")
             .arg(&control)
             .args(["-M", "-o", "ControlPersist=no"])
+            .args(listen.iter().flat_map(|l| ["-L", l.as_str()]))
             .arg("-o")
             .arg(format!("ConnectTimeout={secs}"))
             .args(["-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3"])
@@ -234,6 +271,7 @@ impl SshSession {
             session_out: Mutex::new(Some(output)),
             endpoint: OnceLock::new(),
             engine_socket: OnceLock::new(),
+            premade,
         });
         // The way to the engine is readied while the caller goes on (it takes the session's
         // first line and one `ssh -O forward`).
@@ -290,26 +328,44 @@ impl SshSession {
     pub fn engine_socket(&self) -> Option<PathBuf> {
         self.engine_socket
             .get_or_init(|| {
-                let path = self.endpoint()?.strip_prefix("unix://")?.to_string();
-                if path.is_empty() || path.contains(':') {
-                    return None;
+                let path = self.engine_path()?;
+                if let Some(local) = self.premade_for(&Premade::Engine(path.to_string())) {
+                    return Some(local);
                 }
-                let local = self.dir.path().join("engine.sock");
-                let forwarded = std::process::Command::new("ssh")
-                    .args(self.channel_args())
-                    .args(["-O", "forward", "-L"])
-                    .arg(format!("{}:{path}", local.display()))
-                    .arg("--")
-                    .arg(&self.dest.host)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .process_group(0)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                forwarded.then_some(local)
+                let local = self.dir.path().join("engine-forwarded.sock");
+                self.forward_by_master(&local, path).then_some(local)
             })
             .clone()
+    }
+
+    /// The path of the host's engine socket, when the session named a `unix://` one that can be
+    /// forwarded: for the caller to remember (`Ahead::engine_socket`) for the next connection.
+    pub fn engine_path(&self) -> Option<&str> {
+        self.endpoint()?.strip_prefix("unix://").filter(|p| forwardable(p))
+    }
+
+    fn premade_for(&self, what: &Premade) -> Option<PathBuf> {
+        self.premade
+            .iter()
+            .find(|(p, _)| p == what)
+            .map(|(_, local)| local.clone())
+    }
+
+    /// Asks the master to listen on `local` and forward each connection to `to` as the host
+    /// sees it (a socket path or `host:port`); whether it agreed.
+    fn forward_by_master(&self, local: &std::path::Path, to: &str) -> bool {
+        std::process::Command::new("ssh")
+            .args(self.channel_args())
+            .args(["-O", "forward", "-L"])
+            .arg(format!("{}:{to}", local.display()))
+            .arg("--")
+            .arg(&self.dest.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     pub fn destination(&self) -> &SshDestination {
@@ -434,25 +490,18 @@ impl SshSession {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let target = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
+        let target = tcp_target(host, port);
+        let (socket, by_master) = match self.premade_for(&Premade::Probe(host.to_string(), port)) {
+            Some(local) => (local, true),
+            None => {
+                let local = self.dir.path().join(format!("forward-{}", forwards.len()));
+                let (session, to, at) = (self.clone(), target.clone(), local.clone());
+                let agreed = tokio::task::spawn_blocking(move || session.forward_by_master(&at, &to))
+                    .await
+                    .unwrap_or(false);
+                (local, agreed)
+            }
         };
-        let socket = self.dir.path().join(format!("forward-{}", forwards.len()));
-        let by_master = tokio::process::Command::new("ssh")
-            .process_group(0)
-            .args(self.channel_args())
-            .args(["-O", "forward", "-L"])
-            .arg(format!("{}:{target}", socket.display()))
-            .arg("--")
-            .arg(&self.dest.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success());
         let session = self.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -560,6 +609,54 @@ fn base_args(dest: &SshDestination, options: &SshOptions) -> Vec<String> {
         .map(String::from),
     );
     args
+}
+
+/// The engine socket `dest` named last time, from the cache folder (see `Ahead`).
+pub fn remembered_engine(cache_dir: &std::path::Path, dest: &SshDestination) -> Option<String> {
+    let text = std::fs::read_to_string(engine_memo(cache_dir, dest)).ok()?;
+    Some(text.trim().to_string()).filter(|p| forwardable(p))
+}
+
+/// Remembers the engine socket `dest` named, for the next connection; best effort (a cache).
+pub fn remember_engine(cache_dir: &std::path::Path, dest: &SshDestination, path: &str) {
+    let file = engine_memo(cache_dir, dest);
+    if let Some(dir) = file.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, path).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+}
+
+fn engine_memo(cache_dir: &std::path::Path, dest: &SshDestination) -> PathBuf {
+    let name: String = dest
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cache_dir.join("ssh-engines").join(name)
+}
+
+/// Whether ssh can forward to the socket `path` (its `-L` spec splits on `:`).
+fn forwardable(path: &str) -> bool {
+    path.starts_with('/') && !path.contains(':')
+}
+
+/// `host:port` for ssh's forward specs, an IPv6 address in brackets.
+fn tcp_target(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The remote command line of the connection's own session: `PRELUDE`, then `session`.
@@ -889,6 +986,30 @@ mod tests {
             assert_eq!(first.trim_end(), *want, "{env:?} {config:?}");
             assert_eq!(second, "the session runs", "{env:?} {config:?}");
         }
+    }
+
+    #[test]
+    fn the_engine_socket_a_host_named_is_remembered_per_destination() {
+        let cache = tempfile::tempdir().unwrap();
+        let d = dest();
+        assert_eq!(remembered_engine(cache.path(), &d), None);
+        remember_engine(cache.path(), &d, "/run/user/1000/docker.sock");
+        assert_eq!(
+            remembered_engine(cache.path(), &d).as_deref(),
+            Some("/run/user/1000/docker.sock")
+        );
+        let other = SshDestination {
+            port: Some(22),
+            ..dest()
+        };
+        assert_eq!(
+            remembered_engine(cache.path(), &other),
+            None,
+            "another port is another host"
+        );
+        // What ssh could not forward is not offered again.
+        std::fs::write(engine_memo(cache.path(), &d), "relative/docker.sock").unwrap();
+        assert_eq!(remembered_engine(cache.path(), &d), None);
     }
 
     #[test]

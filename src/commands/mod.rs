@@ -27,7 +27,7 @@ use anyhow::Context as _;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
-use crate::adapters::ssh::{SshError, SshSession};
+use crate::adapters::ssh::{self, Ahead, SshError, SshSession};
 use crate::adapters::state::remote::{RemoteDir, StateShell};
 use crate::adapters::state::{self, Journal, TargetLock, TargetMeta};
 use crate::cli::Command;
@@ -149,9 +149,16 @@ impl App<'_> {
         }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
         match address {
-            Some(EngineAddress::Ssh(_)) => {
+            Some(EngineAddress::Ssh(dest)) => {
                 let ssh = self.ssh()?.expect("an ssh:// engine has a session");
-                Ok(Engine::connect_ssh(ssh, self.settings.ssh.connect_timeout).await?)
+                let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout).await?;
+                // Remembered for the next run's connection to forward from the start.
+                if let Some(path) = ssh.engine_path()
+                    && ssh::remembered_engine(&self.settings.cache_dir, &dest).as_deref() != Some(path)
+                {
+                    ssh::remember_engine(&self.settings.cache_dir, &dest, path);
+                }
+                Ok(engine)
             }
             Some(EngineAddress::Tcp { host, port }) if let Some(files) = self.project()?.engine_tls.as_ref() => {
                 Ok(Engine::connect_tls(&host, port, files, self.settings.ssh.connect_timeout).await?)
@@ -178,7 +185,12 @@ impl App<'_> {
                 Some(handle) => handle
                     .join()
                     .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
-                None => SshSession::open(dest, &self.settings.ssh, &state::remote::shell_command()),
+                None => SshSession::open(
+                    dest,
+                    &self.settings.ssh,
+                    &state::remote::shell_command(),
+                    &self.ahead(dest),
+                ),
             }
         });
         Ok(Some(session.clone()?))
@@ -192,6 +204,19 @@ impl App<'_> {
         }
     }
 
+    /// What the connection to `dest` can forward from the start: the engine socket it named last
+    /// time, and the probe of `[health] http`.
+    fn ahead(&self, dest: &SshDestination) -> Ahead {
+        let probe = self.project().ok().and_then(|p| p.health.http.as_deref());
+        Ahead {
+            engine_socket: ssh::remembered_engine(&self.settings.cache_dir, dest),
+            probes: probe
+                .and_then(crate::adapters::docker::probe_forward)
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Starts connecting to the target's host (an `ssh://` engine, not a fleet) in the
     /// background, so the login overlaps whatever the command does before it needs the host.
     fn connect_early(&self) {
@@ -202,7 +227,9 @@ impl App<'_> {
             return;
         };
         let options = self.settings.ssh.clone();
-        let handle = std::thread::spawn(move || SshSession::open(&dest, &options, &state::remote::shell_command()));
+        let ahead = self.ahead(&dest);
+        let handle =
+            std::thread::spawn(move || SshSession::open(&dest, &options, &state::remote::shell_command(), &ahead));
         if let Ok(mut o) = self.opening.lock() {
             *o = Some(handle);
         }

@@ -67,7 +67,12 @@ pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> an
         EngineAddress::Ssh(dest) => {
             let (dest, options) = (dest.clone(), ssh.clone());
             let session = tokio::task::spawn_blocking(move || {
-                SshSession::open(&dest, &options, &crate::adapters::state::remote::shell_command())
+                SshSession::open(
+                    &dest,
+                    &options,
+                    &crate::adapters::state::remote::shell_command(),
+                    &crate::adapters::ssh::Ahead::default(),
+                )
             })
             .await??;
             let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout).await?;

@@ -202,6 +202,14 @@ fn remote_deploy_rollback_emergency_and_status_act_on_the_host_only() {
     assert!(!t.state_dir().join("targets").exists(), "local state was written");
     let h = t.exec(["history", "--output", "json"]).success().json();
     assert_eq!(h["operations"].as_array().unwrap().len(), 4, "{h}");
+    // Only a cache here: the engine socket the host named (its DOCKER_HOST), forwarded from the
+    // start of the next connection.
+    let memo = t.state_dir().with_file_name("cache").join("ssh-engines");
+    let named: Vec<String> = std::fs::read_dir(&memo)
+        .unwrap_or_else(|e| panic!("{}: {e}", memo.display()))
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(named, [remote_dir().join("docker.sock").display().to_string()]);
 }
 
 #[test]

@@ -344,13 +344,7 @@ impl Engine {
             });
         };
         let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("parse {url}: {e}"))?;
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("{url} names no host"))?
-            .to_string();
-        let port = parsed
-            .port_or_known_default()
-            .ok_or_else(|| format!("{url} names no port"))?;
+        let (host, port) = probe_destination(&parsed)?;
         let authority = match parsed.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -694,6 +688,26 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
         e,
         bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
     )
+}
+
+/// The host and port an HTTP probe's URL asks, as the engine's host sees them (an IPv6 host in
+/// brackets, as the URL writes it).
+fn probe_destination(url: &reqwest::Url) -> Result<(String, u16), String> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{url} names no host"))?
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("{url} names no port"))?;
+    Ok((host, port))
+}
+
+/// Where an HTTP probe `url` goes on an SSH host, for a forward made ahead (`ssh::Ahead`):
+/// `None` for a URL that names no host or port (the probe reports it when it runs).
+pub fn probe_forward(url: &str) -> Option<(String, u16)> {
+    let (host, port) = probe_destination(&reqwest::Url::parse(url).ok()?).ok()?;
+    Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
 }
 
 /// A client over `transport` speaking the engine's API version, learnt from `/_ping` as the
