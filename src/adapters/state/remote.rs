@@ -66,7 +66,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
     fi ;;
   lock)
     IFS= read -r who
-    if err=$( { { [ -d "$d" ] || mkdir -p "$d"; } && : >> "$d/lock"; } 2>&1 ); then
+    if [ -f "$d/lock" ] || err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
       exec 9>>"$d/lock"
       if flock -n 9; then
         held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo LOCKED; data
