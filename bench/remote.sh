@@ -49,7 +49,9 @@ work=$(mktemp -d)
 h2docker() { docker -H "unix://$h2/docker.sock" "$@"; }
 # The host keeps the remote run's history between benches (the on-host run's is made fresh each
 # time): start both empty, so neither reads a longer journal than the other.
-host_history=$h2/state/backtrack/targets/local_container_$app
+host_state=$(ssh -F "$cfg" -o BatchMode=yes -p "$ssh_port" bt-remote@127.0.0.1 'echo "${XDG_STATE_HOME:-$HOME/.local/state}"')
+[ -n "$host_state" ] || die "could not ask the remote host where its state is"
+host_history=$host_state/backtrack/targets/local_container_$app
 cleanup() { h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true; rm -rf "$work" "$host_history"; }
 trap cleanup EXIT
 
