@@ -344,6 +344,13 @@ impl SshSession {
         self.endpoint()?.strip_prefix("unix://").filter(|p| forwardable(p))
     }
 
+    /// Whether the engine socket the host named was the one forwarded at login (`Ahead`), so
+    /// there is nothing new to remember.
+    pub fn engine_known_ahead(&self) -> bool {
+        self.engine_path()
+            .is_some_and(|p| self.premade_for(&Premade::Engine(p.to_string())).is_some())
+    }
+
     fn premade_for(&self, what: &Premade) -> Option<PathBuf> {
         self.premade
             .iter()
@@ -702,7 +709,11 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// A bollard transport over `connector`: a hyper client that pools and keeps connections alive.
-fn pooled(connector: EngineConnector) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
+/// Shared by the SSH transports and the TLS one.
+pub(crate) fn pooled<C>(connector: C) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);

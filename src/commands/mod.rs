@@ -154,7 +154,7 @@ impl App<'_> {
                 let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout).await?;
                 // Remembered for the next run's connection to forward from the start.
                 if let Some(path) = ssh.engine_path()
-                    && ssh::remembered_engine(&self.settings.cache_dir, &dest).as_deref() != Some(path)
+                    && !ssh.engine_known_ahead()
                 {
                     ssh::remember_engine(&self.settings.cache_dir, &dest, path);
                 }
@@ -185,12 +185,7 @@ impl App<'_> {
                 Some(handle) => handle
                     .join()
                     .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
-                None => SshSession::open(
-                    dest,
-                    &self.settings.ssh,
-                    &state::remote::shell_command(),
-                    &self.ahead(dest),
-                ),
+                None => self.opener(dest)(),
             }
         });
         Ok(Some(session.clone()?))
@@ -202,6 +197,12 @@ impl App<'_> {
             Some(EngineAddress::Ssh(dest)) => Some(dest),
             _ => None,
         }
+    }
+
+    /// Opens the connection to `dest` when called (here or on a thread of its own).
+    fn opener(&self, dest: &SshDestination) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + 'static {
+        let (dest, options, ahead) = (dest.clone(), self.settings.ssh.clone(), self.ahead(dest));
+        move || SshSession::open(&dest, &options, &state::remote::shell_command(), &ahead)
     }
 
     /// What the connection to `dest` can forward from the start: the engine socket it named last
@@ -223,13 +224,10 @@ impl App<'_> {
         if self.is_fleet() {
             return;
         }
-        let Some(dest) = self.ssh_destination().cloned() else {
+        let Some(dest) = self.ssh_destination() else {
             return;
         };
-        let options = self.settings.ssh.clone();
-        let ahead = self.ahead(&dest);
-        let handle =
-            std::thread::spawn(move || SshSession::open(&dest, &options, &state::remote::shell_command(), &ahead));
+        let handle = std::thread::spawn(self.opener(dest));
         if let Ok(mut o) = self.opening.lock() {
             *o = Some(handle);
         }

@@ -292,14 +292,8 @@ impl Transport {
             timeout: connect_timeout,
             peer: peer.clone(),
         };
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Ok(Self {
-            call: Box::new(move |req: bollard::BollardRequest| -> EngineResponse {
-                let client = client.clone();
-                Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
-            }),
+            call: Box::new(crate::adapters::ssh::pooled(connector)),
             peer,
         })
     }

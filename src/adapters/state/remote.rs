@@ -42,19 +42,13 @@ while IFS= read -r cmd && IFS= read -r rel; do
   read) data ;;
   append)
     IFS= read -r ends; IFS= read -r meta; IFS= read -r line
-    if [ "$held" = "$d" ] && [ "$ends" != unknown ]; then
-      if err=$( { if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
-          if [ "$ends" = torn ]; then printf '\n' >> "$f"; fi &&
-          printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
-        echo OK
-      else
-        printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
-      fi
-    elif err=$( { { [ -d "$d" ] || mkdir -p "$d"; } &&
+    # Under this shell's lock the run's copy says how the file ends; otherwise it is looked at.
+    if [ "$held" = "$d" ] && [ "$ends" != unknown ]; then size=; else size=1; ends=unknown; fi
+    if err=$( { { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
-        if [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; then printf '\n' >> "$f"; fi &&
+        if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
         printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
-      echo "OK $(wc -c < "$f")"
+      if [ -n "$size" ]; then echo "OK $(wc -c < "$f")"; else echo OK; fi
     else
       printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
     fi ;;
