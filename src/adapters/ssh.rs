@@ -445,14 +445,6 @@ impl SshSession {
         pooled(EngineConnector::Dial(self.clone()))
     }
 
-    /// The Engine API through `engine_socket` as a bollard transport: each HTTP connection is a
-    /// channel the master opens to the host's engine socket; connections are pooled and reused.
-    pub fn forwarded_transport(
-        socket: PathBuf,
-    ) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
-        pooled(EngineConnector::Socket(Arc::new(socket)))
-    }
-
     /// What a refused engine connection said on the host, as a typed error when it is one of the
     /// known causes (no docker, no permission, engine down).
     pub fn engine_failure(&self) -> Option<SshError> {
@@ -706,6 +698,13 @@ fn last_line(s: &str) -> String {
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The Engine API behind a local unix socket as a bollard transport, connections pooled and
+/// reused: the master's end of its forward to a host's engine socket (`engine_socket`), where
+/// each connection is a channel to that socket, or a local engine's own socket.
+pub fn socket_transport(socket: PathBuf) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
+    pooled(EngineConnector::Socket(Arc::new(socket)))
 }
 
 /// A bollard transport over `connector`: a hyper client that pools and keeps connections alive.

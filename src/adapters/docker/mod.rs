@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::adapters::registry::PullAuth;
-use crate::adapters::ssh::{SshError, SshSession};
+use crate::adapters::ssh::{self, SshError, SshSession};
 use crate::domain::digest::Digest;
 use crate::settings::{TargetKind, TargetSettings};
 
@@ -199,7 +199,17 @@ impl Engine {
             None => Docker::connect_with_defaults(),
         }
         .map_err(|e| unreachable(e.to_string()))?;
-        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+        // A socket's engine says its API version in `/_ping`'s header (as `negotiated`).
+        let negotiate = async {
+            match shown.strip_prefix("unix://") {
+                Some(path) => {
+                    let version = api_version(&ssh::socket_transport(path.into()), LOCAL_BASE).await?;
+                    Docker::connect_with_unix(&shown, 120, &version)
+                }
+                None => docker.negotiate_version().await,
+            }
+        };
+        let docker = tokio::time::timeout(Duration::from_secs(5), negotiate)
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| {
@@ -232,17 +242,7 @@ impl Engine {
         let transport = tls::Transport::new(host, port, files, timeout)?;
         let failures = transport.failures();
         let call = transport.call;
-        let docker = Docker::connect_with_custom_transport(
-            move |req: bollard::BollardRequest| call(req),
-            Some(format!("https://{host}:{port}")),
-            120,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| EngineError::Unreachable {
-            host: shown.clone(),
-            cause: e.to_string(),
-        })?;
-        let cause = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+        let cause = match tokio::time::timeout(timeout, negotiated(call, &format!("https://{host}:{port}"))).await {
             Ok(Ok(docker)) => {
                 return Ok(Self {
                     docker,
@@ -279,7 +279,7 @@ impl Engine {
                 .flatten()
         };
         if let Some(socket) = forwarded {
-            match tokio::time::timeout(timeout, negotiated(SshSession::forwarded_transport(socket))).await {
+            match tokio::time::timeout(timeout, negotiated(ssh::socket_transport(socket), LOCAL_BASE)).await {
                 Ok(Ok(docker)) => {
                     return Ok(Self {
                         docker,
@@ -291,7 +291,7 @@ impl Engine {
                 Err(_) => return Err(unreachable(no_answer())),
             }
         }
-        let cause = match tokio::time::timeout(timeout, negotiated(session.docker_transport())).await {
+        let cause = match tokio::time::timeout(timeout, negotiated(session.docker_transport(), LOCAL_BASE)).await {
             Ok(Ok(docker)) => {
                 return Ok(Self {
                     docker,
@@ -710,14 +710,27 @@ pub fn probe_forward(url: &str) -> Option<(String, u16)> {
     Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
 }
 
-/// A client over `transport` speaking the engine's API version, learnt from `/_ping` as the
-/// docker CLI does (`/version` would also ask containerd and runc for theirs, ~10 ms).
-async fn negotiated<F>(transport: F) -> Result<Docker, bollard::errors::Error>
+/// The base URL of requests through a transport that ignores it (a socket, an SSH channel).
+const LOCAL_BASE: &str = "http://docker.invalid";
+
+/// A client over `transport` (requests to `base`) speaking the engine's API version
+/// (`api_version`).
+async fn negotiated<F>(transport: F, base: &str) -> Result<Docker, bollard::errors::Error>
 where
     F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse + Send + Sync + 'static,
 {
-    let transport = Arc::new(transport);
-    let ping = hyper::Request::get("http://docker.invalid/_ping")
+    let version = api_version(&transport, base).await?;
+    Docker::connect_with_custom_transport(transport, Some(base), 120, &version)
+}
+
+/// The API version to speak with the engine behind `transport`: its own, from `/_ping`'s header
+/// as the docker CLI learns it (`/version` would also ask containerd and runc for theirs,
+/// ~10 ms), or ours if it is older.
+async fn api_version<F>(transport: &F, base: &str) -> Result<bollard::ClientVersion, bollard::errors::Error>
+where
+    F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse,
+{
+    let ping = hyper::Request::get(format!("{base}/_ping"))
         .body(http_body_util::Either::Left(http_body_util::Full::new(
             bytes::Bytes::new(),
         )))
@@ -745,9 +758,7 @@ where
         })
         .ok_or(bollard::errors::Error::APIVersionParseError {})?;
     let ours = bollard::API_DEFAULT_VERSION;
-    let version = if server < *ours { server } else { *ours };
-    let call = transport.clone();
-    Docker::connect_with_custom_transport(move |req| call(req), Some("http://docker.invalid"), 120, &version)
+    Ok(if server < *ours { server } else { *ours })
 }
 
 pub(crate) fn short_error(e: &bollard::errors::Error) -> String {
