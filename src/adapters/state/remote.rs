@@ -44,13 +44,14 @@ while IFS= read -r cmd && IFS= read -r rel; do
     IFS= read -r ends; IFS= read -r meta; IFS= read -r line
     # Under this shell's lock the run's copy says how the file ends; otherwise it is looked at.
     if [ "$held" = "$d" ] && [ "$ends" != unknown ]; then size=; else size=1; ends=unknown; fi
-    if err=$( { { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
+    # What fails says why on the lines before ERR (stderr joins the answers: no subshell).
+    if { { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
         if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
-        printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1 ); then
+        printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1; then
       if [ -n "$size" ]; then echo "OK $(wc -c < "$f")"; else echo OK; fi
     else
-      printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
+      printf '\nERR\n'
     fi ;;
   holder)
     if [ -e "$d/lock" ] && ! ( exec 8>>"$d/lock" && flock -n 8 ) 2>/dev/null; then
@@ -255,6 +256,28 @@ fn status_line(r: &mut impl BufRead) -> std::io::Result<String> {
     Ok(line.trim_end_matches('\n').to_string())
 }
 
+/// The answer to an append: `OK` (with the file's size when the host looked at it), or what the
+/// failing command said on the lines before `ERR`.
+fn append_answer(r: &mut impl BufRead) -> std::io::Result<Result<Option<usize>, String>> {
+    let mut said: Vec<String> = Vec::new();
+    loop {
+        let line = status_line(r)?;
+        if line == "OK" || line.starts_with("OK ") {
+            return Ok(Ok(line.strip_prefix("OK ").and_then(|n| n.trim().parse().ok())));
+        }
+        if line == "ERR" {
+            return Ok(Err(if said.is_empty() {
+                "the host's shell did not say why".to_string()
+            } else {
+                said.join("; ")
+            }));
+        }
+        if !line.trim().is_empty() {
+            said.push(line.trim().to_string());
+        }
+    }
+}
+
 /// The state folder of one target on a remote host, relative to the remote state root.
 #[derive(Debug, Clone)]
 pub struct RemoteDir {
@@ -262,20 +285,6 @@ pub struct RemoteDir {
     /// `targets/local_container_web`: the folder a backtrack run on the host itself would use,
     /// so operators here and there share one history.
     pub relative: String,
-}
-
-/// What the state shell answered to a request that can fail on the host.
-enum Answer {
-    Ok,
-    Err(String),
-}
-
-fn ok_or_err(line: String, ok: &str) -> Answer {
-    match line.strip_prefix("ERR ") {
-        Some(e) => Answer::Err(e.trim().to_string()),
-        None if line.starts_with(ok) => Answer::Ok,
-        None => Answer::Err(format!("unexpected answer {line:?}")),
-    }
 }
 
 impl RemoteDir {
@@ -339,17 +348,13 @@ impl RemoteDir {
             Some(_) => "clean",
             None => "unknown",
         };
-        let mut size = None;
-        let answer = self
-            .shell
-            .request(what, &["append", &self.relative, ends, meta.trim_end(), line], |r| {
-                status_line(r).map(|l| {
-                    size = l.strip_prefix("OK ").and_then(|n| n.trim().parse::<usize>().ok());
-                    ok_or_err(l, "OK")
-                })
-            })?;
+        let answer = self.shell.request(
+            what,
+            &["append", &self.relative, ends, meta.trim_end(), line],
+            append_answer,
+        )?;
         match answer {
-            Answer::Ok => {
+            Ok(size) => {
                 self.keep(|cache| {
                     if let Some(Some(c)) = cache {
                         if c.last().is_some_and(|b| *b != b'\n') {
@@ -365,7 +370,7 @@ impl RemoteDir {
                 });
                 Ok(())
             }
-            Answer::Err(e) => Err(self.shell.fail(what, e)),
+            Err(e) => Err(self.shell.fail(what, e)),
         }
     }
 
@@ -459,5 +464,58 @@ mod tests {
         }
         let mut cut = std::io::Cursor::new(b"DATA\n{\"a\":1}\n".to_vec());
         assert!(data(&mut cut).is_err());
+    }
+
+    /// The state shell itself (run by the local `sh`, as the host's runs it): appends under the
+    /// lock and without it, and an append that fails says why.
+    #[test]
+    fn the_state_shell_appends_and_says_why_an_append_failed() {
+        let home = tempfile::tempdir().unwrap();
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", SHELL])
+            .env("XDG_STATE_HOME", home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = sh.stdin.take().unwrap();
+        let mut output = BufReader::new(sh.stdout.take().unwrap());
+        let mut ask = |lines: &[&str]| {
+            for l in lines {
+                writeln!(input, "{l}").unwrap();
+            }
+            input.flush().unwrap();
+        };
+        let file = home.path().join("backtrack/t/history.jsonl");
+        // Without the lock the host looks at the file and tells its size.
+        ask(&["append", "t", "unknown", "{\"target\":\"t\"}", "{\"a\":1}"]);
+        assert_eq!(append_answer(&mut output).unwrap(), Ok(Some(8)));
+        ask(&["lock", "t", "{\"pid\":1}"]);
+        assert_eq!(status_line(&mut output).unwrap(), "LOCKED");
+        assert_eq!(data(&mut output).unwrap(), b"{\"a\":1}\n");
+        // Under the lock the run's copy says how the file ends: a torn end is ended first.
+        std::fs::write(&file, "{\"a\":1}\n{\"torn").unwrap();
+        ask(&["append", "t", "torn", "", "{\"b\":2}"]);
+        assert_eq!(append_answer(&mut output).unwrap(), Ok(None));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "{\"a\":1}\n{\"torn\n{\"b\":2}\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.path().join("backtrack/t/target.json")).unwrap(),
+            "{\"target\":\"t\"}\n"
+        );
+        // A journal that cannot be written: the shell's own words come back, and it goes on.
+        std::fs::create_dir_all(home.path().join("backtrack/u/history.jsonl")).unwrap();
+        ask(&["append", "u", "unknown", "", "{\"c\":3}"]);
+        let why = append_answer(&mut output).unwrap().unwrap_err();
+        assert!(
+            why.contains("history.jsonl") && why.to_lowercase().contains("directory"),
+            "{why}"
+        );
+        ask(&["unlock", "t"]);
+        assert_eq!(status_line(&mut output).unwrap(), "OK");
+        drop(input);
+        assert!(sh.wait().unwrap().success());
     }
 }
