@@ -335,22 +335,27 @@ pub async fn execute(
     }
 
     // Every container validated: the point of no return.
-    let committed = journal.append(&Record {
+    let commit = Record {
         at: Utc::now(),
         phase: Phase::Committed,
         ..base.clone()
-    });
-    for c in &plan.containers {
-        // The previous container, and the original one an emergency set aside, are done with.
-        for leftover in [
-            format!("{}{BACKUP_SUFFIX}", c.name),
-            format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
-        ] {
-            if let Err(e) = engine.remove(&leftover).await {
-                printer.note(format!("warning: could not remove {leftover}: {e}"));
-            }
+    };
+    let committed = if let [only] = plan.containers.as_slice() {
+        // One container: its set-aside one goes while the record is written. A run that ends in
+        // between leaves the record, or the target on the new digest with nothing set aside,
+        // which the next run records as done (`recover`); with several containers, one without
+        // its set-aside container and another with it could only be half put back. The removal's
+        // request is on its way before the append (which blocks) starts.
+        let ((), committed) =
+            tokio::join!(biased; remove_leftovers(engine, printer, only), async { journal.append(&commit) });
+        committed
+    } else {
+        let committed = journal.append(&commit);
+        for c in &plan.containers {
+            remove_leftovers(engine, printer, c).await;
         }
-    }
+        committed
+    };
     // With the set-aside containers gone, a lost record leaves the validated version in place:
     // the next run finds the target on the new digest with nothing to put back and records it.
     let what = format!(
@@ -562,6 +567,19 @@ pub(crate) fn print_logs(printer: &Printer, logs: &[String]) {
     printer.note(format!("last {} lines of the failed container's output:", logs.len()));
     for l in logs {
         printer.note(format!("  | {l}"));
+    }
+}
+
+/// Removes what a validated swap of `c` leaves: the previous container, and the original one an
+/// emergency set aside. A failure is a warning: the swap itself is done.
+async fn remove_leftovers(engine: &Engine, printer: &Printer, c: &ContainerPlan) {
+    for leftover in [
+        format!("{}{BACKUP_SUFFIX}", c.name),
+        format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
+    ] {
+        if let Err(e) = engine.remove(&leftover).await {
+            printer.note(format!("warning: could not remove {leftover}: {e}"));
+        }
     }
 }
 
