@@ -2,6 +2,7 @@
 //! back. Rollback defaults to `previous`; on a terminal with no selector it offers a picker and
 //! asks for confirmation, like the seed's rollback session.
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use super::App;
@@ -241,7 +242,13 @@ async fn swap_command(
         ))
         .into());
     }
-    let registry = app.registry()?;
+    let registry: std::sync::Arc<dyn crate::adapters::registry::Registry> = app.registry()?.into();
+    // The registry's tags do not depend on the target: they are listed while the lock is taken
+    // (for a remote target, while the connection logs in).
+    let tags = tokio::spawn({
+        let registry = registry.clone();
+        async move { Catalog::load(registry.as_ref()).await }
+    });
     let journal = app.journal()?;
     let _lock = app.lock_unless(common.dry_run, &format!("backtrack {} {input}", op.as_str()))?;
     let engine = app.engine().await?;
@@ -271,7 +278,7 @@ async fn swap_command(
         (deployed::read(&engine, target, &registry.name()).await?, None)
     };
     let current_ref = current.first().map(|d| d.image.clone());
-    let catalog = Catalog::load(registry.as_ref()).await?;
+    let catalog = tags.await.context("list the registry's tags")??;
     let (chosen, note) = match resolve::resolve(
         registry.as_ref(),
         &catalog,
@@ -424,7 +431,18 @@ async fn swap_command(
                 plan: &plan,
             });
         }
-        return swarm_swap(app, &engine, &journal, &plan, common, confirm_first, forward).await;
+        return swarm_swap(
+            app,
+            registry.as_ref(),
+            &catalog,
+            &engine,
+            &journal,
+            &plan,
+            common,
+            confirm_first,
+            forward,
+        )
+        .await;
     }
     let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
     plan.note = note;
@@ -444,7 +462,7 @@ async fn swap_command(
     };
     let hooks = confirm_and_pre(app, &journal, &change, common, confirm_first).await?;
     let auth = registry.pull_auth().await?;
-    let opts = swap_options(app, &hooks, &auth, common, forward)?;
+    let opts = swap_options(app, registry.as_ref(), &hooks, &auth, common, forward)?;
     let mut report = swap::execute(&engine, &journal, &app.printer, &plan, &opts).await?;
     report.forward = forward;
     write_version_env(app, target, &current, &report);
@@ -532,6 +550,7 @@ async fn confirm_and_pre(
 /// How the swap runs beyond its plan, from the config and the flags.
 fn swap_options<'a>(
     app: &'a App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
     hooks: &'a Hooks,
     auth: &'a crate::adapters::registry::PullAuth,
     common: &'a SwapCommon,
@@ -556,15 +575,18 @@ fn swap_options<'a>(
         hooks_skipped,
         notify: &project.notify,
         scope: target.environment.clone().unwrap_or_else(|| target.display()),
-        repository: app.registry()?.name(),
+        repository: registry.name(),
         forward,
     })
 }
 
 /// The swap of a Swarm service, once planned: confirmation and `pre` hook as for containers,
 /// then the service update, validated (reverted on failure), and `--mark-good`.
+#[allow(clippy::too_many_arguments)]
 async fn swarm_swap(
     app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    catalog: &Catalog,
     engine: &crate::adapters::docker::Engine,
     journal: &Journal,
     plan: &swarm_ops::SwarmPlan,
@@ -572,7 +594,6 @@ async fn swarm_swap(
     confirm_first: bool,
     forward: bool,
 ) -> anyhow::Result<()> {
-    let registry = app.registry()?;
     let change = Change {
         op: plan.op,
         target: plan.target.clone(),
@@ -582,13 +603,12 @@ async fn swarm_swap(
     };
     let hooks = confirm_and_pre(app, journal, &change, common, confirm_first).await?;
     let auth = registry.pull_auth().await?;
-    let opts = swap_options(app, &hooks, &auth, common, forward)?;
+    let opts = swap_options(app, registry, &hooks, &auth, common, forward)?;
     let mut report = swarm_ops::execute(engine, journal, &app.printer, plan, &opts).await?;
     report.forward = forward;
     app.printer.report(&report)?;
     if common.mark_good {
-        let catalog = Catalog::load(registry.as_ref()).await?;
-        mark_after_validation(app, registry.as_ref(), &catalog, engine, journal, &report, common).await?;
+        mark_after_validation(app, registry, catalog, engine, journal, &report, common).await?;
     }
     Ok(())
 }
