@@ -393,11 +393,17 @@ async fn swap_command(
             chosen.image.display()
         ));
     }
-    // The migration guard: the running image may forbid versions below a floor.
-    let floor = if swarm {
-        guard::registry_floor(registry.as_ref(), &current).await
+    // The migration guard: the running image may forbid versions below a floor. A container's
+    // plan is read meanwhile (both only inspect).
+    let image = registry.pull_reference(&chosen.digest);
+    let (floor, plan) = if swarm {
+        (guard::registry_floor(registry.as_ref(), &current).await, None)
     } else {
-        guard::floor(&engine, &current).await
+        let (floor, plan) = tokio::join!(
+            guard::floor(&engine, &current),
+            swap::plan(&engine, op, target, &current, &chosen.image, &image)
+        );
+        (floor, Some(plan))
     };
     guard::enforce(
         floor,
@@ -407,7 +413,6 @@ async fn swap_command(
         common.reason.as_deref(),
         &app.printer,
     )?;
-    let image = registry.pull_reference(&chosen.digest);
     if let Some(svc) = service {
         let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
         let overrides = UpdateOverrides {
@@ -444,7 +449,10 @@ async fn swap_command(
         )
         .await;
     }
-    let mut plan = swap::plan(&engine, op, target, &current, &chosen.image, &image).await?;
+    let Some(plan) = plan else {
+        unreachable!("a target that is not a Swarm service has a container plan")
+    };
+    let mut plan = plan?;
     plan.note = note;
     if common.dry_run {
         return app.printer.report(&PlanReport {

@@ -92,11 +92,12 @@ pub async fn plan(
     let mut containers = Vec::with_capacity(current.len());
     for d in current {
         let name = &d.container.name;
-        let old = engine.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
+        let backup = format!("{name}{BACKUP_SUFFIX}");
+        let (old, left) = tokio::join!(engine.inspect(name), engine.inspect(&backup));
+        let old = old?.ok_or_else(|| EngineError::TargetNotFound {
             what: format!("container {name}"),
         })?;
-        let backup = format!("{name}{BACKUP_SUFFIX}");
-        if engine.inspect(&backup).await?.is_some() {
+        if left?.is_some() {
             return Err(EngineError::Container {
                 action: "swap",
                 container: name.clone(),
@@ -586,14 +587,14 @@ async fn remove_leftovers(engine: &Engine, printer: &Printer, c: &ContainerPlan)
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
 pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
-    // The new container is created under a temporary name while the old one stops: creating
-    // binds no port, so this takes it off the critical path.
+    // The new container is created under a temporary name (one an interrupted run left there is
+    // removed first) while the old one stops: creating binds no port, so this takes it off the
+    // critical path.
     let next = format!("{}{NEXT_SUFFIX}", c.name);
-    engine.remove(&next).await?;
-    let (stopped, created) = tokio::join!(
-        engine.stop(&c.name, c.stop_timeout),
-        engine.create(&next, c.body.clone(), &c.extra_networks)
-    );
+    let (stopped, created) = tokio::join!(engine.stop(&c.name, c.stop_timeout), async {
+        engine.remove(&next).await?;
+        engine.create(&next, c.body.clone(), &c.extra_networks).await
+    });
     stopped?;
     // Off before anything else: a daemon restart must not start the old one beside the new one.
     engine.set_restart_policy(&c.name, &parse_restart_policy("no")).await?;

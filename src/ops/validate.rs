@@ -55,19 +55,26 @@ pub async fn wait_valid(
     let deadline = start + health.timeout;
     let http = http_client();
     let mut initial_restarts = Vec::with_capacity(containers.len());
+    // The first look at each container is also the first round's (no second inspect).
+    let mut first_look = Vec::with_capacity(containers.len());
     for name in containers {
-        let live = engine.liveness(name).await.map_err(|e| Invalid {
+        let version = async {
+            match expected_version.filter(|_| health.expect_version) {
+                Some(want) => check_version(engine, name, want).await,
+                None => Ok(()),
+            }
+        };
+        let (live, version) = tokio::join!(engine.liveness(name), version);
+        let live = live.map_err(|e| Invalid {
             why: e.to_string(),
             container: Some(name.clone()),
             probe_unreachable: false,
         })?;
+        version?;
         initial_restarts.push(live.restart_count);
-        if health.expect_version
-            && let Some(want) = expected_version
-        {
-            check_version(engine, name, want).await?;
-        }
+        first_look.push(live);
     }
+    let mut first_look = Some(first_look);
     let mut last_status = String::from("not checked yet");
     // Whether the probe ever reached a server (any HTTP answer, or a read that timed out).
     let (mut probed, mut probe_reached) = (false, false);
@@ -81,12 +88,16 @@ pub async fn wait_valid(
         }
         let mut all_ok = true;
         let mut has_healthcheck = false;
-        for (name, restarts) in containers.iter().zip(&initial_restarts) {
-            let live = engine.liveness(name).await.map_err(|e| Invalid {
-                why: e.to_string(),
-                container: Some(name.clone()),
-                probe_unreachable: false,
-            })?;
+        let looked = first_look.take();
+        for (i, (name, restarts)) in containers.iter().zip(&initial_restarts).enumerate() {
+            let live = match looked.as_ref().map(|l| l[i].clone()) {
+                Some(live) => live,
+                None => engine.liveness(name).await.map_err(|e| Invalid {
+                    why: e.to_string(),
+                    container: Some(name.clone()),
+                    probe_unreachable: false,
+                })?,
+            };
             let fail = |why: String| Invalid {
                 why,
                 container: Some(name.clone()),
