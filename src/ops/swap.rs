@@ -571,14 +571,16 @@ pub(crate) fn print_logs(printer: &Printer, logs: &[String]) {
     }
 }
 
-/// Removes what a validated swap of `c` leaves: the previous container, and the original one an
-/// emergency set aside. A failure is a warning: the swap itself is done.
+/// Removes what a validated swap of `c` leaves, both at once: the previous container, and the
+/// original one an emergency set aside. A failure is a warning: the swap itself is done.
 async fn remove_leftovers(engine: &Engine, printer: &Printer, c: &ContainerPlan) {
-    for leftover in [
+    let leftovers = [
         format!("{}{BACKUP_SUFFIX}", c.name),
         format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
-    ] {
-        if let Err(e) = engine.remove(&leftover).await {
+    ];
+    let removed = futures::future::join_all(leftovers.iter().map(|l| engine.remove(l))).await;
+    for (leftover, result) in leftovers.iter().zip(removed) {
+        if let Err(e) = result {
             printer.note(format!("warning: could not remove {leftover}: {e}"));
         }
     }
