@@ -20,6 +20,10 @@
 #        socat bridge sets TCP_NODELAY as ssh and sshd do on a real connection, so small answers
 #        are not held ~40 ms by Nagle), BACKTRACK_BEFORE=path/to/another/binary (an earlier build,
 #        timed in the same rounds as a fourth method, for before/after figures on a busy machine).
+#        BENCH_RTT_MS (0): puts a proxy that adds that round-trip time (half each way;
+#        bench/delay-proxy.py, python3) in front of the host's SSH port, as a host across a
+#        network would have: the paired line then also says how many round trips the remote run
+#        pays beyond `ssh host true`, which is what a laptop far from its EC2 host feels.
 #        Uses container bench-remote on that host, removed on exit.
 set -euo pipefail
 
@@ -36,6 +40,16 @@ case ${BENCH_HOST:-h2} in
   h3) h2=${BACKTRACK_TEST_REMOTE3_DIR:-$env_dir/h3} ssh_port=2223 ns=bt-h3 ;;
   *) die "BENCH_HOST must be h2 or h3" ;;
 esac
+rtt_ms=${BENCH_RTT_MS:-0}
+[[ $rtt_ms =~ ^[0-9]+$ ]] || die "BENCH_RTT_MS must be a whole number of milliseconds"
+if [ "$rtt_ms" != 0 ]; then
+  command -v python3 >/dev/null || die "BENCH_RTT_MS needs python3 (bench/delay-proxy.py)"
+  python3 "$BENCH_DIR/delay-proxy.py" $((ssh_port + 100)) "$ssh_port" "$rtt_ms" &
+  proxy_pid=$!
+  trap 'kill "$proxy_pid" 2>/dev/null || true' EXIT # until the full cleanup below takes over
+  ssh_port=$((ssh_port + 100))
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$ssh_port) 2>/dev/null && break; sleep 0.1; done
+fi
 host=ssh://bt-remote@127.0.0.1:$ssh_port
 app=bench-remote
 port=18091
@@ -52,7 +66,11 @@ h2docker() { docker -H "unix://$h2/docker.sock" "$@"; }
 host_state=$(ssh -F "$cfg" -o BatchMode=yes -p "$ssh_port" bt-remote@127.0.0.1 'echo "${XDG_STATE_HOME:-$HOME/.local/state}"')
 [ -n "$host_state" ] || die "could not ask the remote host where its state is"
 host_history=$host_state/backtrack/targets/local_container_$app
-cleanup() { h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true; rm -rf "$work" "$host_history"; }
+cleanup() {
+  h2docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+  rm -rf "$work" "$host_history"
+  [ -z "${proxy_pid:-}" ] || kill "$proxy_pid" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 # The docker CLI runs `ssh` from PATH: hand it the test env's ssh_config without touching ~/.ssh.
@@ -137,6 +155,9 @@ printf '%-34s %8s  %s\n' "target: on host + ssh true" "$(secs "$budget")" "$(ver
 # machine weighs on all of them): the median of remote - (on host + ssh true).
 over=$(median_us "${t_over[@]}")
 printf '%-34s %8s  %s\n' "paired: remote - on host - ssh true" "$(awk -v u="$over" 'BEGIN {printf "%+.3f", u/1e6}')" "$(verdict le "$over" 0)"
+if [ "$rtt_ms" != 0 ]; then
+  printf '%-34s %8s  %s\n' "  in round trips of $rtt_ms ms" "$(awk -v u="$over" -v r="$rtt_ms" 'BEGIN {printf "%+.1f", u/1000/r}')" "(SSH round trips the remote run pays beyond one connection)"
+fi
 if [ -n "${BACKTRACK_BEFORE:-}" ]; then
   before=$(median_us "${t_before[@]}")
   printf '%-34s %8s  %s\n' "remote, BACKTRACK_BEFORE" "$(secs "$before")" "$(ratio "$before" "$onhost")x on host; now $(ratio "$remote" "$before")x of it"
