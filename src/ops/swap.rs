@@ -35,6 +35,9 @@ use crate::settings::{HealthSettings, NotifySection, TargetSettings};
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerPlan {
     pub name: String,
+    /// The current container's id: it keeps it when it is renamed.
+    #[serde(skip)]
+    id: String,
     pub from: ImageRef,
     /// The equivalent `docker run` for the new container.
     pub docker_run: String,
@@ -123,6 +126,7 @@ pub async fn plan(
         let restart_policy = restart_policy_of(&old);
         containers.push(ContainerPlan {
             name: name.clone(),
+            id: old.id.clone().unwrap_or_else(|| name.clone()),
             from: d.image.clone(),
             docker_run: docker_run_command(name, &body),
             body,
@@ -598,10 +602,20 @@ pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineEr
         engine.create(&next, c.body.clone(), &c.extra_networks).await
     });
     stopped?;
-    // Off before anything else: a daemon restart must not start the old one beside the new one.
-    engine.set_restart_policy(&c.name, &parse_restart_policy("no")).await?;
     created?;
-    engine.rename(&c.name, &backup).await?;
+    // The old one's restart policy goes off before the new one starts (a daemon restart must not
+    // start it beside the new one), while it is set aside: by id, as the name is changing.
+    let no = parse_restart_policy("no");
+    let (policy, renamed) = tokio::join!(engine.set_restart_policy(&c.id, &no), engine.rename(&c.name, &backup));
+    policy.map_err(|e| match e {
+        EngineError::Container { action, message, .. } => EngineError::Container {
+            action,
+            container: c.name.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    renamed?;
     engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
     Ok(())
