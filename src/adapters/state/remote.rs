@@ -21,7 +21,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::{Holder, Identity, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
@@ -197,28 +196,12 @@ fn send(chan: &mut Channel, lines: &[&str]) -> std::io::Result<()> {
 }
 
 impl Drop for StateShell {
-    /// Ends the shell (its input closes; the flock it holds goes with it), after reading the
-    /// answers to requests not waited for yet, so a lock released is released on the host before
-    /// the run ends. Bounded: a host that stopped answering is not waited for.
+    /// Ends the shell: its input closes after the requests already sent (a lock's release among
+    /// them), which the host carries out before the shell ends and its flock goes with it.
+    /// Nothing is waited for: the answers would cost a round trip, and the next run's own login
+    /// takes many.
     fn drop(&mut self) {
-        let Some(Channel {
-            stdin,
-            stdout,
-            unanswered,
-        }) = self.channel.get_mut().ok().and_then(Option::take)
-        else {
-            return;
-        };
-        drop(stdin);
-        let Some(mut stdout) = stdout.filter(|_| unanswered > 0) else {
-            return;
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let read = (0..unanswered).try_for_each(|_| status_line(&mut stdout).map(drop));
-            let _ = tx.send(read);
-        });
-        let _ = rx.recv_timeout(Duration::from_secs(3));
+        drop(self.channel.get_mut().ok().and_then(Option::take));
     }
 }
 
@@ -435,8 +418,8 @@ impl Drop for RemoteLock {
         if let Ok(mut journals) = self.dir.shell.journals.lock() {
             journals.remove(&self.dir.relative);
         }
-        // Not waited for: the next request (or the shell's end, which the run waits for) comes
-        // after it on the same channel.
+        // Not waited for: the next request, or the shell's end, comes after it on the same
+        // channel.
         self.dir.shell.send_unanswered(&["unlock", &self.dir.relative]);
     }
 }
