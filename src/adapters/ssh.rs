@@ -351,6 +351,16 @@ impl SshSession {
             .is_some_and(|p| self.premade_for(&Premade::Engine(p.to_string())).is_some())
     }
 
+    /// The local end of the forward the master made at login to the engine socket the host
+    /// named last time (`Ahead::engine_socket`), before the host has said whether it still uses
+    /// it (`engine_known_ahead` says, once it has).
+    pub fn premade_engine_socket(&self) -> Option<PathBuf> {
+        self.premade.iter().find_map(|(p, local)| match p {
+            Premade::Engine(_) => Some(local.clone()),
+            Premade::Probe(..) => None,
+        })
+    }
+
     fn premade_for(&self, what: &Premade) -> Option<PathBuf> {
         self.premade
             .iter()

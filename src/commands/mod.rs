@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{Engine, NegotiatedAhead};
 use crate::adapters::registry::{self, Registry, cache::InfoCache};
 use crate::adapters::ssh::{self, Ahead, SshError, SshSession};
 use crate::adapters::state::remote::{RemoteDir, StateShell};
@@ -49,6 +49,8 @@ pub struct App<'a> {
     opening: Mutex<Option<Opening>>,
     /// The one state shell on the remote host (journal and lock requests), started on first use.
     state_shell: OnceLock<Arc<StateShell>>,
+    /// The engine client negotiated while the host's session starts (`Engine::negotiate_ahead`).
+    engine_ahead: Mutex<Option<NegotiatedAhead>>,
 }
 
 /// An SSH connection being opened on a thread of its own.
@@ -151,7 +153,8 @@ impl App<'_> {
         match address {
             Some(EngineAddress::Ssh(dest)) => {
                 let ssh = self.ssh()?.expect("an ssh:// engine has a session");
-                let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout).await?;
+                let ahead = self.engine_ahead.lock().ok().and_then(|mut a| a.take());
+                let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout, ahead).await?;
                 // Remembered for the next run's connection to forward from the start.
                 if let Some(path) = ssh.engine_path()
                     && !ssh.engine_known_ahead()
@@ -181,12 +184,17 @@ impl App<'_> {
         };
         let session = self.ssh.get_or_init(|| {
             let early = self.opening.lock().ok().and_then(|mut o| o.take());
-            match early {
+            let session = match early {
                 Some(handle) => handle
                     .join()
                     .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
                 None => self.opener(dest)(),
+            };
+            // The engine is reached while the session starts (the lock waits for that anyway).
+            if let (Ok(s), Ok(mut ahead)) = (&session, self.engine_ahead.lock()) {
+                *ahead = Engine::negotiate_ahead(s);
             }
+            session
         });
         Ok(Some(session.clone()?))
     }
@@ -261,6 +269,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         ssh: OnceLock::new(),
         opening: Mutex::new(None),
         state_shell: OnceLock::new(),
+        engine_ahead: Mutex::new(None),
     };
     // Every command but these acts on the target, and so on its host.
     if !matches!(

@@ -75,7 +75,7 @@ pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> an
                 )
             })
             .await??;
-            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout).await?;
+            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout, None).await?;
             let relative = host
                 .remote_state
                 .clone()

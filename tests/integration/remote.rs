@@ -212,6 +212,35 @@ fn remote_deploy_rollback_emergency_and_status_act_on_the_host_only() {
     assert_eq!(named, [remote_dir().join("docker.sock").display().to_string()]);
 }
 
+/// The engine socket remembered from the last run is reached while the next run's session
+/// starts; a memo the host no longer agrees with costs nothing but that early attempt.
+#[test]
+fn a_remembered_engine_socket_is_used_ahead_and_a_stale_one_is_corrected() {
+    let repo = pushed("remotememo", &["v1.0.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let t = remote_test(&repo, &app, HOST, "/health", "20s").env("BACKTRACK_LOG", "backtrack=debug");
+    let ahead = "was reached while the session started";
+    let first = t.exec(["status"]).success();
+    assert!(
+        !first.stderr.contains(ahead),
+        "nothing was remembered yet: {}",
+        first.stderr
+    );
+    let second = t.exec(["status"]).success();
+    assert!(second.stderr.contains(ahead), "{}", second.stderr);
+    let memo = t.state_dir().with_file_name("cache").join("ssh-engines");
+    let files: Vec<_> = std::fs::read_dir(&memo).unwrap().map(|f| f.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::write(&files[0], "/var/run/nothing-here.sock").unwrap();
+    let stale = t.exec(["status", "--output", "json"]).success();
+    assert!(!stale.stderr.contains(ahead), "{}", stale.stderr);
+    assert_eq!(stale.json()["containers"][0]["version"], "1.0.0");
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap(),
+        remote_dir().join("docker.sock").display().to_string()
+    );
+}
+
 #[test]
 fn remote_probe_reaches_the_hosts_loopback_not_ours() {
     let repo = pushed("remoteprobe", &["v1.0.0", "v1.1.0"]);

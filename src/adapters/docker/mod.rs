@@ -259,12 +259,28 @@ impl Engine {
         }
     }
 
+    /// Starts negotiating with the engine behind the forward the connection made at login for
+    /// the engine socket remembered from the last run, while the host's session is still
+    /// starting: the channel and `/_ping` round trips are spent before anything waits on them.
+    /// `connect_ssh` uses it once the host has named that same engine.
+    pub fn negotiate_ahead(session: &SshSession) -> Option<NegotiatedAhead> {
+        let socket = session.premade_engine_socket()?;
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(NegotiatedAhead(
+            runtime.spawn(negotiated(ssh::socket_transport(socket), LOCAL_BASE)),
+        ))
+    }
+
     /// Reaches the engine of an SSH host through the run's connection and negotiates the API
     /// version within `timeout`: straight to the host's engine socket when the master forwards
     /// it, else (or when the engine does not answer there) through `docker system dial-stdio`
     /// channels, whose docker CLI says why a refusal happened (no docker, no permission on its
     /// socket), which is told apart.
-    pub async fn connect_ssh(session: Arc<SshSession>, timeout: Duration) -> Result<Self, EngineError> {
+    pub async fn connect_ssh(
+        session: Arc<SshSession>,
+        timeout: Duration,
+        ahead: Option<NegotiatedAhead>,
+    ) -> Result<Self, EngineError> {
         let shown = session.destination().to_string();
         let unreachable = |cause: String| EngineError::Unreachable {
             host: shown.clone(),
@@ -278,6 +294,18 @@ impl Engine {
                 .ok()
                 .flatten()
         };
+        if forwarded.is_some()
+            && session.engine_known_ahead()
+            && let Some(NegotiatedAhead(early)) = ahead
+            && let Ok(Ok(Ok(docker))) = tokio::time::timeout(timeout, early).await
+        {
+            tracing::debug!("the engine on {shown} was reached while the session started");
+            return Ok(Self {
+                docker,
+                host: shown,
+                ssh: Some(session),
+            });
+        }
         if let Some(socket) = forwarded {
             match tokio::time::timeout(timeout, negotiated(ssh::socket_transport(socket), LOCAL_BASE)).await {
                 Ok(Ok(docker)) => {
@@ -702,6 +730,10 @@ fn probe_destination(url: &reqwest::Url) -> Result<(String, u16), String> {
         .ok_or_else(|| format!("{url} names no port"))?;
     Ok((host, port))
 }
+
+/// A client being negotiated ahead (`Engine::negotiate_ahead`).
+#[derive(Debug)]
+pub struct NegotiatedAhead(tokio::task::JoinHandle<Result<Docker, bollard::errors::Error>>);
 
 /// Where an HTTP probe `url` goes on an SSH host, for a forward made ahead (`ssh::Ahead`):
 /// `None` for a URL that names no host or port (the probe reports it when it runs).
