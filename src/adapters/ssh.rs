@@ -371,18 +371,16 @@ impl SshSession {
     /// Asks the master to listen on `local` and forward each connection to `to` as the host
     /// sees it (a socket path or `host:port`); whether it agreed.
     fn forward_by_master(&self, local: &std::path::Path, to: &str) -> bool {
-        std::process::Command::new("ssh")
-            .args(self.channel_args())
+        let mut cmd = std::process::Command::new("ssh");
+        cmd.args(self.channel_args())
             .args(["-O", "forward", "-L"])
             .arg(format!("{}:{to}", local.display()))
             .arg("--")
             .arg(&self.dest.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .status()
-            .is_ok_and(|s| s.success())
+            .stderr(Stdio::null());
+        own_group(cmd).status().is_ok_and(|s| s.success())
     }
 
     pub fn destination(&self) -> &SshDestination {

@@ -393,27 +393,20 @@ async fn swap_command(
             chosen.image.display()
         ));
     }
-    // The migration guard: the running image may forbid versions below a floor. A container's
-    // plan is read meanwhile (both only inspect).
-    let image = registry.pull_reference(&chosen.digest);
-    let (floor, plan) = if swarm {
-        (guard::registry_floor(registry.as_ref(), &current).await, None)
-    } else {
-        let (floor, plan) = tokio::join!(
-            guard::floor(&engine, &current),
-            swap::plan(&engine, op, target, &current, &chosen.image, &image)
-        );
-        (floor, Some(plan))
+    // The migration guard: the running image may forbid versions below a floor.
+    let enforce = |floor| {
+        guard::enforce(
+            floor,
+            chosen.image.version.as_deref(),
+            chosen.image.display(),
+            common.force,
+            common.reason.as_deref(),
+            &app.printer,
+        )
     };
-    guard::enforce(
-        floor,
-        chosen.image.version.as_deref(),
-        chosen.image.display(),
-        common.force,
-        common.reason.as_deref(),
-        &app.printer,
-    )?;
+    let image = registry.pull_reference(&chosen.digest);
     if let Some(svc) = service {
+        enforce(guard::registry_floor(registry.as_ref(), &current).await)?;
         let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
         let overrides = UpdateOverrides {
             parallelism: common.parallelism,
@@ -449,9 +442,12 @@ async fn swap_command(
         )
         .await;
     }
-    let Some(plan) = plan else {
-        unreachable!("a target that is not a Swarm service has a container plan")
-    };
+    // A container's plan is read while the floor is (both only inspect).
+    let (floor, plan) = tokio::join!(
+        guard::floor(&engine, &current),
+        swap::plan(&engine, op, target, &current, &chosen.image, &image)
+    );
+    enforce(floor)?;
     let mut plan = plan?;
     plan.note = note;
     if common.dry_run {

@@ -54,8 +54,6 @@ pub async fn wait_valid(
     let started_unix = chrono::Utc::now().timestamp() - 1;
     let deadline = start + health.timeout;
     let http = http_client();
-    let mut initial_restarts = Vec::with_capacity(containers.len());
-    // The first look at each container is also the first round's (no second inspect).
     let mut first_look = Vec::with_capacity(containers.len());
     for name in containers {
         let version = async {
@@ -71,10 +69,11 @@ pub async fn wait_valid(
             probe_unreachable: false,
         })?;
         version?;
-        initial_restarts.push(live.restart_count);
         first_look.push(live);
     }
-    let mut first_look = Some(first_look);
+    let initial_restarts: Vec<i64> = first_look.iter().map(|l| l.restart_count).collect();
+    // The first look at each container is also the first round's (no second inspect).
+    let mut first_round = Some(first_look.into_iter());
     let mut last_status = String::from("not checked yet");
     // Whether the probe ever reached a server (any HTTP answer, or a read that timed out).
     let (mut probed, mut probe_reached) = (false, false);
@@ -88,9 +87,9 @@ pub async fn wait_valid(
         }
         let mut all_ok = true;
         let mut has_healthcheck = false;
-        let looked = first_look.take();
-        for (i, (name, restarts)) in containers.iter().zip(&initial_restarts).enumerate() {
-            let live = match looked.as_ref().map(|l| l[i].clone()) {
+        let mut looked = first_round.take();
+        for (name, restarts) in containers.iter().zip(&initial_restarts) {
+            let live = match looked.as_mut().and_then(Iterator::next) {
                 Some(live) => live,
                 None => engine.liveness(name).await.map_err(|e| Invalid {
                     why: e.to_string(),
