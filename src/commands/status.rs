@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::App;
-use crate::adapters::docker::{LABEL_EMERGENCY, LABEL_TAG};
+use crate::adapters::docker::{EngineError, LABEL_EMERGENCY, LABEL_TAG};
 use crate::domain::history;
 use crate::domain::image::ImageRef;
 use crate::ops::{catalog::Catalog, deployed, resolve};
@@ -44,7 +44,22 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let ops = history::operations(&records);
     let mut warnings = Vec::new();
 
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let current = match deployed::read(&engine, target, &registry.name()).await {
+        Ok(current) => current,
+        // An operation cut off mid-swap can leave the name empty (the old container set aside,
+        // the new one not under it yet): that is what to report, not a misnamed target.
+        Err(e)
+            if !history::open_operations(&records).is_empty()
+                && matches!(e.downcast_ref(), Some(EngineError::TargetNotFound { .. })) =>
+        {
+            warnings.push(format!(
+                "{} has no container now: the unfinished operation below left it so",
+                target.display()
+            ));
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
     let containers: Vec<ContainerStatus> = current
         .iter()
         .map(|d| ContainerStatus {

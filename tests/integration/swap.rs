@@ -441,6 +441,46 @@ fn a_swap_killed_mid_way_is_settled_by_the_next_run() {
     assert_eq!(history["operations"][0]["result"], "rolled-back-after-crash");
 }
 
+/// A run cut off between setting the old container aside and renaming the new one leaves the
+/// target's name empty: `status` says an operation did not finish (not "check [target] name"),
+/// and the next run settles it.
+#[test]
+fn status_of_a_target_left_without_a_container_mid_swap_names_the_unfinished_operation() {
+    let repo = Repo::new("nameless");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    let containers = Containers::new();
+    let d = run_container(&repo, "v1.0.0", &containers);
+    let id_before = inspect(&d.name, "{{.Id}}");
+    let toml = format!(
+        "[target]\nkind = \"container\"\nname = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{}/nothing-here\"\ntimeout = \"60s\"\n",
+        d.name, d.port
+    );
+    let t = Test::new().repo(&repo, &toml);
+    let mut child = t
+        .command()
+        .args(["deploy", "v1.1.0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_set_aside(&d.name);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // As if it had stopped before the new container took the name.
+    crate::harness::docker(&["rm", "-f", &d.name]);
+
+    let status = t.exec(["status"]).success();
+    assert!(
+        status.stdout.contains("an operation did not finish") && status.stdout.contains("has no container now"),
+        "{}",
+        status.stdout
+    );
+    let run = t.exec(["deploy", "v1.0.0"]).success();
+    assert!(run.stdout.contains("already runs"), "{}", run.stdout);
+    assert_eq!(inspect(&d.name, "{{.Id}}"), id_before);
+}
+
 #[test]
 fn ctrl_c_during_validation_puts_the_previous_version_back() {
     let repo = Repo::new("sigint");
