@@ -126,6 +126,8 @@ pub fn ago(now: chrono::DateTime<chrono::Utc>, then: chrono::DateTime<chrono::Ut
 /// messages only, as plain lines (logs stay readable).
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// Put before the last message too (the host a line is about).
+    prefix: String,
 }
 
 impl Progress {
@@ -134,10 +136,26 @@ impl Progress {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message(msg.to_string());
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
-            Self { bar: Some(bar) }
+            Self {
+                bar: Some(bar),
+                prefix: String::new(),
+            }
         } else {
             eprintln!("{msg}");
-            Self { bar: None }
+            Self {
+                bar: None,
+                prefix: String::new(),
+            }
+        }
+    }
+
+    /// Plain lines only, never a spinner (several at once, as a fleet's hosts report), each
+    /// starting with `prefix`.
+    pub fn plain(prefix: &str, msg: &str) -> Self {
+        eprintln!("{prefix}{msg}");
+        Self {
+            bar: None,
+            prefix: prefix.to_string(),
         }
     }
 
@@ -151,7 +169,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        eprintln!("{msg}");
+        eprintln!("{}{msg}", self.prefix);
     }
 }
 

@@ -9,15 +9,18 @@ use super::App;
 use crate::adapters::docker::swarm::UpdateOverrides;
 use crate::adapters::state::Journal;
 use crate::cli::{RollbackArgs, SwapArgs, SwapCommon};
+use crate::domain::fleet::{HostStep, Strategy, Verdict};
 use crate::domain::history::Record;
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
+use crate::ops::fleet::HostResult;
 use crate::ops::guard;
 use crate::ops::hooks::{self, HookEnv, Hooks};
-use crate::ops::mark::{MarkRequest, mark_good};
+use crate::ops::mark::{MarkRequest, keep_on_host, mark_good};
+use crate::ops::operation::{self, Ended, Run, Slot, Unit};
 use crate::ops::rebuild;
-use crate::ops::swap::{self, Plan, SwapOptions, SwapReport};
+use crate::ops::swap::{self, Plan, SwapReport};
 use crate::ops::swarm as swarm_ops;
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
 use crate::output::{Report, ask, confirm};
@@ -228,135 +231,63 @@ async fn swap_command(
     common: &SwapCommon,
     confirm_first: bool,
 ) -> anyhow::Result<()> {
-    if app.is_fleet() {
-        return super::fleet::swap_command(app, op, input, common, confirm_first).await;
-    }
     let project = app.project()?;
     let target = app.target()?;
     let swarm = target.kind == TargetKind::Swarm;
-    if !swarm && (common.parallelism.is_some() || common.order.is_some()) {
-        return Err(Failure::Usage(format!(
-            "use --parallelism or --order on {}: they set a Swarm service's update config; \
-             they apply only to kind = \"swarm\"",
-            target.display()
-        ))
-        .into());
-    }
+    refuse_flags_of_other_kinds(target, common)?;
     let registry: std::sync::Arc<dyn crate::adapters::registry::Registry> = app.registry()?.into();
-    // The registry's tags do not depend on the target: they are listed while the lock is taken
+    // The registry's tags do not depend on the target: they are listed while the locks are taken
     // (for a remote target, while the connection logs in).
     let tags = tokio::spawn({
         let registry = registry.clone();
         async move { Catalog::load(registry.as_ref()).await }
     });
-    let journal = app.journal()?;
-    let _lock = app.lock_unless(common.dry_run, &format!("backtrack {} {input}", op.as_str()))?;
-    let engine = app.engine().await?;
-    if common.dry_run {
-        let open = history::open_operations(&journal.read()?).len();
-        if open > 0 {
-            app.printer.note(format!(
-                "note: {open} interrupted operation(s) will be settled first by a real run"
-            ));
-        }
-    } else if swarm {
-        interrupt::install();
-        if !history::open_operations(&journal.read()?).is_empty() {
-            let auth = registry.pull_auth().await?;
-            swarm_ops::settle(&engine, &journal, &app.printer, target, Some(&auth)).await?;
-        }
-    } else {
-        interrupt::install();
-        recover::settle(&engine, &journal, &app.printer).await?;
-    }
-    let ops = history::operations(&journal.read()?);
+    let command = format!("backtrack {} {input}", op.as_str());
+    let (hosts, skipped) = app
+        .hosts((!common.dry_run).then_some(command.as_str()), common.skip_unreachable)
+        .await?;
+    let fleet = app.is_fleet();
+    let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+    let order = crate::domain::fleet::lock_order(&addresses);
+    settle_all(app, registry.as_ref(), &hosts, common.dry_run).await?;
+    // The selector is resolved once, with the history of the first host in lock order. What
+    // every host runs is read at the same time as the registry's catalog.
+    let first = &hosts[order[0]];
+    let ops = history::operations(&first.journal.read()?);
+    let repository = registry.name();
     // A Swarm service is read once: its spec for the plan, its tasks for what runs.
-    let (current, service) = if swarm {
-        let svc = swarm_ops::service(&engine, target).await?;
-        (swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?), Some(svc))
+    let mut service = None;
+    let mut current = Vec::new();
+    if swarm {
+        let svc = swarm_ops::service(&first.engine, target).await?;
+        current.push(swarm_ops::entries(&svc, &first.engine.service_tasks(&svc).await?));
+        service = Some(svc);
     } else {
-        (deployed::read(&engine, target, &registry.name()).await?, None)
-    };
-    let current_ref = current.first().map(|d| d.image.clone());
+        let reads =
+            futures::future::join_all(hosts.iter().map(|h| deployed::read(&h.engine, target, &repository))).await;
+        for (h, d) in hosts.iter().zip(reads) {
+            current.push(if fleet {
+                d.map_err(|e| e.context(format!("read what {} runs on {}", target.display(), h.address)))?
+            } else {
+                d?
+            });
+        }
+    }
+    let current_ref = current[order[0]].first().map(|d| d.image.clone());
     let catalog = tags.await.context("list the registry's tags")??;
-    let (chosen, note) = match resolve::resolve(
+    let Some((chosen, note)) = resolve_or_rebuild(
+        app,
         registry.as_ref(),
         &catalog,
         input,
         &ops,
         current_ref.as_ref(),
-        &project.lkg_tag(),
+        &first.engine,
+        common,
     )
-    .await
-    {
-        Ok(c) => (c, None),
-        Err(e) => {
-            let Some(version) = missing_version(&e, input) else {
-                return Err(e);
-            };
-            let (repo, git_tag, commit) = match rebuild::git_tag_for(&project.rebuild, &version) {
-                Ok(found) => found,
-                Err(git_err) => {
-                    use crate::adapters::git::GitError;
-                    let why = match &git_err {
-                        GitError::NotARepo { path } => format!(
-                            "and no Git fallback is configured ([rebuild] repo = {} is not a Git repository)",
-                            path.display()
-                        ),
-                        GitError::NoSuchTag { .. } => format!("and Git has no tag for it either ({git_err})"),
-                        other => format!("and the Git fallback cannot help: {other}"),
-                    };
-                    app.printer
-                        .note(format!("{version} is not in {} {why}", registry.name()));
-                    return Err(e);
-                }
-            };
-            let what = format!(
-                "{version} in {}: its image is not there, but Git tag {git_tag} ({}) is in {}",
-                registry.name(),
-                &commit[..12.min(commit.len())],
-                repo.path.display()
-            );
-            if common.dry_run {
-                app.printer.note(format!(
-                    "{what}\nplan: rebuild {git_tag} from Git in a scratch worktree, push it, then swap"
-                ));
-                app.printer.note("dry run: nothing was changed");
-                return Ok(());
-            }
-            if !common.rebuild {
-                let ask = app.settings.interactive && !app.settings.yes;
-                if !ask {
-                    return Err(Failure::NeedsRebuild { what }.into());
-                }
-                app.printer.note(&what);
-                if !confirm(
-                    &app.printer,
-                    "Rebuild it from Git, push it and deploy it?",
-                    "confirm the rebuild",
-                )? {
-                    return Err(Failure::Cancelled.into());
-                }
-            }
-            let rebuilt =
-                rebuild::rebuild(&engine, registry.as_ref(), &app.printer, &project.rebuild, &version).await?;
-            let info = registry.image_info(&rebuilt.digest).await?;
-            let note = format!(
-                "rebuilt from Git tag {} (commit {})",
-                rebuilt.git_tag,
-                &rebuilt.commit[..12.min(rebuilt.commit.len())]
-            );
-            let chosen = resolve::Chosen {
-                image: ImageRef {
-                    tag: Some(rebuilt.image_tag),
-                    version: Some(version.to_string()),
-                    digest: Some(rebuilt.digest.clone()),
-                },
-                digest: rebuilt.digest,
-                info,
-            };
-            (chosen, Some(note))
-        }
+    .await?
+    else {
+        return Ok(());
     };
 
     // Already there, unless it runs there in emergency mode: then the swap leaves that mode.
@@ -365,16 +296,19 @@ async fn swap_command(
             .labels
             .contains_key(crate::adapters::docker::LABEL_EMERGENCY)
     };
-    if current
-        .iter()
-        .all(|d| d.digest.as_ref() == Some(&chosen.digest) && !in_emergency(d))
-    {
+    let already = |cur: &[deployed::Deployed]| {
+        !cur.is_empty()
+            && cur
+                .iter()
+                .all(|d| d.digest.as_ref() == Some(&chosen.digest) && !in_emergency(d))
+    };
+    if !fleet && (current[0].is_empty() || already(&current[0])) {
         return app.printer.report(&SwapReport {
             op,
             target: target.display(),
             from: current_ref.clone().unwrap_or_default(),
             to: chosen.image.clone(),
-            containers: current.iter().map(|d| d.container.name.clone()).collect(),
+            containers: current[0].iter().map(|d| d.container.name.clone()).collect(),
             result: Outcome::Unchanged,
             forward: false,
             pulled: false,
@@ -393,20 +327,11 @@ async fn swap_command(
             chosen.image.display()
         ));
     }
-    // The migration guard: the running image may forbid versions below a floor.
-    let enforce = |floor| {
-        guard::enforce(
-            floor,
-            chosen.image.version.as_deref(),
-            chosen.image.display(),
-            common.force,
-            common.reason.as_deref(),
-            &app.printer,
-        )
-    };
     let image = registry.pull_reference(&chosen.digest);
-    if let Some(svc) = service {
-        enforce(guard::registry_floor(registry.as_ref(), &current).await)?;
+    // What each host would do, read while the migration guard's floor is (both only inspect):
+    // the running image may forbid versions below a floor, on any host.
+    let mut plans: Vec<Option<Planned>> = Vec::new();
+    let floor = if let Some(svc) = service {
         let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
         let overrides = UpdateOverrides {
             parallelism: common.parallelism,
@@ -422,62 +347,425 @@ async fn swap_command(
             repository,
             &overrides,
         );
-        plan.note = note;
-        if common.dry_run {
-            return app.printer.report(&SwarmPlanReport {
-                dry_run: true,
-                plan: &plan,
-            });
+        plan.note = note.clone();
+        plans.push(Some(Planned::Service(Box::new(plan))));
+        guard::registry_floor(registry.as_ref(), &current[0]).await
+    } else {
+        let read = futures::future::join_all(hosts.iter().zip(&current).map(|(h, cur)| {
+            let (image, chosen) = (&image, &chosen);
+            async move {
+                let (floor, plan) = tokio::join!(guard::floor(&h.engine, cur), async {
+                    if already(cur) {
+                        return Ok(None);
+                    }
+                    swap::plan(&h.engine, op, target, cur, &chosen.image, image)
+                        .await
+                        .map(Some)
+                });
+                (floor, plan)
+            }
+        }))
+        .await;
+        let mut highest: Option<guard::Floor> = None;
+        for ((floor, plan), h) in read.into_iter().zip(&hosts) {
+            if floor.as_ref().map(|f| &f.min) > highest.as_ref().map(|f| &f.min) {
+                highest = floor;
+            }
+            let plan = if fleet {
+                plan.map_err(|e| e.context(format!("plan the swap on {}", h.address)))
+            } else {
+                plan
+            };
+            plans.push(plan?.map(|mut p| {
+                p.note = note.clone();
+                Planned::Containers(Box::new(p))
+            }));
         }
-        return swarm_swap(
+        highest
+    };
+    guard::enforce(
+        floor,
+        chosen.image.version.as_deref(),
+        chosen.image.display(),
+        common.force,
+        common.reason.as_deref(),
+        &app.printer,
+    )?;
+    let strategy = common
+        .strategy
+        .or(target.strategy)
+        .unwrap_or_else(|| Strategy::default_for(op));
+    let results = |plans: &[Option<Planned>]| -> Vec<HostResult> {
+        hosts
+            .iter()
+            .zip(plans)
+            .zip(&current)
+            .map(|((h, p), cur)| HostResult {
+                host: h.address.clone(),
+                step: if p.is_some() {
+                    HostStep::NotStarted
+                } else {
+                    HostStep::Unchanged
+                },
+                from: cur.first().map(|d| d.image.clone()),
+                detail: None,
+                logs: Vec::new(),
+            })
+            .collect()
+    };
+    if common.dry_run {
+        return match (fleet, plans.first()) {
+            (false, Some(Some(Planned::Containers(plan)))) => app.printer.report(&PlanReport {
+                dry_run: true,
+                commands: plan.manual_commands(),
+                plan,
+            }),
+            (false, Some(Some(Planned::Service(plan)))) => app.printer.report(&SwarmPlanReport { dry_run: true, plan }),
+            _ => app.printer.report(&FleetReport {
+                op,
+                target: target.display(),
+                strategy,
+                to: chosen.image.clone(),
+                dry_run: true,
+                hosts: results(&plans),
+                skipped,
+            }),
+        };
+    }
+    let moving: Vec<&crate::ops::fleet::Host> = hosts
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| p.is_some())
+        .map(|(h, _)| h)
+        .collect();
+    let change = Change {
+        op,
+        target: target.display(),
+        from: current_ref.clone().unwrap_or_default(),
+        to: chosen.image.clone(),
+        forward,
+        hosts: if fleet {
+            moving.iter().map(|h| h.address.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        on: if fleet { hosts.len() } else { 0 },
+    };
+    let mut base = crate::adapters::state::begin(op);
+    if fleet {
+        base.id = format!("fleet-{}", base.id);
+    }
+    base.reason = common.reason.clone();
+    base.target = Some(target.display());
+    base.from = current_ref.clone();
+    base.to = Some(chosen.image.clone());
+    if !skipped.is_empty() {
+        base.detail = Some(format!("fleet run without unreachable host(s): {}", skipped.join(", ")));
+    }
+    let journals: Vec<&Journal> = if moving.is_empty() {
+        Vec::new()
+    } else {
+        hosts.iter().map(|h| &h.journal).collect()
+    };
+    let hooks = confirm_and_pre(app, &journals, &base, &change, common, confirm_first).await?;
+    let auth = registry.pull_auth().await?;
+    let run = Run {
+        printer: &app.printer,
+        health: &project.health,
+        auth: Some(&auth),
+        hooks: &hooks,
+        hooks_skipped: hooks_skipped(project, common),
+        notify: &project.notify,
+        scope: target.environment.clone().unwrap_or_else(|| target.display()),
+        repository: registry.name(),
+        forward,
+        strategy,
+        batch: target.batch,
+        canary_soak: target.canary_soak,
+        base,
+        fleet,
+    };
+    let result_rows = results(&plans);
+    let mut slots: Vec<Slot<'_>> = hosts
+        .iter()
+        .zip(plans)
+        .zip(result_rows)
+        .map(|((h, plan), result)| {
+            let unit: Option<Box<dyn Unit + '_>> = match plan {
+                None => None,
+                Some(Planned::Containers(plan)) => Some(Box::new(swap::Containers::new(h, *plan))),
+                Some(Planned::Service(plan)) => Some(Box::new(swarm_ops::Service::new(
+                    &h.engine,
+                    &h.journal,
+                    target,
+                    h.address.clone(),
+                    *plan,
+                ))),
+            };
+            Slot::new(unit, result)
+        })
+        .collect();
+    let ended = operation::execute(&run, &mut slots).await;
+    let containers: Vec<String> = current[order[0]].iter().map(|d| d.container.name.clone()).collect();
+    let pulled = slots.iter().any(|s| s.pulled);
+    let mut errors: Vec<Option<anyhow::Error>> = slots.iter_mut().map(|s| s.error.take()).collect();
+    let why = ended
+        .post_failed
+        .clone()
+        .or_else(|| slots.iter().find_map(|s| s.why.clone()))
+        .unwrap_or_default();
+    let revert_error = slots.iter().find_map(|s| s.revert_error.clone()).unwrap_or_default();
+    let rows: Vec<HostResult> = slots.into_iter().map(|s| s.result).collect();
+    for r in &rows {
+        print_logs(&app.printer, if fleet { Some(&r.host) } else { None }, &r.logs);
+    }
+    if !fleet {
+        // One host: what failed before anything changed is the answer itself.
+        if let Some(e) = errors[0].take() {
+            return Err(e);
+        }
+        let report = SwapReport {
+            op,
+            target: target.display(),
+            from: current_ref.clone().unwrap_or_default(),
+            to: chosen.image.clone(),
+            containers,
+            result: ended.outcome,
+            forward,
+            pulled,
+            duration_ms: ended.duration_ms,
+            detail: rows[0].detail.clone(),
+            logs: rows[0].logs.clone(),
+        };
+        match (&ended.verdict, ended.not_recorded) {
+            (Verdict::Done, Some(error)) => {
+                return Err(Failure::NotRecorded {
+                    what: format!(
+                        "the validated {} {} on {}",
+                        op.as_str(),
+                        chosen.image.display(),
+                        target.display()
+                    ),
+                    error,
+                }
+                .into());
+            }
+            (Verdict::Done, None) => {
+                write_version_env(app, target, &current[0], &report);
+                app.printer.report(&report)?;
+            }
+            (Verdict::RevertedEverywhere { .. }, _) => {
+                return Err(Failure::Reverted {
+                    version: chosen.image.display(),
+                    why,
+                }
+                .into());
+            }
+            (Verdict::NeedsAPerson { .. }, _) => {
+                return Err(Failure::RevertFailed {
+                    version: chosen.image.display(),
+                    why,
+                    revert_error,
+                }
+                .into());
+            }
+        }
+    } else {
+        let report = FleetReport {
+            op,
+            target: target.display(),
+            strategy,
+            to: chosen.image.clone(),
+            dry_run: false,
+            hosts: rows,
+            skipped,
+        };
+        app.printer.report(&report)?;
+        fleet_verdict(&report, &ended, &chosen.image)?;
+    }
+    if ended.outcome == Outcome::Ok && !common.no_warm && !swarm {
+        warm_after(app, registry.as_ref(), &catalog, &hosts, &chosen.image).await;
+    }
+    if common.mark_good {
+        mark_after_validation(
             app,
             registry.as_ref(),
             &catalog,
-            &engine,
-            &journal,
-            &plan,
+            &hosts,
+            &chosen.image,
+            &current,
             common,
-            confirm_first,
-            forward,
         )
-        .await;
-    }
-    // A container's plan is read while the floor is (both only inspect).
-    let (floor, plan) = tokio::join!(
-        guard::floor(&engine, &current),
-        swap::plan(&engine, op, target, &current, &chosen.image, &image)
-    );
-    enforce(floor)?;
-    let mut plan = plan?;
-    plan.note = note;
-    if common.dry_run {
-        return app.printer.report(&PlanReport {
-            dry_run: true,
-            commands: plan.manual_commands(),
-            plan: &plan,
-        });
-    }
-    let change = Change {
-        op,
-        target: plan.target.clone(),
-        from: plan.from.clone(),
-        to: plan.to.clone(),
-        forward,
-    };
-    let hooks = confirm_and_pre(app, &journal, &change, common, confirm_first).await?;
-    let auth = registry.pull_auth().await?;
-    let opts = swap_options(app, registry.as_ref(), &hooks, &auth, common, forward)?;
-    let mut report = swap::execute(&engine, &journal, &app.printer, &plan, &opts).await?;
-    report.forward = forward;
-    write_version_env(app, target, &current, &report);
-    app.printer.report(&report)?;
-    if !common.no_warm {
-        warm_after(app, registry.as_ref(), &catalog, &engine, &journal, &report).await;
-    }
-    if common.mark_good {
-        mark_after_validation(app, registry.as_ref(), &catalog, &engine, &journal, &report, common).await?;
+        .await?;
     }
     Ok(())
+}
+
+/// What one host will do: swap its containers, or update the Swarm service.
+enum Planned {
+    Containers(Box<Plan>),
+    Service(Box<swarm_ops::SwarmPlan>),
+}
+
+/// Flags that belong to another kind of target are refused, naming the kind and what does the
+/// same there: none is accepted and then ignored.
+fn refuse_flags_of_other_kinds(target: &crate::settings::TargetSettings, common: &SwapCommon) -> anyhow::Result<()> {
+    let swarm = target.kind == TargetKind::Swarm;
+    let refuse = |what: String| Err(Failure::Usage(what).into());
+    if !swarm && (common.parallelism.is_some() || common.order.is_some()) {
+        return refuse(format!(
+            "use --parallelism or --order on {}: they set a Swarm service's update config; \
+             they apply only to kind = \"swarm\"",
+            target.display()
+        ));
+    }
+    if swarm && common.strategy.is_some() {
+        return refuse(format!(
+            "use --strategy on {}: it orders hosts, and Swarm places a service's tasks itself; \
+             --parallelism and --order set how Swarm updates them",
+            target.display()
+        ));
+    }
+    if swarm && common.skip_unreachable {
+        return refuse(format!(
+            "use --skip-unreachable on {}: a Swarm service is reached through its manager, and \
+             Swarm itself skips nodes that are down",
+            target.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Settles what an earlier run left open on every host (with the locks held), or says that a
+/// real run will (for a dry run).
+async fn settle_all(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    hosts: &[crate::ops::fleet::Host],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let target = app.target()?;
+    if dry_run {
+        let mut open = 0;
+        for h in hosts {
+            open += history::open_operations(&h.journal.read()?).len();
+        }
+        if open > 0 {
+            app.printer.note(format!(
+                "note: {open} interrupted operation(s) will be settled first by a real run"
+            ));
+        }
+        return Ok(());
+    }
+    interrupt::install();
+    if target.kind == TargetKind::Swarm {
+        for h in hosts {
+            if !history::open_operations(&h.journal.read()?).is_empty() {
+                let auth = registry.pull_auth().await?;
+                swarm_ops::settle(&h.engine, &h.journal, &app.printer, target, Some(&auth)).await?;
+            }
+        }
+        return Ok(());
+    }
+    let settled = futures::future::join_all(
+        hosts
+            .iter()
+            .map(|h| recover::settle(&h.engine, &h.journal, &app.printer)),
+    )
+    .await;
+    for (h, result) in hosts.iter().zip(settled) {
+        if app.is_fleet() {
+            result.map_err(|e| e.context(format!("settle the last run on {}", h.address)))?;
+        } else {
+            result?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the selector to an image; when the version's image is gone from the registry but its
+/// Git tag exists, rebuilds it (asked, or `--rebuild`) on `engine`'s host and pushes it. `None`:
+/// a dry run said what it would rebuild.
+#[allow(clippy::too_many_arguments)]
+async fn resolve_or_rebuild(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    catalog: &Catalog,
+    input: &str,
+    ops: &[history::OperationView],
+    current: Option<&ImageRef>,
+    engine: &crate::adapters::docker::Engine,
+    common: &SwapCommon,
+) -> anyhow::Result<Option<(resolve::Chosen, Option<String>)>> {
+    let project = app.project()?;
+    let e = match resolve::resolve(registry, catalog, input, ops, current, &project.lkg_tag()).await {
+        Ok(c) => return Ok(Some((c, None))),
+        Err(e) => e,
+    };
+    let Some(version) = missing_version(&e, input) else {
+        return Err(e);
+    };
+    let (repo, git_tag, commit) = match rebuild::git_tag_for(&project.rebuild, &version) {
+        Ok(found) => found,
+        Err(git_err) => {
+            use crate::adapters::git::GitError;
+            let why = match &git_err {
+                GitError::NotARepo { path } => format!(
+                    "and no Git fallback is configured ([rebuild] repo = {} is not a Git repository)",
+                    path.display()
+                ),
+                GitError::NoSuchTag { .. } => format!("and Git has no tag for it either ({git_err})"),
+                other => format!("and the Git fallback cannot help: {other}"),
+            };
+            app.printer
+                .note(format!("{version} is not in {} {why}", registry.name()));
+            return Err(e);
+        }
+    };
+    let what = format!(
+        "{version} in {}: its image is not there, but Git tag {git_tag} ({}) is in {}",
+        registry.name(),
+        &commit[..12.min(commit.len())],
+        repo.path.display()
+    );
+    if common.dry_run {
+        app.printer.note(format!(
+            "{what}\nplan: rebuild {git_tag} from Git in a scratch worktree, push it, then swap"
+        ));
+        app.printer.note("dry run: nothing was changed");
+        return Ok(None);
+    }
+    if !common.rebuild {
+        let ask = app.settings.interactive && !app.settings.yes;
+        if !ask {
+            return Err(Failure::NeedsRebuild { what }.into());
+        }
+        app.printer.note(&what);
+        if !confirm(
+            &app.printer,
+            "Rebuild it from Git, push it and deploy it?",
+            "confirm the rebuild",
+        )? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    let rebuilt = rebuild::rebuild(engine, registry, &app.printer, &project.rebuild, &version).await?;
+    let info = registry.image_info(&rebuilt.digest).await?;
+    let note = format!(
+        "rebuilt from Git tag {} (commit {})",
+        rebuilt.git_tag,
+        &rebuilt.commit[..12.min(rebuilt.commit.len())]
+    );
+    let chosen = resolve::Chosen {
+        image: ImageRef {
+            tag: Some(rebuilt.image_tag),
+            version: Some(version.to_string()),
+            digest: Some(rebuilt.digest.clone()),
+        },
+        digest: rebuilt.digest,
+        info,
+    };
+    Ok(Some((chosen, Some(note))))
 }
 
 /// What a swap is about to change, as the confirmation and the hooks tell it.
@@ -487,14 +775,19 @@ struct Change {
     from: ImageRef,
     to: ImageRef,
     forward: bool,
+    /// The hosts that change (a fleet), for the `pre` hook.
+    hosts: Vec<String>,
+    /// How many hosts the run is on (a fleet), for the confirmation.
+    on: usize,
 }
 
 /// Asks for confirmation where needed (a picked version, a rollback that goes forward), then
-/// runs the `pre` hook: a failure is recorded and stops here, before anything changed. Returns
-/// the hooks for the rest of the swap.
+/// runs the `pre` hook: a failure is recorded in every journal and stops here, before anything
+/// changed. Returns the hooks for the rest of the swap.
 async fn confirm_and_pre(
     app: &App<'_>,
-    journal: &Journal,
+    journals: &[&Journal],
+    base: &Record,
     change: &Change,
     common: &SwapCommon,
     confirm_first: bool,
@@ -502,17 +795,31 @@ async fn confirm_and_pre(
     let project = app.project()?;
     let (op, forward) = (change.op, change.forward);
     if (confirm_first || forward) && !app.settings.yes {
-        let q = format!(
-            "{} {} from {} to {}?",
-            match op {
-                Operation::Rollback if forward => "Roll forward",
-                Operation::Rollback => "Roll back",
-                _ => "Deploy",
-            },
-            change.target,
-            change.from.display(),
-            change.to.display()
-        );
+        let q = if change.on == 0 {
+            format!(
+                "{} {} from {} to {}?",
+                match op {
+                    Operation::Rollback if forward => "Roll forward",
+                    Operation::Rollback => "Roll back",
+                    _ => "Deploy",
+                },
+                change.target,
+                change.from.display(),
+                change.to.display()
+            )
+        } else {
+            format!(
+                "{} {} on {} host(s) to {}?",
+                match op {
+                    Operation::Rollback if forward => "Roll forward",
+                    Operation::Rollback => "Roll back",
+                    _ => "Deploy",
+                },
+                change.target,
+                change.on,
+                change.to.display()
+            )
+        };
         let what = if forward {
             "confirm a rollback to a higher version"
         } else {
@@ -529,40 +836,30 @@ async fn confirm_and_pre(
         to_version: change.to.version.clone(),
         digest: change.to.digest.as_ref().map(ToString::to_string),
         target: change.target.clone(),
-        hosts: Vec::new(),
+        hosts: change.hosts.clone(),
         result: None,
         reason: common.reason.clone(),
     };
+    if journals.is_empty() {
+        return Ok(hooks);
+    }
     if let Err(e) = hooks::run(&app.printer, "pre", hooks.pre.as_deref(), &env, &hooks).await {
-        let base = Record {
-            target: Some(change.target.clone()),
-            from: Some(change.from.clone()),
-            to: Some(change.to.clone()),
-            reason: common.reason.clone(),
-            ..crate::adapters::state::begin(op)
-        };
-        journal.append(&base)?;
-        journal.append(&Record {
-            notes: vec![e.to_string()],
-            ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
-        })?;
-        return Err(anyhow::Error::new(e).context("go on: nothing was changed"));
+        for journal in journals {
+            journal.append(base)?;
+            journal.append(&Record {
+                notes: vec![e.to_string()],
+                ..base.finish(chrono::Utc::now(), Outcome::Failed, None, Some(e.to_string()))
+            })?;
+        }
+        let on = if change.hosts.is_empty() { "" } else { " on any host" };
+        return Err(anyhow::Error::new(e).context(format!("go on: nothing was changed{on}")));
     }
     Ok(hooks)
 }
 
-/// How the swap runs beyond its plan, from the config and the flags.
-fn swap_options<'a>(
-    app: &'a App<'_>,
-    registry: &dyn crate::adapters::registry::Registry,
-    hooks: &'a Hooks,
-    auth: &'a crate::adapters::registry::PullAuth,
-    common: &'a SwapCommon,
-    forward: bool,
-) -> anyhow::Result<SwapOptions<'a>> {
-    let project = app.project()?;
-    let target = app.target()?;
-    let hooks_skipped = common.no_hooks
+/// Whether `--no-hooks` skipped hooks the config has (recorded in the journal).
+fn hooks_skipped(project: &crate::settings::Project, common: &SwapCommon) -> bool {
+    common.no_hooks
         && project
             .hooks
             .pre
@@ -570,51 +867,108 @@ fn swap_options<'a>(
             .chain(&project.hooks.post)
             .chain(&project.hooks.on_revert)
             .next()
-            .is_some();
-    Ok(SwapOptions {
-        auth: Some(auth),
-        health: &project.health,
-        reason: common.reason.as_deref(),
-        hooks,
-        hooks_skipped,
-        notify: &project.notify,
-        scope: target.environment.clone().unwrap_or_else(|| target.display()),
-        repository: registry.name(),
-        forward,
-    })
+            .is_some()
 }
 
-/// The swap of a Swarm service, once planned: confirmation and `pre` hook as for containers,
-/// then the service update, validated (reverted on failure), and `--mark-good`.
-#[allow(clippy::too_many_arguments)]
-async fn swarm_swap(
-    app: &App<'_>,
-    registry: &dyn crate::adapters::registry::Registry,
-    catalog: &Catalog,
-    engine: &crate::adapters::docker::Engine,
-    journal: &Journal,
-    plan: &swarm_ops::SwarmPlan,
-    common: &SwapCommon,
-    confirm_first: bool,
-    forward: bool,
-) -> anyhow::Result<()> {
-    let change = Change {
-        op: plan.op,
-        target: plan.target.clone(),
-        from: plan.from.clone(),
-        to: plan.to.clone(),
-        forward,
-    };
-    let hooks = confirm_and_pre(app, journal, &change, common, confirm_first).await?;
-    let auth = registry.pull_auth().await?;
-    let opts = swap_options(app, registry, &hooks, &auth, common, forward)?;
-    let mut report = swarm_ops::execute(engine, journal, &app.printer, plan, &opts).await?;
-    report.forward = forward;
-    app.printer.report(&report)?;
-    if common.mark_good {
-        mark_after_validation(app, registry, catalog, engine, journal, &report, common).await?;
+/// The last lines of a failed container's output (named by host on a fleet).
+fn print_logs(printer: &crate::output::Printer, host: Option<&str>, logs: &[String]) {
+    if logs.is_empty() {
+        return;
     }
-    Ok(())
+    match host {
+        Some(h) => printer.note(format!("[{h}] last lines of the failed container's output:")),
+        None => printer.note(format!("last {} lines of the failed container's output:", logs.len())),
+    }
+    for l in logs {
+        printer.note(format!("  | {l}"));
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct FleetReport {
+    op: Operation,
+    target: String,
+    strategy: Strategy,
+    to: ImageRef,
+    dry_run: bool,
+    hosts: Vec<HostResult>,
+    /// Hosts left out because they could not be reached at the start (`--skip-unreachable`).
+    skipped: Vec<String>,
+}
+
+impl Report for FleetReport {
+    fn human(&self) -> String {
+        let mut t = crate::output::table(["host", "result", "from", "to", "detail"]);
+        for h in &self.hosts {
+            t.add_row(vec![
+                h.host.clone(),
+                if self.dry_run && h.step == HostStep::NotStarted {
+                    "would swap".into()
+                } else {
+                    h.step.as_str().to_string()
+                },
+                h.from.as_ref().map_or("-".into(), ImageRef::display),
+                self.to.display(),
+                h.detail.clone().unwrap_or_default(),
+            ]);
+        }
+        let mut out = format!(
+            "{} {} on {} host(s), {}: {} ({})\n{}",
+            self.op.as_str(),
+            self.target,
+            self.hosts.len(),
+            self.strategy.as_str(),
+            self.to.display(),
+            self.to.digest.as_ref().map_or("-", |d| d.short()),
+            crate::output::render_table(&t)
+        );
+        if !self.skipped.is_empty() {
+            out.push_str(&format!("\nskipped (unreachable): {}", self.skipped.join(", ")));
+        }
+        if self.dry_run {
+            out.push_str("\ndry run: nothing was changed");
+        }
+        out
+    }
+}
+
+/// The error (exit code) of a fleet run that did not end on the chosen version everywhere.
+fn fleet_verdict(report: &FleetReport, ended: &Ended, chosen: &ImageRef) -> anyhow::Result<()> {
+    let name = |i: &usize| report.hosts[*i].host.clone();
+    let why = |failed: &[usize]| {
+        failed
+            .iter()
+            .map(|i| {
+                format!(
+                    "on {}: {}",
+                    name(i),
+                    report.hosts[*i].detail.clone().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match &ended.verdict {
+        Verdict::Done => Ok(()),
+        Verdict::RevertedEverywhere { failed } => Err(Failure::Reverted {
+            version: chosen.display(),
+            why: format!(
+                "{}; every host runs its previous version again",
+                ended.post_failed.clone().unwrap_or_else(|| why(failed))
+            ),
+        }
+        .into()),
+        Verdict::NeedsAPerson { failed, hosts } => Err(Failure::RevertFailed {
+            version: chosen.display(),
+            why: ended.post_failed.clone().unwrap_or_else(|| why(failed)),
+            revert_error: format!(
+                "a person must act on {} (what runs there is neither the previous nor the chosen version, \
+                 or the host could not be reached; the next run settles it from that host's journal)",
+                hosts.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+        }
+        .into()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -653,35 +1007,49 @@ impl Report for SwarmPlanReport<'_> {
 }
 
 /// After a validated swap, the new rollback candidates (the version just left, last_known_good)
-/// are pulled if the host lacks them, bounded in time; the success is already reported, and a
-/// failure here is only a warning.
+/// are pulled onto every host that lacks them, bounded in time; the success is already
+/// reported, and a failure here is only a warning.
 async fn warm_after(
     app: &App<'_>,
     registry: &dyn crate::adapters::registry::Registry,
     catalog: &Catalog,
-    engine: &crate::adapters::docker::Engine,
-    journal: &crate::adapters::state::Journal,
-    report: &SwapReport,
+    hosts: &[crate::ops::fleet::Host],
+    to: &ImageRef,
 ) {
     let Ok(project) = app.project() else { return };
-    let Ok(records) = journal.read() else { return };
-    let ops = history::operations(&records);
-    let cands = crate::ops::warm::candidates(registry, catalog, &ops, Some(&report.to), &project.lkg_tag(), &[]).await;
-    let done = crate::ops::warm::warm(engine, registry, &cands, std::time::Duration::from_secs(120)).await;
-    for r in &done {
-        match (&r.error, r.pulled_ms) {
-            (Some(e), _) => app.printer.note(format!(
-                "warning: could not warm {} {}: {e}; a rollback to it will pull first",
-                r.candidate.label,
-                r.candidate.image.display()
-            )),
-            (None, Some(ms)) => app.printer.note(format!(
-                "warmed {} {} in {:.1} s: a rollback to it needs no pull",
-                r.candidate.label,
-                r.candidate.image.display(),
-                ms as f64 / 1000.0
-            )),
-            (None, None) => {}
+    let fleet = app.is_fleet();
+    let warmed = hosts.iter().map(|h| async move {
+        let Ok(records) = h.journal.read() else {
+            return (h, Vec::new());
+        };
+        let ops = history::operations(&records);
+        let cands = crate::ops::warm::candidates(registry, catalog, &ops, Some(to), &project.lkg_tag(), &[]).await;
+        (
+            h,
+            crate::ops::warm::warm(&h.engine, registry, &cands, std::time::Duration::from_secs(120)).await,
+        )
+    });
+    for (h, done) in futures::future::join_all(warmed).await {
+        let on = if fleet {
+            format!("[{}] ", h.address)
+        } else {
+            String::new()
+        };
+        for r in &done {
+            match (&r.error, r.pulled_ms) {
+                (Some(e), _) => app.printer.note(format!(
+                    "{on}warning: could not warm {} {}: {e}; a rollback to it will pull first",
+                    r.candidate.label,
+                    r.candidate.image.display()
+                )),
+                (None, Some(ms)) => app.printer.note(format!(
+                    "{on}warmed {} {} in {:.1} s: a rollback to it needs no pull",
+                    r.candidate.label,
+                    r.candidate.image.display(),
+                    ms as f64 / 1000.0
+                )),
+                (None, None) => {}
+            }
         }
     }
 }
@@ -726,66 +1094,94 @@ fn write_version_env(
     }
 }
 
-/// `--mark-good [--soak D]`: once validated (and healthy for the soak), point last_known_good at it.
+/// `--mark-good [--soak D]`: once validated (and healthy for the soak on every host), point
+/// last_known_good at it: once in the registry, recorded in every host's journal, and kept on
+/// every host for `emergency`.
 async fn mark_after_validation(
     app: &App<'_>,
     registry: &dyn crate::adapters::registry::Registry,
     catalog: &Catalog,
-    engine: &crate::adapters::docker::Engine,
-    journal: &Journal,
-    report: &SwapReport,
+    hosts: &[crate::ops::fleet::Host],
+    to: &ImageRef,
+    current: &[Vec<deployed::Deployed>],
     common: &SwapCommon,
 ) -> anyhow::Result<()> {
     let project = app.project()?;
+    let target = app.target()?;
+    let swarm = target.kind == TargetKind::Swarm;
     if let Some(soak) = &common.soak {
         let duration = crate::domain::duration::parse_wait(soak)?;
         let progress = crate::output::Progress::new(
             &app.printer,
             &format!(
                 "soaking {} for {}",
-                report.to.display(),
+                to.display(),
                 crate::domain::duration::format(duration)
             ),
         );
-        let soaked = match app.target()? {
-            t if t.kind == TargetKind::Swarm => {
-                let digest = report.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-                swarm_ops::soak(engine, t, &digest, &project.health, duration).await
-            }
-            _ => validate::soak(engine, &report.containers, &project.health, duration).await,
-        };
-        if let Err(invalid) = soaked {
-            progress.finish(&format!(
-                "{} did not stay healthy: {}",
-                report.to.display(),
-                invalid.why
-            ));
-            return Err(Failure::Unhealthy(format!(
-                "soak {}: {}; last_known_good was not moved",
-                report.to.display(),
-                invalid.why
-            ))
-            .into());
+        let soaks = hosts.iter().zip(current).map(|(h, cur)| async move {
+            let soaked = if swarm {
+                let digest = to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+                swarm_ops::soak(&h.engine, target, &digest, &project.health, duration).await
+            } else {
+                let names: Vec<String> = cur.iter().map(|d| d.container.name.clone()).collect();
+                validate::soak(&h.engine, &names, &project.health, duration).await
+            };
+            (h, soaked)
+        });
+        let fleet = app.is_fleet();
+        let failed: Vec<String> = futures::future::join_all(soaks)
+            .await
+            .into_iter()
+            .filter_map(|(h, soaked)| {
+                let invalid = soaked.err()?;
+                Some(if fleet {
+                    format!("on {}: {}", h.address, invalid.why)
+                } else {
+                    invalid.why
+                })
+            })
+            .collect();
+        if !failed.is_empty() {
+            let why = failed.join("; ");
+            progress.finish(&format!("{} did not stay healthy: {why}", to.display()));
+            return Err(
+                Failure::Unhealthy(format!("soak {}: {why}; last_known_good was not moved", to.display())).into(),
+            );
         }
-        progress.finish(&format!("{} stayed healthy", report.to.display()));
+        progress.finish(&format!("{} stayed healthy", to.display()));
     }
-    let ops = history::operations(&journal.read()?);
+    let first = crate::domain::fleet::lock_order(&hosts.iter().map(|h| h.address.clone()).collect::<Vec<_>>())[0];
+    let ops = history::operations(&hosts[first].journal.read()?);
     let pointer = project.lkg_tag();
     let previous = resolve::last_known_good(registry, catalog, &ops, &pointer).await?;
+    let journals: Vec<&Journal> = hosts.iter().map(|h| &h.journal).collect();
     let marked = mark_good(
         registry,
-        &[journal],
+        &journals,
         // A swarm's images live on its nodes: nothing is kept on the manager's host.
-        (app.target()?.kind != TargetKind::Swarm).then_some(engine),
+        (!swarm).then_some(&hosts[first].engine),
         &app.printer,
         MarkRequest {
-            image: &report.to,
+            image: to,
             pointer: &pointer,
             previous,
             reason: common.reason.as_deref(),
         },
     )
     .await?;
+    // The image is kept on the other hosts too, so `emergency` finds it on each.
+    if !swarm {
+        let kept = hosts.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, h)| {
+            let pointer = &pointer;
+            async move { (h, keep_on_host(registry, &h.engine, pointer, to).await) }
+        });
+        for (h, result) in futures::future::join_all(kept).await {
+            if let Err(e) = result {
+                app.printer.note(format!("[{}] warning: could not {e:#}", h.address));
+            }
+        }
+    }
     app.printer.note(marked.human());
     Ok(())
 }

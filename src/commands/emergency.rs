@@ -169,7 +169,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         Some(elapsed),
     );
     let sent = crate::ops::notify::send(&project.notify, &event).await;
-    crate::ops::swap::note_delivery(&journal, &app.printer, &base, sent);
+    crate::ops::notify::note_delivery(&journal, &app.printer, &base, sent);
     result?;
     app.printer.report(&report)?;
     if report.healthy == Some(false) {

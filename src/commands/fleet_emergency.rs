@@ -345,7 +345,7 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         Some(elapsed),
     );
     let sent = crate::ops::notify::send(&project.notify, &event).await;
-    crate::ops::swap::note_delivery(&first.journal, &app.printer, &records[order[0]], sent);
+    crate::ops::notify::note_delivery(&first.journal, &app.printer, &records[order[0]], sent);
     report.hosts = rows;
     app.printer.report(&report)?;
     let why = |failed: &[usize]| {

@@ -32,6 +32,7 @@ use crate::adapters::state::remote::{RemoteDir, StateShell};
 use crate::adapters::state::{self, Journal, TargetLock, TargetMeta};
 use crate::cli::Command;
 use crate::domain::address::{EngineAddress, SshDestination};
+use crate::ops::fleet::Host;
 use crate::output::Printer;
 use crate::settings::{Project, Settings, TargetSettings};
 
@@ -127,6 +128,47 @@ impl App<'_> {
         Ok(state::holder(&self.project()?.state_dir))
     }
 
+    /// The target's hosts, connected: one (the engine of `--host`, `[target] host`, the
+    /// environment or the local socket), or every host of `[target] hosts`. A host is a fleet of
+    /// one. With `lock`, every host's lock is taken for that command before anything changes, in
+    /// one fixed order (two runs never wait on each other's half: the second is refused at its
+    /// first host, holding nothing). A fleet's host that cannot be reached refuses the run,
+    /// naming it, unless `skip` (then it is listed as skipped).
+    pub async fn hosts(&self, lock: Option<&str>, skip: bool) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
+        if !self.is_fleet() {
+            let journal = self.journal()?;
+            // The lock is asked for first: for a remote target it travels while the engine
+            // connection is made.
+            let held = match lock {
+                Some(command) => self.lock_unless(false, command)?,
+                None => None,
+            };
+            let engine = self.engine().await?;
+            let remote = self.remote_state()?;
+            let host = Host::new(
+                engine.host().to_string(),
+                engine,
+                journal,
+                remote,
+                self.project()?.state_dir.clone(),
+            );
+            return Ok((vec![host.holding(held)], Vec::new()));
+        }
+        let (mut hosts, skipped) = fleet::reachable_hosts(self, fleet::reach_all(self).await?, skip)?;
+        if let Some(command) = lock {
+            let command = format!("{command} (fleet)");
+            let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+            for i in crate::domain::fleet::lock_order(&addresses) {
+                let address = hosts[i].address.clone();
+                // On refusal, `hosts` drops at return: every lock taken so far is released.
+                hosts[i]
+                    .lock(&command)
+                    .map_err(|e| e.context(format!("lock the target on {address}")))?;
+            }
+        }
+        Ok((hosts, skipped))
+    }
+
     /// Whether the target is a fleet (two hosts or more in this run).
     pub fn is_fleet(&self) -> bool {
         self.project()
@@ -143,10 +185,11 @@ impl App<'_> {
 
     pub async fn engine(&self) -> anyhow::Result<Engine> {
         if self.is_fleet() {
+            // Commands on a fleet take their hosts from `hosts()`.
             anyhow::bail!(
-                "run this command across several hosts: not built yet for this command; \
-                 pick one host with --hosts NAME (deploy, rollback, emergency, status, versions, \
-                 history, validate and mark-good work on the whole fleet)"
+                "pick the engine of a target on {} hosts: this command acts on each host (`App::hosts`); \
+                 this is a bug, please report it",
+                self.target()?.hosts.len()
             );
         }
         let address = self.settings.project().ok().and_then(|p| p.engine.clone());
@@ -262,15 +305,83 @@ impl Drop for App<'_> {
     }
 }
 
+/// A command's report on every host of a fleet: each host's own report under its name.
+#[derive(Debug, serde::Serialize)]
+pub struct PerHost<R> {
+    pub target: String,
+    pub hosts: Vec<OnHost<R>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct OnHost<R> {
+    pub host: String,
+    #[serde(flatten)]
+    pub report: R,
+}
+
+impl<R: crate::output::Report> crate::output::Report for PerHost<R> {
+    fn human(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| format!("== {} ==\n{}", h.host, h.report.human()))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+}
+
+impl App<'_> {
+    /// A progress line: a spinner on one host, plain lines when several hosts report at once.
+    pub fn progress(&self, msg: &str) -> crate::output::Progress {
+        if self.is_fleet() {
+            crate::output::Progress::plain("", msg)
+        } else {
+            crate::output::Progress::new(&self.printer, msg)
+        }
+    }
+
+    /// Prints what a command did on each host: one host's report as it is, several under their
+    /// hosts' names. A host where the command failed fails the run, named, after the others'
+    /// reports are printed.
+    pub fn report_per_host<R: crate::output::Report>(
+        &self,
+        results: Vec<(String, anyhow::Result<R>)>,
+    ) -> anyhow::Result<()> {
+        if !self.is_fleet() {
+            let (_, only) = results.into_iter().next().context("reach the target's host")?;
+            return self.printer.report(&only?);
+        }
+        let mut hosts = Vec::new();
+        let mut failed = None;
+        for (host, result) in results {
+            match result {
+                Ok(report) => hosts.push(OnHost { host, report }),
+                Err(e) if failed.is_none() => failed = Some(e.context(format!("finish on {host}"))),
+                Err(e) => self.printer.note(format!("error on {host}: {e:#}")),
+            }
+        }
+        self.printer.report(&PerHost {
+            target: self.target()?.display(),
+            hosts,
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl<'a> App<'a> {
+    pub fn new(settings: &'a Settings) -> Self {
+        App {
+            settings,
+            printer: Printer::new(settings.output, settings.interactive),
+            ssh: OnceLock::new(),
+            opening: Mutex::new(None),
+            state_shell: OnceLock::new(),
+            engine_ahead: Mutex::new(None),
+        }
+    }
+}
+
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
-    let app = App {
-        settings,
-        printer: Printer::new(settings.output, settings.interactive),
-        ssh: OnceLock::new(),
-        opening: Mutex::new(None),
-        state_shell: OnceLock::new(),
-        engine_ahead: Mutex::new(None),
-    };
+    let app = App::new(settings);
     // Every command but these acts on the target, and so on its host.
     if !matches!(
         command,

@@ -326,17 +326,13 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         }
     }
     crate::ops::interrupt::arm();
-    let hooks = crate::ops::hooks::Hooks::from_project(project, true);
-    let opts = crate::ops::swap::SwapOptions {
+    let opts = swarm_ops::EmergencyOptions {
         auth: auth.as_ref(),
-        health: &project.health,
         reason: args.reason.as_deref(),
-        hooks: &hooks,
-        hooks_skipped: false,
+        timeout: project.health.timeout,
         notify: &project.notify,
         scope: target.environment.clone().unwrap_or_else(|| target.display()),
         repository: registry.name(),
-        forward: false,
     };
     let done = swarm_ops::emergency(&engine, &journal, &app.printer, &plan, &opts).await?;
     report.converged = Some(done.detail.is_none());

@@ -90,6 +90,9 @@ pub enum HostStep {
     Validated,
     /// Validated, then failed its canary soak; its previous containers are still set aside.
     SoakFailed,
+    /// Failed before anything changed on it (its pull, the record of intent, or the engine
+    /// refused the change).
+    FailedNothingChanged,
     /// Failed validation (or its swap failed) and its own previous version is back.
     FailedReverted,
     /// Failed, and putting its previous version back failed too.
@@ -109,7 +112,7 @@ impl HostStep {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::SoakFailed | Self::FailedReverted | Self::FailedNotReverted | Self::Lost
+            Self::SoakFailed | Self::FailedNothingChanged | Self::FailedReverted | Self::FailedNotReverted | Self::Lost
         )
     }
 
@@ -125,6 +128,7 @@ impl HostStep {
             Self::Unchanged => "unchanged",
             Self::Validated => "validated",
             Self::SoakFailed => "failed its soak, reverted",
+            Self::FailedNothingChanged => "failed, nothing changed",
             Self::FailedReverted => "failed, reverted",
             Self::FailedNotReverted => "failed, NOT reverted",
             Self::Lost => "unreachable mid-run",

@@ -1,13 +1,18 @@
-//! What the target runs now, read from the Docker Engine: its containers and the digest and
-//! version each carries.
+//! What the target runs now, read from the Docker Engine: its containers (or a Swarm service's
+//! tasks) and the digest and version each carries.
 
 use serde::Serialize;
 
-use crate::adapters::docker::{ContainerView, Engine, LABEL_TAG, LABEL_VERSION};
+use crate::adapters::docker::swarm::{ServiceView, TaskView};
+use crate::adapters::docker::{ContainerView, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION};
 use crate::domain::digest::Digest;
 use crate::domain::image::{ImageRef, LABEL_VERSION as OCI_VERSION};
 use crate::domain::version::parse_version;
 use crate::settings::TargetSettings;
+
+/// The image backtrack wrote into the spec along with its version and tag labels: a spec whose
+/// image is another was changed by someone else, and those labels no longer describe it.
+pub const LABEL_IMAGE: &str = "io.backtrack.image";
 
 /// One container of the target and what it runs.
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +50,7 @@ pub fn image_version(c: &ContainerView) -> Option<String> {
 /// reference, else the local image's repo digest for `repository`.
 pub async fn read(engine: &Engine, target: &TargetSettings, repository: &str) -> anyhow::Result<Vec<Deployed>> {
     if target.kind == crate::settings::TargetKind::Swarm {
-        return crate::ops::swarm::deployed(engine, target).await;
+        return service_entries(engine, target).await;
     }
     let containers = engine.target_containers(target).await?;
     let mut out = Vec::with_capacity(containers.len());
@@ -97,4 +102,91 @@ async fn repo_digest(engine: &Engine, image_id: &str, name: &str) -> Option<Dige
                 .find(|(repo, _)| repo.split_once('/').is_some_and(|(_, p)| p == path))
         })
         .map(|(_, d)| d.clone())
+}
+
+/// The service of the target.
+pub async fn service(engine: &Engine, target: &TargetSettings) -> Result<ServiceView, EngineError> {
+    engine.service(&target.name, target.stack.as_deref()).await
+}
+
+/// What the service runs: one entry per task Swarm wants running (each with the image its own
+/// spec names, so a half-done update shows both versions), or the service's spec when it has
+/// no task (scaled to zero).
+pub async fn service_entries(engine: &Engine, target: &TargetSettings) -> anyhow::Result<Vec<Deployed>> {
+    let svc = service(engine, target).await?;
+    let tasks = engine.service_tasks(&svc).await?;
+    Ok(entries(&svc, &tasks))
+}
+
+/// [`service_entries`] from a service and its tasks already read.
+pub fn entries(svc: &ServiceView, tasks: &[TaskView]) -> Vec<Deployed> {
+    let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
+    if live.is_empty() {
+        return vec![spec_entry(svc)];
+    }
+    live.into_iter().map(|t| entry(task_container(t))).collect()
+}
+
+/// What the service's spec names (image, version, tag), read as a task's would be.
+pub fn spec_entry(svc: &ServiceView) -> Deployed {
+    entry(ContainerView {
+        name: svc.name.clone(),
+        id: svc.id.clone(),
+        image_ref: svc.image.clone(),
+        image_id: String::new(),
+        state: "no tasks".into(),
+        health: None,
+        restart_count: 0,
+        labels: svc.container_labels(),
+        env: svc.container_env(),
+    })
+}
+
+/// A task's (or the spec's) container view as what runs: backtrack's labels count only beside the
+/// image they were written with.
+pub(crate) fn entry(mut view: ContainerView) -> Deployed {
+    // A `docker service update --image` by hand keeps the spec's labels: backtrack's version and
+    // tag labels count only beside the image they were written with.
+    if view.labels.get(LABEL_IMAGE) != Some(&view.image_ref) {
+        for key in [LABEL_IMAGE, LABEL_VERSION, LABEL_TAG, LABEL_EMERGENCY] {
+            view.labels.remove(key);
+        }
+    }
+    let digest = view.pinned_digest();
+    let tag = view.labels.get(LABEL_TAG).cloned().or_else(|| tag_of(&view.image_ref));
+    let version = carried_version(&view).or_else(|| {
+        tag.as_deref()
+            .and_then(crate::domain::version::parse_version)
+            .map(|v| v.to_string())
+    });
+    Deployed {
+        image: ImageRef {
+            tag,
+            version,
+            digest: digest.clone(),
+        },
+        digest,
+        container: view,
+    }
+}
+
+/// The tag of `repo[:port]/path:tag[@digest]`, if it names one.
+pub(crate) fn tag_of(image: &str) -> Option<String> {
+    let name = image.split_once('@').map_or(image, |(n, _)| n);
+    let (_, tag) = name.rsplit_once(':')?;
+    (!tag.contains('/')).then(|| tag.to_string())
+}
+
+pub(crate) fn task_container(t: &TaskView) -> ContainerView {
+    ContainerView {
+        name: t.name.clone(),
+        id: t.container_id.clone().unwrap_or_else(|| t.id.clone()),
+        image_ref: t.image.clone(),
+        image_id: String::new(),
+        state: t.state.clone(),
+        health: None,
+        restart_count: 0,
+        labels: t.labels.clone(),
+        env: t.env.clone(),
+    }
 }

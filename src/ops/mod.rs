@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod mark;
 pub mod notify;
+pub mod operation;
 pub mod rebuild;
 pub mod recover;
 pub mod resolve;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::domain::history::{Operation, Outcome};
+use crate::adapters::state::Journal;
+use crate::domain::history::{Operation, Outcome, Phase, Record};
+use crate::output::Printer;
 use crate::settings::{NotifyOn, NotifySection};
 
 /// What happened, for the message.
@@ -184,6 +186,29 @@ pub async fn send(section: &NotifySection, event: &Event) -> Option<Result<Strin
         }
     }
     Some(Err(format!("notify {where_to}: {last} (3 tries)")))
+}
+
+/// Records a notification's delivery in the journal; a failure is also a warning.
+pub fn note_delivery(journal: &Journal, printer: &Printer, base: &Record, sent: Option<Result<String, String>>) {
+    let line = match sent {
+        None => return,
+        Some(Ok(line)) => line,
+        Some(Err(line)) => {
+            printer.note(format!("warning: could not {line}"));
+            format!("could not {line}")
+        }
+    };
+    let note = Record {
+        at: chrono::Utc::now(),
+        phase: Phase::Note,
+        notes: vec![line],
+        containers: Vec::new(),
+        saved: std::collections::BTreeMap::new(),
+        ..base.clone()
+    };
+    if let Err(e) = journal.append(&note) {
+        printer.note(format!("warning: could not note the notification in the journal: {e}"));
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,8 @@
 //! a `committed` record once validation passed, and the result at the end.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings};
-use chrono::Utc;
 use serde::Serialize;
 
 use crate::adapters::docker::clone::{clone_config, docker_run_command};
@@ -20,16 +18,14 @@ use crate::adapters::docker::{
     BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
     parse_restart_policy, restart_policy_of,
 };
-use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{self, Journal};
-use crate::domain::history::{Operation, Outcome, Phase, Record};
+use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
-use crate::error::Failure;
 use crate::ops::deployed::Deployed;
-use crate::ops::hooks::{self, HookEnv, Hooks};
-use crate::ops::{interrupt, notify, validate};
-use crate::output::{Printer, Progress};
-use crate::settings::{HealthSettings, NotifySection, TargetSettings};
+use crate::ops::fleet::Host;
+use crate::ops::operation::{Failed, Run, Unit};
+use crate::ops::validate;
+use crate::settings::TargetSettings;
 
 /// One container's part of the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -196,388 +192,172 @@ pub struct SwapReport {
     pub logs: Vec<String>,
 }
 
-/// How a swap runs beyond its plan: credentials, checks, hooks and who hears about it.
-#[derive(Debug)]
-pub struct SwapOptions<'a> {
-    pub auth: Option<&'a PullAuth>,
-    pub health: &'a HealthSettings,
-    pub reason: Option<&'a str>,
-    /// `post` runs once every container validated (a failure reverts), `on_revert` after a revert.
-    pub hooks: &'a Hooks,
-    /// Whether `--no-hooks` skipped configured hooks (recorded in the journal).
-    pub hooks_skipped: bool,
-    pub notify: &'a NotifySection,
-    /// How notifications name the target: its environment, else the target.
-    pub scope: String,
-    /// `host/repository`, for notifications.
-    pub repository: String,
-    pub forward: bool,
+/// The containers of one target on one host, as a unit of an operation: pulled, each swapped
+/// and validated in turn, put back by renames, committed by removing what was set aside.
+pub struct Containers<'a> {
+    pub host: &'a Host,
+    pub plan: Plan,
+    /// How many of the plan's containers were swapped (put back in reverse order).
+    swapped: usize,
 }
 
-/// Runs the plan. `Ok` with `Outcome::Ok` when every container validated; on failure the previous
-/// containers run again and the error says whether restoring worked.
-pub async fn execute(
-    engine: &Engine,
-    journal: &Journal,
-    printer: &Printer,
-    plan: &Plan,
-    opts: &SwapOptions<'_>,
-) -> anyhow::Result<SwapReport> {
-    let (auth, health, reason) = (opts.auth, opts.health, opts.reason);
-    let started = Instant::now();
-    let progress = Progress::new(printer, &format!("pulling {}", plan.image));
-    let pulled = engine
-        .pull(&plan.image, auth, |line| progress.set(&format!("pulling: {line}")))
-        .await?;
-    progress.finish(&if pulled {
-        format!("pulled {}", plan.image)
-    } else {
-        format!("{} is already present", plan.image)
-    });
-    if interrupt::requested() {
-        return Err(Failure::Interrupted.into());
+impl<'a> Containers<'a> {
+    pub fn new(host: &'a Host, plan: Plan) -> Self {
+        Self { host, plan, swapped: 0 }
+    }
+}
+
+#[async_trait::async_trait]
+impl Unit for Containers<'_> {
+    fn place(&self) -> &str {
+        &self.host.address
     }
 
-    let names: Vec<String> = plan.containers.iter().map(|c| c.name.clone()).collect();
-    interrupt::arm();
-    let base = Record {
-        target: Some(plan.target.clone()),
-        from: Some(plan.from.clone()),
-        to: Some(plan.to.clone()),
-        reason: reason.map(str::to_string),
-        detail: plan.note.clone(),
-        ..state::begin(plan.op)
-    };
-    let mut notes = Vec::new();
-    if opts.hooks_skipped {
-        notes.push("hooks skipped (--no-hooks)".to_string());
+    fn journal(&self) -> &Journal {
+        &self.host.journal
     }
-    journal.append(&Record {
-        containers: names.clone(),
-        notes: notes.clone(),
-        saved: plan
-            .containers
-            .iter()
-            .map(|c| (c.name.clone(), c.restart_policy.clone()))
-            .collect::<BTreeMap<_, _>>(),
-        ..base.clone()
-    })?;
 
-    let mut swapped: Vec<&ContainerPlan> = Vec::new();
-    // Why, the failed container's last lines, and whether only an unreachable probe failed.
-    let mut failure: Option<(String, Vec<String>, bool)> = None;
-    for c in &plan.containers {
-        printer.note(format!(
-            "swapping {}: {} -> {}",
-            c.name,
-            c.from.display(),
-            plan.to.display()
-        ));
-        swapped.push(c);
-        // The probe's route (a forward over SSH) is made while the container is swapped.
-        let (swap, ()) = tokio::join!(swap_one(engine, c), engine.prepare_probe(health.http.as_deref()));
-        if let Err(e) = swap {
-            failure = Some((format!("swap {}: {e}", c.name), Vec::new(), false));
-            break;
-        }
-        let progress = Progress::new(
-            printer,
-            &format!(
-                "validating {} (timeout {})",
-                c.name,
-                crate::domain::duration::format(health.timeout)
-            ),
-        );
-        let result = validate::wait_valid(
-            engine,
-            std::slice::from_ref(&c.name),
-            health,
-            plan.to.version.as_deref(),
-            |s| progress.set(&format!("validating {}: {s}", c.name)),
-        )
-        .await;
-        match result {
-            Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, plan.to.display())),
-            Err(invalid) => {
-                progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
-                let logs = engine.logs_tail(&c.name, 20).await;
-                failure = Some((invalid.why, logs, invalid.probe_unreachable));
-                break;
-            }
+    fn intent(&self, base: &Record) -> Record {
+        let plan = &self.plan;
+        Record {
+            target: Some(plan.target.clone()),
+            containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
+            saved: plan
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.restart_policy.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            detail: base.detail.clone().or(plan.note.clone()),
+            ..base.clone()
         }
     }
 
-    // Every container validated: the `post` hook has the last word before the commit.
-    if failure.is_none() {
-        let env = hook_env(plan, opts, None);
-        match hooks::run(printer, "post", opts.hooks.post.as_deref(), &env, opts.hooks).await {
-            Ok(done) => notes.extend(done),
-            Err(e) => {
-                notes.push(e.to_string());
-                failure = Some((format!("{e}"), Vec::new(), false));
-            }
-        }
+    async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool> {
+        let image = &self.plan.image;
+        let progress = run.progress(self.place(), &format!("pulling {image}"));
+        let pulled = self
+            .host
+            .engine
+            .pull(image, run.auth, |line| progress.set(&format!("pulling: {line}")))
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(format!("pull {image}")))?;
+        progress.finish(&if pulled {
+            format!("pulled {image}")
+        } else {
+            format!("{image} is already present")
+        });
+        Ok(pulled)
     }
 
-    if let Some((why, logs, probe_unreachable)) = failure {
-        printer.note(format!("putting the previous version back on {}", names.join(", ")));
-        let mut revert_errors = Vec::new();
-        for c in swapped.iter().rev() {
-            if let Err(e) = revert_one(engine, &c.name, Some(&c.restart_policy)).await {
-                revert_errors.push(format!("{}: {e}", c.name));
-            }
-        }
-        let ending = Ending {
-            version: plan.to.display(),
-            why,
-            probe_unreachable,
-            revert_error: (!revert_errors.is_empty()).then(|| revert_errors.join("; ")),
-            logs,
-            notes,
-        };
-        let env = |outcome| hook_env(plan, opts, Some(outcome));
-        return Err(conclude_reverted(journal, printer, &base, opts, env, ending, started.elapsed()).await);
-    }
-
-    // Every container validated: the point of no return.
-    let commit = Record {
-        at: Utc::now(),
-        phase: Phase::Committed,
-        ..base.clone()
-    };
-    let committed = if let [only] = plan.containers.as_slice() {
-        // One container: its set-aside one goes while the record is written. A run that ends in
-        // between leaves the record, or the target on the new digest with nothing set aside,
-        // which the next run records as done (`recover`); with several containers, one without
-        // its set-aside container and another with it could only be half put back. The removal's
-        // request is on its way before the append (which blocks) starts.
-        let ((), committed) =
-            tokio::join!(biased; remove_leftovers(engine, printer, only), async { journal.append(&commit) });
-        committed
-    } else {
-        let committed = journal.append(&commit);
+    async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
+        let (engine, plan, health) = (&self.host.engine, &self.plan, run.health);
         for c in &plan.containers {
-            remove_leftovers(engine, printer, c).await;
+            run.say(
+                self.place(),
+                format!("swapping {}: {} -> {}", c.name, c.from.display(), plan.to.display()),
+            );
+            self.swapped += 1;
+            // The probe's route (a forward over SSH) is made while the container is swapped.
+            let (swap, ()) = tokio::join!(swap_one(engine, c), engine.prepare_probe(health.http.as_deref()));
+            if let Err(e) = swap {
+                return Err(Failed {
+                    why: format!("swap {}: {e}", c.name),
+                    ..Failed::default()
+                });
+            }
+            let progress = run.progress(
+                self.place(),
+                &format!(
+                    "validating {} (timeout {})",
+                    c.name,
+                    crate::domain::duration::format(health.timeout)
+                ),
+            );
+            let result = validate::wait_valid(
+                engine,
+                std::slice::from_ref(&c.name),
+                health,
+                plan.to.version.as_deref(),
+                |s| progress.set(&format!("validating {}: {s}", c.name)),
+            )
+            .await;
+            match result {
+                Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, plan.to.display())),
+                Err(invalid) => {
+                    progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
+                    let logs = engine.logs_tail(&c.name, 20).await;
+                    return Err(Failed {
+                        why: if run.fleet {
+                            format!("{} failed validation: {}", c.name, invalid.why)
+                        } else {
+                            invalid.why
+                        },
+                        logs,
+                        probe_unreachable: invalid.probe_unreachable,
+                        ..Failed::default()
+                    });
+                }
+            }
         }
-        committed
-    };
-    // With the set-aside containers gone, a lost record leaves the validated version in place:
-    // the next run finds the target on the new digest with nothing to put back and records it.
-    let what = format!(
-        "the validated {} {} on {}",
-        plan.op.as_str(),
-        plan.to.display(),
-        plan.target
-    );
-    let record = conclude_validated(journal, printer, &base, opts, committed, notes, started.elapsed(), what).await?;
-    Ok(SwapReport {
-        op: plan.op,
-        target: plan.target.clone(),
-        from: plan.from.clone(),
-        to: plan.to.clone(),
-        containers: names,
-        result: Outcome::Ok,
-        forward: false,
-        pulled,
-        duration_ms: record.duration_ms.unwrap_or_default(),
-        detail: None,
-        logs: Vec::new(),
-    })
-}
-
-/// Finishes a swap that validated (its `committed` record was written, or tried, as
-/// `committed`): the `finished` record, the notification, or `NotRecorded` (exit 1) when either
-/// record could not be written. Shared by containers and Swarm services.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn conclude_validated(
-    journal: &Journal,
-    printer: &Printer,
-    base: &Record,
-    opts: &SwapOptions<'_>,
-    committed: Result<(), state::StateError>,
-    notes: Vec<String>,
-    elapsed: std::time::Duration,
-    what: String,
-) -> anyhow::Result<Record> {
-    let record = Record {
-        notes,
-        ..base.finish(Utc::now(), Outcome::Ok, Some(elapsed.as_millis() as u64), None)
-    };
-    let finished = journal.append(&record);
-    if let Err(e) = committed.and(finished) {
-        return Err(Failure::NotRecorded {
-            what,
-            error: e.to_string(),
-        }
-        .into());
+        Ok(())
     }
-    announce(journal, printer, base, opts, Outcome::Ok, None, record.duration_ms).await;
-    Ok(record)
-}
 
-/// How a swap that failed validation ended, once the revert was tried.
-pub(crate) struct Ending {
-    pub version: String,
-    pub why: String,
-    /// Only the probe failed, and it never reached anything: the version is not marked failed.
-    pub probe_unreachable: bool,
-    /// Why putting the previous version back failed, if it did.
-    pub revert_error: Option<String>,
-    /// The failed container's (or task's) last lines.
-    pub logs: Vec<String>,
-    /// Notes so far (hooks, `--no-hooks`).
-    pub notes: Vec<String>,
-}
+    async fn soak(&self, run: &Run<'_>, duration: std::time::Duration) -> Result<(), String> {
+        let names: Vec<String> = self.plan.containers.iter().map(|c| c.name.clone()).collect();
+        validate::soak(&self.host.engine, &names, run.health, duration)
+            .await
+            .map_err(|invalid| invalid.why)
+    }
 
-/// Finishes a swap that failed validation, after the revert: the `on_revert` hook (told the
-/// outcome through `env`), the journal's record, the last lines, the notification, and the error
-/// (exit 6, or 7 when the revert failed too). Shared by containers and Swarm services.
-pub(crate) async fn conclude_reverted(
-    journal: &Journal,
-    printer: &Printer,
-    base: &Record,
-    opts: &SwapOptions<'_>,
-    env: impl Fn(Outcome) -> HookEnv,
-    ending: Ending,
-    elapsed: std::time::Duration,
-) -> anyhow::Error {
-    let Ending {
-        version,
-        why,
-        probe_unreachable,
-        revert_error,
-        logs,
-        mut notes,
-    } = ending;
-    let outcome = match (&revert_error, probe_unreachable) {
-        (Some(_), _) => Outcome::RevertFailed,
-        (None, true) => Outcome::RevertedProbeUnreachable,
-        (None, false) => Outcome::Reverted,
-    };
-    match hooks::run(
-        printer,
-        "on_revert",
-        opts.hooks.on_revert.as_deref(),
-        &env(outcome),
-        opts.hooks,
-    )
-    .await
-    {
-        Ok(done) => notes.extend(done),
-        Err(e) => {
-            printer.note(format!("warning: {e}"));
-            notes.push(e.to_string());
+    async fn put_back(&mut self, run: &Run<'_>) -> Result<(), String> {
+        let swapped = &self.plan.containers[..self.swapped];
+        if !run.fleet {
+            let names: Vec<&str> = self.plan.containers.iter().map(|c| c.name.as_str()).collect();
+            run.printer
+                .note(format!("putting the previous version back on {}", names.join(", ")));
+        }
+        let mut errors = Vec::new();
+        for c in swapped.iter().rev() {
+            if let Err(e) = revert_one(&self.host.engine, &c.name, Some(&c.restart_policy)).await {
+                errors.push(format!("{}: {e}", c.name));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
         }
     }
-    let detail = match &revert_error {
-        None => why.clone(),
-        Some(e) => format!("{why}; revert: {e}"),
-    };
-    let record = Record {
-        notes,
-        logs: logs.clone(),
-        ..base.finish(Utc::now(), outcome, Some(elapsed.as_millis() as u64), Some(detail))
-    };
-    if let Err(e) = journal.append(&record) {
-        return e.into();
-    }
-    print_logs(printer, &logs);
-    announce(
-        journal,
-        printer,
-        base,
-        opts,
-        outcome,
-        Some(why.clone()),
-        record.duration_ms,
-    )
-    .await;
-    match revert_error {
-        None => Failure::Reverted { version, why }.into(),
-        Some(revert_error) => Failure::RevertFailed {
-            version,
-            why,
-            revert_error,
+
+    async fn commit(&mut self, run: &Run<'_>, committed: &Record) -> Result<(), state::StateError> {
+        let (engine, journal) = (&self.host.engine, &self.host.journal);
+        let say = |m: String| run.say(&self.host.address, m);
+        if let [only] = self.plan.containers.as_slice() {
+            // One container: its set-aside one goes while the record is written. A run that ends
+            // in between leaves the record, or the target on the new digest with nothing set
+            // aside, which the next run records as done (`recover`); with several containers, one
+            // without its set-aside container and another with it could only be half put back.
+            // The removal's request is on its way before the append (which blocks) starts.
+            let ((), committed) =
+                tokio::join!(biased; remove_leftovers(engine, &say, only), async { journal.append(committed) });
+            committed
+        } else {
+            let recorded = journal.append(committed);
+            for c in &self.plan.containers {
+                remove_leftovers(engine, &say, c).await;
+            }
+            recorded
         }
-        .into(),
     }
-}
 
-/// What hooks are told about this swap.
-fn hook_env(plan: &Plan, opts: &SwapOptions<'_>, result: Option<Outcome>) -> HookEnv {
-    HookEnv {
-        op: plan.op.as_str().to_string(),
-        from_version: plan.from.version.clone(),
-        to_version: plan.to.version.clone(),
-        digest: plan.to.digest.as_ref().map(ToString::to_string),
-        target: plan.target.clone(),
-        hosts: Vec::new(),
-        result: result.map(|r| r.as_str().to_string()),
-        reason: opts.reason.map(str::to_string),
-    }
-}
-
-/// Sends the notification of a finished swap, if `[notify]` wants it, and notes how it went in
-/// the journal. Never fails the swap.
-pub(crate) async fn announce(
-    journal: &Journal,
-    printer: &Printer,
-    base: &Record,
-    opts: &SwapOptions<'_>,
-    result: Outcome,
-    why: Option<String>,
-    duration_ms: Option<u64>,
-) {
-    let event = notify::Event {
-        forward: opts.forward,
-        ..notify::Event::of(
-            base,
-            opts.scope.clone(),
-            opts.repository.clone(),
-            result,
-            why,
-            duration_ms,
-        )
-    };
-    note_delivery(journal, printer, base, notify::send(opts.notify, &event).await);
-}
-
-/// Records a notification's delivery in the journal; a failure is also a warning.
-pub fn note_delivery(journal: &Journal, printer: &Printer, base: &Record, sent: Option<Result<String, String>>) {
-    let line = match sent {
-        None => return,
-        Some(Ok(line)) => line,
-        Some(Err(line)) => {
-            printer.note(format!("warning: could not {line}"));
-            format!("could not {line}")
-        }
-    };
-    let note = Record {
-        at: Utc::now(),
-        phase: Phase::Note,
-        notes: vec![line],
-        containers: Vec::new(),
-        saved: BTreeMap::new(),
-        ..base.clone()
-    };
-    if let Err(e) = journal.append(&note) {
-        printer.note(format!("warning: could not note the notification in the journal: {e}"));
-    }
-}
-
-pub(crate) fn print_logs(printer: &Printer, logs: &[String]) {
-    if logs.is_empty() {
-        return;
-    }
-    printer.note(format!("last {} lines of the failed container's output:", logs.len()));
-    for l in logs {
-        printer.note(format!("  | {l}"));
+    async fn reachable(&self) -> bool {
+        self.host.engine.inspect("backtrack-reachability").await.is_ok()
     }
 }
 
 /// Removes what a validated swap of `c` leaves, both at once: the previous container, and the
 /// original one an emergency set aside. A failure is a warning: the swap itself is done.
-async fn remove_leftovers(engine: &Engine, printer: &Printer, c: &ContainerPlan) {
+async fn remove_leftovers(engine: &Engine, say: &impl Fn(String), c: &ContainerPlan) {
     let leftovers = [
         format!("{}{BACKUP_SUFFIX}", c.name),
         format!("{}{PRE_EMERGENCY_SUFFIX}", c.name),
@@ -585,7 +365,7 @@ async fn remove_leftovers(engine: &Engine, printer: &Printer, c: &ContainerPlan)
     let removed = futures::future::join_all(leftovers.iter().map(|l| engine.remove(l))).await;
     for (leftover, result) in leftovers.iter().zip(removed) {
         if let Err(e) = result {
-            printer.note(format!("warning: could not remove {leftover}: {e}"));
+            say(format!("warning: could not remove {leftover}: {e}"));
         }
     }
 }

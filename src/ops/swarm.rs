@@ -20,97 +20,23 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::adapters::docker::swarm::{ServiceView, TaskView, UpdateOverrides, pinned};
-use crate::adapters::docker::{ContainerView, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION};
+use crate::adapters::docker::{Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION};
 use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{self, Journal};
-use crate::domain::history::{self, Operation, Outcome, Phase, Record};
+use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
-use crate::ops::deployed::{Deployed, carried_version};
-use crate::ops::hooks::{self, HookEnv};
+pub use crate::ops::deployed::{LABEL_IMAGE, entries, service, spec_entry};
+use crate::ops::deployed::{entry, task_container};
 use crate::ops::interrupt;
-use crate::ops::swap::{SwapOptions, SwapReport};
+use crate::ops::operation::{Failed, Run, Unit};
+use crate::ops::swap::SwapReport;
 use crate::ops::validate::{self, Invalid};
 use crate::output::{Printer, Progress};
 use crate::settings::{HealthSettings, TargetSettings};
 
-/// The image backtrack wrote into the spec along with its version and tag labels: a spec whose
-/// image is another was changed by someone else, and those labels no longer describe it.
-pub const LABEL_IMAGE: &str = "io.backtrack.image";
-
 /// How long a revert may take to converge, at least (a revert waits for the old tasks to run).
 const REVERT_WAIT: Duration = Duration::from_secs(90);
-
-/// The service of the target.
-pub async fn service(engine: &Engine, target: &TargetSettings) -> Result<ServiceView, EngineError> {
-    engine.service(&target.name, target.stack.as_deref()).await
-}
-
-/// What the service runs: one entry per task Swarm wants running (each with the image its own
-/// spec names, so a half-done update shows both versions), or the service's spec when it has
-/// no task (scaled to zero).
-pub async fn deployed(engine: &Engine, target: &TargetSettings) -> anyhow::Result<Vec<Deployed>> {
-    let svc = service(engine, target).await?;
-    let tasks = engine.service_tasks(&svc).await?;
-    Ok(entries(&svc, &tasks))
-}
-
-/// [`deployed`] from a service and its tasks already read.
-pub fn entries(svc: &ServiceView, tasks: &[TaskView]) -> Vec<Deployed> {
-    let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();
-    if live.is_empty() {
-        return vec![spec_entry(svc)];
-    }
-    live.into_iter().map(|t| entry(task_container(t))).collect()
-}
-
-/// What the service's spec names (image, version, tag), read as a task's would be.
-pub fn spec_entry(svc: &ServiceView) -> Deployed {
-    entry(ContainerView {
-        name: svc.name.clone(),
-        id: svc.id.clone(),
-        image_ref: svc.image.clone(),
-        image_id: String::new(),
-        state: "no tasks".into(),
-        health: None,
-        restart_count: 0,
-        labels: svc.container_labels(),
-        env: svc.container_env(),
-    })
-}
-
-fn entry(mut view: ContainerView) -> Deployed {
-    // A `docker service update --image` by hand keeps the spec's labels: backtrack's version and
-    // tag labels count only beside the image they were written with.
-    if view.labels.get(LABEL_IMAGE) != Some(&view.image_ref) {
-        for key in [LABEL_IMAGE, LABEL_VERSION, LABEL_TAG, LABEL_EMERGENCY] {
-            view.labels.remove(key);
-        }
-    }
-    let digest = view.pinned_digest();
-    let tag = view.labels.get(LABEL_TAG).cloned().or_else(|| tag_of(&view.image_ref));
-    let version = carried_version(&view).or_else(|| {
-        tag.as_deref()
-            .and_then(crate::domain::version::parse_version)
-            .map(|v| v.to_string())
-    });
-    Deployed {
-        image: ImageRef {
-            tag,
-            version,
-            digest: digest.clone(),
-        },
-        digest,
-        container: view,
-    }
-}
-
-/// The tag of `repo[:port]/path:tag[@digest]`, if it names one.
-fn tag_of(image: &str) -> Option<String> {
-    let name = image.split_once('@').map_or(image, |(n, _)| n);
-    let (_, tag) = name.rsplit_once(':')?;
-    (!tag.contains('/')).then(|| tag.to_string())
-}
 
 /// Everything the update will do, computed without changing anything.
 #[derive(Debug, Clone, Serialize)]
@@ -242,175 +168,186 @@ fn name_image(spec: &mut ServiceSpec, image: &str, version: &ImageRef, emergency
     }
 }
 
-/// Runs the update and validates it; on failure the previous spec goes back and the error says
-/// whether that worked. `gate = false` (emergency) waits for the tasks to run but does not revert.
-pub async fn execute(
-    engine: &Engine,
-    journal: &Journal,
-    printer: &Printer,
-    plan: &SwarmPlan,
-    opts: &SwapOptions<'_>,
-) -> anyhow::Result<SwapReport> {
-    let started = Instant::now();
-    interrupt::arm();
-    let base = Record {
-        target: Some(plan.target.clone()),
-        from: Some(plan.from.clone()),
-        to: Some(plan.to.clone()),
-        reason: opts.reason.map(str::to_string),
-        detail: plan.note.clone(),
-        ..state::begin(plan.op)
-    };
-    let mut notes = Vec::new();
-    if opts.hooks_skipped {
-        notes.push("hooks skipped (--no-hooks)".to_string());
-    }
-    journal.append(&Record {
-        containers: vec![plan.service.clone()],
-        saved: BTreeMap::from([(plan.service.clone(), plan.previous_image.clone())]),
-        notes: notes.clone(),
-        ..base.clone()
-    })?;
-    let finish = |result: Outcome, detail: Option<String>| {
-        base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
-    };
-    if let Some(w) = &plan.warning {
-        printer.note(format!("warning: {w}"));
-    }
-    printer.note(format!(
-        "updating {}: {} -> {} ({}, {} at a time)",
-        plan.target,
-        plan.from.display(),
-        plan.to.display(),
-        plan.order,
-        plan.parallelism
-    ));
-    match engine
-        .update_service(&plan.service_view, plan.spec.clone(), opts.auth)
-        .await
-    {
-        Ok(warnings) => {
-            for w in warnings {
-                printer.note(format!("swarm: {w}"));
-            }
+/// A Swarm service as a unit of an operation: Swarm pulls and places the tasks, backtrack pins
+/// the digest in the spec, waits for Swarm's verdict and the tasks, and puts the spec read
+/// before back on a failure.
+pub struct Service<'a> {
+    pub engine: &'a Engine,
+    pub journal: &'a Journal,
+    pub target: &'a TargetSettings,
+    pub place: String,
+    pub plan: SwarmPlan,
+    /// Whether the update was sent (and so must be put back on a failure).
+    sent: bool,
+}
+
+impl<'a> Service<'a> {
+    pub fn new(
+        engine: &'a Engine,
+        journal: &'a Journal,
+        target: &'a TargetSettings,
+        place: String,
+        plan: SwarmPlan,
+    ) -> Self {
+        Self {
+            engine,
+            journal,
+            target,
+            place,
+            plan,
+            sent: false,
         }
-        Err(e) => {
-            // The manager refused the update: the spec is unchanged.
-            journal.append(&finish(Outcome::Failed, Some(e.to_string())))?;
-            return Err(e.into());
+    }
+}
+
+#[async_trait::async_trait]
+impl Unit for Service<'_> {
+    fn place(&self) -> &str {
+        &self.place
+    }
+
+    fn journal(&self) -> &Journal {
+        self.journal
+    }
+
+    fn intent(&self, base: &Record) -> Record {
+        Record {
+            target: Some(self.plan.target.clone()),
+            containers: vec![self.plan.service.clone()],
+            saved: BTreeMap::from([(self.plan.service.clone(), self.plan.previous_image.clone())]),
+            detail: base.detail.clone().or(self.plan.note.clone()),
+            ..base.clone()
         }
     }
 
-    let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-    let progress = Progress::new(
-        printer,
-        &format!(
-            "waiting for {} to converge on {} (timeout {})",
-            plan.service,
+    /// Swarm pulls on each node as it places a task: nothing to get ready here.
+    async fn prepare(&self, _run: &Run<'_>) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
+        let (engine, plan, printer) = (self.engine, &self.plan, run.printer);
+        if let Some(w) = &plan.warning {
+            printer.note(format!("warning: {w}"));
+        }
+        printer.note(format!(
+            "updating {}: {} -> {} ({}, {} at a time)",
+            plan.target,
+            plan.from.display(),
             plan.to.display(),
-            crate::domain::duration::format(opts.health.timeout)
-        ),
-    );
-    let expected = opts
-        .health
-        .expect_version
-        .then_some(plan.to.version.as_deref())
-        .flatten();
-    let result = wait_converged(engine, plan, &digest, opts.health, expected, opts.health.timeout, |s| {
-        progress.set(&format!("{}: {s}", plan.service))
-    })
-    .await;
-    let mut failure = match result {
-        Ok(()) => {
-            progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
-            None
-        }
-        Err(f) => {
-            progress.finish(&format!("{} failed validation: {}", plan.service, f.invalid.why));
-            Some(f)
-        }
-    };
-    if failure.is_none() {
-        let env = hook_env(plan, opts, None);
-        match hooks::run(printer, "post", opts.hooks.post.as_deref(), &env, opts.hooks).await {
-            Ok(done) => notes.extend(done),
+            plan.order,
+            plan.parallelism
+        ));
+        match engine
+            .update_service(&plan.service_view, plan.spec.clone(), run.auth)
+            .await
+        {
+            Ok(warnings) => {
+                for w in warnings {
+                    printer.note(format!("swarm: {w}"));
+                }
+            }
             Err(e) => {
-                notes.push(e.to_string());
-                failure = Some(Failed {
-                    invalid: Invalid {
-                        why: e.to_string(),
-                        container: None,
-                        probe_unreachable: false,
-                    },
-                    logs: Vec::new(),
+                // The manager refused the update: the spec is unchanged.
+                return Err(Failed {
+                    why: e.to_string(),
+                    nothing_changed: true,
+                    error: Some(e.into()),
+                    ..Failed::default()
                 });
             }
         }
+        self.sent = true;
+        let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+        let progress = Progress::new(
+            printer,
+            &format!(
+                "waiting for {} to converge on {} (timeout {})",
+                plan.service,
+                plan.to.display(),
+                crate::domain::duration::format(run.health.timeout)
+            ),
+        );
+        let expected = run
+            .health
+            .expect_version
+            .then_some(plan.to.version.as_deref())
+            .flatten();
+        let result = wait_converged(engine, plan, &digest, run.health, expected, run.health.timeout, |s| {
+            progress.set(&format!("{}: {s}", plan.service))
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
+                Ok(())
+            }
+            Err(f) => {
+                progress.finish(&format!("{} failed validation: {}", plan.service, f.invalid.why));
+                Err(Failed {
+                    why: f.invalid.why,
+                    logs: f.logs,
+                    probe_unreachable: f.invalid.probe_unreachable,
+                    ..Failed::default()
+                })
+            }
+        }
     }
 
-    if let Some(Failed { invalid, logs }) = failure {
-        printer.note(format!(
+    async fn soak(&self, run: &Run<'_>, duration: Duration) -> Result<(), String> {
+        let digest = self
+            .plan
+            .to
+            .digest
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        soak(self.engine, self.target, &digest, run.health, duration)
+            .await
+            .map_err(|invalid| invalid.why)
+    }
+
+    async fn put_back(&mut self, run: &Run<'_>) -> Result<(), String> {
+        if !self.sent {
+            return Ok(());
+        }
+        let plan = &self.plan;
+        run.printer.note(format!(
             "putting the previous version back on {}: {}",
             plan.service,
             short_image(&plan.previous_image)
         ));
         // The spec read before the update (unless Swarm's own rollback already put it back).
         let view = &plan.service_view;
-        let reverted = put_back(engine, &view.name, &view.spec, &plan.previous_image, opts.auth, printer).await;
-        let ending = crate::ops::swap::Ending {
-            version: plan.to.display(),
-            why: invalid.why,
-            probe_unreachable: invalid.probe_unreachable,
-            revert_error: reverted.err(),
-            logs,
-            notes,
-        };
-        let env = |outcome| hook_env(plan, opts, Some(outcome));
-        return Err(
-            crate::ops::swap::conclude_reverted(journal, printer, &base, opts, env, ending, started.elapsed()).await,
-        );
+        put_back(
+            self.engine,
+            &view.name,
+            &view.spec,
+            &plan.previous_image,
+            run.auth,
+            run.printer,
+        )
+        .await
     }
 
-    let committed = journal.append(&Record {
-        at: Utc::now(),
-        phase: Phase::Committed,
-        ..base.clone()
-    });
-    let what = format!(
-        "the validated {} {} on {}",
-        plan.op.as_str(),
-        plan.to.display(),
-        plan.target
-    );
-    let record =
-        crate::ops::swap::conclude_validated(journal, printer, &base, opts, committed, notes, started.elapsed(), what)
-            .await?;
-    Ok(SwapReport {
-        op: plan.op,
-        target: plan.target.clone(),
-        from: plan.from.clone(),
-        to: plan.to.clone(),
-        containers: vec![plan.service.clone()],
-        result: Outcome::Ok,
-        forward: false,
-        pulled: false,
-        duration_ms: record.duration_ms.unwrap_or_default(),
-        detail: None,
-        logs: Vec::new(),
-    })
+    async fn commit(&mut self, _run: &Run<'_>, committed: &Record) -> Result<(), state::StateError> {
+        self.journal.append(committed)
+    }
+
+    async fn reachable(&self) -> bool {
+        self.engine.service(&self.plan.service_view.name, None).await.is_ok()
+    }
 }
 
-fn hook_env(plan: &SwarmPlan, opts: &SwapOptions<'_>, result: Option<Outcome>) -> HookEnv {
-    HookEnv {
-        op: plan.op.as_str().to_string(),
-        from_version: plan.from.version.clone(),
-        to_version: plan.to.version.clone(),
-        digest: plan.to.digest.as_ref().map(ToString::to_string),
-        target: plan.target.clone(),
-        hosts: Vec::new(),
-        result: result.map(|r| r.as_str().to_string()),
-        reason: opts.reason.map(str::to_string),
-    }
+/// How an emergency update is told: credentials, the reason, the wait, and who hears about it.
+#[derive(Debug)]
+pub struct EmergencyOptions<'a> {
+    pub auth: Option<&'a PullAuth>,
+    pub reason: Option<&'a str>,
+    pub timeout: Duration,
+    pub notify: &'a crate::settings::NotifySection,
+    pub scope: String,
+    pub repository: String,
 }
 
 /// `repo:tag@sha256:abcdef…` shortened for messages.
@@ -423,13 +360,13 @@ fn short_image(image: &str) -> String {
 
 /// A failed validation and the failing task's last lines.
 #[derive(Debug)]
-pub struct Failed {
+pub struct NotConverged {
     pub invalid: Invalid,
     pub logs: Vec<String>,
 }
 
-fn invalid(why: String) -> Failed {
-    Failed {
+fn invalid(why: String) -> NotConverged {
+    NotConverged {
         invalid: Invalid {
             why,
             container: None,
@@ -451,7 +388,7 @@ async fn wait_converged(
     expected: Option<&str>,
     timeout: Duration,
     mut progress: impl FnMut(&str),
-) -> Result<(), Failed> {
+) -> Result<(), NotConverged> {
     let start = Instant::now();
     let deadline = start + timeout;
     let http = validate::http_client();
@@ -496,7 +433,7 @@ async fn wait_converged(
             if let Some(t) = failed {
                 why.push_str(&format!("; task {} on {}: {}", t.name, t.node, ended(t)));
             }
-            return Err(Failed {
+            return Err(NotConverged {
                 invalid: Invalid {
                     why,
                     container: None,
@@ -507,7 +444,7 @@ async fn wait_converged(
         }
         if let Some(t) = tasks.iter().find(|t| is_failed_on(t, digest)) {
             let logs = engine.task_logs_tail(&t.id, 20).await;
-            return Err(Failed {
+            return Err(NotConverged {
                 invalid: Invalid {
                     why: format!("task {} on {} failed: {}", t.name, t.node, ended(t)),
                     container: Some(t.name.clone()),
@@ -572,7 +509,7 @@ async fn wait_converged(
         if Instant::now() >= deadline {
             let limit = crate::domain::duration::format(timeout);
             if probed && !probe_reached {
-                return Err(Failed {
+                return Err(NotConverged {
                     invalid: Invalid {
                         why: format!(
                             "the probe never reached anything within {limit} ({last_status}); the tasks ran; \
@@ -721,20 +658,6 @@ pub async fn check_now(
 }
 
 /// A task seen as a container (what version checks and reports read).
-fn task_container(t: &TaskView) -> ContainerView {
-    ContainerView {
-        name: t.name.clone(),
-        id: t.container_id.clone().unwrap_or_else(|| t.id.clone()),
-        image_ref: t.image.clone(),
-        image_id: String::new(),
-        state: t.state.clone(),
-        health: None,
-        restart_count: 0,
-        labels: t.labels.clone(),
-        env: t.env.clone(),
-    }
-}
-
 /// Watches a service that validated for `duration`: a task that fails or leaves the digest, or
 /// a failed probe, ends the soak with the reason.
 pub async fn soak(
@@ -929,9 +852,9 @@ pub async fn emergency(
     journal: &Journal,
     printer: &Printer,
     plan: &SwarmPlan,
-    opts: &SwapOptions<'_>,
+    opts: &EmergencyOptions<'_>,
 ) -> anyhow::Result<SwapReport> {
-    let (auth, reason, wait) = (opts.auth, opts.reason, opts.health.timeout);
+    let (auth, reason, wait) = (opts.auth, opts.reason, opts.timeout);
     let started = Instant::now();
     let base = Record {
         target: Some(plan.target.clone()),
@@ -976,16 +899,16 @@ pub async fn emergency(
     };
     let record = finish(Outcome::Ok, detail.clone());
     journal.append(&record)?;
-    crate::ops::swap::announce(
-        journal,
-        printer,
+    let event = crate::ops::notify::Event::of(
         &base,
-        opts,
+        opts.scope.clone(),
+        opts.repository.clone(),
         Outcome::Ok,
         detail.clone(),
         record.duration_ms,
-    )
-    .await;
+    );
+    let sent = crate::ops::notify::send(opts.notify, &event).await;
+    crate::ops::notify::note_delivery(journal, printer, &base, sent);
     Ok(SwapReport {
         op: Operation::Emergency,
         target: plan.target.clone(),
@@ -1004,6 +927,8 @@ pub async fn emergency(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::docker::ContainerView;
+    use crate::ops::deployed::tag_of;
 
     #[test]
     fn tags_are_read_from_pinned_and_plain_references() {
