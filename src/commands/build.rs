@@ -61,7 +61,10 @@ pub async fn run(app: &App<'_>, args: &BuildArgs) -> anyhow::Result<()> {
     let tag = docker_tag(&version).map_err(|e| anyhow::anyhow!("build: {e}"))?;
     let commit = repo.head()?;
     let registry = app.registry()?;
-    let engine = app.engine().await?;
+    // On a fleet, the first host (in lock order) builds, as a rebuild from Git does.
+    let (hosts, _) = app.hosts(None, false).await?;
+    let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+    let engine = &hosts[crate::domain::fleet::lock_order(&addresses)[0]].engine;
     let name = registry.name();
     let mut l = labels(&version, &commit, repo.origin());
     if !dirty.is_empty() {

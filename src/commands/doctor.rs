@@ -20,7 +20,7 @@ use crate::ops::doctor::{self as checks, Finding, Mark};
 use crate::ops::mark::{local_lkg_reference, registry_repository};
 use crate::ops::{catalog::Catalog, deployed, resolve, validate};
 use crate::output::{Report, escape, render_table, table};
-use crate::settings::{Project, RegistryKind};
+use crate::settings::{Project, RegistryKind, Settings};
 
 #[derive(Debug, Serialize)]
 struct DoctorReport {
@@ -38,6 +38,47 @@ fn said(e: &anyhow::Error) -> (String, Option<String>) {
 }
 
 pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
+    if !app.is_fleet() {
+        let report = checks_of(app).await?;
+        return conclude(app, vec![(String::new(), report)]);
+    }
+    // A fleet: every check on each host, as `--hosts HOST` would run them, all at once.
+    let target = app.target()?;
+    let per_host: Vec<(String, Settings)> = target
+        .hosts
+        .iter()
+        .filter_map(|h| Some((h.address.clone(), app.settings.for_host(&h.address)?)))
+        .collect();
+    let runs = per_host.iter().map(|(address, settings)| async move {
+        let one = App::new(settings);
+        (address.clone(), checks_of(&one).await)
+    });
+    let mut reports = Vec::new();
+    for (address, report) in futures::future::join_all(runs).await {
+        reports.push((
+            address.clone(),
+            report.map_err(|e| e.context(format!("check {address}")))?,
+        ));
+    }
+    conclude(app, reports)
+}
+
+/// Prints the checks (of each host) and fails when any check failed.
+fn conclude(app: &App<'_>, reports: Vec<(String, DoctorReport)>) -> anyhow::Result<()> {
+    let total: usize = reports.iter().map(|(_, r)| r.checks.len()).sum();
+    let failing: usize = reports
+        .iter()
+        .map(|(_, r)| r.checks.iter().filter(|c| c.mark == Mark::Fail).count())
+        .sum();
+    app.report_per_host(reports.into_iter().map(|(h, r)| (h, Ok(r))).collect())?;
+    if failing > 0 {
+        return Err(Failure::ChecksFailed { failing, total }.into());
+    }
+    Ok(())
+}
+
+/// Every check against one host's engine and state.
+async fn checks_of(app: &App<'_>) -> anyhow::Result<DoctorReport> {
     let project = app.project()?;
     let mut f: Vec<Finding> = Vec::new();
 
@@ -244,16 +285,11 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         },
     }
 
-    let total = f.len();
     let failing = f.iter().filter(|c| c.mark == Mark::Fail).count();
-    app.printer.report(&DoctorReport {
+    Ok(DoctorReport {
         healthy: failing == 0,
         checks: f,
-    })?;
-    if failing > 0 {
-        return Err(Failure::ChecksFailed { failing, total }.into());
-    }
-    Ok(())
+    })
 }
 
 /// Free space where the engine keeps images and containers.

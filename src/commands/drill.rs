@@ -5,11 +5,13 @@
 use serde::Serialize;
 
 use super::App;
+use crate::adapters::registry::Registry;
 use crate::cli::DrillArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history;
 use crate::error::Failure;
 use crate::ops::drill::{self, DrillSetup, Rehearsal};
+use crate::ops::fleet::Host;
 use crate::ops::{catalog::Catalog, deployed, guard, interrupt, resolve};
 use crate::output::{Report, escape, render_table, table};
 
@@ -32,24 +34,61 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
         && target.kind == crate::settings::TargetKind::Swarm
     {
         return Err(crate::error::Failure::Usage(format!(
-            "rehearse {}: not built yet for Swarm services; `backtrack validate` checks what runs, and a failed deploy is reverted by itself",
+            "rehearse {}: a drill copies a container beside production, and a Swarm service's tasks \
+             belong to Swarm; `backtrack validate` checks what runs, and a failed deploy of a service \
+             is reverted by itself",
             target.display()
         ))
         .into());
     }
-    let project = app.project()?;
-    let target = app.target()?;
     let registry = app.registry()?;
-    let journal = app.journal()?;
     let selectors: Vec<String> = if args.selectors.is_empty() {
         DEFAULT_SELECTORS.iter().map(|s| s.to_string()).collect()
     } else {
         args.selectors.clone()
     };
     // One drill at a time per target (the scratch copy has one name), and none during a swap.
-    let _lock = app.lock_unless(false, &format!("backtrack drill {}", selectors.join(" ")))?;
-    let engine = app.engine().await?;
+    let command = format!("backtrack drill {}", selectors.join(" "));
+    let (hosts, _) = app.hosts(Some(&command), false).await?;
     interrupt::install();
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let rehearsed = hosts.iter().map(|h| {
+        let (registry, catalog, selectors) = (registry.as_ref(), &catalog, &selectors);
+        async move {
+            (
+                h.address.clone(),
+                drill_host(app, h, registry, catalog, selectors, args).await,
+            )
+        }
+    });
+    let results = futures::future::join_all(rehearsed).await;
+    let (total, failing) = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|r| &r.candidates)
+        .fold((0, 0), |(t, f), c| (t + 1, f + usize::from(!c.ready)));
+    app.report_per_host(results)?;
+    if interrupt::requested() {
+        return Err(Failure::Interrupted.into());
+    }
+    if failing > 0 {
+        return Err(Failure::DrillFailed { failing, total }.into());
+    }
+    Ok(())
+}
+
+/// Rehearses every selector on one host, beside what runs there.
+async fn drill_host(
+    app: &App<'_>,
+    host: &Host,
+    registry: &dyn Registry,
+    catalog: &Catalog,
+    selectors: &[String],
+    args: &DrillArgs,
+) -> anyhow::Result<DrillReport> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let (engine, journal) = (&host.engine, &host.journal);
     let records = journal.read()?;
     if !history::open_operations(&records).is_empty() {
         app.printer.note(
@@ -58,7 +97,7 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
         );
     }
     let ops = history::operations(&records);
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let current = deployed::read(engine, target, &registry.name()).await?;
     let Some(production) = current.first() else {
         anyhow::bail!("rehearse on {}: it has no container", target.display());
     };
@@ -70,24 +109,14 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
             production.container.name
         ));
     }
-    let catalog = Catalog::load(registry.as_ref()).await?;
-    let floor = guard::floor(&engine, &current).await;
+    let floor = guard::floor(engine, &current).await;
 
     // Each selector to an image; two selectors naming one digest are rehearsed once.
     // Rows keep the order the selectors were given in (by the first selector naming the image).
     let mut rows: Vec<(usize, Rehearsal)> = Vec::new();
     let mut todo: Vec<(usize, Digest, Vec<String>, crate::domain::image::ImageRef)> = Vec::new();
     for (i, s) in selectors.iter().enumerate() {
-        match resolve::resolve(
-            registry.as_ref(),
-            &catalog,
-            s,
-            &ops,
-            Some(&production.image),
-            &project.lkg_tag(),
-        )
-        .await
-        {
+        match resolve::resolve(registry, catalog, s, &ops, Some(&production.image), &project.lkg_tag()).await {
             Ok(chosen) => match todo.iter_mut().find(|(_, d, _, _)| *d == chosen.digest) {
                 Some((_, _, names, _)) => names.push(s.clone()),
                 None => todo.push((i, chosen.digest, vec![s.clone()], chosen.image)),
@@ -101,8 +130,8 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
         Some(registry.pull_auth().await?)
     };
     let setup = DrillSetup {
-        engine: &engine,
-        journal: &journal,
+        engine,
+        journal,
         printer: &app.printer,
         auth: auth.as_ref(),
         health: &project.health,
@@ -133,23 +162,13 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
     }
     rows.sort_by_key(|(i, _)| *i);
     let rows: Vec<Rehearsal> = rows.into_iter().map(|(_, r)| r).collect();
-    let ready = rows.iter().all(|r| r.ready);
-    let total = rows.len();
-    let failing = rows.iter().filter(|r| !r.ready).count();
-    app.printer.report(&DrillReport {
+    Ok(DrillReport {
         target: target.display(),
         container: production.container.name.clone(),
         running: Some(production.image.display()),
-        ready,
+        ready: rows.iter().all(|r| r.ready),
         candidates: rows,
-    })?;
-    if interrupt::requested() {
-        return Err(Failure::Interrupted.into());
-    }
-    if !ready {
-        return Err(Failure::DrillFailed { failing, total }.into());
-    }
-    Ok(())
+    })
 }
 
 fn seconds(ms: Option<u64>) -> String {

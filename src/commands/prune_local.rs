@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::App;
+use crate::adapters::registry::Registry;
 use crate::cli::PruneArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history;
 use crate::domain::image::{human_size, is_lkg_tag};
 use crate::domain::local_retention::{self, LocalDecision, LocalFacts, LocalImage};
 use crate::error::Failure;
+use crate::ops::fleet::Host;
 use crate::ops::mark::registry_repository;
 use crate::ops::{catalog::Catalog, deployed, warm};
 use crate::output::{Report, confirm, escape, render_table, table};
@@ -35,22 +37,16 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         && target.kind == crate::settings::TargetKind::Swarm
     {
         return Err(crate::error::Failure::Usage(format!(
-            "prune the local images of {}: not built yet for Swarm services (the images are on each node); `docker image prune` on a node does it by hand",
+            "prune the local images of {}: a Swarm service's images are on each node's engine, and \
+             backtrack reaches only the manager; `docker image prune` on a node does it by hand",
             target.display()
         ))
         .into());
     }
-    let project = app.project()?;
-    let target = app.target()?;
     let registry = app.registry()?;
-    let _lock = app.lock_unless(args.dry_run, "backtrack prune --local")?;
-    let engine = app.engine().await?;
-    let ops = history::operations(&app.journal()?.read()?);
-    let repo = registry_repository(registry.as_ref());
-    let names = [registry.name(), format!("backtrack/{repo}")];
-    let listed = engine.images_of(&names).await?;
-    let users = engine.image_users().await?;
-
+    let (hosts, _) = app
+        .hosts((!args.dry_run).then_some("backtrack prune --local"), false)
+        .await?;
     // What the registry says the pointers and candidates are; with the registry down, nothing is
     // removed (a candidate could not be told from the rest).
     let catalog = Catalog::load(registry.as_ref()).await?;
@@ -60,10 +56,90 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             pointers.insert(d, tag.clone());
         }
     }
-    let current = deployed::read(&engine, target, &registry.name()).await?;
+    let planned = hosts.iter().map(|h| {
+        let (registry, catalog, pointers) = (registry.as_ref(), &catalog, &pointers);
+        async move { plan_host(app, h, registry, catalog, pointers, args.dry_run).await }
+    });
+    let mut reports = Vec::new();
+    for (h, planned) in hosts.iter().zip(futures::future::join_all(planned).await) {
+        let report = if app.is_fleet() {
+            planned.map_err(|e| e.context(format!("plan the removals on {}", h.address)))?
+        } else {
+            planned?
+        };
+        reports.push(report);
+    }
+    let removing: usize = reports.iter().map(|r| r.removed).sum();
+    if args.dry_run || removing == 0 {
+        return app.report_per_host(
+            hosts
+                .iter()
+                .map(|h| h.address.clone())
+                .zip(reports.into_iter().map(Ok))
+                .collect(),
+        );
+    }
+    if !app.settings.yes {
+        for r in &reports {
+            app.printer.note(r.human());
+        }
+        let on = reports.iter().map(|r| r.host.as_str()).collect::<Vec<_>>().join(", ");
+        let q = format!("Remove {removing} images from {on}?");
+        if !confirm(&app.printer, &q, "confirm the removals")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    let removals = hosts.iter().zip(reports.iter_mut()).map(|(h, report)| async move {
+        for d in report.decisions.iter().filter(|d| !d.keep) {
+            for r in &d.refs {
+                if let Err(e) = h.engine.remove_reference(r).await {
+                    report.failed.push((r.clone(), e.to_string()));
+                }
+            }
+        }
+    });
+    futures::future::join_all(removals).await;
+    let failed: usize = reports.iter().map(|r| r.failed.len()).sum();
+    app.report_per_host(
+        hosts
+            .iter()
+            .map(|h| h.address.clone())
+            .zip(reports.into_iter().map(Ok))
+            .collect(),
+    )?;
+    if failed > 0 {
+        return Err(Failure::Partial {
+            done: removing.saturating_sub(failed),
+            total: removing,
+            failed,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What `prune --local` would keep and remove on one host, with a reason for each.
+async fn plan_host(
+    app: &App<'_>,
+    host: &Host,
+    registry: &dyn Registry,
+    catalog: &Catalog,
+    pointers: &BTreeMap<Digest, String>,
+    dry_run: bool,
+) -> anyhow::Result<LocalReport> {
+    let project = app.project()?;
+    let target = app.target()?;
+    let engine = &host.engine;
+    let ops = history::operations(&host.journal.read()?);
+    let repo = registry_repository(registry);
+    let names = [registry.name(), format!("backtrack/{repo}")];
+    let listed = engine.images_of(&names).await?;
+    let users = engine.image_users().await?;
+
+    let current = deployed::read(engine, target, &registry.name()).await?;
     let cands = warm::candidates(
-        registry.as_ref(),
-        &catalog,
+        registry,
+        catalog,
         &ops,
         current.first().map(|d| &d.image),
         &project.lkg_tag(),
@@ -107,48 +183,19 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         in_use: users.into_iter().collect(),
         recent,
         local_keep: project.local_keep,
-        pointers,
+        pointers: pointers.clone(),
         candidates,
     };
     let decisions = local_retention::plan(&images, &facts);
-    let mut report = LocalReport {
-        dry_run: args.dry_run,
+    Ok(LocalReport {
+        dry_run,
         host: engine.host().to_string(),
         kept: decisions.iter().filter(|d| d.keep).count(),
         removed: decisions.iter().filter(|d| !d.keep).count(),
         bytes_freed: decisions.iter().filter(|d| !d.keep).map(|d| d.size).sum(),
         decisions,
         failed: Vec::new(),
-    };
-    if args.dry_run || report.removed == 0 {
-        return app.printer.report(&report);
-    }
-    if !app.settings.yes {
-        app.printer.note(report.human());
-        let q = format!("Remove {} images from {}?", report.removed, report.host);
-        if !confirm(&app.printer, &q, "confirm the removals")? {
-            return Err(Failure::Cancelled.into());
-        }
-    }
-    for d in report.decisions.iter().filter(|d| !d.keep) {
-        for r in &d.refs {
-            if let Err(e) = engine.remove_reference(r).await {
-                report.failed.push((r.clone(), e.to_string()));
-            }
-        }
-    }
-    let failed = report.failed.len();
-    let total = report.removed;
-    app.printer.report(&report)?;
-    if failed > 0 {
-        return Err(Failure::Partial {
-            done: total.saturating_sub(failed),
-            total,
-            failed,
-        }
-        .into());
-    }
-    Ok(())
+    })
 }
 
 impl Report for LocalReport {

@@ -5,11 +5,13 @@
 use serde::Serialize;
 
 use super::App;
+use crate::adapters::registry::Registry;
 use crate::cli::WarmArgs;
 use crate::domain::history;
+use crate::ops::fleet::Host;
 use crate::ops::warm::{self, Readiness};
 use crate::ops::{catalog::Catalog, deployed};
-use crate::output::{Progress, Report, render_table, table};
+use crate::output::{Report, render_table, table};
 
 #[derive(Debug, Serialize)]
 struct WarmReport {
@@ -22,21 +24,60 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
         && target.kind == crate::settings::TargetKind::Swarm
     {
         return Err(crate::error::Failure::Usage(format!(
-            "warm the nodes of {}: not built yet; Swarm pulls on each node as it places a task (`docker pull IMAGE` on a node warms it by hand)",
+            "warm the nodes of {}: a Swarm service's images are pulled by each node's engine as Swarm \
+             places a task, and backtrack reaches only the manager; `docker pull IMAGE` on a node warms it by hand",
             target.display()
         ))
         .into());
     }
+    let registry = app.registry()?;
+    let limit = crate::domain::duration::parse_wait(&args.timeout)?;
+    let (hosts, _) = app.hosts(None, false).await?;
+    let catalog = Catalog::load(registry.as_ref()).await?;
+    let warmed = hosts.iter().map(|h| {
+        let (registry, catalog) = (registry.as_ref(), &catalog);
+        async move {
+            (
+                h.address.clone(),
+                warm_host(app, h, registry, catalog, args, limit).await,
+            )
+        }
+    });
+    let results = futures::future::join_all(warmed).await;
+    let (total, failed) = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|r| &r.candidates)
+        .fold((0, 0), |(t, f), c| (t + 1, f + usize::from(c.error.is_some())));
+    app.report_per_host(results)?;
+    if failed > 0 {
+        return Err(crate::error::Failure::Partial {
+            done: total - failed,
+            total,
+            failed,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Pulls one host's rollback candidates (they depend on its history and what it runs).
+async fn warm_host(
+    app: &App<'_>,
+    host: &Host,
+    registry: &dyn Registry,
+    catalog: &Catalog,
+    args: &WarmArgs,
+    limit: std::time::Duration,
+) -> anyhow::Result<WarmReport> {
     let project = app.project()?;
     let target = app.target()?;
-    let registry = app.registry()?;
-    let engine = app.engine().await?;
-    let ops = history::operations(&app.journal()?.read()?);
-    let current = deployed::read(&engine, target, &registry.name()).await?;
-    let catalog = Catalog::load(registry.as_ref()).await?;
+    let engine = &host.engine;
+    let ops = history::operations(&host.journal.read()?);
+    let current = deployed::read(engine, target, &registry.name()).await?;
     let cands = warm::candidates(
-        registry.as_ref(),
-        &catalog,
+        registry,
+        catalog,
         &ops,
         current.first().map(|d| &d.image),
         &project.lkg_tag(),
@@ -50,31 +91,17 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
             project.lkg_tag()
         );
     }
-    let limit = crate::domain::duration::parse_wait(&args.timeout)?;
-    let progress = Progress::new(
-        &app.printer,
-        &format!(
-            "pulling {} onto {}",
-            cands.iter().map(|c| c.image.display()).collect::<Vec<_>>().join(", "),
-            engine.host()
-        ),
-    );
-    let done = warm::warm(&engine, registry.as_ref(), &cands, limit).await;
+    let progress = app.progress(&format!(
+        "pulling {} onto {}",
+        cands.iter().map(|c| c.image.display()).collect::<Vec<_>>().join(", "),
+        engine.host()
+    ));
+    let done = warm::warm(engine, registry, &cands, limit).await;
     progress.finish("done");
-    let failed = done.iter().filter(|r| r.error.is_some()).count();
-    app.printer.report(&WarmReport {
+    Ok(WarmReport {
         target: target.display(),
         candidates: done,
-    })?;
-    if failed > 0 {
-        return Err(crate::error::Failure::Partial {
-            done: cands.len() - failed,
-            total: cands.len(),
-            failed,
-        }
-        .into());
-    }
-    Ok(())
+    })
 }
 
 impl Report for WarmReport {

@@ -249,6 +249,32 @@ impl ProjectError {
 }
 
 impl Settings {
+    /// The same run on one host of a fleet: what `--hosts ADDRESS` resolves to (a plain
+    /// single-host target on that host's engine, with that host's state). `None` when the target
+    /// has no such host.
+    pub fn for_host(&self, address: &str) -> Option<Settings> {
+        let mut project = self.project.as_ref().ok()?.clone();
+        let target = project.target.as_mut()?;
+        let host = target.hosts.iter().find(|h| h.address == address)?.clone();
+        target.hosts.clear();
+        target.host = Some(host.address.clone());
+        target.engine_id = host.address.clone();
+        project.engine = Some(host.engine);
+        project.engine_tls = host.tls;
+        project.state_dir = host.state_dir;
+        project.remote_state = host.remote_state;
+        Some(Settings {
+            output: self.output,
+            yes: self.yes,
+            verbose: self.verbose,
+            interactive: self.interactive,
+            state_root: self.state_root.clone(),
+            cache_dir: self.cache_dir.clone(),
+            ssh: self.ssh.clone(),
+            project: Ok(project),
+        })
+    }
+
     /// Resolves arguments + environment + config. Config problems are kept and reported by the
     /// commands that need the config, so `completions` and `policy check` work anywhere.
     pub fn resolve(global: &GlobalArgs) -> Self {

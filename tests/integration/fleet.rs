@@ -622,3 +622,147 @@ fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
         app.journal(H3, &t)
     );
 }
+
+/// Regression: the migration guard was never checked on a fleet, so a rollback below a schema
+/// migration went through on every host.
+#[test]
+fn fleet_rollback_below_the_migration_floor_is_refused_unless_forced_with_a_reason() {
+    require_fleet();
+    let repo = Repo::new("fleetguard");
+    repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0").label("io.backtrack.min-rollback", "1.1.0"));
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.1.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+
+    let run = t.exec(["rollback", "v1.0.0", "--yes"]).code(2);
+    assert!(
+        run.stderr.contains("io.backtrack.min-rollback = \"1.1.0\"") && run.stderr.contains("--force --reason"),
+        "{}",
+        run.stderr
+    );
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h} must not move below the floor");
+    }
+    t.exec(["rollback", "v1.0.0", "--yes", "--force"]).code(2);
+    let run = t
+        .exec(["rollback", "v1.0.0", "--yes", "--force", "--reason", "schema verified"])
+        .success();
+    assert!(run.stderr.contains("going below the migration floor"), "{}", run.stderr);
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+        assert!(
+            app.journal(h, &t).contains("schema verified"),
+            "{h}: {}",
+            app.journal(h, &t)
+        );
+    }
+}
+
+/// `--mark-good --soak`, `warm`, `drill` and `prune --local` act on every host of a fleet, as on
+/// one host (they were ignored or refused as "not built yet").
+#[test]
+fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
+    let repo = pushed("fleetflags");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+
+    let run = t
+        .exec(["deploy", "v1.1.0", "--yes", "--mark-good", "--soak", "1s"])
+        .success();
+    assert!(run.stderr.contains("stayed healthy"), "{}", run.stderr);
+    assert_eq!(
+        repo.tag_digest("last_known_good"),
+        repo.tag_digest("v1.1.0"),
+        "the pointer moved"
+    );
+    let ids: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let journal = app.journal(h, &t);
+            let line = journal
+                .lines()
+                .find(|l| l.contains("\"mark-good\""))
+                .unwrap_or_default()
+                .to_string();
+            serde_json::from_str::<serde_json::Value>(&line)
+                .map(|r| r["id"].to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        !ids[0].is_empty() && ids[0] == ids[1],
+        "one mark-good in every host's journal: {ids:?}"
+    );
+
+    // warm: the previous version is gone from bt-h3; warm pulls it there, and finds it on bt-h2.
+    let previous = format!("{}@{}", repo.image(), repo.tag_digest("v1.0.0").unwrap());
+    let id = on(H3, &["image", "inspect", "-f", "{{.Id}}", &previous]);
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(
+        on(H3, &["rmi", "-f", &id]).status.success(),
+        "remove {previous} from bt-h3"
+    );
+    let warm = t.exec(["warm", "--output", "json"]).success().json();
+    let per_host = warm["hosts"].as_array().unwrap();
+    assert_eq!(per_host.len(), 2, "{warm}");
+    for h in per_host {
+        let previous = h["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == "previous")
+            .unwrap_or_else(|| panic!("no previous candidate: {warm}"));
+        assert_eq!(previous["image"]["version"], "1.0.0", "{warm}");
+        let pulled = !previous["pulled_ms"].is_null();
+        assert_eq!(pulled, h["host"] == H3, "pulled only where it was missing: {warm}");
+    }
+    assert!(
+        on(H3, &["image", "inspect", &previous]).status.success(),
+        "bt-h3 has it again"
+    );
+
+    // drill: each host rehearses beside its own production container.
+    let drill = t.exec(["drill", "previous", "--output", "json"]).success().json();
+    let per_host = drill["hosts"].as_array().unwrap();
+    assert_eq!(per_host.len(), 2, "{drill}");
+    for h in per_host {
+        assert_eq!(h["ready"], true, "{drill}");
+        assert_eq!(h["running"], "1.1.0", "{drill}");
+    }
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}: production untouched by the drill");
+    }
+
+    // prune --local: a plan per host, keeping what runs and the candidates.
+    let plan = t
+        .exec(["prune", "--local", "--dry-run", "--output", "json"])
+        .success()
+        .json();
+    let per_host = plan["hosts"].as_array().unwrap();
+    assert_eq!(per_host.len(), 2, "{plan}");
+    for h in per_host {
+        let kept: Vec<String> = h["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["keep"] == true)
+            .flat_map(|d| {
+                d["refs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+            })
+            .collect();
+        for v in ["v1.0.0", "v1.1.0"] {
+            let digest = repo.tag_digest(v).unwrap();
+            assert!(
+                kept.iter().any(|r| r.ends_with(&digest)),
+                "{v} kept on {}: {plan}",
+                h["host"]
+            );
+        }
+    }
+}

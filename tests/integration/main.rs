@@ -14,6 +14,7 @@ mod prune;
 mod rebuild;
 mod remote;
 mod remote_tls;
+mod same_everywhere;
 mod state;
 mod swap;
 mod swarm;
