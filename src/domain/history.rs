@@ -380,11 +380,11 @@ fn before_first_move(from: &ImageRef) -> Option<ImageRef> {
 /// The stack starts with what ran before the first move that completed (its `from`): a container
 /// started by hand or by compose on 1.0.0 and deployed to 1.2.0 rolls back to 1.0.0, whatever
 /// else the registry holds. Moves that failed or were reverted before it left that image running,
-/// so the first completed one names it (and a change by hand in between too). Known by its
-/// digest alone (a non-version tag, or started by digest) it is still the bottom, and `previous`
-/// goes to that digest; with neither version nor digest there is no bottom, and `previous` falls
-/// back to the next lower version as with no history. A first move that is a rollback or an
-/// emergency pops it like any other: the image it left is rolled back from.
+/// so the first completed one names it, and also names what a hand change in between put there.
+/// Known by its digest alone (a non-version tag, or started by digest) it is still the bottom,
+/// and `previous` goes to that digest; with neither version nor digest there is no bottom, and
+/// `previous` falls back to the next lower version as with no history. A first move that is a
+/// rollback or an emergency pops it like any other: the image it left is rolled back from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Undo {
     /// Bottom first; each version once, where it was last put.
