@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::image::ImageRef;
+use super::version::parse_version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -346,47 +347,87 @@ fn key(r: &ImageRef) -> Option<String> {
     r.version.clone().or_else(|| r.digest.as_ref().map(ToString::to_string))
 }
 
+/// Every key `r` can be known by: its version and its digest. An image a container was started
+/// on by hand may be known by its digest alone, and later by its version too.
+fn keys(r: &ImageRef) -> impl Iterator<Item = String> + '_ {
+    r.version
+        .iter()
+        .cloned()
+        .chain(r.digest.iter().map(ToString::to_string))
+}
+
+/// Whether two references name the same image: the same version, or the same digest.
+fn same(a: &ImageRef, b: &ImageRef) -> bool {
+    (a.version.is_some() && a.version == b.version) || (a.digest.is_some() && a.digest == b.digest)
+}
+
+/// What ran before backtrack's first move, as the bottom of the undo stack: the `from` of that
+/// move, when it names a version or a digest. A tag that is no version (`latest`, `main`) is
+/// dropped: it has moved since, and the digest is what ran.
+fn before_first_move(from: &ImageRef) -> Option<ImageRef> {
+    key(from)?;
+    Some(ImageRef {
+        tag: from.tag.clone().filter(|t| parse_version(t).is_some()),
+        ..from.clone()
+    })
+}
+
 /// The undo stack behind `previous`: a deploy pushes the version it put in place, a rollback
 /// (or an emergency) pops back to the version it went to. Versions popped by a rollback, and the
 /// version a rollback left, are "rolled back from": `previous` skips them until they are deployed
 /// again, so two rollbacks in a row go further back instead of forward again.
+///
+/// The stack starts with what ran before the first move that completed (its `from`): a container
+/// started by hand or by compose on 1.0.0 and deployed to 1.2.0 rolls back to 1.0.0, whatever
+/// else the registry holds. Moves that failed or were reverted before it left that image running,
+/// so the first completed one names it, and also names what a hand change in between put there.
+/// Known by its digest alone (a non-version tag, or started by digest) it is still the bottom,
+/// and `previous` goes to that digest; with neither version nor digest there is no bottom, and
+/// `previous` falls back to the next lower version as with no history. A first move that is a
+/// rollback or an emergency pops it like any other: the image it left is rolled back from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Undo {
     /// Bottom first; each version once, where it was last put.
     pub stack: Vec<ImageRef>,
+    /// Versions and digests (`keys`) that `previous` skips.
     pub rolled_back_from: HashSet<String>,
 }
 
 pub fn undo(ops: &[OperationView]) -> Undo {
     let mut u = Undo::default();
+    let mut first = true;
     for op in ops {
         if !op.op.moves_target() || op.result != Some(Outcome::Ok) {
             continue;
         }
-        let Some(to) = &op.to else { continue };
-        let Some(to_key) = key(to) else { continue };
+        let Some(to) = op.to.as_ref().filter(|t| key(t).is_some()) else {
+            continue;
+        };
+        if std::mem::take(&mut first) {
+            u.stack.extend(op.from.as_ref().and_then(before_first_move));
+        }
         match op.op {
             Operation::Deploy => {
-                u.stack.retain(|r| key(r).as_deref() != Some(to_key.as_str()));
+                u.stack.retain(|r| !same(r, to));
                 u.stack.push(to.clone());
             }
             _ => {
-                if let Some(from) = op.from.as_ref().and_then(key)
-                    && from != to_key
+                if let Some(from) = &op.from
+                    && !same(from, to)
                 {
-                    u.rolled_back_from.insert(from);
+                    u.rolled_back_from.extend(keys(from));
                 }
-                match u.stack.iter().rposition(|r| key(r).as_deref() == Some(to_key.as_str())) {
+                match u.stack.iter().rposition(|r| same(r, to)) {
                     Some(at) => {
                         for popped in u.stack.drain(at + 1..) {
-                            u.rolled_back_from.extend(key(&popped));
+                            u.rolled_back_from.extend(keys(&popped));
                         }
                         // The stack keeps what was recorded at the deploy, refreshed by this op.
                         u.stack[at] = to.clone();
                     }
                     None => {
                         if let Some(top) = u.stack.last()
-                            && op.from.as_ref().and_then(key) == key(top)
+                            && op.from.as_ref().is_some_and(|f| same(f, top))
                         {
                             u.stack.pop();
                         }
@@ -395,28 +436,31 @@ pub fn undo(ops: &[OperationView]) -> Undo {
                 }
             }
         }
-        u.rolled_back_from.remove(&to_key);
+        for k in keys(to) {
+            u.rolled_back_from.remove(&k);
+        }
     }
     u
 }
 
-/// What `previous` must skip: versions whose last validation failed, and versions rolled back
-/// from (until deployed again).
+/// What `previous` must skip: versions whose last validation failed, and versions (or digests)
+/// rolled back from (until deployed again).
 pub fn skipped_by_previous(ops: &[OperationView]) -> HashSet<String> {
     let mut out = failed_versions(ops);
     out.extend(undo(ops).rolled_back_from);
     out
 }
 
-/// `previous`: undo. The version below the current one on the undo stack, skipping versions whose
-/// validation failed and versions rolled back from. `None` when the journal has no such version
+/// `previous`: undo. The image below `current` on the undo stack, skipping versions whose
+/// validation failed and versions rolled back from. `None` when the journal has no such image
 /// (the caller then takes the next lower version).
-pub fn previous(ops: &[OperationView], current_version: Option<&str>) -> Option<ImageRef> {
+pub fn previous(ops: &[OperationView], current: Option<&ImageRef>) -> Option<ImageRef> {
     let skip = skipped_by_previous(ops);
-    undo(ops).stack.into_iter().rev().find(|r| {
-        let v = r.version.as_deref();
-        v != current_version && !key(r).is_some_and(|k| skip.contains(&k))
-    })
+    undo(ops)
+        .stack
+        .into_iter()
+        .rev()
+        .find(|r| !current.is_some_and(|c| same(r, c)) && !keys(r).any(|k| skip.contains(&k)))
 }
 
 /// The operation that last put something on the target and completed: what should run there
@@ -430,6 +474,7 @@ pub fn last_committed(ops: &[OperationView]) -> Option<&OperationView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::digest::Digest;
 
     fn rec(id: &str, op: Operation, phase: Phase, to: &str, result: Option<Outcome>) -> Record {
         Record {
@@ -505,7 +550,11 @@ mod tests {
         ];
         for (history, current, want) in cases {
             let records: Vec<Record> = history.iter().flat_map(|(id, v, o)| deploy(id, v, *o)).collect();
-            let got = previous(&operations(&records), *current);
+            let current = current.map(|v| ImageRef {
+                version: Some(v.into()),
+                ..Default::default()
+            });
+            let got = previous(&operations(&records), current.as_ref());
             assert_eq!(
                 got.and_then(|r| r.version).as_deref(),
                 *want,
@@ -514,13 +563,15 @@ mod tests {
         }
     }
 
+    /// A version as the journal records it; "" is nothing (no container ran).
+    fn v(s: &str) -> Option<ImageRef> {
+        (!s.is_empty()).then(|| ImageRef {
+            version: Some(s.into()),
+            ..Default::default()
+        })
+    }
+
     fn moved(id: &str, op: Operation, from: &str, to: &str, result: Outcome) -> Vec<Record> {
-        let v = |s: &str| {
-            Some(ImageRef {
-                version: Some(s.into()),
-                ..Default::default()
-            })
-        };
         let started = Record {
             from: v(from),
             to: v(to),
@@ -617,11 +668,188 @@ mod tests {
                 .flat_map(|(i, (op, from, to))| moved(&i.to_string(), *op, from, to, Outcome::Ok))
                 .collect();
             let ops = operations(&records);
-            let got = previous(&ops, Some(current)).and_then(|r| r.version);
+            let got = previous(&ops, v(current).as_ref()).and_then(|r| r.version);
             assert_eq!(got.as_deref(), *want, "steps {steps:?}");
             let mut rolled: Vec<String> = undo(&ops).rolled_back_from.into_iter().collect();
             rolled.sort();
             assert_eq!(rolled, *skipped, "steps {steps:?}");
+        }
+    }
+
+    /// An image in a short notation: `[TAG:][VERSION][@X]`, X one hex digit repeated into the
+    /// digest; "" is nothing.
+    fn img(s: &str) -> Option<ImageRef> {
+        if s.is_empty() {
+            return None;
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((rest, x)) => (rest, Some(Digest::parse(&format!("sha256:{}", x.repeat(64))).unwrap())),
+            None => (s, None),
+        };
+        let (tag, version) = match rest.split_once(':') {
+            Some((tag, version)) => (Some(tag.to_string()), version),
+            None => (None, rest),
+        };
+        Some(ImageRef {
+            tag,
+            version: (!version.is_empty()).then(|| version.to_string()),
+            digest,
+        })
+    }
+
+    /// The notation of `img`, back.
+    fn show(r: &ImageRef) -> String {
+        let tag = r.tag.as_ref().map(|t| format!("{t}:")).unwrap_or_default();
+        let digest = r
+            .digest
+            .as_ref()
+            .map(|d| format!("@{}", &d.to_string()["sha256:".len()..][..1]))
+            .unwrap_or_default();
+        format!("{tag}{}{digest}", r.version.as_deref().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_undo_stack_starts_with_what_ran_before_the_first_move() {
+        use Operation::{Deploy as D, Drill, Emergency as E, MarkGood, Rollback as R};
+        use Outcome::{Failed, Ok, Reverted, RolledBackAfterCrash, Unchanged};
+        type Step<'a> = (Operation, &'a str, &'a str, Outcome);
+        // history (op, from, to, result), current, expected previous (`img` notation)
+        type Case<'a> = (&'a str, &'a [Step<'a>], &'a str, Option<&'a str>);
+        let cases: &[Case] = &[
+            (
+                "started by hand on 1.0.0, deployed to 1.2.0 while 1.1.0 is in the registry",
+                &[(D, "1.0.0@a", "1.2.0@c", Ok)],
+                "1.2.0@c",
+                Some("1.0.0@a"),
+            ),
+            (
+                "the bottom stays below later deploys",
+                &[
+                    (D, "1.0.0", "1.1.0", Ok),
+                    (D, "1.1.0", "1.2.0", Ok),
+                    (R, "1.2.0", "1.1.0", Ok),
+                ],
+                "1.1.0",
+                Some("1.0.0"),
+            ),
+            (
+                "rolled back to it, there is nothing below",
+                &[(D, "1.0.0", "1.2.0", Ok), (R, "1.2.0", "1.0.0", Ok)],
+                "1.0.0",
+                None,
+            ),
+            (
+                "a first deploy that was reverted left it running",
+                &[(D, "1.0.0", "1.2.0", Reverted), (D, "1.0.0", "1.1.0", Ok)],
+                "1.1.0",
+                Some("1.0.0"),
+            ),
+            (
+                "a first deploy settled after a crash left it running",
+                &[(D, "1.0.0", "1.2.0", RolledBackAfterCrash), (D, "1.0.0", "1.1.0", Ok)],
+                "1.1.0",
+                Some("1.0.0"),
+            ),
+            (
+                "the first move that completed names what it replaced, a change by hand included",
+                &[(D, "1.0.0", "1.2.0", Failed), (D, "1.0.5", "1.2.0", Ok)],
+                "1.2.0",
+                Some("1.0.5"),
+            ),
+            (
+                "a first deploy that found it already there",
+                &[(D, "1.0.0", "1.0.0", Unchanged), (D, "1.0.0", "1.2.0", Ok)],
+                "1.2.0",
+                Some("1.0.0"),
+            ),
+            (
+                "a non-version tag: by digest, and the tag that moved since is dropped",
+                &[(D, "latest:@a", "1.2.0@c", Ok)],
+                "1.2.0@c",
+                Some("@a"),
+            ),
+            (
+                "a version tag is kept beside the digest",
+                &[(D, "v1.0.0:@a", "1.2.0@c", Ok)],
+                "1.2.0@c",
+                Some("v1.0.0:@a"),
+            ),
+            ("started by digest", &[(D, "@a", "1.2.0@c", Ok)], "1.2.0@c", Some("@a")),
+            (
+                "neither version nor digest: no bottom, the caller takes the next lower version",
+                &[(D, "latest:", "1.2.0@c", Ok)],
+                "1.2.0@c",
+                None,
+            ),
+            ("nothing ran before", &[(D, "", "1.2.0", Ok)], "1.2.0", None),
+            (
+                "known by its digest first and by its version later: one image, not offered again",
+                &[(D, "@a", "1.2.0@c", Ok), (R, "1.2.0@c", "1.0.0@a", Ok)],
+                "1.0.0@a",
+                None,
+            ),
+            (
+                "deployed by version later: it is what runs, so previous is the one below",
+                &[(D, "@a", "1.2.0@c", Ok), (D, "1.2.0@c", "1.0.0@a", Ok)],
+                "1.0.0@a",
+                Some("1.2.0@c"),
+            ),
+            (
+                "a first move that is a rollback pops it: the image it left is rolled back from",
+                &[(R, "1.2.0", "1.1.0", Ok)],
+                "1.1.0",
+                None,
+            ),
+            (
+                "a first move that is an emergency leaves a bad version: never offered",
+                &[(E, "1.2.0", "1.0.0", Ok)],
+                "1.0.0",
+                None,
+            ),
+            (
+                "an emergency back to it after the first deploy",
+                &[(D, "1.0.0", "1.2.0", Ok), (E, "1.2.0", "1.0.0", Ok)],
+                "1.0.0",
+                None,
+            ),
+            (
+                "a drill's or a mark-good's from is not what ran before",
+                &[
+                    (Drill, "0.9.0", "1.1.0", Ok),
+                    (MarkGood, "0.8.0", "1.1.0", Ok),
+                    (D, "1.0.0", "1.2.0", Ok),
+                ],
+                "1.2.0",
+                Some("1.0.0"),
+            ),
+            (
+                "drills alone are no history",
+                &[(Drill, "1.0.0", "1.1.0", Ok)],
+                "1.0.0",
+                None,
+            ),
+        ];
+        for (why, steps, current, want) in cases {
+            let records: Vec<Record> = steps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (op, from, to, result))| {
+                    let started = Record {
+                        from: img(from),
+                        to: img(to),
+                        ..Record::new(
+                            &i.to_string(),
+                            DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                            *op,
+                            Phase::Started,
+                        )
+                    };
+                    let finished = started.finish(started.at, *result, None, None);
+                    [started, finished]
+                })
+                .collect();
+            let got = previous(&operations(&records), img(current).as_ref());
+            assert_eq!(got.as_ref().map(show).as_deref(), *want, "{why}");
         }
     }
 
@@ -661,7 +889,7 @@ mod tests {
         let ops = operations(&records);
         assert!(failed_versions(&ops).contains("1.1.0"));
         assert_eq!(
-            previous(&ops, Some("0.9.0")).and_then(|r| r.version).as_deref(),
+            previous(&ops, v("0.9.0").as_ref()).and_then(|r| r.version).as_deref(),
             Some("1.0.0")
         );
     }
@@ -672,7 +900,7 @@ mod tests {
         records.extend(deploy("b", "1.1.0", Outcome::Ok));
         let before = operations(&records);
         let (prev, failed, last) = (
-            previous(&before, Some("1.1.0")),
+            previous(&before, v("1.1.0").as_ref()),
             failed_versions(&before),
             last_committed(&before).map(|o| o.id.clone()),
         );
@@ -690,7 +918,7 @@ mod tests {
         // And one a crash left open.
         records.push(rec("e", Operation::Drill, Phase::Started, "1.0.0", None));
         let after = operations(&records);
-        assert_eq!(previous(&after, Some("1.1.0")), prev);
+        assert_eq!(previous(&after, v("1.1.0").as_ref()), prev);
         assert_eq!(prev.and_then(|p| p.version).as_deref(), Some("1.0.0"));
         assert_eq!(failed_versions(&after), failed);
         assert!(failed_versions(&after).is_empty());

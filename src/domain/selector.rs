@@ -261,6 +261,16 @@ fn resolve_previous(ctx: &Context<'_>) -> Result<Pick, ResolveError> {
                 ..Pick::tag(found)
             });
         }
+        if prev.tag.is_none() && prev.digest.is_none() {
+            // What ran before the first move, from an image the registry never had (built on the
+            // host): going to another version instead would be going somewhere it never ran.
+            return Err(ResolveError::NoPrevious {
+                why: format!(
+                    "{} ran before, but the registry has neither its tag nor its digest",
+                    prev.display()
+                ),
+            });
+        }
         return Ok(Pick {
             tag: prev.tag.clone(),
             version: prev.version.as_deref().and_then(parse_version),
@@ -478,6 +488,44 @@ mod tests {
             resolve(&Selector::Previous, &ctx, "r").unwrap().tag.as_deref(),
             Some("v1.3.0")
         );
+    }
+
+    #[test]
+    fn previous_from_history_is_named_by_tag_or_digest_or_refused() {
+        let versions = catalog();
+        let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let current = ImageRef {
+            version: Some("1.9.0".into()),
+            ..Default::default()
+        };
+        let by_digest = ImageRef {
+            digest: Some(d.clone()),
+            ..Default::default()
+        };
+        let unpushed = ImageRef {
+            version: Some("0.5.0".into()),
+            ..Default::default()
+        };
+        // previous from history, expected (tag, digest) or None for NoPrevious
+        type Named<'a> = Option<(Option<&'a str>, Option<&'a Digest>)>;
+        let cases: [(&ImageRef, Named); 2] = [(&by_digest, Some((None, Some(&d)))), (&unpushed, None)];
+        for (prev, want) in cases {
+            let ctx = Context {
+                versions: &versions,
+                current: Some(&current),
+                previous_from_history: Some(prev),
+                ..Default::default()
+            };
+            match (resolve(&Selector::Previous, &ctx, "r"), want) {
+                (Ok(pick), Some((tag, digest))) => {
+                    assert_eq!((pick.tag.as_deref(), pick.digest.as_ref()), (tag, digest), "{prev:?}");
+                }
+                (Err(ResolveError::NoPrevious { why }), None) => {
+                    assert!(why.contains("0.5.0 ran before"), "{why}");
+                }
+                (got, _) => panic!("{prev:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]

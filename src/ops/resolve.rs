@@ -82,7 +82,7 @@ pub async fn resolve(
         _ => Vec::new(),
     };
     let failed: HashSet<String> = history::skipped_by_previous(ops);
-    let previous = history::previous(ops, current.and_then(|c| c.version.as_deref()));
+    let previous = history::previous(ops, current);
     let ctx = Context {
         versions: &catalog.versions,
         current,

@@ -157,6 +157,26 @@ fn pushed(test: &str) -> Repo {
 }
 
 #[test]
+fn the_first_fleet_rollback_after_adopting_goes_back_to_what_ran_before() {
+    require_fleet();
+    let repo = Repo::new("fleetadopt");
+    for v in ["v1.0.0", "v1.1.0", "v1.2.0"] {
+        repo.push(&AppImage::new(v));
+    }
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+    t.exec(["deploy", "v1.2.0", "--yes"]).success();
+    // `previous` comes from the first host's journal, whose deploy recorded what it replaced.
+    let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).success().json();
+    assert_eq!(plan["to"]["version"], "1.0.0", "{plan}");
+    t.exec(["rollback", "--yes"]).success();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+    }
+}
+
+#[test]
 fn fleet_parallel_rollback_over_ssh_on_three_hosts() {
     let repo = pushed("fleetpar");
     let hosts = [H2, H3, LOCAL];

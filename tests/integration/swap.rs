@@ -198,6 +198,62 @@ fn deploy_and_rollback_move_a_container_between_versions_keeping_its_configurati
 }
 
 #[test]
+fn the_first_rollback_after_adopting_goes_back_to_what_ran_before() {
+    let repo = Repo::new("adopt");
+    let v10 = repo.push(&AppImage::new("v1.0.0"));
+    repo.push(&AppImage::new("v1.1.0"));
+    repo.push(&AppImage::new("v1.2.0"));
+    let containers = Containers::new();
+    // Started by hand on 1.0.0: the journal is empty until backtrack's first deploy.
+    let d = run_container(&repo, "v1.0.0", &containers);
+    let t = Test::new().repo(&repo, &target_toml(&d, "20s"));
+    t.exec(["deploy", "v1.2.0"]).success();
+    let url = format!("http://127.0.0.1:{}/health", d.port);
+    assert_eq!(http_get(&url).unwrap().trim(), "1.2.0");
+
+    // Undo goes to what the deploy replaced, never to 1.1.0, the next lower version that never
+    // ran here.
+    let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).success().json();
+    assert_eq!(plan["to"]["version"], "1.0.0", "{plan}");
+    assert_eq!(plan["to"]["digest"], v10.as_str(), "{plan}");
+
+    let run = t.exec(["rollback"]).success();
+    assert!(run.stdout.contains("rolled back container"), "{}", run.stdout);
+    assert_eq!(http_get(&url).unwrap().trim(), "1.0.0");
+    assert_eq!(inspect(&d.name, "{{.Config.Image}}"), format!("{}@{v10}", repo.image()));
+    // And the bottom of the stack is reached: nothing earlier ran here, so a second undo has
+    // only the registry's order to go by.
+    let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).code(4);
+    assert!(plan.stderr.contains("no version below 1.0.0"), "{}", plan.stderr);
+    docker(&["volume", "rm", "-f", &d.volume]);
+}
+
+#[test]
+fn the_first_rollback_after_adopting_a_compose_service_goes_back_to_what_compose_started() {
+    let repo = Repo::new("adopt-compose");
+    let v10 = repo.push(&AppImage::new("v1.0.0").healthcheck(true));
+    repo.push(&AppImage::new("v1.1.0").healthcheck(true));
+    repo.push(&AppImage::new("v1.2.0").healthcheck(true));
+    let compose = crate::harness::ComposeProject::new(
+        "btadopt",
+        &format!(
+            "version: \"3\"\nservices:\n  web:\n    image: {}:v1.0.0\n",
+            repo.image()
+        ),
+        None,
+    );
+    let project = compose.name.clone();
+    compose.run(&["up", "-d"]);
+    let toml =
+        format!("[target]\nkind = \"compose\"\nproject = \"{project}\"\nname = \"web\"\n[health]\ntimeout = \"30s\"\n");
+    let t = Test::new().repo(&repo, &toml);
+    t.exec(["deploy", "v1.2.0"]).success();
+    let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).success().json();
+    assert_eq!(plan["to"]["version"], "1.0.0", "{plan}");
+    assert_eq!(plan["to"]["digest"], v10.as_str(), "{plan}");
+}
+
+#[test]
 fn failing_healthcheck_is_reverted_with_exit_6_and_recorded() {
     let Setup {
         repo: _,

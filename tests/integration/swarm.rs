@@ -325,6 +325,21 @@ fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out(
 }
 
 #[test]
+fn the_first_swarm_rollback_after_adopting_goes_back_to_what_ran_before() {
+    let repo = Repo::new("swarm-adopt");
+    let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
+    repo.push(&AppImage::new("1.1.0").healthcheck(true));
+    repo.push(&AppImage::new("1.2.0").healthcheck(true));
+    // Created by hand on 1.0.0 (by tag, as `docker service create` resolves it).
+    let svc = Service::create("bt-swarm-adopt", &format!("{}:1.0.0", repo.image()), &[]);
+    let t = svc.test(&repo, PROBE);
+    t.exec(["deploy", "1.2.0", "--yes"]).success();
+    let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).success().json();
+    assert_eq!(plan["to"]["version"], "1.0.0", "{plan}");
+    assert_eq!(plan["to"]["digest"], d1.as_str(), "{plan}");
+}
+
+#[test]
 fn swarm_failing_healthcheck_is_reverted_and_recorded() {
     let repo = Repo::new("swarm-hc");
     let d1 = repo.push(&AppImage::new("1.0.0").healthcheck(true));
