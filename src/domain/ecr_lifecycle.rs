@@ -4,10 +4,15 @@
 //! nothing else; where the documentation is silent, the choice is said where it is made. Pure:
 //! "now" is a parameter.
 //!
-//! Sources (Amazon ECR User Guide):
-//! - [evaluation rules]: <https://docs.aws.amazon.com/AmazonECR/latest/userguide/LifecyclePolicies.html#lp_evaluation_rules>
-//! - [properties]: <https://docs.aws.amazon.com/AmazonECR/latest/userguide/lifecycle_policy_parameters.html>
-//! - [examples]: <https://docs.aws.amazon.com/AmazonECR/latest/userguide/lifecycle_policy_examples.html>
+//! Sources, from the Amazon ECR User Guide, and named in *italics* where they are quoted below:
+//! [evaluation rules], [properties] and [examples]. That a rule takes a `tagPrefixList` or a
+//! `tagPatternList`, never both, and at most four wildcards per pattern, is from the AWS CDK's
+//! `LifecycleRule` ([cdk]).
+//!
+//! [evaluation rules]: https://docs.aws.amazon.com/AmazonECR/latest/userguide/LifecyclePolicies.html#lp_evaluation_rules
+//! [properties]: https://docs.aws.amazon.com/AmazonECR/latest/userguide/lifecycle_policy_parameters.html
+//! [examples]: https://docs.aws.amazon.com/AmazonECR/latest/userguide/lifecycle_policy_examples.html
+//! [cdk]: https://docs.aws.amazon.com/cdk/api/v2/docs/aws-cdk-lib.aws_ecr.LifecycleRule.html
 //!
 //! Only `expire` rules on the standard storage class with `imageCountMoreThan` or
 //! `sinceImagePushed` are modelled; other actions and count types are not.
@@ -19,7 +24,7 @@ use serde_json::json;
 
 use super::digest::Digest;
 
-/// Which images a rule looks at (`tagStatus`). [properties]: "If you specify `any`, then all
+/// Which images a rule looks at (`tagStatus`). *properties*: "If you specify `any`, then all
 /// images have the rule evaluated against them."
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagStatus {
@@ -44,10 +49,10 @@ impl TagStatus {
 /// What a rule expires of the images it selects (`countType` with `countNumber`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// `imageCountMoreThan`. [evaluation rules]: "images are sorted from youngest to oldest based
+    /// `imageCountMoreThan`. *evaluation rules*: "images are sorted from youngest to oldest based
     /// on `pushed_at_time` and then all images greater than the specified count are expired."
     MoreThan(u64),
-    /// `sinceImagePushed` with `countUnit: days`. [evaluation rules]: "all images whose
+    /// `sinceImagePushed` with `countUnit: days`. *evaluation rules*: "all images whose
     /// `pushed_at_time` is older than the specified number of days based on `countNumber` are
     /// expired."
     SincePushedDays(u64),
@@ -98,11 +103,11 @@ pub enum PolicyError {
 impl Rule {
     /// Whether the rule selects the image, on tags alone ("the tagging requirements of a rule").
     ///
-    /// [evaluation rules]: "When using the `tagPrefixList`, an image is successfully matched if
+    /// *evaluation rules*: "When using the `tagPrefixList`, an image is successfully matched if
     /// *all* of the tags in the `tagPrefixList` value are matched against any of the image's
-    /// tags." [properties], `tagPatternList`: "If you specify multiple tags, only the images with
+    /// tags." *properties*, `tagPatternList`: "If you specify multiple tags, only the images with
     /// all specified tags are selected." Each entry may be matched by a different tag of the
-    /// image, or several entries by the same tag ([examples], "Filtering on multiple tags in a
+    /// image, or several entries by the same tag (*examples*, "Filtering on multiple tags in a
     /// single rule", example B: "tags are not exclusive").
     pub fn selects(&self, image: &Image) -> bool {
         match self.tag_status {
@@ -177,7 +182,7 @@ pub fn wildcard_match(pattern: &str, tag: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// The checks ECR makes before it accepts a policy, from [properties] and [evaluation rules]:
+/// The checks ECR makes before it accepts a policy, from *properties* and *evaluation rules*:
 /// unique priorities ("you must give them each a unique value for `rulePriority`"), `any` last
 /// ("must have the highest value for `rulePriority` and be evaluated last"), "Only one rule is
 /// allowed to select untagged images", a tag filter exactly for `tagged` rules, at most four
@@ -219,12 +224,12 @@ pub fn validate(rules: &[Rule]) -> Result<(), PolicyError> {
 
 /// The images ECR expires, each with the priority of the rule that expires it.
 ///
-/// Rules go in priority order, lowest first ([properties]: "A lifecycle policy rule with a
+/// Rules go in priority order, lowest first (*properties*: "A lifecycle policy rule with a
 /// priority of `1` will be acted upon first"). Each rule:
 /// 1. selects the images its tag requirements match, *including* images an earlier rule
-///    selected or expired: [evaluation rules], "Rules can never mark images that are marked by
+///    selected or expired: *evaluation rules*, "Rules can never mark images that are marked by
 ///    higher priority rules, but can still identify them as if they haven't been expired."
-///    (Example A of [examples], "Filtering on multiple rules": rule 2 counts images A and B,
+///    (Example A of *examples*, "Filtering on multiple rules": rule 2 counts images A and B,
 ///    both seen by rule 1.)
 /// 2. marks, of those, what its count expires: for `imageCountMoreThan N` all but the N most
 ///    recently pushed ("Expiration is always ordered by `pushed_at_time`, and always expires
@@ -350,7 +355,7 @@ mod tests {
             .collect()
     }
 
-    /// Every worked example of the AWS documentation ([examples]), with the result it states.
+    /// Every worked example of the AWS documentation (*examples*), with the result it states.
     #[test]
     fn the_aws_docs_worked_examples_expire_what_the_docs_say() {
         let multiple = repo(&[
