@@ -7,6 +7,8 @@
 pub mod address;
 pub mod digest;
 pub mod duration;
+pub mod ecr_lifecycle;
+pub mod ecr_policy;
 pub mod fleet;
 pub mod history;
 pub mod image;
