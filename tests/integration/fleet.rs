@@ -786,3 +786,33 @@ fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
         }
     }
 }
+
+/// `doctor` on a fleet runs every check on each host (it refused: "not built yet").
+#[test]
+fn fleet_doctor_checks_each_host_and_names_the_one_that_is_down() {
+    let repo = pushed("fleetdoctor");
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2], &[]);
+    let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
+    let t = app.test(&repo, &[H2, &gone], "/health", "20s");
+    let run = t.exec(["doctor", "--output", "json"]);
+    assert_ne!(run.code, 0, "a host that is down fails the checks: {}", run.stderr);
+    let report = run.json();
+    let hosts = report["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{report}");
+    let check = |host: &serde_json::Value, name: &str| {
+        host["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+    };
+    let up = hosts.iter().find(|h| h["host"] == H2).unwrap();
+    let down = hosts.iter().find(|h| h["host"] == gone.as_str()).unwrap();
+    for name in ["ssh", "engine", "target"] {
+        assert_eq!(check(up, name)["mark"], "ok", "{name} on {H2}: {report}");
+    }
+    assert_eq!(check(down, "ssh")["mark"], "fail", "{report}");
+    assert_eq!(down["healthy"], false, "{report}");
+}
