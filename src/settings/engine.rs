@@ -4,10 +4,38 @@
 //! or the context's own), given only to `tcp://` engines; and how ssh is run for `ssh://` ones.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub use crate::adapters::docker::tls::TlsFiles;
-pub use crate::adapters::ssh::SshOptions;
 use crate::domain::address::EngineAddress;
+
+/// The folder of an engine's TLS files and where it was named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Holds `ca.pem`, `cert.pem` and `key.pem`.
+    pub dir: PathBuf,
+    /// For messages: `DOCKER_CERT_PATH`, `~/.docker (DOCKER_CERT_PATH unset)`, `docker context 'prod'`.
+    pub source: String,
+}
+
+impl TlsFiles {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
+/// How to run ssh: an ssh_config of the user's choosing (`ssh -F`) and how long reaching the host
+/// may take.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub config: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
 
 /// Where the engine may be named besides `[target] host` (see `pick` for the order).
 #[derive(Debug, Clone)]

@@ -35,10 +35,10 @@ use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use crate::domain::address::SshDestination;
 
+pub use crate::settings::SshOptions;
 pub use forward::{Ahead, remember_engine, remembered_engine};
 pub(crate) use transport::pooled;
 pub use transport::{EngineResponse, socket_transport};
@@ -46,14 +46,6 @@ pub use transport::{EngineResponse, socket_transport};
 use forward::{Forward, Premade};
 use master::{base_args, own_group};
 use transport::DialStream;
-
-/// How to run ssh: an ssh_config of the user's choosing (`ssh -F`) and how long reaching the host
-/// may take.
-#[derive(Debug, Clone)]
-pub struct SshOptions {
-    pub config: Option<PathBuf>,
-    pub connect_timeout: Duration,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SshError {
