@@ -246,9 +246,9 @@ fn resolve_project(
         Some(t) => state_root.join("targets").join(target::target_dir(&t.engine_id, t)),
         None => state_root
             .join("repositories")
-            .join(sanitize(&format!("{host}_{repository}"))),
+            .join(target::sanitize(&format!("{host}_{repository}"))),
     };
-    let legacy_state_dir = state_root.join(sanitize(&format!("{host}_{repository}")));
+    let legacy_state_dir = state_root.join(target::sanitize(&format!("{host}_{repository}")));
     Ok(Project {
         config_path: path.to_path_buf(),
         registry,
@@ -274,18 +274,6 @@ fn resolve_project(
         engine_tls,
         remote_state,
     })
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::config::{self, TargetKind};
 use super::engine::{EngineHosts, TlsFiles};
-use super::sanitize;
 use crate::domain::address::EngineAddress;
 
 /// One host of a fleet target (`[target] hosts`).
@@ -207,6 +206,19 @@ pub(super) fn target_dir(engine_id: &str, t: &TargetSettings) -> String {
             .unwrap_or_default(),
         t.name
     ))
+}
+
+/// A name made safe for a folder: ASCII letters, digits, `.`, `-` and `_` kept, the rest `_`.
+pub(super) fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use super::SshSession;
-use super::master::own_group;
+use super::{SshSession, own_group};
 use crate::domain::address::SshDestination;
 
 /// Forwards known before connecting, which the master sets up as it logs in (no `ssh -O forward`

@@ -2,17 +2,15 @@
 //! on a control socket in a private folder, with the forwards known ahead, and waits (bounded)
 //! until it has logged in, telling apart why it could not; the connection's own session (the
 //! caller's state shell, after `PRELUDE` names the host's engine) and its input and output;
-//! closing without waiting on the host. Every `ssh` started here or elsewhere in the session runs
-//! in a process group of its own (`own_group`).
+//! closing without waiting on the host.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::forward::{Premade, forwardable, tcp_target};
-use super::{Ahead, SshError, SshOptions, SshSession, shell_quote};
+use super::{Ahead, SshError, SshOptions, SshSession, base_args, own_group, shell_quote};
 use crate::domain::address::SshDestination;
 
 /// Runs first in the connection's own session, before the caller's command: one line naming the
@@ -206,43 +204,6 @@ impl Drop for SshSession {
     }
 }
 
-/// `cmd` in a process group of its own, so a Ctrl-C at the terminal reaches backtrack only: it
-/// may still need the connection to finish or put back what it started on the host.
-pub(super) fn own_group(mut cmd: std::process::Command) -> std::process::Command {
-    cmd.process_group(0);
-    cmd
-}
-
-/// Options shared by the master and every channel: the user's config file, the user and port
-/// of the address (given to ssh as `-l` and `-p`, never glued to the host), no prompts, and no
-/// host key accepted unseen.
-pub(super) fn base_args(dest: &SshDestination, options: &SshOptions) -> Vec<String> {
-    let mut args = Vec::new();
-    if let Some(c) = &options.config {
-        args.extend(["-F".into(), c.display().to_string()]);
-    }
-    if let Some(u) = &dest.user {
-        args.extend(["-l".into(), u.clone()]);
-    }
-    if let Some(p) = dest.port {
-        args.extend(["-p".into(), p.to_string()]);
-    }
-    args.extend(
-        [
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-T",
-            "-x",
-            "-a",
-        ]
-        .into_iter()
-        .map(String::from),
-    );
-    args
-}
-
 /// The remote command line of the connection's own session: `PRELUDE`, then `session`.
 fn session_line(session: &str) -> String {
     format!("sh -c {} sh {}", shell_quote(PRELUDE), shell_quote(session))
@@ -276,24 +237,6 @@ fn classify_connect(dest: &SshDestination, said: &str) -> SshError {
 mod tests {
     use super::super::tests::dest;
     use super::*;
-
-    #[test]
-    fn port_and_user_go_to_ssh_as_options_not_in_the_host_name() {
-        let args = base_args(
-            &dest(),
-            &SshOptions {
-                config: Some("/tmp/cfg".into()),
-                connect_timeout: Duration::from_secs(3),
-            },
-        );
-        let joined = args.join(" ");
-        assert!(joined.contains("-F /tmp/cfg"), "{joined}");
-        assert!(joined.contains("-l ubuntu"), "{joined}");
-        assert!(joined.contains("-p 2222"), "{joined}");
-        assert!(joined.contains("StrictHostKeyChecking=yes"), "{joined}");
-        assert!(joined.contains("BatchMode=yes"), "{joined}");
-        assert!(!joined.contains("ec2-1.example.com:2222"), "{joined}");
-    }
 
     #[test]
     fn connect_failures_are_told_apart() {

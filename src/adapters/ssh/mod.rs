@@ -20,18 +20,19 @@
 //! Host keys are never accepted blindly (`StrictHostKeyChecking=yes`), and every failure to reach
 //! the host is one typed error naming the host, with the fix.
 //!
-//! The code is split by concern: this file has the session type, its errors and options, and
-//! the channels any caller runs on it (`command`, `run_script`); `master` the ControlMaster
-//! process itself (open and log in, the session's first line and its input and output, closing,
-//! process groups); `forward` the forwards (made ahead at login or asked later, and the local
-//! listeners for probes); `transport` the Engine API over the master (a forwarded socket or
-//! `dial-stdio` channels, pooled).
+//! The code is split by concern: this file has the session type, its errors and options, the
+//! channels any caller runs on it (`command`, `run_script`) and what every `ssh` shares (its
+//! options, a process group of its own); `master` the ControlMaster process itself (open and log
+//! in, the session's first line and its input and output, closing); `forward` the forwards
+//! (made ahead at login or asked later, and the local listeners for probes); `transport` the
+//! Engine API over the master (a forwarded socket or `dial-stdio` channels, pooled).
 
 mod forward;
 mod master;
 mod transport;
 
 use std::io::BufReader;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -44,7 +45,6 @@ pub(crate) use transport::pooled;
 pub use transport::{EngineResponse, socket_transport};
 
 use forward::{Forward, Premade};
-use master::{base_args, own_group};
 use transport::DialStream;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,6 +200,43 @@ impl SshSession {
     }
 }
 
+/// `cmd` in a process group of its own, so a Ctrl-C at the terminal reaches backtrack only: it
+/// may still need the connection to finish or put back what it started on the host.
+fn own_group(mut cmd: std::process::Command) -> std::process::Command {
+    cmd.process_group(0);
+    cmd
+}
+
+/// Options shared by the master and every channel: the user's config file, the user and port
+/// of the address (given to ssh as `-l` and `-p`, never glued to the host), no prompts, and no
+/// host key accepted unseen.
+fn base_args(dest: &SshDestination, options: &SshOptions) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(c) = &options.config {
+        args.extend(["-F".into(), c.display().to_string()]);
+    }
+    if let Some(u) = &dest.user {
+        args.extend(["-l".into(), u.clone()]);
+    }
+    if let Some(p) = dest.port {
+        args.extend(["-p".into(), p.to_string()]);
+    }
+    args.extend(
+        [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-T",
+            "-x",
+            "-a",
+        ]
+        .into_iter()
+        .map(String::from),
+    );
+    args
+}
+
 fn last_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
@@ -215,6 +252,8 @@ pub fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// A destination with a user and a port, for the tests of every part of the session.
@@ -224,6 +263,24 @@ mod tests {
             host: "ec2-1.example.com".into(),
             port: Some(2222),
         }
+    }
+
+    #[test]
+    fn port_and_user_go_to_ssh_as_options_not_in_the_host_name() {
+        let args = base_args(
+            &dest(),
+            &SshOptions {
+                config: Some("/tmp/cfg".into()),
+                connect_timeout: Duration::from_secs(3),
+            },
+        );
+        let joined = args.join(" ");
+        assert!(joined.contains("-F /tmp/cfg"), "{joined}");
+        assert!(joined.contains("-l ubuntu"), "{joined}");
+        assert!(joined.contains("-p 2222"), "{joined}");
+        assert!(joined.contains("StrictHostKeyChecking=yes"), "{joined}");
+        assert!(joined.contains("BatchMode=yes"), "{joined}");
+        assert!(!joined.contains("ec2-1.example.com:2222"), "{joined}");
     }
 
     #[test]
