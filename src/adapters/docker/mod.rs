@@ -235,7 +235,7 @@ impl Engine {
     pub async fn connect_tls(
         host: &str,
         port: u16,
-        files: &tls::TlsFiles,
+        files: &crate::settings::TlsFiles,
         timeout: Duration,
     ) -> Result<Self, EngineError> {
         let shown = format!("tcp://{host}:{port}");

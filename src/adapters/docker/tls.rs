@@ -24,27 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::adapters::ssh::EngineResponse;
-
-/// The folder of an engine's TLS files and where it was named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// Holds `ca.pem`, `cert.pem` and `key.pem`.
-    pub dir: PathBuf,
-    /// For messages: `DOCKER_CERT_PATH`, `~/.docker (DOCKER_CERT_PATH unset)`, `docker context 'prod'`.
-    pub source: String,
-}
-
-impl TlsFiles {
-    pub fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-    pub fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
-    }
-    pub fn key(&self) -> PathBuf {
-        self.dir.join("key.pem")
-    }
-}
+pub use crate::settings::TlsFiles;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
