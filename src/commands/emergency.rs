@@ -1,4 +1,5 @@
-//! `backtrack emergency`: the seed's emergency rollback made safe. Stop the target's containers,
+//! `backtrack emergency`, one host's part (`fleet_emergency.rs` runs it on every host of the
+//! target, one or many): the seed's emergency rollback made safe. Stop the target's containers,
 //! set them aside, and run the last known good image directly under their names with their
 //! mounts, env and ports. No validation gate and no revert: this is what runs when all else has
 //! failed. It works with the registry unreachable when the image is on this host (`mark-good`
@@ -13,28 +14,26 @@ use crate::adapters::docker::{
     Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
 };
 use crate::adapters::registry::Registry;
-use crate::adapters::state;
 use crate::cli::EmergencyArgs;
-use crate::domain::history::{self, Operation, Outcome, Record};
+use crate::domain::history;
 use crate::domain::image::ImageRef;
-use crate::error::Failure;
 use crate::ops::mark::{local_lkg_reference, registry_repository};
 use crate::ops::swap::undo_emergency_one;
-use crate::ops::{catalog::Catalog, deployed, recover, resolve, validate};
-use crate::output::{Report, confirm};
+use crate::ops::{catalog::Catalog, deployed, resolve};
+use crate::output::Report;
 
 #[derive(Debug, Serialize)]
-struct EmergencyReport {
-    dry_run: bool,
-    target: String,
-    last_known_good: ImageRef,
+pub(super) struct EmergencyReport {
+    pub(super) dry_run: bool,
+    pub(super) target: String,
+    pub(super) last_known_good: ImageRef,
     /// Where the last known good pointer came from: "registry" or "journal".
-    source: &'static str,
-    image: String,
-    containers: Vec<String>,
-    commands: Vec<String>,
-    healthy: Option<bool>,
-    detail: Option<String>,
+    pub(super) source: &'static str,
+    pub(super) image: String,
+    pub(super) containers: Vec<String>,
+    pub(super) commands: Vec<String>,
+    pub(super) healthy: Option<bool>,
+    pub(super) detail: Option<String>,
 }
 
 impl Report for EmergencyReport {
@@ -68,118 +67,6 @@ impl Report for EmergencyReport {
             self.target
         )
     }
-}
-
-pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
-    let project = app.project()?;
-    let target = app.target()?;
-    let registry = app.registry()?;
-    let journal = app.journal()?;
-    let _lock = app.lock_unless(args.dry_run, "backtrack emergency")?;
-    let engine = app.engine().await?;
-    if !args.dry_run {
-        crate::ops::interrupt::install();
-        if let Err(e) = recover::settle(&engine, &journal, &app.printer).await {
-            // The emergency is the last resort: go on, but say what is left to look at.
-            app.printer.note(format!("warning: {}", crate::error::render(&e)));
-        }
-    }
-    let ops = history::operations(&journal.read()?);
-    let pointer = project.lkg_tag();
-    let (lkg, source) = find_last_known_good(&app.printer, registry.as_ref(), &ops, &pointer).await?;
-    let HostPlan {
-        image,
-        current,
-        plans,
-        saved: saved_policies,
-        commands,
-    } = plan_host(app, &engine, registry.as_ref(), &lkg, args).await?;
-    let mut report = EmergencyReport {
-        dry_run: args.dry_run,
-        target: target.display(),
-        last_known_good: lkg.clone(),
-        source,
-        image: image.clone(),
-        containers: plans.iter().map(|p| p.0.clone()).collect(),
-        commands,
-        healthy: None,
-        detail: None,
-    };
-    if args.dry_run {
-        return app.printer.report(&report);
-    }
-    if !app.settings.yes {
-        let q = format!(
-            "EMERGENCY: stop {} and run last known good {} directly?",
-            target.display(),
-            lkg.display()
-        );
-        if !confirm(&app.printer, &q, "confirm the emergency rollback")? {
-            return Err(Failure::Cancelled.into());
-        }
-    }
-
-    crate::ops::interrupt::arm();
-    let started = std::time::Instant::now();
-    let base = Record {
-        target: Some(target.display()),
-        from: current.first().map(|d| d.image.clone()),
-        to: Some(lkg.clone()),
-        reason: args.reason.clone(),
-        detail: Some(format!("containers: {}", report.containers.join(", "))),
-        ..state::begin(Operation::Emergency)
-    };
-    journal.append(&Record {
-        containers: report.containers.clone(),
-        saved: saved_policies.clone(),
-        ..base.clone()
-    })?;
-    let result = replace_all(&engine, &plans, &saved_policies)
-        .await
-        .map_err(NotReplaced::into_error);
-    let (outcome, detail) = match &result {
-        Ok(()) => {
-            let names: Vec<String> = plans.iter().map(|p| p.0.clone()).collect();
-            match validate::wait_valid(&engine, &names, &project.health, lkg.version.as_deref(), |_| {}).await {
-                Ok(()) => {
-                    report.healthy = Some(true);
-                    (Outcome::Ok, None)
-                }
-                Err(invalid) => {
-                    report.healthy = Some(false);
-                    report.detail = Some(invalid.why.clone());
-                    (
-                        Outcome::Failed,
-                        Some(format!("running but not healthy: {}", invalid.why)),
-                    )
-                }
-            }
-        }
-        Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
-    };
-    let elapsed = started.elapsed().as_millis() as u64;
-    let why = detail.clone();
-    journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), detail))?;
-    let event = crate::ops::notify::Event::of(
-        &base,
-        target.environment.clone().unwrap_or_else(|| target.display()),
-        registry.name(),
-        outcome,
-        why,
-        Some(elapsed),
-    );
-    let sent = crate::ops::notify::send(&project.notify, &event).await;
-    crate::ops::notify::note_delivery(&journal, &app.printer, &base, sent);
-    result?;
-    app.printer.report(&report)?;
-    if report.healthy == Some(false) {
-        return Err(Failure::Unhealthy(format!(
-            "the emergency container runs but is not healthy: {}",
-            report.detail.unwrap_or_default()
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// One host's emergency, planned: the image to run there, what runs now, each container's
@@ -339,12 +226,6 @@ pub(super) struct NotReplaced {
     pub why: String,
     /// Every original container runs again under its name.
     pub put_back: bool,
-}
-
-impl NotReplaced {
-    fn into_error(self) -> anyhow::Error {
-        anyhow::anyhow!("{}", self.why)
-    }
 }
 
 /// Replaces every container, all or nothing: when one fails, every container already replaced

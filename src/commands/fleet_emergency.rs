@@ -1,11 +1,12 @@
-//! `emergency` across the hosts of a fleet: the single-host emergency (`emergency.rs`: stop the
-//! target's containers, set them aside, run last known good under their names) on every host at
-//! once, all or nothing. Every host's lock is taken first (in the fleet's order), every host is
+//! `emergency` on every host of the target (one host is a fleet of one): `emergency.rs`'s plan
+//! and replacement (stop the target's containers, set them aside, run last known good under their
+//! names) on every host at once, all or nothing. Every host's lock is taken first (in the fleet's order), every host is
 //! planned before any changes (a host that cannot be planned refuses the run, naming it), and
 //! when any host's containers cannot all be replaced, every host that was replaced gets its
 //! originals back, in parallel. Like the single-host emergency, there is no validation gate: an
 //! emergency that runs but is unhealthy stays, and says so per host.
 
+use anyhow::Context as _;
 use chrono::Utc;
 use futures::future::join_all;
 use serde::Serialize;
@@ -109,28 +110,31 @@ impl Report for FleetEmergencyReport {
     }
 }
 
-/// `emergency` on every host of the fleet, all or nothing.
-pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
+/// `emergency` on every host of the target (one, or a fleet's), all or nothing.
+pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let registry = app.registry()?;
-    let (mut hosts, skipped) =
-        super::fleet::reachable_hosts(app, super::fleet::reach_all(app).await?, args.skip_unreachable)?;
+    let fleet = app.is_fleet();
+    let (hosts, skipped) = app
+        .hosts((!args.dry_run).then_some("backtrack emergency"), args.skip_unreachable)
+        .await?;
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = fleet::lock_order(&addresses);
-    if !args.dry_run {
-        for i in &order {
-            let address = hosts[*i].address.clone();
-            hosts[*i]
-                .lock("backtrack emergency (fleet)")
-                .map_err(|e| e.context(format!("lock the target on {address}")))?;
+    let on = |h: &crate::ops::fleet::Host| {
+        if fleet {
+            format!("[{}] ", h.address)
+        } else {
+            String::new()
         }
+    };
+    if !args.dry_run {
         interrupt::install();
         for h in &hosts {
             if let Err(e) = recover::settle(&h.engine, &h.journal, &app.printer).await {
                 // The emergency is the last resort: go on, but say what is left to look at.
                 app.printer
-                    .note(format!("warning: [{}] {}", h.address, crate::error::render(&e)));
+                    .note(format!("warning: {}{}", on(h), crate::error::render(&e)));
             }
         }
     }
@@ -147,12 +151,16 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     .await;
     let mut plans: Vec<HostPlan> = Vec::new();
     for (h, plan) in hosts.iter().zip(planned) {
-        plans.push(plan.map_err(|e| {
-            e.context(format!(
-                "plan the emergency on {} (nothing was changed on any host)",
-                h.address
-            ))
-        })?);
+        plans.push(if fleet {
+            plan.map_err(|e| {
+                e.context(format!(
+                    "plan the emergency on {} (nothing was changed on any host)",
+                    h.address
+                ))
+            })?
+        } else {
+            plan?
+        });
     }
     let mut rows: Vec<HostRow> = hosts
         .iter()
@@ -177,13 +185,17 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     };
     if args.dry_run {
         report.hosts = rows;
-        return app.printer.report(&report);
+        return print(app, report, fleet);
     }
     if !app.settings.yes {
+        let on_hosts = if fleet {
+            format!(" on {} hosts", hosts.len())
+        } else {
+            String::new()
+        };
         let q = format!(
-            "EMERGENCY: stop {} on {} hosts and run last known good {} directly?",
+            "EMERGENCY: stop {}{on_hosts} and run last known good {} directly?",
             target.display(),
-            hosts.len(),
             lkg.display()
         );
         if !confirm(&app.printer, &q, "confirm the emergency rollback")? {
@@ -194,7 +206,9 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     interrupt::arm();
     let started = std::time::Instant::now();
     let mut base = crate::adapters::state::begin(Operation::Emergency);
-    base.id = format!("fleet-{}", base.id);
+    if fleet {
+        base.id = format!("fleet-{}", base.id);
+    }
     base.reason = args.reason.clone();
     base.target = Some(target.display());
     base.to = Some(lkg.clone());
@@ -233,6 +247,9 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
                         h.address
                     )),
                 ));
+            }
+            if !fleet {
+                return Err(e.into());
             }
             return Err(anyhow::Error::new(e).context(format!("record the intent on {}", h.address)));
         }
@@ -273,7 +290,7 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
                 Ok(()) => row.healthy = Some(true),
                 Err(invalid) => {
                     row.healthy = Some(false);
-                    row.detail = Some(format!("running but not healthy: {}", invalid.why));
+                    row.detail = Some(invalid.why);
                 }
             }
         }
@@ -284,9 +301,11 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
             .map(|r| r.host.as_str())
             .collect();
         let because = format!("{} failed", failed.join(", "));
-        app.printer.note(format!(
-            "{because}: putting the original containers back on every replaced host"
-        ));
+        if fleet {
+            app.printer.note(format!(
+                "{because}: putting the original containers back on every replaced host"
+            ));
+        }
         let undos = to_revert.iter().map(|i| {
             let (h, p) = (&hosts[*i], &plans[*i]);
             async move { (*i, emergency::undo_all(&h.engine, &p.plans, &p.saved).await) }
@@ -306,13 +325,19 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     for ((h, record), row) in hosts.iter().zip(&records).zip(&rows) {
         let outcome = match (row.step, row.healthy) {
             (HostStep::Committed, Some(true)) => Outcome::Ok,
+            // One host: its containers were put back by the replacement itself.
+            (HostStep::FailedReverted | HostStep::FailedNotReverted, _) if !fleet => Outcome::Failed,
             (HostStep::Reverted | HostStep::FailedReverted, _) => Outcome::Reverted,
             (HostStep::RevertFailed | HostStep::FailedNotReverted, _) => Outcome::RevertFailed,
             _ => Outcome::Failed,
         };
+        let detail = match row.healthy {
+            Some(false) => row.detail.as_ref().map(|d| format!("running but not healthy: {d}")),
+            _ => row.detail.clone(),
+        };
         if let Err(e) = h
             .journal
-            .append(&record.finish(Utc::now(), outcome, Some(elapsed), row.detail.clone()))
+            .append(&record.finish(Utc::now(), outcome, Some(elapsed), detail))
         {
             app.printer.note(format!(
                 "warning: [{}] could not record the result in the journal: {e}",
@@ -329,6 +354,13 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         .collect();
     let (outcome, why) = match &verdict {
         Verdict::Done if unhealthy.is_empty() => (Outcome::Ok, None),
+        _ if !fleet => (
+            Outcome::Failed,
+            rows[0].detail.as_ref().map(|d| match rows[0].healthy {
+                Some(false) => format!("running but not healthy: {d}"),
+                _ => d.clone(),
+            }),
+        ),
         Verdict::Done => (
             Outcome::Failed,
             Some(format!("running but not healthy on {}", unhealthy.join(", "))),
@@ -347,6 +379,19 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     let sent = crate::ops::notify::send(&project.notify, &event).await;
     crate::ops::notify::note_delivery(&first.journal, &app.printer, &records[order[0]], sent);
     report.hosts = rows;
+    if !fleet {
+        let row = &report.hosts[0];
+        if row.step.is_failure() {
+            // The replacement put the originals back itself (or says why it could not).
+            anyhow::bail!("{}", row.detail.clone().unwrap_or_default());
+        }
+        let unhealthy = (row.healthy == Some(false)).then(|| row.detail.clone().unwrap_or_default());
+        print(app, report, false)?;
+        if let Some(why) = unhealthy {
+            return Err(Failure::Unhealthy(format!("the emergency container runs but is not healthy: {why}")).into());
+        }
+        return Ok(());
+    }
     app.printer.report(&report)?;
     let why = |failed: &[usize]| {
         failed
@@ -387,4 +432,27 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         }
         .into()),
     }
+}
+
+/// One host's report as the single-host emergency always printed it; several hosts as a table.
+fn print(app: &App<'_>, report: FleetEmergencyReport, fleet: bool) -> anyhow::Result<()> {
+    if fleet {
+        return app.printer.report(&report);
+    }
+    let row = report
+        .hosts
+        .into_iter()
+        .next()
+        .context("plan the emergency on the target's host")?;
+    app.printer.report(&emergency::EmergencyReport {
+        dry_run: report.dry_run,
+        target: report.target,
+        last_known_good: report.last_known_good,
+        source: report.source,
+        image: row.image,
+        containers: row.containers,
+        commands: row.commands,
+        healthy: row.healthy,
+        detail: row.detail,
+    })
 }

@@ -683,7 +683,13 @@ fn fleet_rollback_below_the_migration_floor_is_refused_unless_forced_with_a_reas
 /// one host (they were ignored or refused as "not built yet").
 #[test]
 fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
-    let repo = pushed("fleetflags");
+    require_fleet();
+    let repo = Repo::new("fleetflags");
+    // Images of their own (other tests' 1.0.0 is the same image): removing one from a host below
+    // touches no other test's container.
+    for v in ["v1.0.0", "v1.1.0"] {
+        repo.push(&AppImage::new(v).label("io.backtrack.test", &repo.name));
+    }
     let hosts = [H2, H3];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
