@@ -1,22 +1,17 @@
-//! `history`, `validate` and `mark-good` of a target on several hosts (`[target] hosts`). History
-//! brings every host's journal together: one row per fleet operation (the id every host's journal
-//! shares) with what it came to on each host. Validate checks every host at once and names the
-//! failing ones. Mark-good moves the one pointer once, recorded in every host's journal, and keeps
-//! the image on every host for `emergency`.
+//! `history` and `validate` of a target on several hosts (`[target] hosts`). History brings every
+//! host's journal together: one row per fleet operation (the id every host's journal shares) with
+//! what it came to on each host. Validate checks every host at once and names the failing ones.
 
 use chrono::Utc;
 use serde::Serialize;
 
 use super::App;
-use crate::cli::{HistoryArgs, HistoryCommand, MarkGoodArgs};
+use crate::cli::{HistoryArgs, HistoryCommand};
 use crate::domain::fleet::{self, FleetOperation};
 use crate::domain::history;
-use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::fleet::Host;
-use crate::ops::mark::{MarkReport, MarkRequest};
 use crate::ops::validate::Check;
-use crate::ops::{catalog::Catalog, deployed, resolve};
 use crate::output::{Report, ago, escape, render_table, table};
 
 /// The hosts that answered; those that did not are said (a warning each), not fatal, unless none
@@ -37,20 +32,6 @@ async fn reachable(app: &App<'_>) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
         anyhow::bail!("reach any host of the fleet: none answered ({})", missing.join(", "));
     }
     Ok((hosts, missing))
-}
-
-/// Every host, or a refusal naming the first that did not answer (for commands that change
-/// something).
-async fn every_host(app: &App<'_>) -> anyhow::Result<Vec<Host>> {
-    let mut hosts = Vec::new();
-    for (address, connected) in super::fleet::reach_all(app).await? {
-        hosts.push(connected.map_err(|e| {
-            e.context(format!(
-                "reach host {address} of the fleet (nothing was changed; --hosts leaves it out)"
-            ))
-        })?);
-    }
-    Ok(hosts)
 }
 
 /// A fleet operation with its number (1 = the oldest).
@@ -278,135 +259,4 @@ impl Report for FleetValidate {
         };
         format!("{}\n{}: {verdict}", render_table(&t), self.target)
     }
-}
-
-/// `mark-good` for the fleet: the pointer (shared by every host) moves once, every host's journal
-/// records it under one id, and every host keeps the image. Without a selector, every host must
-/// run the same digest.
-pub async fn mark_good(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
-    let project = app.project()?;
-    let target = app.target()?;
-    let registry = app.registry()?;
-    let pointer = project.lkg_tag();
-    let mut hosts = every_host(app).await?;
-    if !args.dry_run {
-        let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
-        for i in fleet::lock_order(&addresses) {
-            let address = hosts[i].address.clone();
-            hosts[i]
-                .lock("backtrack mark-good (fleet)")
-                .map_err(|e| e.context(format!("lock the target on {address}")))?;
-        }
-    }
-    let mut ops = Vec::new();
-    for h in &hosts {
-        let records = h
-            .journal
-            .read()
-            .map_err(|e| anyhow::Error::new(e).context(format!("read the journal on {}", h.address)))?;
-        ops.push(history::operations(&records));
-    }
-    let repository = registry.name();
-    let reads = hosts.iter().map(|h| deployed::read(&h.engine, target, &repository));
-    let mut running: Vec<(String, Option<ImageRef>)> = Vec::new();
-    for (h, read) in hosts.iter().zip(futures::future::join_all(reads).await) {
-        match read {
-            Ok(d) => running.push((h.address.clone(), d.first().map(|d| d.image.clone()))),
-            Err(e) if args.selector.is_some() => {
-                tracing::info!("what {} runs is unknown: {e:#}", h.address);
-            }
-            Err(e) => return Err(e.context(format!("read what {} runs on {}", target.display(), h.address))),
-        }
-    }
-    let current = running.first().and_then(|(_, i)| i.clone());
-    let catalog = Catalog::load(registry.as_ref()).await?;
-    let chosen: ImageRef = match &args.selector {
-        Some(s) => {
-            resolve::resolve(registry.as_ref(), &catalog, s, &ops[0], current.as_ref(), &pointer)
-                .await?
-                .image
-        }
-        None => {
-            let digests: Vec<(&str, Option<&str>)> = running
-                .iter()
-                .map(|(h, i)| {
-                    (
-                        h.as_str(),
-                        i.as_ref().and_then(|i| i.digest.as_ref()).map(|d| d.as_str()),
-                    )
-                })
-                .collect();
-            let groups = fleet::by_digest(&digests);
-            if groups.len() > 1 {
-                let drift: Vec<String> = groups
-                    .iter()
-                    .map(|(d, hosts)| format!("{} on {}", d.unwrap_or("no digest"), hosts.join(", ")))
-                    .collect();
-                anyhow::bail!(
-                    "choose what to mark: the hosts run different images ({}); name a version",
-                    drift.join("; ")
-                );
-            }
-            let c = current.ok_or_else(|| anyhow::anyhow!("find what the fleet runs"))?;
-            if c.digest.is_none() {
-                anyhow::bail!(
-                    "mark the deployed image: its digest in {} is unknown (it was not pulled from there); name a version",
-                    registry.name()
-                );
-            }
-            c
-        }
-    };
-    if let Some(v) = &chosen.version
-        && !args.force
-        && let Some(h) = hosts
-            .iter()
-            .zip(&ops)
-            .find(|(_, ops)| history::failed_versions(ops).contains(v))
-            .map(|(h, _)| h)
-    {
-        anyhow::bail!(
-            "mark {v} good: its last validation on {} failed (see `backtrack history`); pass --force if you are sure",
-            h.address
-        );
-    }
-    let previous = resolve::last_known_good(registry.as_ref(), &catalog, &ops[0], &pointer).await?;
-    if args.dry_run {
-        return app.printer.report(&MarkReport {
-            dry_run: true,
-            repository: registry.name(),
-            pointer,
-            marked: chosen,
-            previous,
-            local_image: None,
-        });
-    }
-    let journals: Vec<&crate::adapters::state::Journal> = hosts.iter().map(|h| &h.journal).collect();
-    let mut report = crate::ops::mark::mark_good(
-        registry.as_ref(),
-        &journals,
-        None,
-        &app.printer,
-        MarkRequest {
-            image: &chosen,
-            pointer: &pointer,
-            previous,
-            reason: args.reason.as_deref(),
-        },
-    )
-    .await?;
-    let keeps = hosts
-        .iter()
-        .map(|h| crate::ops::mark::keep_on_host(registry.as_ref(), &h.engine, &pointer, &chosen));
-    let mut kept = Vec::new();
-    for (h, result) in hosts.iter().zip(futures::future::join_all(keeps).await) {
-        match result {
-            Ok(local) => kept.push(local),
-            Err(e) => app.printer.note(format!("warning: [{}] could not {e:#}", h.address)),
-        }
-    }
-    if kept.len() == hosts.len() {
-        report.local_image = kept.pop().map(|l| format!("{l} (on all {} hosts)", hosts.len()));
-    }
-    app.printer.report(&report)
 }

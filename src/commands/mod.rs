@@ -396,7 +396,6 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,
-        Command::MarkGood(args) if app.is_fleet() => fleet_state::mark_good(&app, &args).await,
         Command::MarkGood(args) => mark_good::run(&app, &args).await,
         Command::Emergency(args) if app.is_swarm() => swarm::emergency(&app, &args).await,
         Command::Emergency(args) => fleet_emergency::run(&app, &args).await,
