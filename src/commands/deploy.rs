@@ -935,19 +935,12 @@ impl Report for FleetReport {
 /// The error (exit code) of a fleet run that did not end on the chosen version everywhere.
 fn fleet_verdict(report: &FleetReport, ended: &Ended, chosen: &ImageRef) -> anyhow::Result<()> {
     let name = |i: &usize| report.hosts[*i].host.clone();
-    let why = |failed: &[usize]| {
-        failed
-            .iter()
-            .map(|i| {
-                format!(
-                    "on {}: {}",
-                    name(i),
-                    report.hosts[*i].detail.clone().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let rows: Vec<(&str, Option<&str>)> = report
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.detail.as_deref()))
+        .collect();
+    let why = |failed: &[usize]| crate::domain::fleet::on_hosts(&rows, failed);
     match &ended.verdict {
         Verdict::Done => Ok(()),
         Verdict::RevertedEverywhere { failed } => Err(Failure::Reverted {

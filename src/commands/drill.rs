@@ -52,16 +52,12 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
     let (hosts, _) = app.hosts(Some(&command), false).await?;
     interrupt::install();
     let catalog = Catalog::load(registry.as_ref()).await?;
-    let rehearsed = hosts.iter().map(|h| {
-        let (registry, catalog, selectors) = (registry.as_ref(), &catalog, &selectors);
-        async move {
-            (
-                h.address.clone(),
-                drill_host(app, h, registry, catalog, selectors, args).await,
-            )
-        }
-    });
-    let results = futures::future::join_all(rehearsed).await;
+    let (registry, catalog) = (registry.as_ref(), &catalog);
+    let results = app
+        .on_each(&hosts, async |h| {
+            drill_host(app, h, registry, catalog, &selectors, args).await
+        })
+        .await;
     let (total, failing) = results
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())

@@ -393,19 +393,12 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     app.printer.report(&report)?;
-    let why = |failed: &[usize]| {
-        failed
-            .iter()
-            .map(|i| {
-                format!(
-                    "on {}: {}",
-                    report.hosts[*i].host,
-                    report.hosts[*i].detail.clone().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let rows: Vec<(&str, Option<&str>)> = report
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.detail.as_deref()))
+        .collect();
+    let why = |failed: &[usize]| fleet::on_hosts(&rows, failed);
     match verdict {
         Verdict::Done if unhealthy.is_empty() => Ok(()),
         Verdict::Done => Err(Failure::Unhealthy(format!(

@@ -339,6 +339,16 @@ impl App<'_> {
         }
     }
 
+    /// Runs `f` on every host at once; each host's address and what came of it, in order.
+    pub async fn on_each<R>(
+        &self,
+        hosts: &[Host],
+        f: impl AsyncFn(&Host) -> anyhow::Result<R>,
+    ) -> Vec<(String, anyhow::Result<R>)> {
+        let f = &f;
+        futures::future::join_all(hosts.iter().map(|h| async move { (h.address.clone(), f(h).await) })).await
+    }
+
     /// Prints what a command did on each host: one host's report as it is, several under their
     /// hosts' names. A host where the command failed fails the run, named, after the others'
     /// reports are printed.

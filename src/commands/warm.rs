@@ -34,16 +34,12 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
     let limit = crate::domain::duration::parse_wait(&args.timeout)?;
     let (hosts, _) = app.hosts(None, false).await?;
     let catalog = Catalog::load(registry.as_ref()).await?;
-    let warmed = hosts.iter().map(|h| {
-        let (registry, catalog) = (registry.as_ref(), &catalog);
-        async move {
-            (
-                h.address.clone(),
-                warm_host(app, h, registry, catalog, args, limit).await,
-            )
-        }
-    });
-    let results = futures::future::join_all(warmed).await;
+    let (registry, catalog) = (registry.as_ref(), &catalog);
+    let results = app
+        .on_each(&hosts, async |h| {
+            warm_host(app, h, registry, catalog, args, limit).await
+        })
+        .await;
     let (total, failed) = results
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())

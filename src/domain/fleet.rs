@@ -182,6 +182,15 @@ pub fn verdict(steps: &[HostStep]) -> Verdict {
     }
 }
 
+/// `on HOST: why; on HOST: why` for the hosts at `which` of `(host, detail)` rows.
+pub fn on_hosts(rows: &[(&str, Option<&str>)], which: &[usize]) -> String {
+    which
+        .iter()
+        .map(|i| format!("on {}: {}", rows[*i].0, rows[*i].1.unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Hosts grouped by the digest they run (`None`: nothing runs, or it has no digest). More than
 /// one group is drift.
 pub fn by_digest<'a>(hosts: &[(&'a str, Option<&'a str>)]) -> BTreeMap<Option<&'a str>, Vec<&'a str>> {

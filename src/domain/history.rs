@@ -144,6 +144,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// `rollback to 1.2.0 started 2026-12-06 21:30:00Z`: an open operation, as settling names it.
+    pub fn started_what(&self) -> String {
+        format!(
+            "{} to {} started {}",
+            self.op.as_str(),
+            self.to.as_ref().map_or("-".into(), |t| t.display()),
+            self.at.format("%Y-%m-%d %H:%M:%SZ"),
+        )
+    }
+
     /// A record of `op` with only the required fields set.
     pub fn new(id: &str, at: DateTime<Utc>, op: Operation, phase: Phase) -> Self {
         Self {

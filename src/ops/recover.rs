@@ -19,12 +19,7 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
     let records = journal.read()?;
     let open = history::open_operations(&records);
     for (started, committed) in &open {
-        let what = format!(
-            "{} to {} started {}",
-            started.op.as_str(),
-            started.to.as_ref().map_or("-".into(), |t| t.display()),
-            started.at.format("%Y-%m-%d %H:%M:%SZ"),
-        );
+        let what = started.started_what();
         let who = Identity::current();
         let mut problems = Vec::new();
         let outcome = if started.op == history::Operation::Emergency {

@@ -104,12 +104,7 @@ pub async fn settle(
     let records = journal.read()?;
     let open = history::open_operations(&records);
     for (started, committed) in &open {
-        let what = format!(
-            "{} to {} started {}",
-            started.op.as_str(),
-            started.to.as_ref().map_or("-".into(), |t| t.display()),
-            started.at.format("%Y-%m-%d %H:%M:%SZ"),
-        );
+        let what = started.started_what();
         let who = state::Identity::current();
         let (outcome, problem) = if *committed {
             printer.note(format!(
