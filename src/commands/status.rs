@@ -84,15 +84,26 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let mut rollback = Vec::new();
     let last_known_good = match Catalog::load(registry.as_ref()).await {
         Ok(catalog) => {
-            let cands = crate::ops::warm::candidates(
+            // The pointer is asked for once: it is both what status shows and a candidate.
+            let pointer = project.lkg_tag();
+            let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops, &pointer).await?;
+            let mut cands = crate::ops::warm::candidates(
                 registry.as_ref(),
                 &catalog,
                 &ops,
                 current.first().map(|d| &d.image),
-                &project.lkg_tag(),
-                &[],
+                &pointer,
+                &["previous".to_string()],
             )
             .await;
+            if let Some(l) = &lkg
+                && cands.iter().all(|c| c.image.digest != l.digest)
+            {
+                cands.push(crate::ops::warm::Candidate {
+                    label: pointer.clone(),
+                    image: l.clone(),
+                });
+            }
             rollback = crate::ops::warm::readiness(&engine, registry.as_ref(), &cands).await;
             for d in &current {
                 let Some(tag) = d.container.labels.get(LABEL_TAG) else {
@@ -109,7 +120,6 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
-            let lkg = resolve::last_known_good(registry.as_ref(), &catalog, &ops, &project.lkg_tag()).await?;
             if let Some(l) = &lkg
                 && let Some(j) = history::marked_good(&ops).next()
                 && j.digest != l.digest

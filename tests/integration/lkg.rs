@@ -258,3 +258,46 @@ fn a_second_emergency_keeps_the_original_container_and_a_deploy_leaves_emergency
         "the set-aside original is removed"
     );
 }
+
+/// How often the registry was asked for `repo`'s manifest `reference` (HEAD or GET), from the
+/// test registry's own access log (`scripts/test-env` writes it).
+fn manifest_requests(repo: &Repo, reference: &str) -> usize {
+    let log = std::env::var("BACKTRACK_TEST_REGISTRY_LOG")
+        .unwrap_or_else(|_| "/var/lib/backtrack-test-env/registry.log".into());
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("read the registry's log {log}: {e}"));
+    let path = format!("/v2/{}/manifests/{reference} ", repo.name);
+    log.lines()
+        .filter(|l| (l.contains("\"HEAD ") || l.contains("\"GET ")) && l.contains(&path))
+        .count()
+}
+
+/// Regression (#29): `status` asked the registry for the last_known_good pointer twice, once for
+/// the rollback candidates and once for what it shows.
+#[test]
+fn status_asks_the_registry_for_the_pointer_once() {
+    let repo = Repo::new("statusonce");
+    for v in ["v1.0.0", "v1.1.0", "v1.2.0"] {
+        repo.push(&AppImage::new(v));
+    }
+    let containers = Containers::new();
+    let app = run_app(&repo, "v1.0.0", &containers);
+    let t = Test::new().repo(&repo, &target(&app));
+    t.exec(["mark-good"]).success();
+    t.exec(["deploy", "v1.1.0"]).success();
+    t.exec(["deploy", "v1.2.0"]).success();
+    let before = manifest_requests(&repo, "last_known_good");
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert_eq!(status["last_known_good"]["version"], "1.0.0", "{status}");
+    let labels: Vec<&str> = status["rollback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["previous", "last_known_good"],
+        "both candidates are still told: {status}"
+    );
+    assert_eq!(manifest_requests(&repo, "last_known_good") - before, 1, "{status}");
+}
