@@ -425,11 +425,24 @@ fn swarm_stack_service_is_found_by_its_stack_name() {
     // start-first: the new task runs before the old one stops (a host-mode port is dynamic, so
     // both fit on one node). --mark-good --soak mean on a service what they mean on containers.
     let run = t
-        .exec(["deploy", "1.1.0", "--yes", "--order", "start-first", "--mark-good", "--soak", "1s"])
+        .exec([
+            "deploy",
+            "1.1.0",
+            "--yes",
+            "--order",
+            "start-first",
+            "--mark-good",
+            "--soak",
+            "1s",
+        ])
         .success();
     assert!(svc.tasks().iter().all(|t| t.1 == d2), "{:?}", svc.tasks());
     assert!(run.stderr.contains("stayed healthy"), "{}", run.stderr);
-    assert_eq!(repo.tag_digest("last_known_good").as_deref(), Some(d2.as_str()), "the pointer moved");
+    assert_eq!(
+        repo.tag_digest("last_known_good").as_deref(),
+        Some(d2.as_str()),
+        "the pointer moved"
+    );
     let order = s1_ok(&[
         "service",
         "inspect",
