@@ -822,3 +822,40 @@ fn fleet_doctor_checks_each_host_and_names_the_one_that_is_down() {
     assert_eq!(check(down, "ssh")["mark"], "fail", "{report}");
     assert_eq!(down["healthy"], false, "{report}");
 }
+
+/// `--rebuild` on a fleet: a version whose image is gone is built once from its Git tag (on the
+/// first host), pushed, and every host is swapped onto it (the flag was accepted and ignored).
+#[test]
+fn fleet_rollback_to_a_gone_version_rebuilds_it_once_and_swaps_every_host() {
+    require_fleet();
+    let repo = Repo::new("fleetrebuild");
+    repo.push(&AppImage::new("v1.1.0").label("io.backtrack.test", &repo.name));
+    let git = crate::rebuild::app_repo();
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.1.0", repo.image()), &hosts, &[]);
+    let more = format!("[rebuild]\nrepo = \"{}\"\n", git.path().display());
+    let t = app.test_with(&repo, &hosts, "/health", "20s", &more);
+
+    let refused = t.exec(["rollback", "v1.0.0", "--yes"]).code(4);
+    assert!(refused.stderr.contains("--rebuild"), "{}", refused.stderr);
+    let run = t
+        .exec(["rollback", "v1.0.0", "--yes", "--rebuild", "--output", "json"])
+        .success()
+        .json();
+    let results: Vec<&str> = run["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["committed", "committed"], "{run}");
+    assert!(repo.tag_digest("v1.0.0").is_some(), "pushed to the registry");
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+        assert!(
+            app.journal(h, &t).contains("rebuilt from Git tag v1.0.0"),
+            "{h}: {}",
+            app.journal(h, &t)
+        );
+    }
+}

@@ -38,7 +38,7 @@ CMD ["/bin/sh","-c","trap 'kill $pid; exit 0' TERM; httpd -f -p 8080 -h /www & p
 "#;
 
 /// A Git repository of the app with tags v1.0.0 and v1.1.0 (and more the test adds).
-fn app_repo() -> tempfile::TempDir {
+pub(crate) fn app_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     git(p, &["init", "-q", "-b", "main"]);
