@@ -77,8 +77,10 @@ fn after_a_validated_deploy_rollback_to_previous_never_pulls() {
 fn prune_local_keeps_every_candidate_and_removes_the_rest() {
     let repo = Repo::new("prunelocal");
     let mut digests = Vec::new();
+    // Images of this test's own (every test's 1.0.0 is otherwise the same image, and another
+    // test's container running it would keep it here "in use").
     for v in ["v1.0.0", "v2.0.0", "v3.0.0", "v4.0.0", "v5.0.0"] {
-        digests.push(repo.push(&AppImage::new(v)));
+        digests.push(repo.push(&AppImage::new(v).label("io.backtrack.test", &repo.name)));
     }
     let c = Containers::new();
     let (name, port) = run_app(&format!("{}:v1.0.0", repo.image()), &c, &[]);
