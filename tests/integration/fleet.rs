@@ -859,3 +859,56 @@ fn fleet_rollback_to_a_gone_version_rebuilds_it_once_and_swaps_every_host() {
         );
     }
 }
+
+/// Ctrl-C in the middle of a fleet rollback: every host finishes its step and is put back, as one
+/// host is (the fleet's copy of the swap never installed the handler).
+#[test]
+fn fleet_ctrl_c_mid_swap_puts_every_host_back() {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt;
+    let repo = pushed("fleetsigint");
+    let hosts = [H2, H3];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    // A probe that never passes: the hosts sit in validation until the interrupt.
+    let t = app.test(&repo, &hosts, "/missing", "60s");
+    let mut run = t
+        .command()
+        .args(["deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let aside = format!("{}-backtrack-prev", app.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hosts.iter().all(|h| on(h, &["inspect", &aside]).status.success()) {
+        assert!(Instant::now() < deadline, "the swap did not start on every host");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // As the terminal does: SIGINT to every process of the group.
+    let group = format!("-{}", run.id());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = run.wait().unwrap();
+    let mut stderr = String::new();
+    run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}: {stderr}");
+        assert!(
+            !on(h, &["inspect", &aside]).status.success(),
+            "{h} kept a set-aside container"
+        );
+        assert!(
+            app.journal(h, &t).contains("\"reverted\""),
+            "{h}: {}",
+            app.journal(h, &t)
+        );
+    }
+}
