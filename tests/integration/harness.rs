@@ -275,8 +275,11 @@ impl Repo {
     /// The digest a tag points to in the registry, by asking it directly.
     pub fn tag_digest(&self, tag: &str) -> Option<String> {
         let url = format!("http://{}/v2/{}/manifests/{tag}", self.host, self.name);
-        let resp = reqwest::blocking::Client::new()
-            .head(url)
+        let mut request = reqwest::blocking::Client::new().head(url);
+        if let Some((user, password)) = &self.basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        let resp = request
             .header(
                 "Accept",
                 "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, \

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real services. See `harness.rs` for the builder and fixtures.
 
+mod auth;
 mod cli;
 mod doctor;
 mod drill;
