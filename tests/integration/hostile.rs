@@ -697,3 +697,84 @@ fn out_of_range_durations_are_usage_errors_not_panics() {
     assert!(run.stderr.contains("300000000000y"), "{}", run.stderr);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
+
+/// Regression (#29): a token that grants pull but not push (the scope refused) makes `mark-good`
+/// fail clearly with the registry's exit code, and nothing is half done: no manifest was put and
+/// the journal says the mark failed.
+#[test]
+fn a_token_refused_the_push_scope_fails_mark_good_clearly_and_moves_nothing() {
+    let image = Image::new("v1");
+    let token = Server::start(|req| {
+        if req.path.starts_with("/token") {
+            ok_json(r#"{"token":"pull-only"}"#)
+        } else {
+            status(404, "{}")
+        }
+    });
+    let realm = format!("http://{}/token", token.addr);
+    let manifest = image.manifest.clone();
+    let digest = image.digest();
+    let config = image.config.clone();
+    let server = Server::start(move |req| {
+        let challenge = |error: &str| {
+            with_header(
+                status(
+                    401,
+                    &format!(r#"{{"errors":[{{"code":"{error}","message":"authentication required"}}]}}"#),
+                ),
+                "WWW-Authenticate",
+                &format!("Bearer realm=\"{realm}\",service=\"hostile\",scope=\"repository:app:pull,push\""),
+            )
+        };
+        if req.header("authorization") != Some("Bearer pull-only") {
+            return challenge("UNAUTHORIZED");
+        }
+        match (req.method.as_str(), req.path.as_str()) {
+            ("PUT", _) | ("POST", _) | ("DELETE", _) => with_header(
+                status(
+                    403,
+                    r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+                ),
+                "WWW-Authenticate",
+                "Bearer error=\"insufficient_scope\"",
+            ),
+            (_, p) if p.starts_with("/v2/app/tags/list") => tags(&["v1.0.0"]),
+            (_, p) if p.starts_with("/v2/app/manifests/") => Reply::Full {
+                status: 200,
+                headers: vec![
+                    (
+                        "Content-Type".into(),
+                        "application/vnd.docker.distribution.manifest.v2+json".into(),
+                    ),
+                    ("Docker-Content-Digest".into(), digest.clone()),
+                ],
+                body: manifest.clone(),
+            },
+            (_, p) if p.starts_with("/v2/app/blobs/") => ok_json(config.clone()),
+            _ => status(404, r#"{"errors":[{"code":"NOT_FOUND"}]}"#),
+        }
+    });
+    let t = sandbox(&server.addr, "");
+    let m = measure(&t, &["mark-good", "v1.0.0"]);
+    assert_eq!(m.code, 3, "stdout:\n{}\nstderr:\n{}", m.stdout, m.stderr);
+    assert!(
+        m.stderr.contains("last_known_good") && (m.stderr.contains("denied") || m.stderr.contains("DENIED")),
+        "the error names the pointer and the refusal: {}",
+        m.stderr
+    );
+    assert!(
+        !server
+            .seen()
+            .iter()
+            .any(|r| r.method == "PUT" && r.header("authorization").is_none()),
+        "no anonymous push was tried"
+    );
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let ops = history["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "{history}");
+    assert_eq!(ops[0]["op"], "mark-good", "{history}");
+    assert_eq!(
+        ops[0]["result"], "failed",
+        "the journal says the mark did not happen: {history}"
+    );
+}

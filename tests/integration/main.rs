@@ -13,12 +13,12 @@ mod hostile;
 mod lkg;
 mod prune;
 mod rebuild;
-mod remote;
+pub(crate) mod remote;
 mod remote_tls;
 mod same_everywhere;
 mod state;
 mod swap;
-mod swarm;
+pub(crate) mod swarm;
 mod versions;
 mod warm;
 

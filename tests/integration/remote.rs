@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use crate::harness::{AppImage, Repo, Test, docker, free_port, unique};
 
 /// Where test-env keeps the remote host (`scripts/test-env --print`).
-fn remote_dir() -> PathBuf {
+pub(crate) fn remote_dir() -> PathBuf {
     std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
         .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h2"), PathBuf::from)
 }
 
-fn ssh_config() -> PathBuf {
+pub(crate) fn ssh_config() -> PathBuf {
     remote_dir().join("client/ssh_config")
 }
 
@@ -51,7 +51,7 @@ fn require_remote() {
 }
 
 /// `docker` against the remote host's engine (the test's own view; backtrack goes through ssh).
-fn h2(args: &[&str]) -> Output {
+pub(crate) fn h2(args: &[&str]) -> Output {
     docker(
         &[
             &["-H", &format!("unix://{}", remote_dir().join("docker.sock").display())],
@@ -61,7 +61,7 @@ fn h2(args: &[&str]) -> Output {
     )
 }
 
-fn h2_ok(args: &[&str]) -> String {
+pub(crate) fn h2_ok(args: &[&str]) -> String {
     let out = h2(args);
     assert!(
         out.status.success(),
@@ -73,7 +73,7 @@ fn h2_ok(args: &[&str]) -> String {
 }
 
 /// What the app in container `name` on the remote host serves at /health (asked from inside it).
-fn serves(name: &str) -> String {
+pub(crate) fn serves(name: &str) -> String {
     let out = h2(&["exec", name, "wget", "-qO-", "http://127.0.0.1:8080/health"]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -159,7 +159,7 @@ fn remote_test(repo: &Repo, app: &RemoteApp, host: &str, health_path: &str, time
         .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap())
 }
 
-const HOST: &str = "ssh://bt-remote@127.0.0.1:2222";
+pub(crate) const HOST: &str = "ssh://bt-remote@127.0.0.1:2222";
 
 fn pushed(test: &str, versions: &[&str]) -> Repo {
     crate::harness::require_services();

@@ -51,15 +51,15 @@ fn require_swarm() {
 }
 
 /// A service on the swarm, removed when dropped.
-struct Service {
-    name: String,
+pub(crate) struct Service {
+    pub(crate) name: String,
     /// A stack it belongs to (removed with `docker stack rm`).
     stack: Option<String>,
 }
 
 impl Service {
     /// `docker service create` with `replicas` tasks, one per node, publishing 8080 in host mode.
-    fn create(prefix: &str, image: &str, extra: &[&str]) -> Self {
+    pub(crate) fn create(prefix: &str, image: &str, extra: &[&str]) -> Self {
         require_swarm();
         let name = unique(prefix);
         let mut args = vec![
@@ -112,7 +112,7 @@ impl Service {
     }
 
     /// The digest each task Swarm wants running runs, with its node and state.
-    fn tasks(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn tasks(&self) -> Vec<(String, String, String)> {
         let out = s1_ok(&[
             "service",
             "ps",
@@ -162,17 +162,19 @@ impl Service {
     }
 
     /// The config of a test on this service.
-    fn test(&self, repo: &Repo, health: &str) -> Test {
+    pub(crate) fn test(&self, repo: &Repo, health: &str) -> Test {
+        Test::new().repo(repo, &self.target(health))
+    }
+
+    /// The `[target]` and `[health]` of a config on this service.
+    pub(crate) fn target(&self, health: &str) -> String {
         let stack = match &self.stack {
             Some(s) => format!("stack = \"{s}\"\nname = \"web\"\n"),
             None => format!("name = \"{}\"\n", self.name),
         };
-        Test::new().repo(
-            repo,
-            &format!(
-                "[target]\nkind = \"swarm\"\n{stack}host = \"{}\"\n[health]\n{health}\n",
-                manager_socket()
-            ),
+        format!(
+            "[target]\nkind = \"swarm\"\n{stack}host = \"{}\"\n[health]\n{health}\n",
+            manager_socket()
         )
     }
 
@@ -226,7 +228,7 @@ fn two_healthy_versions(test: &str) -> (Repo, String, String) {
     (repo, d1, d2)
 }
 
-const PROBE: &str = "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"60s\"";
+pub(crate) const PROBE: &str = "http = \"http://127.0.0.1:8080/health\"\ntimeout = \"60s\"";
 
 #[test]
 fn swarm_deploy_and_rollback_move_both_nodes_tasks_and_keep_the_main_engine_out() {
