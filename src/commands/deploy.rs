@@ -486,6 +486,12 @@ async fn swap_command(
         fleet,
     };
     let result_rows = results(&plans);
+    // What one host's report names: the plan's containers, or the service.
+    let names: Vec<String> = match plans.get(order[0]) {
+        Some(Some(Planned::Containers(p))) => p.containers.iter().map(|c| c.name.clone()).collect(),
+        Some(Some(Planned::Service(p))) => vec![p.service.clone()],
+        _ => current[order[0]].iter().map(|d| d.container.name.clone()).collect(),
+    };
     let mut slots: Vec<Slot<'_>> = hosts
         .iter()
         .zip(plans)
@@ -506,7 +512,6 @@ async fn swap_command(
         })
         .collect();
     let ended = operation::execute(&run, &mut slots).await;
-    let containers: Vec<String> = current[order[0]].iter().map(|d| d.container.name.clone()).collect();
     let pulled = slots.iter().any(|s| s.pulled);
     let mut errors: Vec<Option<anyhow::Error>> = slots.iter_mut().map(|s| s.error.take()).collect();
     let why = ended
@@ -529,7 +534,7 @@ async fn swap_command(
             target: target.display(),
             from: current_ref.clone().unwrap_or_default(),
             to: chosen.image.clone(),
-            containers,
+            containers: names,
             result: ended.outcome,
             forward,
             pulled,
@@ -571,6 +576,12 @@ async fn swap_command(
             }
         }
     } else {
+        if let Some(key) = &target.version_env {
+            app.printer.note(format!(
+                "warning: {key} not written: each host's compose project (and its .env) is on that host; \
+                 set it there, or pick one host with --hosts"
+            ));
+        }
         let report = FleetReport {
             op,
             target: target.display(),
@@ -623,6 +634,13 @@ fn refuse_flags_of_other_kinds(target: &crate::settings::TargetSettings, common:
         return refuse(format!(
             "use --strategy on {}: it orders hosts, and Swarm places a service's tasks itself; \
              --parallelism and --order set how Swarm updates them",
+            target.display()
+        ));
+    }
+    if swarm && common.no_warm {
+        return refuse(format!(
+            "use --no-warm on {}: a Swarm service's nodes pull as Swarm places its tasks, so nothing is \
+             warmed after a swap there",
             target.display()
         ));
     }
@@ -940,7 +958,11 @@ fn fleet_verdict(report: &FleetReport, ended: &Ended, chosen: &ImageRef) -> anyh
         .iter()
         .map(|h| (h.host.as_str(), h.detail.as_deref()))
         .collect();
-    let why = |failed: &[usize]| crate::domain::fleet::on_hosts(&rows, failed);
+    // Nothing failed on its own: the run was interrupted between waves.
+    let why = |failed: &[usize]| match failed {
+        [] => "interrupted".to_string(),
+        _ => crate::domain::fleet::on_hosts(&rows, failed),
+    };
     match &ended.verdict {
         Verdict::Done => Ok(()),
         Verdict::RevertedEverywhere { failed } => Err(Failure::Reverted {

@@ -295,16 +295,22 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
         (Verdict::Done, None) if interrupted => Verdict::RevertedEverywhere { failed: Vec::new() },
         (v, _) => v,
     };
+    // Whether any unit changed anything (a unit that failed before its change, such as an update
+    // the orchestrator refused, changed nothing: no revert, no `on_revert`, no "reverted").
+    let changed_any = slots
+        .iter()
+        .any(|s| s.intent.is_some() && s.result.step != HostStep::FailedNothingChanged);
     // Only probes that never reached anything failed: the version is not marked failed.
     let failing: Vec<&Slot<'_>> = slots.iter().filter(|s| s.result.step.is_failure()).collect();
     let only_unreachable = post_failed.is_none() && !failing.is_empty() && failing.iter().all(|s| s.probe_unreachable);
     let outcome = match &verdict {
         Verdict::Done => Outcome::Ok,
+        Verdict::RevertedEverywhere { .. } if !changed_any => Outcome::Failed,
         Verdict::RevertedEverywhere { .. } if only_unreachable => Outcome::RevertedProbeUnreachable,
         Verdict::RevertedEverywhere { .. } => Outcome::Reverted,
         Verdict::NeedsAPerson { .. } => Outcome::RevertFailed,
     };
-    if outcome != Outcome::Ok && slots.iter().any(|s| s.intent.is_some()) {
+    if outcome != Outcome::Ok && changed_any {
         match hooks::run(
             run.printer,
             "on_revert",
@@ -343,10 +349,15 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
             run.say(unit.place(), format!("warning: could not record the ending: {e}"));
         }
     }
-    // One notification for the whole operation, noted in the first journal that has it.
-    if slots.iter().any(|s| s.intent.is_some()) {
+    // One notification for the whole operation, noted in the first journal that has it (none when
+    // nothing changed, and none for a validated single target whose records were lost: that run
+    // ends in an error that says so).
+    if changed_any && !(not_recorded.is_some() && !run.fleet) {
         let why: Vec<String> = match &post_failed {
             Some(e) => vec![e.clone()],
+            None if interrupted && slots.iter().all(|s| !s.result.step.is_failure()) => {
+                vec!["interrupted".into()]
+            }
             None => slots
                 .iter()
                 .filter(|s| s.result.step.is_failure())
@@ -460,10 +471,12 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
                 slot.error = Some(failed.error.unwrap_or_else(|| anyhow::anyhow!(failed.why)));
                 return;
             }
-            run.say(
-                unit.place(),
-                format!("{}; putting its previous version back", failed.why),
-            );
+            if run.fleet {
+                run.say(
+                    unit.place(),
+                    format!("{}; putting its previous version back", failed.why),
+                );
+            }
             slot.why = Some(failed.why.clone());
             match unit.put_back(run).await {
                 Ok(()) => {

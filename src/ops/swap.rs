@@ -221,6 +221,8 @@ impl Unit for Containers<'_> {
         let plan = &self.plan;
         Record {
             target: Some(plan.target.clone()),
+            // What this host ran (on a fleet, hosts may have drifted apart).
+            from: Some(plan.from.clone()),
             containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
             saved: plan
                 .containers

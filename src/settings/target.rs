@@ -176,6 +176,16 @@ pub(super) fn resolve(
     if t.stack.is_some() && t.kind != TargetKind::Swarm {
         return Err("[target] stack only applies to kind = \"swarm\" (the stack a swarm service came from)".into());
     }
+    if t.kind == TargetKind::Swarm
+        && (t.strategy.is_some() || t.batch != 1 || t.canary_soak != Duration::from_secs(120))
+    {
+        return Err(
+            "[target] strategy, batch and canary_soak order hosts, and Swarm places a service's tasks itself: \
+             leave them out for kind = \"swarm\" (the service's update config, or --parallelism and --order, \
+             set how Swarm updates it)"
+                .into(),
+        );
+    }
     if t.kind == TargetKind::Swarm && !t.hosts.is_empty() {
         return Err(
             "[target] kind = \"swarm\" is reached through one manager: set `host` to a manager, not `hosts` \

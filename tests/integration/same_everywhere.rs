@@ -13,6 +13,9 @@ fn target(repo: &Repo, kind: &str) -> Test {
             "kind = \"container\"\nname = \"app\"\nhosts = [\"ssh://nobody@127.0.0.1:1\", \"ssh://nobody@127.0.0.1:2\"]"
         }
         "swarm" => "kind = \"swarm\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"",
+        "swarm with a strategy" => {
+            "kind = \"swarm\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"\nstrategy = \"canary\""
+        }
         _ => "kind = \"container\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"",
     };
     Test::new().repo(repo, &format!("[target]\n{hosts}\n"))
@@ -44,6 +47,12 @@ fn flags_and_commands_a_kind_cannot_honour_are_refused_naming_the_kind() {
             &["Swarm", "--parallelism"],
         ),
         ("swarm", &["rollback", "--skip-unreachable"], &["Swarm"]),
+        ("swarm", &["deploy", "v1.0.0", "--no-warm"], &["Swarm", "--no-warm"]),
+        (
+            "swarm with a strategy",
+            &["rollback"],
+            &["[target] strategy", "kind = \"swarm\""],
+        ),
         ("swarm", &["warm"], &["Swarm", "docker pull"]),
         ("swarm", &["drill"], &["Swarm", "backtrack validate"]),
         ("swarm", &["prune", "--local"], &["Swarm", "docker image prune"]),

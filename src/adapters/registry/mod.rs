@@ -20,8 +20,10 @@ use crate::domain::digest::Digest;
 use crate::domain::image::ImageInfo;
 use crate::settings::{RegistryKind, RegistrySettings};
 
-/// How many registry requests run at once when a command needs many.
-pub const CONCURRENCY: usize = 16;
+/// How many registry requests run at once when a command needs many: at least the default
+/// `versions --limit` (20), so a listing's manifests (and then its configs) go out as one batch,
+/// one round trip each across a slow link (`bench/versions-rtt.sh`).
+pub const CONCURRENCY: usize = 24;
 /// How many deletes run at once.
 pub const DELETE_CONCURRENCY: usize = 16;
 

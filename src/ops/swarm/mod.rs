@@ -221,6 +221,7 @@ impl Unit for Service<'_> {
     fn intent(&self, base: &Record) -> Record {
         Record {
             target: Some(self.plan.target.clone()),
+            from: Some(self.plan.from.clone()),
             containers: vec![self.plan.service.clone()],
             saved: BTreeMap::from([(self.plan.service.clone(), self.plan.previous_image.clone())]),
             detail: base.detail.clone().or(self.plan.note.clone()),
