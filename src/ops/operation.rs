@@ -352,7 +352,7 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
     // One notification for the whole operation, noted in the first journal that has it (none when
     // nothing changed, and none for a validated single target whose records were lost: that run
     // ends in an error that says so).
-    if changed_any && !(not_recorded.is_some() && !run.fleet) {
+    if changed_any && (run.fleet || not_recorded.is_none()) {
         let why: Vec<String> = match &post_failed {
             Some(e) => vec![e.clone()],
             None if interrupted && slots.iter().all(|s| !s.result.step.is_failure()) => {
