@@ -296,6 +296,14 @@ fn two_operators_contend_for_the_remote_lock() {
         "the loser must name the holder: {}",
         run.stderr
     );
+    // Another writer of the same journal (mark-good appends to it) is refused cleanly too.
+    let mark = b.exec(["mark-good", "v1.0.0"]).code(5);
+    assert!(mark.stderr.contains("backtrack deploy v1.1.0"), "{}", mark.stderr);
+    assert_eq!(
+        repo.tag_digest("last_known_good"),
+        None,
+        "the refused mark moved nothing"
+    );
     let status = b.exec(["status"]).success();
     assert!(
         status.stdout.contains("in progress") || status.stderr.contains("in progress"),
@@ -304,6 +312,15 @@ fn two_operators_contend_for_the_remote_lock() {
         status.stderr
     );
     assert_eq!(a_run.wait().unwrap().code(), Some(6));
+    // The journal on the host holds whole records only, and none of the refused mark.
+    let journal = app.journal();
+    assert!(
+        journal
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{journal}"
+    );
+    assert!(!journal.contains("\"mark-good\""), "{journal}");
     // One history on the host: B sees A's reverted deploy, and may act now.
     let h = b.exec(["history", "--output", "json"]).success().json();
     assert_eq!(h["operations"].as_array().unwrap().len(), 1, "{h}");
