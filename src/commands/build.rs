@@ -62,7 +62,7 @@ pub async fn run(app: &App<'_>, args: &BuildArgs) -> anyhow::Result<()> {
     let commit = repo.head()?;
     let registry = app.registry()?;
     // On a fleet, the first host (in lock order) builds, as a rebuild from Git does.
-    let (hosts, _) = app.hosts(None, false).await?;
+    let (hosts, _) = app.hosts(None, None).await?;
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let engine = &hosts[crate::domain::fleet::lock_order(&addresses)[0]].engine;
     let name = registry.name();

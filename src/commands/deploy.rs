@@ -244,7 +244,10 @@ async fn swap_command(
     });
     let command = format!("backtrack {} {input}", op.as_str());
     let (hosts, skipped) = app
-        .hosts((!common.dry_run).then_some(command.as_str()), common.skip_unreachable)
+        .hosts(
+            (!common.dry_run).then_some(command.as_str()),
+            Some(common.skip_unreachable),
+        )
         .await?;
     let fleet = app.is_fleet();
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
@@ -513,7 +516,8 @@ async fn swap_command(
         .collect();
     let ended = operation::execute(&run, &mut slots).await;
     let pulled = slots.iter().any(|s| s.pulled);
-    let mut errors: Vec<Option<anyhow::Error>> = slots.iter_mut().map(|s| s.error.take()).collect();
+    // One host: what failed before anything changed is the answer itself.
+    let early_error = slots.first_mut().and_then(|s| s.error.take()).filter(|_| !fleet);
     let why = ended
         .post_failed
         .clone()
@@ -524,11 +528,10 @@ async fn swap_command(
     for r in &rows {
         print_logs(&app.printer, if fleet { Some(&r.host) } else { None }, &r.logs);
     }
+    if let Some(e) = early_error {
+        return Err(e);
+    }
     if !fleet {
-        // One host: what failed before anything changed is the answer itself.
-        if let Some(e) = errors[0].take() {
-            return Err(e);
-        }
         let report = SwapReport {
             op,
             target: target.display(),
@@ -645,13 +648,19 @@ fn refuse_flags_of_other_kinds(target: &crate::settings::TargetSettings, common:
         ));
     }
     if swarm && common.skip_unreachable {
-        return refuse(format!(
-            "use --skip-unreachable on {}: a Swarm service is reached through its manager, and \
-             Swarm itself skips nodes that are down",
-            target.display()
-        ));
+        return Err(skip_unreachable_on_swarm(target));
     }
     Ok(())
+}
+
+/// `--skip-unreachable` on a Swarm service (deploy, rollback, emergency): refused, naming why.
+pub(super) fn skip_unreachable_on_swarm(target: &crate::settings::TargetSettings) -> anyhow::Error {
+    Failure::Usage(format!(
+        "use --skip-unreachable on {}: a Swarm service is reached through its manager, and Swarm \
+         itself skips nodes that are down",
+        target.display()
+    ))
+    .into()
 }
 
 /// Settles what an earlier run left open on every host (with the locks held), or says that a

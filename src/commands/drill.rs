@@ -49,7 +49,7 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
     };
     // One drill at a time per target (the scratch copy has one name), and none during a swap.
     let command = format!("backtrack drill {}", selectors.join(" "));
-    let (hosts, _) = app.hosts(Some(&command), false).await?;
+    let (hosts, _) = app.hosts(Some(&command), None).await?;
     interrupt::install();
     let catalog = Catalog::load(registry.as_ref()).await?;
     let (registry, catalog) = (registry.as_ref(), &catalog);

@@ -12,26 +12,30 @@ use crate::ops::deployed;
 use crate::ops::fleet::Host;
 use crate::output::Report;
 
-/// The hosts that answered; the others refuse the run, naming the host, unless `skip` (then
-/// each is a warning, and listed as skipped).
+/// The hosts that answered; the others refuse the run, naming the host, unless `skip` is
+/// `Some(true)` (then each is a warning, and listed as skipped). `None`: the command has no
+/// `--skip-unreachable`, and the refusal says to leave the host out with `--hosts`.
 pub fn reachable_hosts(
     app: &App<'_>,
     connected: Vec<(String, anyhow::Result<Host>)>,
-    skip: bool,
+    skip: Option<bool>,
 ) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
     let mut hosts: Vec<Host> = Vec::new();
     let mut skipped = Vec::new();
     for (address, result) in connected {
         match result {
             Ok(h) => hosts.push(h),
-            Err(e) if skip => {
+            Err(e) if skip == Some(true) => {
                 app.printer.note(format!("warning: skipping {address}: {e:#}"));
                 skipped.push(address);
             }
             Err(e) => {
+                let instead = match skip {
+                    Some(_) => "--skip-unreachable goes on without it",
+                    None => "--hosts leaves it out",
+                };
                 return Err(e.context(format!(
-                    "reach host {address} of the fleet (nothing was changed on any host; \
-                     --skip-unreachable goes on without it)"
+                    "reach host {address} of the fleet (nothing was changed on any host; {instead})"
                 )));
             }
         }
@@ -195,15 +199,9 @@ pub async fn status(app: &App<'_>) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
     let repository = project.registry.display();
-    let meta = |h: &crate::settings::FleetHost| TargetMeta {
-        target: target.display(),
-        engine: h.address.clone(),
-        repository: repository.clone(),
-        environment: target.environment.clone(),
-    };
     let mut rows = Vec::new();
     let mut digests: Vec<(String, Option<String>)> = Vec::new();
-    for (address, connected) in crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await {
+    for (address, connected) in reach_all(app).await? {
         let host = match connected {
             Ok(h) => h,
             Err(e) => {

@@ -117,7 +117,10 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let registry = app.registry()?;
     let fleet = app.is_fleet();
     let (hosts, skipped) = app
-        .hosts((!args.dry_run).then_some("backtrack emergency"), args.skip_unreachable)
+        .hosts(
+            (!args.dry_run).then_some("backtrack emergency"),
+            Some(args.skip_unreachable),
+        )
         .await?;
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = fleet::lock_order(&addresses);

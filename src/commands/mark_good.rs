@@ -23,12 +23,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     // The hosts tell what is deployed, and keep the image; a named version needs none of them.
     let (hosts, _repository_lock, repository_journal): (Vec<Host>, Option<TargetLock>, Option<Journal>) =
         match app.target() {
-            Ok(_) if fleet => (every_host(app, args.dry_run).await?, None, None),
-            Ok(_) => (
-                app.hosts((!args.dry_run).then_some(command), false).await?.0,
-                None,
-                None,
-            ),
+            Ok(_) => (app.hosts((!args.dry_run).then_some(command), None).await?.0, None, None),
             Err(e) if args.selector.is_none() => return Err(e),
             Err(_) => (
                 Vec::new(),
@@ -125,28 +120,6 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
         }
     }
     app.printer.report(&report)
-}
-
-/// Every host of a fleet, locked in order, or a refusal naming the first that did not answer.
-async fn every_host(app: &App<'_>, dry_run: bool) -> anyhow::Result<Vec<Host>> {
-    let mut hosts = Vec::new();
-    for (address, connected) in super::fleet::reach_all(app).await? {
-        hosts.push(connected.map_err(|e| {
-            e.context(format!(
-                "reach host {address} of the fleet (nothing was changed; --hosts leaves it out)"
-            ))
-        })?);
-    }
-    if !dry_run {
-        let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
-        for i in crate::domain::fleet::lock_order(&addresses) {
-            let address = hosts[i].address.clone();
-            hosts[i]
-                .lock("backtrack mark-good (fleet)")
-                .map_err(|e| e.context(format!("lock the target on {address}")))?;
-        }
-    }
-    Ok(hosts)
 }
 
 /// What the target runs (the first host's image), when every host runs one image; with a named

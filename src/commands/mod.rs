@@ -133,8 +133,9 @@ impl App<'_> {
     /// one. With `lock`, every host's lock is taken for that command before anything changes, in
     /// one fixed order (two runs never wait on each other's half: the second is refused at its
     /// first host, holding nothing). A fleet's host that cannot be reached refuses the run,
-    /// naming it, unless `skip` (then it is listed as skipped).
-    pub async fn hosts(&self, lock: Option<&str>, skip: bool) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
+    /// naming it, unless `skip` is `Some(true)` (then it is listed as skipped; `None`: the command
+    /// has no `--skip-unreachable`).
+    pub async fn hosts(&self, lock: Option<&str>, skip: Option<bool>) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
         if !self.is_fleet() {
             let journal = self.journal()?;
             // The lock is asked for first: for a remote target it travels while the engine

@@ -45,7 +45,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
     }
     let registry = app.registry()?;
     let (hosts, _) = app
-        .hosts((!args.dry_run).then_some("backtrack prune --local"), false)
+        .hosts((!args.dry_run).then_some("backtrack prune --local"), None)
         .await?;
     // What the registry says the pointers and candidates are; with the registry down, nothing is
     // removed (a candidate could not be told from the rest).
@@ -56,18 +56,19 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             pointers.insert(d, tag.clone());
         }
     }
-    let planned = hosts.iter().map(|h| {
-        let (registry, catalog, pointers) = (registry.as_ref(), &catalog, &pointers);
-        async move { plan_host(app, h, registry, catalog, pointers, args.dry_run).await }
-    });
+    let (registry_ref, catalog_ref, pointers_ref) = (registry.as_ref(), &catalog, &pointers);
+    let planned = app
+        .on_each(&hosts, async |h| {
+            plan_host(app, h, registry_ref, catalog_ref, pointers_ref, args.dry_run).await
+        })
+        .await;
     let mut reports = Vec::new();
-    for (h, planned) in hosts.iter().zip(futures::future::join_all(planned).await) {
-        let report = if app.is_fleet() {
-            planned.map_err(|e| e.context(format!("plan the removals on {}", h.address)))?
+    for (address, planned) in planned {
+        reports.push(if app.is_fleet() {
+            planned.map_err(|e| e.context(format!("plan the removals on {address}")))?
         } else {
             planned?
-        };
-        reports.push(report);
+        });
     }
     let removing: usize = reports.iter().map(|r| r.removed).sum();
     if args.dry_run || removing == 0 {

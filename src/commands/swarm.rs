@@ -252,6 +252,9 @@ impl Report for EmergencyReport<'_> {
 pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
+    if args.skip_unreachable {
+        return Err(super::deploy::skip_unreachable_on_swarm(target));
+    }
     let registry = app.registry()?;
     let journal = app.journal()?;
     if args.env_file.is_some() {

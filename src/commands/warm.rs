@@ -32,7 +32,7 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
     }
     let registry = app.registry()?;
     let limit = crate::domain::duration::parse_wait(&args.timeout)?;
-    let (hosts, _) = app.hosts(None, false).await?;
+    let (hosts, _) = app.hosts(None, None).await?;
     let catalog = Catalog::load(registry.as_ref()).await?;
     let (registry, catalog) = (registry.as_ref(), &catalog);
     let results = app

@@ -150,13 +150,8 @@ pub struct Slot<'a> {
 }
 
 impl<'a> Slot<'a> {
+    /// `result` as the plan left it (`NotStarted`, or `Unchanged` for a unit of `None`).
     pub fn new(unit: Option<Box<dyn Unit + 'a>>, result: HostResult) -> Self {
-        let mut result = result;
-        result.step = if unit.is_some() {
-            HostStep::NotStarted
-        } else {
-            HostStep::Unchanged
-        };
         Self {
             unit,
             result,
@@ -221,16 +216,19 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
     let moving = moving(slots);
     let mut to_revert = fleet::must_revert(&steps(slots));
     let interrupted = interrupt::requested() && slots.iter().any(|s| s.result.step == HostStep::NotStarted);
+    // Every unit that validated, as the index list `must_revert` gives.
+    let validated = |slots: &[Slot<'_>]| -> Vec<usize> {
+        (0..slots.len())
+            .filter(|i| slots[*i].result.step == HostStep::Validated)
+            .collect()
+    };
     if interrupted && to_revert.is_empty() {
         // Ctrl-C between waves: what validated so far is put back.
-        to_revert = (0..slots.len())
-            .filter(|i| slots[*i].result.step == HostStep::Validated)
-            .collect();
+        to_revert = validated(slots);
     }
     // Every unit validated: the `post` hook has the last word, once for the whole operation.
     let mut post_failed = None;
-    let validated = steps(slots).contains(&HostStep::Validated);
-    if to_revert.is_empty() && validated {
+    if to_revert.is_empty() && steps(slots).contains(&HostStep::Validated) {
         match hooks::run(
             run.printer,
             "post",
@@ -243,9 +241,7 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
             Ok(done) => notes.extend(done),
             Err(e) => {
                 notes.push(e.to_string());
-                to_revert = (0..slots.len())
-                    .filter(|i| slots[*i].result.step == HostStep::Validated)
-                    .collect();
+                to_revert = validated(slots);
                 post_failed = Some(e.to_string());
             }
         }
@@ -358,17 +354,17 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
             None if interrupted && slots.iter().all(|s| !s.result.step.is_failure()) => {
                 vec!["interrupted".into()]
             }
+            None if run.fleet => {
+                let rows: Vec<(&str, Option<&str>)> = slots
+                    .iter()
+                    .map(|s| (s.result.host.as_str(), s.result.detail.as_deref()))
+                    .collect();
+                vec![fleet::on_hosts(&rows, &failing_at(slots))]
+            }
             None => slots
                 .iter()
                 .filter(|s| s.result.step.is_failure())
-                .filter_map(|s| {
-                    let d = s.result.detail.as_ref()?;
-                    Some(if run.fleet {
-                        format!("on {}: {d}", s.result.host)
-                    } else {
-                        d.clone()
-                    })
-                })
+                .filter_map(|s| s.result.detail.clone())
                 .collect(),
         };
         let event = notify::Event {
@@ -395,6 +391,13 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
         not_recorded,
         duration_ms,
     }
+}
+
+/// The indices of the units that stopped the run.
+fn failing_at(slots: &[Slot<'_>]) -> Vec<usize> {
+    (0..slots.len())
+        .filter(|i| slots[*i].result.step.is_failure())
+        .collect()
 }
 
 fn steps(slots: &[Slot<'_>]) -> Vec<HostStep> {

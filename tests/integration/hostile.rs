@@ -510,15 +510,20 @@ fn a_link_and_a_redirect_to_another_origin_get_no_credentials() {
     );
 }
 
-#[test]
-fn a_plain_http_token_service_on_another_origin_gets_no_credentials() {
-    let other = Server::start(|req| {
+/// A token service on an origin of its own that hands out `token` for any scope asked.
+fn token_service(token: &'static str) -> Server {
+    Server::start(move |req| {
         if req.path.starts_with("/token") {
-            ok_json(r#"{"token":"anonymous-token"}"#)
+            ok_json(format!(r#"{{"token":"{token}"}}"#))
         } else {
             status(404, "{}")
         }
-    });
+    })
+}
+
+#[test]
+fn a_plain_http_token_service_on_another_origin_gets_no_credentials() {
+    let other = token_service("anonymous-token");
     let realm = format!("http://{}/token", other.addr);
     let server = Server::start(move |req| {
         if req.header("authorization") != Some("Bearer anonymous-token") {
@@ -704,13 +709,7 @@ fn out_of_range_durations_are_usage_errors_not_panics() {
 #[test]
 fn a_token_refused_the_push_scope_fails_mark_good_clearly_and_moves_nothing() {
     let image = Image::new("v1");
-    let token = Server::start(|req| {
-        if req.path.starts_with("/token") {
-            ok_json(r#"{"token":"pull-only"}"#)
-        } else {
-            status(404, "{}")
-        }
-    });
+    let token = token_service("pull-only");
     let realm = format!("http://{}/token", token.addr);
     let manifest = image.manifest.clone();
     let digest = image.digest();

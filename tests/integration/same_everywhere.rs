@@ -47,6 +47,7 @@ fn flags_and_commands_a_kind_cannot_honour_are_refused_naming_the_kind() {
             &["Swarm", "--parallelism"],
         ),
         ("swarm", &["rollback", "--skip-unreachable"], &["Swarm"]),
+        ("swarm", &["emergency", "--skip-unreachable"], &["Swarm"]),
         ("swarm", &["deploy", "v1.0.0", "--no-warm"], &["Swarm", "--no-warm"]),
         (
             "swarm with a strategy",
