@@ -191,8 +191,11 @@ impl Service {
                 "--format",
                 "{{range .Status.PortStatus.Ports}}{{.PublishedPort}} {{end}}",
             ]);
-            let port = port.split_whitespace().next().unwrap_or_default().to_string();
-            let body = crate::harness::http_get(&format!("http://{addr}:{port}/health")).unwrap_or_default();
+            // Docker 20.10 may publish IPv4 and IPv6 on different random ports: the first that answers.
+            let body = port
+                .split_whitespace()
+                .find_map(|port| crate::harness::http_get(&format!("http://{addr}:{port}/health")))
+                .unwrap_or_default();
             out.push(body.trim().to_string());
         }
         out.sort();

@@ -103,9 +103,15 @@ impl TaskView {
         pinned(&self.image)
     }
 
-    /// The host port this task publishes for `container_port`, in host mode.
-    pub fn host_port(&self, container_port: u16) -> Option<u16> {
-        self.ports.iter().find(|(t, _)| *t == container_port).map(|(_, p)| *p)
+    /// The host ports this task publishes for `container_port`, in host mode: usually one, but
+    /// Docker 20.10 may give the IPv4 and the IPv6 binding different random ports, and the task's
+    /// port status does not say which is which.
+    pub fn host_ports(&self, container_port: u16) -> Vec<u16> {
+        self.ports
+            .iter()
+            .filter(|(t, _)| *t == container_port)
+            .map(|(_, p)| *p)
+            .collect()
     }
 }
 
@@ -301,5 +307,34 @@ fn task_view(service: &str, t: Task, nodes: &HashMap<String, (String, Option<Str
         container_id: status.container_status.and_then(|c| c.container_id),
         ports,
         updated_at: t.updated_at.map(|d| d.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{EndpointPortConfig, PortStatus, TaskStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_task_publishing_ipv4_and_ipv6_on_different_ports_offers_both() {
+        let port = |published| EndpointPortConfig {
+            target_port: Some(8080),
+            published_port: Some(published),
+            ..Default::default()
+        };
+        let task = Task {
+            slot: Some(1),
+            status: Some(TaskStatus {
+                port_status: Some(PortStatus {
+                    ports: Some(vec![port(32819), port(32818), port(32819)]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let view = task_view("web", task, &HashMap::new());
+        assert_eq!(view.host_ports(8080), vec![32818, 32819]);
+        assert!(view.host_ports(9090).is_empty());
     }
 }

@@ -219,21 +219,38 @@ async fn probe_tasks(
     }
     let mut reached_one = false;
     for t in tasks {
-        let (Some(addr), Some(host_port)) = (t.node_addr.as_deref(), t.host_port(port)) else {
-            // No host-mode port for it: the task cannot be probed from outside its node.
+        let (Some(addr), ports) = (t.node_addr.as_deref(), t.host_ports(port)) else {
             continue;
         };
-        let mut u = parsed.clone();
-        if u.set_host(Some(addr)).is_err() || u.set_port(Some(host_port)).is_err() {
-            continue;
+        // No host-mode port for it: the task cannot be probed from outside its node. With two
+        // (IPv4 and IPv6 apart), the first one that reaches the task counts.
+        let mut last = None;
+        for host_port in ports {
+            let mut u = parsed.clone();
+            if u.set_host(Some(addr)).is_err() || u.set_port(Some(host_port)).is_err() {
+                continue;
+            }
+            reached_one = true;
+            match validate::probe(http, engine, u.as_str()).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    let reached = e.reached;
+                    last = Some(validate::ProbeError {
+                        message: format!("task {} on {} (GET {u}): {}", t.name, t.node, e.message),
+                        reached,
+                    });
+                    if reached {
+                        break;
+                    }
+                }
+            }
         }
-        reached_one = true;
-        validate::probe(http, engine, u.as_str())
-            .await
-            .map_err(|e| validate::ProbeError {
-                message: format!("task {} on {} (GET {u}): {}", t.name, t.node, e.message),
-                reached: e.reached,
-            })?;
+        if let Some(e) = last {
+            return Err(e);
+        }
     }
     if !reached_one {
         tracing::debug!("no task publishes port {port} in host mode; the probe was not sent");
