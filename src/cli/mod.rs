@@ -169,10 +169,12 @@ pub struct SwapCommon {
     /// Swarm: how many tasks are updated at once (default: the service's own update config).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub parallelism: Option<u64>,
-    /// Swarm: start-first (the new task starts before the old one stops) or stop-first
-    /// (default: the service's own update config).
-    #[arg(long, value_name = "ORDER", value_parser = ["start-first", "stop-first"])]
-    pub order: Option<String>,
+    /// start-first (the new container, or Swarm task, starts beside the old one, which stops once
+    /// the new one is healthy), stop-first, or auto (default: [target] order, else auto: start-first
+    /// for containers that publish no host port on a user-defined network; for Swarm, the
+    /// service's own update config).
+    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(crate::domain::order::Order))]
+    pub order: Option<crate::domain::order::Order>,
 }
 
 #[derive(Debug, Args)]

@@ -152,7 +152,7 @@ impl Report for PlanReport<'_> {
     fn human(&self) -> String {
         let p = self.plan;
         let mut out = format!(
-            "plan: {} {}\n  from   {}{}\n  to     {}{}\n  image  {}\n  containers: {}\nequivalent docker commands:\n",
+            "plan: {} {}\n  from   {}{}\n  to     {}{}\n  image  {}\n  containers: {}\n  order  {}: {}\nequivalent docker commands:\n",
             p.op.as_str(),
             p.target,
             p.from.display(),
@@ -172,6 +172,8 @@ impl Report for PlanReport<'_> {
                 .map(|c| c.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            p.order.order,
+            p.order.why,
         );
         for c in &self.commands {
             out.push_str(&format!("  {c}\n"));
@@ -338,7 +340,12 @@ async fn swap_command(
         let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
         let overrides = UpdateOverrides {
             parallelism: common.parallelism,
-            order: common.order.clone(),
+            // `auto` (or nothing) leaves the service's own update order.
+            order: common
+                .order
+                .or(target.order)
+                .filter(|o| *o != crate::domain::order::Order::Auto)
+                .map(|o| o.as_str().to_string()),
             force: false,
         };
         let mut plan = swarm_ops::plan(
@@ -354,6 +361,7 @@ async fn swap_command(
         plans.push(Some(Planned::Service(Box::new(plan))));
         guard::registry_floor(registry.as_ref(), &current[0]).await
     } else {
+        let order_asked = swap::order_asked(common.order, target);
         let read = futures::future::join_all(hosts.iter().zip(&current).map(|(h, cur)| {
             let (image, chosen) = (&image, &chosen);
             async move {
@@ -361,7 +369,7 @@ async fn swap_command(
                     if already(cur) {
                         return Ok(None);
                     }
-                    swap::plan(&h.engine, op, target, cur, &chosen.image, image)
+                    swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked)
                         .await
                         .map(Some)
                 });
@@ -626,10 +634,10 @@ enum Planned {
 fn refuse_flags_of_other_kinds(target: &crate::settings::TargetSettings, common: &SwapCommon) -> anyhow::Result<()> {
     let swarm = target.kind == TargetKind::Swarm;
     let refuse = |what: String| Err(Failure::Usage(what).into());
-    if !swarm && (common.parallelism.is_some() || common.order.is_some()) {
+    if !swarm && common.parallelism.is_some() {
         return refuse(format!(
-            "use --parallelism or --order on {}: they set a Swarm service's update config; \
-             they apply only to kind = \"swarm\"",
+            "use --parallelism on {}: it sets a Swarm service's update config; it applies only to \
+             kind = \"swarm\" (containers are swapped one at a time, hosts by --strategy)",
             target.display()
         ));
     }

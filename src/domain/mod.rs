@@ -14,6 +14,7 @@ pub mod history;
 pub mod image;
 pub mod local_retention;
 pub mod names;
+pub mod order;
 #[cfg(test)]
 mod parse_props;
 pub mod retention;

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, MountType, PortMap};
+use bollard::models::{ContainerCreateBody, EndpointSettings, MountType, PortMap};
 use chrono::Utc;
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::ops::deployed::Deployed;
+use crate::ops::validate::{address_of, copy_probe_url};
 use crate::ops::{interrupt, swap, validate};
 use crate::output::{Printer, Progress};
 use crate::settings::HealthSettings;
@@ -214,49 +215,6 @@ fn published_ports(bindings: Option<&PortMap>) -> Vec<String> {
     out
 }
 
-/// The `[health] http` URL aimed at the copy: its address `ip`, and the container port behind
-/// the host port the URL names when production publishes it. Pure.
-pub fn copy_probe_url(url: &str, production_ports: Option<&PortMap>, ip: &str) -> Result<String, String> {
-    let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("parse {url}: {e}"))?;
-    let port = parsed
-        .port_or_known_default()
-        .ok_or_else(|| format!("{url} names no port"))?;
-    let container_port = production_ports
-        .into_iter()
-        .flatten()
-        .find(|(_, b)| {
-            b.iter()
-                .flatten()
-                .any(|b| b.host_port.as_deref() == Some(port.to_string().as_str()))
-        })
-        .and_then(|(p, _)| p.split('/').next()?.parse::<u16>().ok())
-        .unwrap_or(port);
-    parsed
-        .set_host(Some(ip))
-        .map_err(|e| format!("aim {url} at {ip}: {e}"))?;
-    parsed
-        .set_port(Some(container_port))
-        .map_err(|()| format!("aim {url} at port {container_port}"))?;
-    Ok(parsed.to_string())
-}
-
-/// The copy's address on its first network that gave it one.
-fn address_of(c: &ContainerInspectResponse) -> Option<String> {
-    let settings = c.network_settings.as_ref()?;
-    let mode = c
-        .host_config
-        .as_ref()
-        .and_then(|h| h.network_mode.clone())
-        .unwrap_or_default();
-    let networks = settings.networks.clone().unwrap_or_default();
-    let mut names: Vec<&String> = networks.keys().collect();
-    names.sort_by_key(|n| (**n != mode, (*n).clone()));
-    names
-        .into_iter()
-        .filter_map(|n| networks[n].ip_address.clone())
-        .find(|ip| !ip.is_empty())
-}
-
 /// One candidate's rehearsal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rehearsal {
@@ -444,7 +402,17 @@ async fn run_copy(
                 &url,
                 old.host_config.as_ref().and_then(|h| h.port_bindings.as_ref()),
                 &ip,
-            ),
+            )
+            .and_then(|aimed| match health.port {
+                // `[health] port`: the app's port inside the container wins.
+                Some(port) => {
+                    let mut u = reqwest::Url::parse(&aimed).map_err(|e| e.to_string())?;
+                    u.set_port(Some(port))
+                        .map_err(|()| format!("aim {url} at port {port}"))?;
+                    Ok(u.to_string())
+                }
+                None => Ok(aimed),
+            }),
             None => Err("the copy has no address of its own on a network".to_string()),
         };
         match aimed {

@@ -1,19 +1,29 @@
 //! The swap: move the target's containers onto another image, validate, and put the previous
 //! containers back if validation fails.
 //!
-//! Per container: create the clone on the new image under a temporary name
-//! (`NAME-backtrack-next`) while the old one stops, rename the old one aside
-//! (`NAME-backtrack-prev`, restart policy off so a daemon restart cannot start it) and the new one
-//! to the old name, start it, validate. The old container is removed only after every container validated, so a revert
-//! is a rename and a start, never a pull. The journal gets the intent before the first change,
-//! a `committed` record once validation passed, and the result at the end.
+//! Per container, one at a time, in one of two orders (`domain::order` decides which):
+//! - **stop-first**: create the clone on the new image under a temporary name
+//!   (`NAME-backtrack-next`) while the old one stops, rename the old one aside
+//!   (`NAME-backtrack-prev`, restart policy off so a daemon restart cannot start it) and the new
+//!   one to the old name, start it, validate. The service is down for the new version's boot.
+//! - **start-first**: create and start the clone as `NAME-backtrack-next` beside the old one (same
+//!   networks, aliases and labels, so a proxy resolving the alias sees both), validate it at its
+//!   own address, let the old one serve for `[target] drain`, then stop it with its own stop signal
+//!   and timeout, set it aside and give the new one the name. A failure before the old one stops
+//!   removes the new container only: a failed version costs no downtime.
+//!
+//! The old containers are removed only after every container validated, so a revert is a rename
+//! and a start, never a pull (start-first: the old one is started and validated before the new
+//! one stops). The journal gets the intent before the first change, a `committed` record once
+//! validation passed, and the result at the end. A run killed at any step leaves at most the old
+//! container, set aside or not, and a `-next` one, which the next run's settling sorts out.
 
 use std::collections::BTreeMap;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings};
 use serde::Serialize;
 
-use crate::adapters::docker::clone::{clone_config, docker_run_command};
+use crate::adapters::docker::clone::{clone_config, docker_run_command, without_aliases};
 use crate::adapters::docker::{
     BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
     parse_restart_policy, restart_policy_of,
@@ -21,11 +31,12 @@ use crate::adapters::docker::{
 use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
+use crate::domain::order::{self, Decision, Order};
 use crate::ops::deployed::Deployed;
 use crate::ops::fleet::Host;
 use crate::ops::operation::{Failed, Run, Unit};
-use crate::ops::validate;
-use crate::settings::TargetSettings;
+use crate::ops::{interrupt, validate};
+use crate::settings::{HealthSettings, TargetSettings};
 
 /// One container's part of the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +56,10 @@ pub struct ContainerPlan {
     stop_timeout: i32,
     #[serde(skip)]
     pub(crate) restart_policy: String,
+    /// The container ports it exposes (where a start-first probe is aimed when the URL's port is
+    /// not one of them).
+    #[serde(skip)]
+    exposed: Vec<u16>,
 }
 
 /// Everything the swap will do, computed without changing anything.
@@ -56,6 +71,11 @@ pub struct Plan {
     pub to: ImageRef,
     pub image: String,
     pub containers: Vec<ContainerPlan>,
+    /// Start-first or stop-first, and why.
+    pub order: Decision,
+    /// Start-first: how long the old container keeps serving once the new one is healthy.
+    #[serde(rename = "drain_ms", serialize_with = "millis")]
+    pub drain: std::time::Duration,
     /// How the image came to be, for the journal (e.g. rebuilt from Git).
     pub note: Option<String>,
 }
@@ -64,18 +84,91 @@ impl Plan {
     /// The docker commands a person could run by hand for the same change.
     pub fn manual_commands(&self) -> Vec<String> {
         let mut cmds = vec![format!("docker pull {}", self.image)];
-        for c in &self.containers {
-            cmds.push(format!(
-                "docker stop {0} && docker rename {0} {0}{BACKUP_SUFFIX}",
-                c.name
-            ));
-            cmds.push(c.docker_run.clone());
+        if self.order.start_first() {
+            for c in &self.containers {
+                cmds.push(c.docker_run.clone());
+                cmds.push(format!(
+                    "# validate {}{NEXT_SUFFIX} at its own address, wait {}, then:",
+                    c.name,
+                    crate::domain::duration::format(self.drain)
+                ));
+                cmds.push(format!(
+                    "docker stop {0} && docker rename {0} {0}{BACKUP_SUFFIX} && docker rename {0}{NEXT_SUFFIX} {0}",
+                    c.name
+                ));
+            }
+        } else {
+            for c in &self.containers {
+                cmds.push(format!(
+                    "docker stop {0} && docker rename {0} {0}{BACKUP_SUFFIX}",
+                    c.name
+                ));
+                cmds.push(c.docker_run.clone());
+            }
+            cmds.push("# validate, then:".into());
         }
-        cmds.push("# validate, then:".into());
+        if self.order.start_first() {
+            cmds.push("# once every container validated:".into());
+        }
         for c in &self.containers {
             cmds.push(format!("docker rm {}{BACKUP_SUFFIX}", c.name));
         }
         cmds
+    }
+}
+
+fn millis<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The order asked for (`--order`, else `[target] order`, else `auto`) and where it came from.
+pub fn order_asked(flag: Option<Order>, target: &TargetSettings) -> (Order, &'static str) {
+    match (flag, target.order) {
+        (Some(o), _) => (o, "--order"),
+        (None, Some(o)) => (o, "[target] order"),
+        (None, None) => (Order::Auto, "[target] order"),
+    }
+}
+
+/// What decides a container's swap order: the host ports it publishes and its networks.
+fn order_facts(name: &str, c: &ContainerInspectResponse) -> order::Facts {
+    let host = c.host_config.as_ref();
+    let mode = host.and_then(|h| h.network_mode.clone()).unwrap_or_default();
+    let mut published: Vec<String> = host
+        .and_then(|h| h.port_bindings.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|(port, b)| {
+            b.iter().flatten().map(move |b| {
+                let ip = b
+                    .host_ip
+                    .as_deref()
+                    .filter(|i| !i.is_empty())
+                    .map(|i| format!("{i}:"))
+                    .unwrap_or_default();
+                format!("{ip}{}->{port}", b.host_port.as_deref().unwrap_or(""))
+            })
+        })
+        .collect();
+    if host.and_then(|h| h.publish_all_ports) == Some(true) {
+        published.push("(all exposed ports, -P)".into());
+    }
+    published.sort();
+    let mut user_networks: Vec<String> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !matches!(n.as_str(), "bridge" | "host" | "none" | "default") && !n.starts_with("container:"))
+        .collect();
+    user_networks.sort();
+    order::Facts {
+        name: name.to_string(),
+        published,
+        user_networks,
+        host_network: mode == "host" || mode.starts_with("container:"),
     }
 }
 
@@ -87,8 +180,11 @@ pub async fn plan(
     current: &[Deployed],
     to: &ImageRef,
     image: &str,
+    order: (Order, &str),
 ) -> anyhow::Result<Plan> {
     let mut containers = Vec::with_capacity(current.len());
+    let mut facts = Vec::with_capacity(current.len());
+    let mut bodies = Vec::with_capacity(current.len());
     for d in current {
         let name = &d.container.name;
         let backup = format!("{name}{BACKUP_SUFFIX}");
@@ -120,15 +216,47 @@ pub async fn plan(
         let (body, extra_networks) = clone_onto(engine, &old, &d.container.image_id, to, image).await?;
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
         let restart_policy = restart_policy_of(&old);
-        containers.push(ContainerPlan {
-            name: name.clone(),
-            id: old.id.clone().unwrap_or_else(|| name.clone()),
-            from: d.image.clone(),
-            docker_run: docker_run_command(name, &body),
+        let exposed = old
+            .config
+            .as_ref()
+            .and_then(|c| c.exposed_ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.split('/').next()?.parse::<u16>().ok())
+            .collect();
+        facts.push(order_facts(name, &old));
+        bodies.push((
+            d,
+            old.id.clone().unwrap_or_else(|| name.clone()),
             body,
             extra_networks,
             stop_timeout,
             restart_policy,
+            exposed,
+        ));
+    }
+    let decision = order::decide(order.0, order.1, &facts).map_err(|why| EngineError::Container {
+        action: "swap",
+        container: current.first().map(|d| d.container.name.clone()).unwrap_or_default(),
+        message: why,
+    })?;
+    for (d, id, body, extra_networks, stop_timeout, restart_policy, exposed) in bodies {
+        let name = &d.container.name;
+        let created_as = if decision.start_first() {
+            format!("{name}{NEXT_SUFFIX}")
+        } else {
+            name.clone()
+        };
+        containers.push(ContainerPlan {
+            name: name.clone(),
+            id,
+            from: d.image.clone(),
+            docker_run: docker_run_command(&created_as, &body),
+            body,
+            extra_networks,
+            stop_timeout,
+            restart_policy,
+            exposed,
         });
     }
     Ok(Plan {
@@ -138,6 +266,8 @@ pub async fn plan(
         to: to.clone(),
         image: image.to_string(),
         containers,
+        order: decision,
+        drain: target.drain,
         note: None,
     })
 }
@@ -253,6 +383,14 @@ impl Unit for Containers<'_> {
 
     async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
         let (engine, plan, health) = (&self.host.engine, &self.plan, run.health);
+        run.say(self.place(), format!("{}: {}", plan.order.order, plan.order.why));
+        if plan.order.start_first() {
+            for c in &plan.containers {
+                self.swapped += 1;
+                start_first_one(run, self.place(), engine, plan, c).await?;
+            }
+            return Ok(());
+        }
         for c in &plan.containers {
             run.say(
                 self.place(),
@@ -320,7 +458,12 @@ impl Unit for Containers<'_> {
         }
         let mut errors = Vec::new();
         for c in swapped.iter().rev() {
-            if let Err(e) = revert_one(&self.host.engine, &c.name, Some(&c.restart_policy)).await {
+            let reverted = if self.plan.order.start_first() {
+                revert_start_first(run, self.place(), &self.host.engine, &self.plan, c).await
+            } else {
+                revert_one(&self.host.engine, &c.name, Some(&c.restart_policy)).await
+            };
+            if let Err(e) = reverted {
                 errors.push(format!("{}: {e}", c.name));
             }
         }
@@ -372,6 +515,230 @@ async fn remove_leftovers(engine: &Engine, say: &impl Fn(String), c: &ContainerP
     }
 }
 
+/// A start-first swap of one container: the clone starts as `NAME-backtrack-next` beside the old
+/// one and is validated at its own address; only then, after the drain, does the old one stop and
+/// go aside and the new one take the name. On error the caller puts this container back too
+/// (before the old one stopped, that only removes the new one).
+async fn start_first_one(
+    run: &Run<'_>,
+    place: &str,
+    engine: &Engine,
+    plan: &Plan,
+    c: &ContainerPlan,
+) -> Result<(), Failed> {
+    let next = format!("{}{NEXT_SUFFIX}", c.name);
+    let failed = |why: String| Failed {
+        why,
+        ..Failed::default()
+    };
+    run.say(
+        place,
+        format!(
+            "starting {next} on {} beside {} ({}), which keeps serving",
+            plan.to.display(),
+            c.name,
+            c.from.display()
+        ),
+    );
+    let (body, extra, joins) = without_aliases(&c.body, &c.extra_networks);
+    let started = async {
+        engine.remove(&next).await?;
+        engine.create(&next, body, &extra).await?;
+        engine.start(&next).await
+    };
+    started
+        .await
+        .map_err(|e| failed(format!("start {next}: {e}; {} kept serving", c.name)))?;
+    let health = aimed_at(engine, &next, run.health, &c.exposed)
+        .await
+        .map_err(|why| failed(format!("validate {next}: {why}; {} kept serving", c.name)))?;
+    let progress = run.progress(
+        place,
+        &format!(
+            "validating {next} at its own address (timeout {})",
+            crate::domain::duration::format(health.timeout)
+        ),
+    );
+    let result = validate::wait_valid(
+        engine,
+        std::slice::from_ref(&next),
+        &health,
+        plan.to.version.as_deref(),
+        |s| progress.set(&format!("validating {next}: {s}")),
+    )
+    .await;
+    if let Err(invalid) = result {
+        progress.finish(&format!("{next} failed validation: {}", invalid.why));
+        let logs = engine.logs_tail(&next, 20).await;
+        let hint = if invalid.probe_unreachable {
+            format!(
+                "; the probe goes to the new container's own address ({}): if the app listens on \
+                 another port inside its container, set [health] port",
+                health.http.as_deref().unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
+        return Err(Failed {
+            why: format!("{}{hint} (the new container; {} kept serving)", invalid.why, c.name),
+            logs,
+            probe_unreachable: invalid.probe_unreachable,
+            ..Failed::default()
+        });
+    }
+    // Healthy: now it joins the aliases a proxy finds the service by.
+    for (network, endpoint) in &joins {
+        engine
+            .rejoin_network(&next, network, endpoint)
+            .await
+            .map_err(|e| failed(format!("{e}; {} kept serving", c.name)))?;
+    }
+    progress.finish(&format!(
+        "{next} is healthy on {} and joined the aliases; {} serves {} more",
+        plan.to.display(),
+        c.name,
+        crate::domain::duration::format(plan.drain)
+    ));
+    drain(plan.drain).await.map_err(failed)?;
+    hand_over(engine, c)
+        .await
+        .map_err(|e| failed(format!("swap {}: {e}", c.name)))
+}
+
+/// Waits `drain` (the old container keeps serving while a proxy notices the new one); Ctrl-C ends
+/// it as a failure, so the swap is put back.
+async fn drain(drain: std::time::Duration) -> Result<(), String> {
+    let until = std::time::Instant::now() + drain;
+    while std::time::Instant::now() < until {
+        if interrupt::requested() {
+            return Err("interrupted".into());
+        }
+        tokio::time::sleep((until - std::time::Instant::now()).min(std::time::Duration::from_millis(50))).await;
+    }
+    Ok(())
+}
+
+/// The end of a start-first swap: the old container stops (its own stop signal and timeout), goes
+/// aside with its restart policy off, and the new one, already serving, takes its name.
+async fn hand_over(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+    let (backup, next) = (format!("{}{BACKUP_SUFFIX}", c.name), format!("{}{NEXT_SUFFIX}", c.name));
+    engine.stop(&c.name, c.stop_timeout).await?;
+    set_aside(engine, c, &backup).await?;
+    engine.rename(&next, &c.name).await
+}
+
+/// `health` with its HTTP probe aimed at container `name`'s own address (and the container port
+/// the URL names, else the one port it exposes), so that what answers is that container and not
+/// whatever the URL reaches now (a proxy, the old container).
+async fn aimed_at(
+    engine: &Engine,
+    name: &str,
+    health: &HealthSettings,
+    exposed: &[u16],
+) -> Result<HealthSettings, String> {
+    let mut aimed = health.clone();
+    let Some(url) = &health.http else {
+        return Ok(aimed);
+    };
+    let inspected = engine.inspect(name).await.map_err(|e| e.to_string())?;
+    let running = inspected
+        .as_ref()
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.running)
+        .unwrap_or(false);
+    if !running {
+        // Exited already (no address any more): validation reports how it ended.
+        aimed.http = None;
+        return Ok(aimed);
+    }
+    let ip = inspected
+        .as_ref()
+        .and_then(validate::address_of)
+        .ok_or_else(|| format!("{name} has no address of its own on a network to send {url} to"))?;
+    let url_port = reqwest::Url::parse(url).ok().and_then(|u| u.port_or_known_default());
+    let port = match (health.port, exposed) {
+        (Some(p), _) => Some(p),
+        (None, [only]) if Some(*only) != url_port => Some(*only),
+        _ => None,
+    };
+    let mut to = validate::copy_probe_url(url, None, &ip)?;
+    if let Some(port) = port {
+        let mut u = reqwest::Url::parse(&to).map_err(|e| e.to_string())?;
+        u.set_port(Some(port))
+            .map_err(|()| format!("aim {url} at port {port}"))?;
+        to = u.to_string();
+    }
+    aimed.http = Some(to);
+    Ok(aimed)
+}
+
+/// Puts one container of a start-first swap back. Before its old container was set aside, that is
+/// removing the new one (the old one kept serving). After, it is start-first too: the old one is
+/// started and validated at its own address, serves beside the new one for the drain, then the new
+/// one stops and goes and the old one takes its name back. Safe to repeat.
+async fn revert_start_first(
+    run: &Run<'_>,
+    place: &str,
+    engine: &Engine,
+    plan: &Plan,
+    c: &ContainerPlan,
+) -> Result<(), EngineError> {
+    let backup = format!("{}{BACKUP_SUFFIX}", c.name);
+    if engine.inspect(&backup).await?.is_none() {
+        return revert_one(engine, &c.name, Some(&c.restart_policy)).await;
+    }
+    engine
+        .set_restart_policy(&backup, &parse_restart_policy(&c.restart_policy))
+        .await?;
+    engine.start(&backup).await?;
+    match aimed_at(engine, &backup, run.health, &c.exposed).await {
+        Ok(health) => {
+            if let Err(invalid) =
+                validate::wait_valid(engine, std::slice::from_ref(&backup), &health, None, |_| {}).await
+            {
+                run.say(
+                    place,
+                    format!(
+                        "warning: could not validate the previous container {backup} again ({}); putting it back anyway",
+                        invalid.why
+                    ),
+                );
+            }
+        }
+        Err(why) => run.say(
+            place,
+            format!("warning: {why}; putting {backup} back without validating it"),
+        ),
+    }
+    // The drain is waited for whatever happened: Ctrl-C must not stop a put-back halfway.
+    tokio::time::sleep(plan.drain).await;
+    // The new container is under the name, or still under the temporary one if the swap failed
+    // in between: it stops (gracefully) and goes, and the old one takes its name back.
+    for new in [c.name.clone(), format!("{}{NEXT_SUFFIX}", c.name)] {
+        if engine.inspect(&new).await?.is_some() {
+            engine.stop(&new, c.stop_timeout).await?;
+            engine.remove(&new).await?;
+        }
+    }
+    engine.rename(&backup, &c.name).await
+}
+
+/// The old container goes aside: its restart policy off (a daemon restart must not start it beside
+/// the new one; by id, as the name is changing) while it is renamed.
+async fn set_aside(engine: &Engine, c: &ContainerPlan, backup: &str) -> Result<(), EngineError> {
+    let no = parse_restart_policy("no");
+    let (policy, renamed) = tokio::join!(engine.set_restart_policy(&c.id, &no), engine.rename(&c.name, backup));
+    policy.map_err(|e| match e {
+        EngineError::Container { action, message, .. } => EngineError::Container {
+            action,
+            container: c.name.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    renamed
+}
+
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
 pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
@@ -385,19 +752,8 @@ pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineEr
     });
     stopped?;
     created?;
-    // The old one's restart policy goes off before the new one starts (a daemon restart must not
-    // start it beside the new one), while it is set aside: by id, as the name is changing.
-    let no = parse_restart_policy("no");
-    let (policy, renamed) = tokio::join!(engine.set_restart_policy(&c.id, &no), engine.rename(&c.name, &backup));
-    policy.map_err(|e| match e {
-        EngineError::Container { action, message, .. } => EngineError::Container {
-            action,
-            container: c.name.clone(),
-            message,
-        },
-        other => other,
-    })?;
-    renamed?;
+    // The old one's restart policy goes off before the new one starts, while it is set aside.
+    set_aside(engine, c, &backup).await?;
     engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
     Ok(())

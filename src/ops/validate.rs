@@ -252,6 +252,54 @@ pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) 
     }
 }
 
+/// The `[health] http` URL aimed at one container (a drill's copy, a start-first swap's new
+/// container) rather than at whatever answers there now: its address `ip`, and the container port
+/// behind the host port the URL names when production publishes it. Pure.
+pub fn copy_probe_url(
+    url: &str,
+    production_ports: Option<&bollard::models::PortMap>,
+    ip: &str,
+) -> Result<String, String> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| format!("parse {url}: {e}"))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("{url} names no port"))?;
+    let container_port = production_ports
+        .into_iter()
+        .flatten()
+        .find(|(_, b)| {
+            b.iter()
+                .flatten()
+                .any(|b| b.host_port.as_deref() == Some(port.to_string().as_str()))
+        })
+        .and_then(|(p, _)| p.split('/').next()?.parse::<u16>().ok())
+        .unwrap_or(port);
+    parsed
+        .set_host(Some(ip))
+        .map_err(|e| format!("aim {url} at {ip}: {e}"))?;
+    parsed
+        .set_port(Some(container_port))
+        .map_err(|()| format!("aim {url} at port {container_port}"))?;
+    Ok(parsed.to_string())
+}
+
+/// A container's address on its first network that gave it one (its primary network first).
+pub fn address_of(c: &bollard::models::ContainerInspectResponse) -> Option<String> {
+    let settings = c.network_settings.as_ref()?;
+    let mode = c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let networks = settings.networks.clone().unwrap_or_default();
+    let mut names: Vec<&String> = networks.keys().collect();
+    names.sort_by_key(|n| (**n != mode, (*n).clone()));
+    names
+        .into_iter()
+        .filter_map(|n| networks[n].ip_address.clone())
+        .find(|ip| !ip.is_empty())
+}
+
 /// One pass of every check, for `backtrack validate`: no waiting beyond the probe's own timeout.
 pub async fn check_now(
     engine: &Engine,

@@ -125,6 +125,12 @@ pub struct TargetSection {
     /// Canary: how long the first host must stay healthy.
     #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
     pub canary_soak: Option<Duration>,
+    /// Containers: start the new container beside the old one ("start-first"), stop the old one
+    /// first ("stop-first"), or decide by what they publish ("auto", the default).
+    pub order: Option<crate::domain::order::Order>,
+    /// Start-first: how long the old container keeps serving after the new one is healthy.
+    #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
+    pub drain: Option<Duration>,
     /// Names this target's `last_known_good` pointer: tag `last_known_good-ENV`.
     #[serde(default, deserialize_with = "checked::environment")]
     pub environment: Option<String>,
@@ -160,6 +166,9 @@ pub struct HealthSection {
     pub timeout: Duration,
     #[serde(default = "default_true")]
     pub expect_version: bool,
+    /// The port the app listens on inside its container, for a probe aimed at one container (a
+    /// start-first swap's new container, a drill's copy) when `http` names a proxy's port.
+    pub port: Option<u16>,
 }
 
 impl Default for HealthSection {
@@ -168,6 +177,7 @@ impl Default for HealthSection {
             http: None,
             timeout: default_timeout(),
             expect_version: true,
+            port: None,
         }
     }
 }

@@ -26,7 +26,7 @@ pub use config::{EcrSection, FileError, HooksSection, NotifyOn, NotifySection, R
 use engine::env_tls;
 pub use engine::{ContextEngine, EngineHosts, SshOptions, TlsFiles, docker_context_host};
 pub use registry::{RegistrySettings, is_loopback_host, parse_ecr_host};
-pub use target::{FleetHost, TargetSettings};
+pub use target::{DEFAULT_DRAIN, FleetHost, TargetSettings};
 
 /// Everything a command needs to know about how it was invoked.
 #[derive(Debug)]
@@ -97,6 +97,8 @@ pub struct HealthSettings {
     pub http: Option<String>,
     pub timeout: Duration,
     pub expect_version: bool,
+    /// The app's port inside its container, for probes aimed at one container (`[health] port`).
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +285,7 @@ fn resolve_project(
             http: file.health.http,
             timeout: file.health.timeout,
             expect_version: file.health.expect_version,
+            port: file.health.port,
         },
         local_keep: file.retention.local_keep.unwrap_or(3),
         retention_policy: file.retention.policy.map(|p| dir.join(p)),

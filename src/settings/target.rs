@@ -86,6 +86,10 @@ fn host_part(address: &str) -> Option<(String, String)> {
     Some((host, rest.to_string()))
 }
 
+/// Start-first: the old container keeps serving this long after the new one is healthy (a proxy
+/// that re-resolves its upstream every second has seen the new one by then).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct TargetSettings {
     /// A fleet: two hosts or more (`[target] hosts`, after `--hosts`); empty for one host.
@@ -93,6 +97,11 @@ pub struct TargetSettings {
     pub strategy: Option<crate::domain::fleet::Strategy>,
     pub batch: usize,
     pub canary_soak: Duration,
+    /// `[target] order` (None: not configured, which is `auto` for containers and the service's
+    /// own update order for Swarm).
+    pub order: Option<crate::domain::order::Order>,
+    /// Start-first: how long the old container keeps serving once the new one is healthy.
+    pub drain: Duration,
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
@@ -154,6 +163,8 @@ pub(super) fn resolve(
         strategy: t.strategy,
         batch: t.batch.unwrap_or(1).max(1),
         canary_soak: t.canary_soak.unwrap_or(Duration::from_secs(120)),
+        order: t.order,
+        drain: t.drain.unwrap_or(DEFAULT_DRAIN),
         engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
         name: t.name,
@@ -183,6 +194,13 @@ pub(super) fn resolve(
             "[target] strategy, batch and canary_soak order hosts, and Swarm places a service's tasks itself: \
              leave them out for kind = \"swarm\" (the service's update config, or --parallelism and --order, \
              set how Swarm updates it)"
+                .into(),
+        );
+    }
+    if t.kind == TargetKind::Swarm && t.drain != DEFAULT_DRAIN {
+        return Err(
+            "[target] drain is for start-first container swaps; for kind = \"swarm\", Swarm stops the old \
+             task itself (its update config's delay and the service's stop grace period): leave drain out"
                 .into(),
         );
     }

@@ -120,6 +120,10 @@ pub struct AppImage {
     pub user: Option<String>,
     /// More image labels.
     pub labels: Vec<(String, String)>,
+    /// Seconds the app takes before it listens (a real app's boot).
+    pub boot_secs: u32,
+    /// It serves, but `/health` answers 404.
+    pub health_404: bool,
 }
 
 impl AppImage {
@@ -134,7 +138,20 @@ impl AppImage {
             filler_bytes: 0,
             user: None,
             labels: Vec::new(),
+            boot_secs: 0,
+            health_404: false,
         }
+    }
+
+    pub fn boot(mut self, secs: u32) -> Self {
+        self.boot_secs = secs;
+        self
+    }
+
+    /// Serves, but not `/health` (404): a version that takes connections and fails requests.
+    pub fn health_404(mut self) -> Self {
+        self.health_404 = true;
+        self
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
@@ -204,10 +221,22 @@ impl AppImage {
             None => {}
         }
         match self.crash {
-            Some(code) => f.push_str(&format!("CMD [\"/bin/sh\",\"-c\",\"echo starting {v}; echo boom >&2; exit {code}\"]\n")),
-            None => f.push_str(
-                "CMD [\"/bin/sh\",\"-c\",\"trap 'kill $pid; exit 0' TERM; echo serving; httpd -f -p 8080 -h /www & pid=$!; wait $pid\"]\n",
-            ),
+            Some(code) => f.push_str(&format!(
+                "CMD [\"/bin/sh\",\"-c\",\"echo starting {v}; echo boom >&2; exit {code}\"]\n"
+            )),
+            None => {
+                if self.health_404 {
+                    f.push_str("RUN [\"/bin/rm\",\"/www/health\"]\n");
+                }
+                let boot = if self.boot_secs > 0 {
+                    format!("sleep {}; ", self.boot_secs)
+                } else {
+                    String::new()
+                };
+                f.push_str(&format!(
+                    "CMD [\"/bin/sh\",\"-c\",\"trap 'kill $pid; exit 0' TERM; {boot}echo serving; httpd -f -p 8080 -h /www & pid=$!; wait $pid\"]\n"
+                ));
+            }
         }
         f
     }
@@ -805,5 +834,147 @@ impl Drop for ComposeProject {
             .args(["-p", &self.name, "down"])
             .current_dir(self.dir.path())
             .output();
+    }
+}
+
+/// The Caddy image `scripts/test-env` builds (Debian's caddy in a scratch image).
+pub fn caddy_image() -> String {
+    let image = std::env::var("BACKTRACK_TEST_CADDY_IMAGE").unwrap_or_else(|_| "backtrack-test-caddy:2.6".into());
+    assert!(
+        docker(&["image", "inspect", &image]).status.success(),
+        "no image {image}: run `scripts/test-env` (as root) first, it builds it"
+    );
+    image
+}
+
+/// A reverse proxy in front of containers, the way a small team runs one: Caddy on a user-defined
+/// network of its own, following Docker's DNS for the alias `web` (port 8080), with a short dial
+/// timeout and retries; published on a free loopback port. Removed with its network, and whatever
+/// else is still on it, when dropped.
+pub struct Proxy {
+    pub network: String,
+    pub port: u16,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn start() -> Self {
+        let image = caddy_image();
+        let network = unique("bt-proxynet");
+        docker_ok(&["network", "create", &network]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Caddyfile"),
+            "{\n\tadmin off\n\tauto_https off\n}\n:80 {\n\treverse_proxy {\n\t\tdynamic a web 8080 {\n\t\t\trefresh 1s\n\t\t}\n\
+             \t\tlb_try_duration 5s\n\t\tlb_try_interval 50ms\n\t\ttransport http {\n\t\t\tdial_timeout 100ms\n\t\t}\n\t}\n}\n",
+        )
+        .unwrap();
+        let name = unique("bt-proxy");
+        let port = free_port();
+        let mount = format!("{}/Caddyfile:/etc/caddy/Caddyfile:ro", dir.path().display());
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &network,
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            "-v",
+            &mount,
+            &image,
+            "run",
+            "--config",
+            "/etc/caddy/Caddyfile",
+            "--adapter",
+            "caddyfile",
+        ]);
+        Self {
+            network,
+            port,
+            name,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/health", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        docker(&["rm", "-f", &self.name]);
+        // Whatever else is still on the network (a test that failed halfway) goes with it.
+        let left = docker_ok(&["ps", "-aq", "--filter", &format!("network={}", self.network)]);
+        for id in left.lines().filter(|l| !l.is_empty()) {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["network", "rm", &self.network]);
+    }
+}
+
+/// What a client saw while it sent GET requests every 10 ms.
+#[derive(Debug, Default, Clone)]
+pub struct Traffic {
+    pub requests: usize,
+    /// Requests that got no 2xx answer within 3 s, with when they were sent (ms after the start)
+    /// and what happened.
+    pub failures: Vec<(u128, String)>,
+    pub longest: Duration,
+    /// The bodies seen, in order, each once per run of equal answers.
+    pub bodies: Vec<String>,
+}
+
+/// GETs a URL every 10 ms on a thread of its own until stopped.
+pub struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Traffic>>,
+}
+
+impl Poller {
+    pub fn start(url: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, flag) = (url.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let started = std::time::Instant::now();
+            let mut t = Traffic::default();
+            // Bounded whatever happens to the test.
+            while !flag.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
+                let sent = std::time::Instant::now();
+                let answer = client.get(&url).send();
+                let took = sent.elapsed();
+                t.requests += 1;
+                t.longest = t.longest.max(took);
+                let at = sent.duration_since(started).as_millis();
+                match answer {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.text().unwrap_or_default().trim().to_string();
+                        if t.bodies.last() != Some(&body) {
+                            t.bodies.push(body);
+                        }
+                    }
+                    Ok(r) => t.failures.push((at, format!("HTTP {}", r.status().as_u16()))),
+                    Err(e) => t.failures.push((at, e.to_string())),
+                }
+                std::thread::sleep(Duration::from_millis(10).saturating_sub(sent.elapsed()));
+            }
+            t
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> Traffic {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
     }
 }

@@ -21,6 +21,7 @@ mod swap;
 pub(crate) mod swarm;
 mod versions;
 mod warm;
+mod zero_downtime;
 
 /// Insta filters that hide what changes from run to run (digests, times, temp paths).
 pub fn redactions() -> Vec<(&'static str, &'static str)> {

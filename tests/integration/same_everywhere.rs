@@ -13,6 +13,7 @@ fn target(repo: &Repo, kind: &str) -> Test {
             "kind = \"container\"\nname = \"app\"\nhosts = [\"ssh://nobody@127.0.0.1:1\", \"ssh://nobody@127.0.0.1:2\"]"
         }
         "swarm" => "kind = \"swarm\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"",
+        "swarm with a drain" => "kind = \"swarm\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"\ndrain = \"5s\"",
         "swarm with a strategy" => {
             "kind = \"swarm\"\nname = \"app\"\nhost = \"ssh://nobody@127.0.0.1:1\"\nstrategy = \"canary\""
         }
@@ -32,9 +33,9 @@ fn flags_and_commands_a_kind_cannot_honour_are_refused_naming_the_kind() {
             &["kind = \"swarm\""],
         ),
         (
-            "container",
-            &["rollback", "--order", "start-first"],
-            &["kind = \"swarm\""],
+            "swarm with a drain",
+            &["rollback"],
+            &["[target] drain", "kind = \"swarm\""],
         ),
         (
             "fleet",

@@ -122,6 +122,44 @@ pub fn clone_config(
     (body, extra)
 }
 
+/// Networks and their endpoint settings.
+pub type Endpoints = Vec<(String, EndpointSettings)>;
+
+/// A clone's create body and extra networks without their network aliases, and the endpoints
+/// (with the aliases) to join once it is healthy: a start-first swap's new container is reachable
+/// at its own address while it is validated, and takes no traffic that finds the service by its
+/// alias (a proxy's upstream) before that. Networks without aliases need no second join.
+pub fn without_aliases(
+    body: &ContainerCreateBody,
+    extra_networks: &[(String, EndpointSettings)],
+) -> (ContainerCreateBody, Endpoints, Endpoints) {
+    let mut joins = Vec::new();
+    let mut strip = |network: &str, e: &EndpointSettings| {
+        if e.aliases.as_ref().is_some_and(|a| !a.is_empty()) {
+            joins.push((network.to_string(), e.clone()));
+        }
+        EndpointSettings {
+            aliases: None,
+            ..e.clone()
+        }
+    };
+    let mut body = body.clone();
+    if let Some(endpoints) = body
+        .networking_config
+        .as_mut()
+        .and_then(|n| n.endpoints_config.as_mut())
+    {
+        let mut names: Vec<String> = endpoints.keys().cloned().collect();
+        names.sort();
+        for n in names {
+            let stripped = strip(&n, &endpoints[&n]);
+            endpoints.insert(n, stripped);
+        }
+    }
+    let extra = extra_networks.iter().map(|(n, e)| (n.clone(), strip(n, e))).collect();
+    (body, extra, joins)
+}
+
 /// Drops what the engine assigned to the old endpoint (ids, addresses, the short-id alias).
 fn clean_endpoint(e: EndpointSettings, short_id: &str) -> EndpointSettings {
     let aliases: Vec<String> = e
@@ -272,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn a_start_first_clone_is_created_without_aliases_and_joins_them_later() {
+        let old = container(ContainerConfig::default());
+        let (body, extra) = clone_config(&old, &old_image(), "x@sha256:1", &[]);
+        let (bare, bare_extra, joins) = without_aliases(&body, &extra);
+        let primary = bare.networking_config.unwrap().endpoints_config.unwrap();
+        assert_eq!(primary["appnet"].aliases, None);
+        assert_eq!(bare_extra.len(), 1);
+        assert_eq!(bare_extra[0].1.aliases, None);
+        let joined: Vec<(&str, Option<Vec<String>>)> =
+            joins.iter().map(|(n, e)| (n.as_str(), e.aliases.clone())).collect();
+        assert_eq!(
+            joined,
+            vec![("appnet", s(&["web"])), ("monitoring", s(&["web-metrics"]))]
+        );
+    }
+
+    #[test]
     fn default_bridge_takes_no_endpoint_config() {
         let mut old = container(ContainerConfig::default());
         old.host_config.as_mut().unwrap().network_mode = Some("default".into());
@@ -320,6 +375,16 @@ pub fn docker_run_command(name: &str, body: &ContainerCreateBody) -> String {
         {
             parts.push(format!("--network {mode}"));
         }
+    }
+    let mut aliases: Vec<&String> = body
+        .networking_config
+        .iter()
+        .flat_map(|n| n.endpoints_config.iter().flatten())
+        .flat_map(|(_, e)| e.aliases.iter().flatten())
+        .collect();
+    aliases.sort();
+    for a in aliases {
+        parts.push(format!("--network-alias {}", shell_word(a)));
     }
     for e in body.env.iter().flatten() {
         parts.push(format!("-e {}", shell_word(e)));

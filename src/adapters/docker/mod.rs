@@ -634,6 +634,33 @@ impl Engine {
         Ok(created.id)
     }
 
+    /// Connects container `name` to `network` anew with `endpoint` (its aliases): disconnected
+    /// first, as the Engine cannot change a connected endpoint's aliases. Its address changes.
+    pub async fn rejoin_network(
+        &self,
+        name: &str,
+        network: &str,
+        endpoint: &EndpointSettings,
+    ) -> Result<(), EngineError> {
+        let what = format!("{name} to {network}");
+        let leave = bollard::models::NetworkDisconnectRequest {
+            container: name.to_string(),
+            force: Some(false),
+        };
+        self.docker
+            .disconnect_network(network, leave)
+            .await
+            .map_err(|e| container_err("disconnect network", &what, &e))?;
+        let join = bollard::models::NetworkConnectRequest {
+            container: name.to_string(),
+            endpoint_config: Some(endpoint.clone()),
+        };
+        self.docker
+            .connect_network(network, join)
+            .await
+            .map_err(|e| container_err("connect network", &what, &e))
+    }
+
     /// The exit code of the last time container `name` died since `since_unix` (seconds), from
     /// the engine's events: a restart policy restarts it at once and its state forgets the code.
     pub async fn last_exit_code(&self, name: &str, since_unix: i64) -> Option<i64> {

@@ -413,6 +413,8 @@ mod tests {
             strategy: None,
             batch: 1,
             canary_soak: Duration::from_secs(1),
+            order: None,
+            drain: crate::settings::DEFAULT_DRAIN,
             kind: crate::settings::TargetKind::Swarm,
             name: "web".into(),
             project: None,

@@ -189,6 +189,7 @@ pub async fn emergency(
         http: None,
         timeout: wait,
         expect_version: false,
+        port: None,
     };
     let ran = wait_converged(engine, plan, &digest, &no_checks, None, wait, |s| progress.set(s)).await;
     let detail = match &ran {
