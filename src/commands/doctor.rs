@@ -215,7 +215,12 @@ async fn checks_of(app: &App<'_>) -> anyhow::Result<DoctorReport> {
                 let (detail, fix) = said(&e);
                 f.push(Finding::fail("target", detail, fix));
             }
-            Ok(current) => target_check(&mut f, &current, registry.as_deref()).await,
+            Ok(current) => {
+                target_check(&mut f, &current, registry.as_deref()).await;
+                if !swarm {
+                    order_check(&mut f, engine, target, &current).await;
+                }
+            }
         },
     }
     match (&project.health.http, &engine) {
@@ -480,6 +485,27 @@ async fn lkg_image(f: &mut Vec<Finding>, engine: &Engine, reg: &dyn Registry, po
 }
 
 /// Each container of the target runs a digest the registry knows (else nothing can return to it).
+/// How a swap will go: start-first (no downtime behind a proxy) or stop-first, and why; a
+/// configured start-first that cannot run (a published host port) fails.
+async fn order_check(
+    f: &mut Vec<Finding>,
+    engine: &Engine,
+    target: &crate::settings::TargetSettings,
+    current: &[deployed::Deployed],
+) {
+    let names: Vec<String> = current.iter().map(|d| d.container.name.clone()).collect();
+    match crate::ops::swap::order_of(engine, target, &names).await {
+        Ok(d) => f.push(Finding::ok("swap order", format!("{}: {}", d.order, d.why))),
+        Err(why) => f.push(Finding::fail(
+            "swap order",
+            why,
+            Some(
+                "set [target] order = \"stop-first\", or publish no host port and put a proxy in front (README)".into(),
+            ),
+        )),
+    }
+}
+
 async fn target_check(f: &mut Vec<Finding>, current: &[deployed::Deployed], reg: Option<&dyn Registry>) {
     let mut lines = Vec::new();
     let mut unknown = Vec::new();

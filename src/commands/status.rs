@@ -19,6 +19,9 @@ struct StatusReport {
     last_known_good: Option<ImageRef>,
     /// The rollback candidates and whether a rollback to them would need a pull.
     rollback: Vec<crate::ops::warm::Readiness>,
+    /// How a swap of the containers would go: start-first or stop-first, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<crate::domain::order::Decision>,
     /// Problems worth a person's attention (drift, emergency mode, open operations, ...).
     warnings: Vec<String>,
 }
@@ -161,6 +164,19 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             }
         }
     }
+    // How the next swap goes, and why: a stop-first target is down for the app's boot each time.
+    let names: Vec<String> = current.iter().map(|d| d.container.name.clone()).collect();
+    let order = if names.is_empty() {
+        None
+    } else {
+        match crate::ops::swap::order_of(&engine, target, &names).await {
+            Ok(d) => Some(d),
+            Err(why) => {
+                warnings.push(format!("order: {why}"));
+                None
+            }
+        }
+    };
     warnings.extend(in_progress(&records, app.lock_holder()?));
     app.printer.report(&StatusReport {
         target: target.display(),
@@ -168,6 +184,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         containers,
         last_known_good,
         rollback,
+        order,
         warnings,
     })
 }
@@ -225,6 +242,9 @@ impl Report for StatusReport {
             ))
         ));
         out.push_str(&render_table(&t));
+        if let Some(o) = &self.order {
+            out.push_str(&format!("\nswap order: {} ({})", o.order, o.why));
+        }
         for r in &self.rollback {
             out.push_str(&format!(
                 "\nrollback to {} {}: {}",

@@ -130,6 +130,21 @@ pub fn order_asked(flag: Option<Order>, target: &TargetSettings) -> (Order, &'st
     }
 }
 
+/// The order a swap of `names` would take as configured (no `--order`), for `status` and
+/// `doctor`: `Err` says why it could not be read, or why start-first as configured cannot run.
+pub async fn order_of(engine: &Engine, target: &TargetSettings, names: &[String]) -> Result<Decision, String> {
+    let mut facts = Vec::with_capacity(names.len());
+    for name in names {
+        match engine.inspect(name).await {
+            Ok(Some(c)) => facts.push(order_facts(name, &c)),
+            Ok(None) => return Err(format!("no container {name}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let (order, asked) = order_asked(None, target);
+    order::decide(order, asked, &facts)
+}
+
 /// What decides a container's swap order: the host ports it publishes and its networks.
 fn order_facts(name: &str, c: &ContainerInspectResponse) -> order::Facts {
     let host = c.host_config.as_ref();

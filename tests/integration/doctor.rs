@@ -65,9 +65,16 @@ fn doctor_passes_a_healthy_setup_and_names_a_missing_lkg_image() {
         "state",
         "lock",
         "clock",
+        "swap order",
     ] {
         assert_eq!(check(&report, name)["mark"], "ok", "{name}: {report}");
     }
+    // The app publishes its port: every swap is down for its boot, and doctor says so.
+    let order = check(&report, "swap order")["detail"].as_str().unwrap().to_string();
+    assert!(
+        order.starts_with("stop-first: ") && order.contains("publishes host port") && order.contains("proxy"),
+        "{order}"
+    );
     assert_eq!(check(&report, "ssh")["mark"], "skipped");
     assert!(
         check(&report, "git fallback")["detail"]
@@ -84,7 +91,7 @@ fn doctor_passes_a_healthy_setup_and_names_a_missing_lkg_image() {
     assert_eq!(report["healthy"], false);
     assert_failed(&report, "lkg image", "is not on", "docker tag");
     assert_eq!(check(&report, "last known good")["mark"], "ok");
-    assert!(run.stderr.contains("1 of 15 failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("1 of 16 failed"), "{}", run.stderr);
 }
 
 #[test]

@@ -192,6 +192,17 @@ fn deploy_and_rollback_move_a_container_between_versions_keeping_its_configurati
     let status = t.exec(["status", "--output", "json"]).success().json();
     assert_eq!(status["containers"][0]["version"], "1.0.0");
     assert_eq!(status["warnings"].as_array().unwrap().len(), 0, "{status}");
+    // It publishes a host port: status names it as stop-first, with the way out.
+    assert_eq!(status["order"]["order"], "stop-first", "{status}");
+    let table = t.exec(["status"]).success();
+    assert!(
+        table.stdout.contains("swap order: stop-first (")
+            && table
+                .stdout
+                .contains("each swap is down for the app's boot; put a proxy in front"),
+        "{}",
+        table.stdout
+    );
     let valid = t.exec(["validate"]).success();
     assert!(valid.stdout.contains("healthy"), "{}", valid.stdout);
     docker(&["volume", "rm", "-f", &d.volume]);
