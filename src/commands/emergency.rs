@@ -3,15 +3,19 @@
 //! set them aside, and run the last known good image directly under their names with their
 //! mounts, env and ports. No validation gate and no revert: this is what runs when all else has
 //! failed. It works with the registry unreachable when the image is on this host (`mark-good`
-//! keeps it there), and pulls it by digest otherwise.
+//! keeps it there), and pulls it by digest otherwise. On a start-first target (see
+//! `domain::order`) whose last known good image is already on the host, the replacement starts
+//! beside the old container and takes over once it answers (or its `[health] timeout` ran out:
+//! still no gate), so the app's boot costs no downtime; otherwise, and whenever it must pull,
+//! the old container stops first, as it always did.
 
 use chrono::Utc;
 use serde::Serialize;
 
 use super::App;
-use crate::adapters::docker::clone::{clone_config, docker_run_command};
+use crate::adapters::docker::clone::{clone_config, docker_run_command, without_aliases};
 use crate::adapters::docker::{
-    Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
+    Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX, parse_restart_policy,
 };
 use crate::adapters::registry::Registry;
 use crate::cli::EmergencyArgs;
@@ -77,6 +81,8 @@ pub(super) struct HostPlan {
     pub plans: Vec<Replacement>,
     pub saved: std::collections::BTreeMap<String, String>,
     pub commands: Vec<String>,
+    /// Start the replacement beside the old container (a start-first target, image present).
+    pub start_first: bool,
 }
 
 /// Plans the emergency on one host: finds the image there (or pulls it), reads what runs, checks
@@ -91,7 +97,7 @@ pub(super) async fn plan_host(
     let target = app.target()?;
     let pointer = app.project()?.lkg_tag();
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
-    let image = local_image(engine, registry, &digest, &pointer).await?;
+    let (image, pulled) = local_image(engine, registry, &digest, &pointer).await?;
     let current = deployed::read(engine, target, &registry.name()).await?;
     crate::ops::guard::check(
         engine,
@@ -140,12 +146,28 @@ pub(super) async fn plan_host(
         }
         plans.push((d.container.name.clone(), body, extra));
     }
+    let names: Vec<String> = current.iter().map(|d| d.container.name.clone()).collect();
+    let start_first = !pulled
+        && crate::ops::swap::order_of(engine, target, &names)
+            .await
+            .is_ok_and(|d| d.start_first());
     let mut commands = vec![];
     for (name, body, _) in &plans {
-        commands.push(format!(
-            "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX}"
-        ));
-        commands.push(docker_run_command(name, body));
+        if start_first {
+            commands.push(docker_run_command(&format!("{name}{NEXT_SUFFIX}"), body));
+            commands.push(format!(
+                "# once it answers (at most [health] timeout), wait {}, then:",
+                crate::domain::duration::format(target.drain)
+            ));
+            commands.push(format!(
+                "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX} && docker rename {name}{NEXT_SUFFIX} {name}"
+            ));
+        } else {
+            commands.push(format!(
+                "docker stop {name} && docker rename {name} {name}{PRE_EMERGENCY_SUFFIX}"
+            ));
+            commands.push(docker_run_command(name, body));
+        }
     }
     Ok(HostPlan {
         image,
@@ -153,6 +175,7 @@ pub(super) async fn plan_host(
         plans,
         saved: saved_policies,
         commands,
+        start_first,
     })
 }
 
@@ -193,10 +216,10 @@ async fn local_image(
     registry: &dyn Registry,
     digest: &crate::domain::digest::Digest,
     pointer: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let by_digest = registry.pull_reference(digest);
     if engine.image(&by_digest).await?.is_some() {
-        return Ok(by_digest);
+        return Ok((by_digest, false));
     }
     let (repo, tag) = local_lkg_reference(&registry_repository(registry), pointer);
     let local = format!("{repo}:{tag}");
@@ -207,11 +230,11 @@ async fn local_image(
             .iter()
             .any(|d| d.ends_with(&format!("@{digest}")))
     {
-        return Ok(local);
+        return Ok((local, false));
     }
     let auth = registry.pull_auth().await.ok();
     engine.pull(&by_digest, auth.as_ref(), |_| {}).await?;
-    Ok(by_digest)
+    Ok((by_digest, true))
 }
 
 /// One container to replace: its name, the create body and the networks to connect after.
@@ -234,9 +257,14 @@ pub(super) async fn replace_all(
     engine: &Engine,
     plans: &[Replacement],
     saved: &std::collections::BTreeMap<String, String>,
+    start_first: Option<StartFirst<'_>>,
 ) -> Result<(), NotReplaced> {
     for (i, (name, body, extra)) in plans.iter().enumerate() {
-        let Err(e) = replace_one(engine, name, body, extra).await else {
+        let replaced = match start_first {
+            Some(how) => replace_one_start_first(engine, name, body, extra, how).await,
+            None => replace_one(engine, name, body, extra).await,
+        };
+        let Err(e) = replaced else {
             continue;
         };
         let problems = undo_all(engine, &plans[..=i], saved).await;
@@ -271,6 +299,11 @@ pub(super) async fn undo_all(
     let mut problems = Vec::new();
     for (n, _, _) in plans.iter().rev() {
         let policy = saved.get(n).map(String::as_str);
+        // A start-first replacement that had not taken over yet.
+        if let Err(x) = engine.remove(&format!("{n}{NEXT_SUFFIX}")).await {
+            problems.push(format!("{n}: {x}"));
+            continue;
+        }
         let undone = match undo_emergency_one(engine, n, policy).await {
             // Never set aside: the original is still under its name, maybe stopped.
             Ok(false) => engine.start(n).await,
@@ -284,22 +317,60 @@ pub(super) async fn undo_all(
     problems
 }
 
+/// How a start-first emergency waits: up to the health timeout for the replacement to answer,
+/// then the drain.
+#[derive(Clone, Copy)]
+pub(super) struct StartFirst<'a> {
+    pub health: &'a crate::settings::HealthSettings,
+    pub drain: std::time::Duration,
+}
+
+/// Starts the replacement as `NAME-backtrack-next` beside the old container, waits until it
+/// answers at its own address (no gate: after `[health] timeout` it takes over anyway), lets it
+/// join the aliases, and after the drain stops and sets aside the old one and gives it the name.
+async fn replace_one_start_first(
+    engine: &Engine,
+    name: &str,
+    body: &bollard::models::ContainerCreateBody,
+    extra: &[(String, bollard::models::EndpointSettings)],
+    how: StartFirst<'_>,
+) -> Result<(), crate::adapters::docker::EngineError> {
+    let next = format!("{name}{NEXT_SUFFIX}");
+    let (bare, bare_extra, joins) = without_aliases(body, extra);
+    engine.remove(&next).await?;
+    engine.create(&next, bare, &bare_extra).await?;
+    engine.start(&next).await?;
+    if let Ok(health) = crate::ops::swap::aimed_at(engine, &next, how.health, &[]).await {
+        let _ = crate::ops::validate::wait_valid(engine, std::slice::from_ref(&next), &health, None, |_| {}).await;
+    }
+    for (network, endpoint) in &joins {
+        engine.rejoin_network(&next, network, endpoint).await?;
+    }
+    tokio::time::sleep(how.drain).await;
+    set_original_aside(engine, name).await?;
+    engine.rename(&next, name).await
+}
+
+/// Stops the target's container and sets it aside as the original, unless an earlier
+/// emergency already did: then the container under the name is that one's replacement, and goes.
+async fn set_original_aside(engine: &Engine, name: &str) -> Result<(), crate::adapters::docker::EngineError> {
+    let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
+    engine.stop(name, 10).await?;
+    if engine.inspect(&aside).await?.is_some() {
+        engine.remove(name).await
+    } else {
+        engine.set_restart_policy(name, &parse_restart_policy("no")).await?;
+        engine.rename(name, &aside).await
+    }
+}
+
 async fn replace_one(
     engine: &Engine,
     name: &str,
     body: &bollard::models::ContainerCreateBody,
     extra: &[(String, bollard::models::EndpointSettings)],
 ) -> Result<(), crate::adapters::docker::EngineError> {
-    let aside = format!("{name}{PRE_EMERGENCY_SUFFIX}");
-    engine.stop(name, 10).await?;
-    if engine.inspect(&aside).await?.is_some() {
-        // A second emergency: the original is already set aside; only the first one's
-        // replacement goes.
-        engine.remove(name).await?;
-    } else {
-        engine.set_restart_policy(name, &parse_restart_policy("no")).await?;
-        engine.rename(name, &aside).await?;
-    }
+    set_original_aside(engine, name).await?;
     engine.create(name, body.clone(), extra).await?;
     engine.start(name).await
 }

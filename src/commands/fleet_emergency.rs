@@ -259,12 +259,13 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     }
 
     // Every host at once; each host is itself all or nothing over its containers.
-    let replaced = join_all(
-        hosts
-            .iter()
-            .zip(&plans)
-            .map(|(h, p)| emergency::replace_all(&h.engine, &p.plans, &p.saved)),
-    )
+    let replaced = join_all(hosts.iter().zip(&plans).map(|(h, p)| {
+        let start_first = p.start_first.then_some(emergency::StartFirst {
+            health: &project.health,
+            drain: target.drain,
+        });
+        emergency::replace_all(&h.engine, &p.plans, &p.saved, start_first)
+    }))
     .await;
     for (row, result) in rows.iter_mut().zip(replaced) {
         match result {

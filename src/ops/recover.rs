@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 
-use crate::adapters::docker::{BACKUP_SUFFIX, Engine};
+use crate::adapters::docker::{BACKUP_SUFFIX, Engine, NEXT_SUFFIX};
 use crate::adapters::state::{Identity, Journal};
 use crate::domain::history::{self, Outcome};
 use crate::ops::swap::revert_one;
@@ -28,6 +28,10 @@ pub async fn settle(engine: &Engine, journal: &Journal, printer: &Printer) -> an
             printer.note(format!("found an interrupted {what}"));
             for name in &started.containers {
                 let policy = started.saved.get(name).map(String::as_str);
+                // A start-first replacement that had not taken over yet goes.
+                if let Err(e) = engine.remove(&format!("{name}{NEXT_SUFFIX}")).await {
+                    problems.push(format!("{name}: {e}"));
+                }
                 match crate::ops::swap::restore_original(engine, name, policy).await {
                     Ok(true) => printer.note(format!("{name} had no container: its original one is back")),
                     Ok(false) => {}

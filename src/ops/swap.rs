@@ -645,7 +645,7 @@ async fn hand_over(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError
 /// `health` with its HTTP probe aimed at container `name`'s own address (and the container port
 /// the URL names, else the one port it exposes), so that what answers is that container and not
 /// whatever the URL reaches now (a proxy, the old container).
-async fn aimed_at(
+pub(crate) async fn aimed_at(
     engine: &Engine,
     name: &str,
     health: &HealthSettings,

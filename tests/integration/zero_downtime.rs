@@ -312,3 +312,36 @@ fn a_compose_service_behind_a_proxy_swaps_start_first_one_replica_at_a_time_and_
             < at(&format!("starting {project}_web_2-backtrack-next"))
     );
 }
+
+#[test]
+fn an_emergency_on_a_start_first_target_with_the_image_present_loses_no_request() {
+    let repo = Repo::new("zd-emergency");
+    repo.push(&AppImage::new("v1.0.0").boot(2));
+    repo.push(&AppImage::new("v1.1.0").boot(2));
+    let proxy = Proxy::start();
+    let containers = Containers::new();
+    let name = run_behind(&proxy, &repo, "v1.0.0", &containers);
+    let t = target(&repo, &name, &proxy, "");
+    t.exec(["mark-good", "--yes"]).success(); // 1.0.0, kept on this host
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let plan = t.exec(["emergency", "--dry-run"]).success();
+    assert!(
+        plan.stdout.contains(&format!("--name {name}-backtrack-next")),
+        "{}",
+        plan.stdout
+    );
+    let poller = Poller::start(&proxy.url());
+    let run = t.exec(["emergency", "--yes"]).success();
+    let traffic = poller.stop();
+    assert!(
+        traffic.failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        traffic.failures.len(),
+        traffic.requests,
+        traffic.failures,
+        run.stderr
+    );
+    assert_eq!(traffic.bodies.last().map(String::as_str), Some("1.0.0"), "{traffic:?}");
+    assert!(!inspect(&name, "{{index .Config.Labels \"io.backtrack.emergency\"}}").is_empty());
+    assert_eq!(leftovers_of(&name), vec![format!("{name}-backtrack-pre-emergency")]);
+}
