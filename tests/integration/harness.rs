@@ -867,7 +867,7 @@ impl Proxy {
         std::fs::write(
             dir.path().join("Caddyfile"),
             "{\n\tadmin off\n\tauto_https off\n}\n:80 {\n\treverse_proxy {\n\t\tdynamic a web 8080 {\n\t\t\trefresh 1s\n\t\t}\n\
-             \t\tlb_try_duration 5s\n\t\tlb_try_interval 50ms\n\t\ttransport http {\n\t\t\tdial_timeout 100ms\n\t\t}\n\t}\n}\n",
+             \t\tlb_try_duration 5s\n\t\tlb_try_interval 50ms\n\t\tlb_policy round_robin\n\t\ttransport http {\n\t\t\tdial_timeout 100ms\n\t\t}\n\t}\n}\n",
         )
         .unwrap();
         let name = unique("bt-proxy");
