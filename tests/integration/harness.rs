@@ -847,6 +847,11 @@ pub fn caddy_image() -> String {
     image
 }
 
+/// The proxy's config: the README's (Caddy following Docker's DNS for the alias `web`, port 8080,
+/// refreshed every second, short dial timeout, retries round robin).
+pub const CADDYFILE: &str = "{\n\tadmin off\n\tauto_https off\n}\n:80 {\n\treverse_proxy {\n\t\tdynamic a web 8080 {\n\t\t\trefresh 1s\n\t\t}\n\
+     \t\tlb_try_duration 5s\n\t\tlb_try_interval 50ms\n\t\tlb_policy round_robin\n\t\ttransport http {\n\t\t\tdial_timeout 100ms\n\t\t}\n\t}\n}\n";
+
 /// A reverse proxy in front of containers, the way a small team runs one: Caddy on a user-defined
 /// network of its own, following Docker's DNS for the alias `web` (port 8080), with a short dial
 /// timeout and retries; published on a free loopback port. Removed with its network, and whatever
@@ -864,12 +869,7 @@ impl Proxy {
         let network = unique("bt-proxynet");
         docker_ok(&["network", "create", &network]);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("Caddyfile"),
-            "{\n\tadmin off\n\tauto_https off\n}\n:80 {\n\treverse_proxy {\n\t\tdynamic a web 8080 {\n\t\t\trefresh 1s\n\t\t}\n\
-             \t\tlb_try_duration 5s\n\t\tlb_try_interval 50ms\n\t\tlb_policy round_robin\n\t\ttransport http {\n\t\t\tdial_timeout 100ms\n\t\t}\n\t}\n}\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("Caddyfile"), CADDYFILE).unwrap();
         let name = unique("bt-proxy");
         let port = free_port();
         let mount = format!("{}/Caddyfile:/etc/caddy/Caddyfile:ro", dir.path().display());
