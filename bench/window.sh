@@ -201,8 +201,6 @@ ensure_on() {
 other() { if [ "$1" = v1.0.0 ]; then echo v1.1.0; else echo v1.0.0; fi; }
 # settle: longer than the proxy's DNS refresh, so no run starts with a stale upstream.
 settle() { sleep 1.5; }
-# 10#-safe $EPOCHREALTIME in microseconds.
-now() { local t=${EPOCHREALTIME/./}; echo $((10#$t)); }
 
 # watched OLD NEW EXPECT_RC CMD...: runs CMD while the poller watches the proxy. CMD must exit
 # EXPECT_RC; then the proxy must serve NEW (the version left running: OLD after a failed deploy).
@@ -222,14 +220,14 @@ watched() {
   echo "$start" >"$work/t0"
   t0=${start/./}; t0=$((10#$t0))
   w_rc=0; "$@" || w_rc=$?
-  t1=$(now)
+  t1=$(now_us)
   if [ "$w_rc" != "$expect" ]; then
     say "FAILED: $* exited $w_rc, expected $expect"
     [ ! -s "$work/bt.err" ] || sed 's/^/    /' "$work/bt.err" >&2
     ok=1
   fi
   wait_version "$new" 30 || ok=1
-  t2=$(now)
+  t2=$(now_us)
   touch "$work/stop"
   wait "$poller_pid" || ok=1
   poller_pid=
@@ -386,7 +384,7 @@ for m in "${methods[@]}"; do
   table_row "  longest request, median / max" "$(secs "${med_longest[$m]}")/$(secs "${max_longest[$m]}")" "" "" "$target_l" "$verdict_l"
   table_row "  requests in all runs" "${sum_total[$m]}" "" "" "" "(info)"
 done
-if [ "$start_first" = yes ] && [ "$bad_runs" -gt 0 ]; then
+if [ "$start_first" = yes ]; then
   for b in "${bad_versions[@]}"; do
     rcs=${bad_rc[$b]% } fs=${bad_failed[$b]% }
     worst=$(max_us ${bad_failed[$b]})

@@ -854,26 +854,43 @@ pub const CADDYFILE: &str = "{\n\tadmin off\n\tauto_https off\n}\n:80 {\n\trever
 
 /// A reverse proxy in front of containers, the way a small team runs one: Caddy on a user-defined
 /// network of its own, following Docker's DNS for the alias `web` (port 8080), with a short dial
-/// timeout and retries; published on a free loopback port. Removed with its network, and whatever
-/// else is still on it, when dropped.
+/// timeout and retries; published on a free loopback port of the engine's host. Removed with its
+/// network, and whatever else is still on it, when dropped.
 pub struct Proxy {
     pub network: String,
     pub port: u16,
-    name: String,
+    pub name: String,
+    /// `docker` against the engine the proxy runs on (ours, or a remote host's).
+    engine: fn(&[&str]) -> Output,
     _dir: tempfile::TempDir,
 }
 
 impl Proxy {
     pub fn start() -> Self {
+        Self::start_on(docker)
+    }
+
+    /// On the engine `engine` reaches, which must have the Caddy image.
+    pub fn start_on(engine: fn(&[&str]) -> Output) -> Self {
+        let ok = |args: &[&str]| {
+            let out = engine(args);
+            assert!(
+                out.status.success(),
+                "docker {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
         let image = caddy_image();
         let network = unique("bt-proxynet");
-        docker_ok(&["network", "create", &network]);
+        ok(&["network", "create", &network]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Caddyfile"), CADDYFILE).unwrap();
         let name = unique("bt-proxy");
         let port = free_port();
         let mount = format!("{}/Caddyfile:/etc/caddy/Caddyfile:ro", dir.path().display());
-        docker_ok(&[
+        ok(&[
             "run",
             "-d",
             "--name",
@@ -895,6 +912,7 @@ impl Proxy {
             network,
             port,
             name,
+            engine,
             _dir: dir,
         }
     }
@@ -906,13 +924,14 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        docker(&["rm", "-f", &self.name]);
+        let engine = self.engine;
+        engine(&["rm", "-f", &self.name]);
         // Whatever else is still on the network (a test that failed halfway) goes with it.
-        let left = docker_ok(&["ps", "-aq", "--filter", &format!("network={}", self.network)]);
-        for id in left.lines().filter(|l| !l.is_empty()) {
-            docker(&["rm", "-f", id]);
+        let left = engine(&["ps", "-aq", "--filter", &format!("network={}", self.network)]);
+        for id in String::from_utf8_lossy(&left.stdout).lines().filter(|l| !l.is_empty()) {
+            engine(&["rm", "-f", id]);
         }
-        docker(&["network", "rm", &self.network]);
+        engine(&["network", "rm", &self.network]);
     }
 }
 

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{AppImage, Repo, Test, docker, free_port, unique};
+use crate::harness::{AppImage, Proxy, Repo, Test, docker, free_port, unique};
 
 /// Where test-env keeps the remote host (`scripts/test-env --print`).
 pub(crate) fn remote_dir() -> PathBuf {
@@ -623,112 +623,73 @@ fn remote_doctor_names_a_host_out_of_reach_and_skips_what_depends_on_it() {
     }
 }
 
-/// A proxy on the remote host, as the team runs it there: Caddy (loaded onto the host's engine from
-/// ours) on a user-defined network of its own, published on the host's loopback only. Removed with
-/// its network and whatever else is on it when dropped.
-struct RemoteProxy {
-    network: String,
-    name: String,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// A proxy on the remote host, as the team runs it there (`harness::Proxy`, with the Caddy image
+/// loaded onto the host's engine from ours), published on the host's loopback only.
+fn remote_proxy() -> Proxy {
+    let image = crate::harness::caddy_image();
+    if !h2(&["image", "inspect", &image]).status.success() {
+        let sock = format!("unix://{}", remote_dir().join("docker.sock").display());
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "docker save \"$1\" | docker -H \"$2\" load -q",
+                "sh",
+                &image,
+                &sock,
+            ])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "could not load {image} onto the remote host's engine");
+    }
+    Proxy::start_on(h2)
 }
 
-impl RemoteProxy {
-    fn start() -> Self {
-        let image = crate::harness::caddy_image();
-        if !h2(&["image", "inspect", &image]).status.success() {
-            let sock = format!("unix://{}", remote_dir().join("docker.sock").display());
-            let status = Command::new("sh")
-                .args([
-                    "-c",
-                    "docker save \"$1\" | docker -H \"$2\" load -q",
-                    "sh",
-                    &image,
-                    &sock,
-                ])
-                .stdin(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "could not load {image} onto the remote host's engine");
-        }
-        let network = unique("bt-rproxynet");
-        h2_ok(&["network", "create", &network]);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Caddyfile"), crate::harness::CADDYFILE).unwrap();
-        let (name, port) = (unique("bt-rproxy"), free_port());
-        h2_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &network,
-            "-p",
-            &format!("127.0.0.1:{port}:80"),
-            "-v",
-            &format!("{}/Caddyfile:/etc/caddy/Caddyfile:ro", dir.path().display()),
-            &image,
-            "run",
-            "--config",
-            "/etc/caddy/Caddyfile",
-            "--adapter",
-            "caddyfile",
-        ]);
-        Self {
-            network,
-            name,
-            port,
-            _dir: dir,
-        }
-    }
+/// A client on the host beside `proxy`: GETs it every 10 ms (busybox wget bounded by 3 s; its own
+/// `-T` crashes in busybox 1.35, and it is sent to the proxy's address since the static busybox
+/// cannot resolve names) and logs `ok BODY` or `fail WHY` per request until `stop_client`.
+fn remote_client(proxy: &Proxy, image: &str) -> String {
+    let name = unique("bt-rclient");
+    let ip = h2_ok(&[
+        "inspect",
+        "--format",
+        &format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            proxy.network
+        ),
+        &proxy.name,
+    ]);
+    let script = format!(
+        "while [ ! -e /stop ]; do if b=$(timeout 3 wget -qO- http://{ip}/health 2>&1); then echo \"ok $b\"; \
+         else echo \"fail $b\"; fi; usleep 10000; done; echo done"
+    );
+    h2_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &proxy.network,
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        &script,
+    ]);
+    name
+}
 
-    /// A client on the host beside the proxy: GETs it every 10 ms (busybox wget bounded by 3 s; its
-    /// own `-T` crashes in busybox 1.35, and it is sent to the proxy's address since the static
-    /// busybox cannot resolve names) and logs `ok BODY` or `fail WHY` per request until
-    /// `stop_client`.
-    fn client(&self, image: &str) -> String {
-        let name = unique("bt-rclient");
-        let ip = h2_ok(&[
-            "inspect",
-            "--format",
-            &format!(
-                "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-                self.network
-            ),
-            &self.name,
-        ]);
-        let script = format!(
-            "while [ ! -e /stop ]; do if b=$(timeout 3 wget -qO- http://{ip}/health 2>&1); then echo \"ok $b\"; \
-             else echo \"fail $b\"; fi; usleep 10000; done; echo done"
-        );
-        h2_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &self.network,
-            "--entrypoint",
-            "/bin/sh",
-            image,
-            "-c",
-            &script,
-        ]);
-        name
-    }
-
-    /// Stops `client` and returns what it saw, one line per request.
-    fn stop_client(client: &str) -> Vec<String> {
-        h2_ok(&["exec", client, "touch", "/stop"]);
-        let mut lines = Vec::new();
-        wait_until("the client stops", Duration::from_secs(10), || {
-            lines = client_log(client);
-            lines.last().is_some_and(|l| l == "done")
-        });
-        lines.pop();
-        h2(&["rm", "-f", client]);
-        lines
-    }
+/// Stops `client` and returns what it saw, one line per request.
+fn stop_client(client: &str) -> Vec<String> {
+    h2_ok(&["exec", client, "touch", "/stop"]);
+    let mut lines = Vec::new();
+    wait_until("the client stops", Duration::from_secs(10), || {
+        lines = client_log(client);
+        lines.last().is_some_and(|l| l == "done")
+    });
+    lines.pop();
+    h2(&["rm", "-f", client]);
+    lines
 }
 
 fn client_log(client: &str) -> Vec<String> {
@@ -736,16 +697,6 @@ fn client_log(client: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-impl Drop for RemoteProxy {
-    fn drop(&mut self) {
-        let left = h2_ok(&["ps", "-aq", "--filter", &format!("network={}", self.network)]);
-        for id in left.lines().filter(|l| !l.is_empty()) {
-            h2(&["rm", "-f", id]);
-        }
-        h2(&["network", "rm", &self.network]);
-    }
 }
 
 #[test]
@@ -760,7 +711,7 @@ fn a_start_first_swap_on_a_remote_host_is_validated_there_and_loses_no_request()
     ] {
         repo.push(&image);
     }
-    let proxy = RemoteProxy::start();
+    let proxy = remote_proxy();
     let name = unique("bt-remote-zd");
     let v1 = format!("{}:v1.0.0", repo.image());
     h2_ok(&[
@@ -789,13 +740,13 @@ fn a_start_first_swap_on_a_remote_host_is_validated_there_and_loses_no_request()
         )
         .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap());
 
-    let client = proxy.client(&v1);
+    let client = remote_client(&proxy, &v1);
     wait_until("the proxy serves 1.0.0", Duration::from_secs(30), || {
         client_log(&client).iter().any(|l| l == "ok 1.0.0")
     });
     let run = t.exec(["deploy", "v1.1.0", "--yes"]).success();
     std::thread::sleep(Duration::from_millis(300));
-    let seen = RemoteProxy::stop_client(&client);
+    let seen = stop_client(&client);
     assert!(
         run.stderr.contains("start-first")
             && run
@@ -821,12 +772,12 @@ fn a_start_first_swap_on_a_remote_host_is_validated_there_and_loses_no_request()
     );
 
     // A version that fails validation never gets a request; the one running keeps serving.
-    let client = proxy.client(&v1);
+    let client = remote_client(&proxy, &v1);
     wait_until("the proxy serves 1.1.0", Duration::from_secs(30), || {
         client_log(&client).iter().any(|l| l == "ok 1.1.0")
     });
     let run = t.exec(["deploy", "v1.2.0", "--yes"]).code(6);
-    let seen = RemoteProxy::stop_client(&client);
+    let seen = stop_client(&client);
     assert!(
         run.stderr.contains("HTTP 404") && run.stderr.contains("kept serving"),
         "{}",
