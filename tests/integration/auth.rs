@@ -154,7 +154,7 @@ fn a_password_registry_works_end_to_end_on_the_local_engine_and_a_wrong_password
 /// handed over for each pull and never written on the host; a wrong password changes nothing.
 #[test]
 fn a_remote_engine_pulls_from_a_password_registry_and_no_credential_is_left_on_the_host() {
-    use crate::remote::{HOST, h2, h2_ok, remote_dir, serves, ssh_config};
+    use crate::remote::{h2, h2_ok, host, remote_dir, serves, ssh_config};
     let addr = shared_auth_registry();
     let (repo, source) = pushed_behind_a_password_with(&addr, "authremote", &["v1.0.0", "v1.1.0"], AppImage::new);
     // The host starts on 1.0.0, pulled from the open registry and named as the password one's.
@@ -173,7 +173,8 @@ fn a_remote_engine_pulls_from_a_password_registry_and_no_credential_is_left_on_t
         &running,
     ]);
     let config = format!(
-        "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{HOST}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n"
+        "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n",
+        host()
     );
     let cleanup = || {
         for suffix in ["", "-backtrack-prev", "-backtrack-next"] {

@@ -7,30 +7,36 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{AppImage, Repo, Test, docker, free_port, unique};
+use crate::harness::{AppImage, Repo, Test, docker, free_port, hosts, unique};
 
-const H2: &str = "ssh://bt-remote@127.0.0.1:2222";
-const H3: &str = "ssh://bt-remote@127.0.0.1:2223";
 const LOCAL: &str = "unix:///var/run/docker.sock";
 
-fn env_dir(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
+/// bt-h2's `ssh://` address (this run's slot).
+fn h2() -> &'static str {
+    &hosts().h2
+}
+
+/// bt-h3's `ssh://` address.
+fn h3() -> &'static str {
+    &hosts().h3
 }
 
 fn h2_dir() -> PathBuf {
-    env_dir("BACKTRACK_TEST_REMOTE_DIR", "/var/lib/backtrack-test-env/h2")
+    hosts().h2_dir.clone()
 }
 
 fn h3_dir() -> PathBuf {
-    env_dir("BACKTRACK_TEST_REMOTE3_DIR", "/var/lib/backtrack-test-env/h3")
+    hosts().h3_dir.clone()
 }
 
 /// `docker` against one host's engine (the test's own view; backtrack goes through ssh).
 fn on(host: &str, args: &[&str]) -> Output {
-    let socket = match host {
-        H2 => format!("unix://{}", h2_dir().join("docker.sock").display()),
-        H3 => format!("unix://{}", h3_dir().join("docker.sock").display()),
-        _ => LOCAL.to_string(),
+    let socket = if host == h2() {
+        format!("unix://{}", h2_dir().join("docker.sock").display())
+    } else if host == h3() {
+        format!("unix://{}", h3_dir().join("docker.sock").display())
+    } else {
+        LOCAL.to_string()
     };
     docker(&[&["-H", socket.as_str()], args].concat())
 }
@@ -38,13 +44,14 @@ fn on(host: &str, args: &[&str]) -> Output {
 /// The target's state folder on a host (the journal and lock backtrack keeps there).
 fn state_dir(host: &str, name: &str, t: &Test) -> PathBuf {
     let rel = format!("backtrack/targets/local_container_{name}");
-    match host {
-        H2 => h2_dir().join("home-bt-remote/.local/state").join(rel),
-        H3 => h3_dir().join("state").join(rel),
-        _ => t
-            .state_dir()
+    if host == h2() {
+        h2_dir().join("home-bt-remote/.local/state").join(rel)
+    } else if host == h3() {
+        h3_dir().join("state").join(rel)
+    } else {
+        t.state_dir()
             .join("targets")
-            .join(format!("unix____var_run_docker.sock_container_{name}")),
+            .join(format!("unix____var_run_docker.sock_container_{name}"))
     }
 }
 
@@ -56,7 +63,7 @@ fn serves(host: &str, name: &str) -> String {
 
 fn require_fleet() {
     crate::harness::require_services();
-    for (port, dir) in [(2222, h2_dir()), (2223, h3_dir())] {
+    for (port, dir) in [(hosts().h2_ssh_port, h2_dir()), (hosts().h3_ssh_port, h3_dir())] {
         let ok = std::process::Command::new("ssh")
             .args(["-F", h2_dir().join("client/ssh_config").to_str().unwrap()])
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", &port.to_string()])
@@ -163,7 +170,7 @@ fn the_first_fleet_rollback_after_adopting_goes_back_to_what_ran_before() {
     for v in ["v1.0.0", "v1.1.0", "v1.2.0"] {
         repo.push(&AppImage::new(v));
     }
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
     t.exec(["deploy", "v1.2.0", "--yes"]).success();
@@ -179,7 +186,7 @@ fn the_first_fleet_rollback_after_adopting_goes_back_to_what_ran_before() {
 #[test]
 fn fleet_parallel_rollback_over_ssh_on_three_hosts() {
     let repo = pushed("fleetpar");
-    let hosts = [H2, H3, LOCAL];
+    let hosts = [h2(), h3(), LOCAL];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
 
@@ -216,20 +223,20 @@ fn fleet_parallel_rollback_over_ssh_on_three_hosts() {
 #[test]
 fn fleet_rolling_deploy_where_the_second_host_fails_reverts_the_first_too() {
     let repo = pushed("fleetfail");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     // On bt-h3 the app is published on another port: its probe never answers there.
-    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[H3]);
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[h3()]);
     let t = app.test(&repo, &hosts, "/health", "5s");
 
     let run = t.exec(["deploy", "v1.1.0", "--yes"]).code(6);
-    assert!(run.stderr.contains(H3), "the failed host is named: {}", run.stderr);
+    assert!(run.stderr.contains(h3()), "the failed host is named: {}", run.stderr);
     assert!(run.stdout.contains("reverted"), "{}", run.stdout);
     for h in hosts {
         assert_eq!(serves(h, &app.name), "1.0.0", "{h} must run its previous version");
         let leftovers = on(h, &["inspect", &format!("{}-backtrack-prev", app.name)]);
         assert!(!leftovers.status.success(), "{h} kept a set-aside container");
     }
-    assert!(app.journal(H2, &t).contains("put back"), "{}", app.journal(H2, &t));
+    assert!(app.journal(h2(), &t).contains("put back"), "{}", app.journal(h2(), &t));
     // Status names the drift when hosts differ: not here, both are back on 1.0.0.
     let status = t.exec(["status"]).success();
     assert!(!status.stdout.contains("fleet drift"), "{}", status.stdout);
@@ -238,9 +245,9 @@ fn fleet_rolling_deploy_where_the_second_host_fails_reverts_the_first_too() {
 #[test]
 fn fleet_host_unreachable_at_the_start_is_refused_by_name_unless_skipped() {
     let repo = pushed("fleetdown");
-    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2], &[]);
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[h2()], &[]);
     let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
-    let t = app.test(&repo, &[H2, &gone], "/health", "20s");
+    let t = app.test(&repo, &[h2(), &gone], "/health", "20s");
 
     let run = t.exec(["deploy", "v1.1.0", "--yes"]).code(10);
     assert!(
@@ -248,7 +255,11 @@ fn fleet_host_unreachable_at_the_start_is_refused_by_name_unless_skipped() {
         "the unreachable host is named: {}",
         run.stderr
     );
-    assert_eq!(serves(H2, &app.name), "1.0.0", "nothing changed on the reachable host");
+    assert_eq!(
+        serves(h2(), &app.name),
+        "1.0.0",
+        "nothing changed on the reachable host"
+    );
 
     let run = t.exec(["deploy", "v1.1.0", "--yes", "--skip-unreachable"]).success();
     assert!(
@@ -256,24 +267,24 @@ fn fleet_host_unreachable_at_the_start_is_refused_by_name_unless_skipped() {
         "{}",
         run.stdout
     );
-    assert_eq!(serves(H2, &app.name), "1.1.0");
+    assert_eq!(serves(h2(), &app.name), "1.1.0");
     assert!(
-        app.journal(H2, &t)
+        app.journal(h2(), &t)
             .contains(&format!("without unreachable host(s): {gone}")),
         "{}",
-        app.journal(H2, &t)
+        app.journal(h2(), &t)
     );
 }
 
 #[test]
 fn two_fleet_runs_contending_for_locks_do_not_deadlock() {
     let repo = pushed("fleetlock");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     // A holds every lock while its deploy waits for a path that never answers; B lists the hosts
     // the other way round. B is refused at once (never waits), A ends reverted, then B may act.
     let a = app.test(&repo, &hosts, "/missing", "6s");
-    let b = app.test(&repo, &[H3, H2], "/health", "20s");
+    let b = app.test(&repo, &[h3(), h2()], "/health", "20s");
     let mut a_run = a
         .command()
         .args(["deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
@@ -281,7 +292,7 @@ fn two_fleet_runs_contending_for_locks_do_not_deadlock() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let holder = state_dir(H3, &app.name, &a).join("holder.json");
+    let holder = state_dir(h3(), &app.name, &a).join("holder.json");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::metadata(&holder).is_ok_and(|m| m.len() > 0) {
         assert!(Instant::now() < deadline, "A never took the lock on bt-h3");
@@ -323,21 +334,21 @@ fn marks(versions: &serde_json::Value, tag: &str) -> Vec<String> {
 #[test]
 fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per_fleet_run() {
     let repo = pushed("fleetviews");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
 
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
-    t.exec(["rollback", "v1.0.0", "--yes", "--hosts", H2]).success();
-    assert_eq!(serves(H2, &app.name), "1.0.0");
-    assert_eq!(serves(H3, &app.name), "1.1.0");
+    t.exec(["rollback", "v1.0.0", "--yes", "--hosts", h2()]).success();
+    assert_eq!(serves(h2(), &app.name), "1.0.0");
+    assert_eq!(serves(h3(), &app.name), "1.1.0");
 
     let versions = t.exec(["versions", "--output", "json"]).success().json();
     assert_eq!(marks(&versions, "v1.1.0"), ["deployed 1/2 hosts"], "{versions}");
     assert_eq!(marks(&versions, "v1.0.0"), ["deployed 1/2 hosts"], "{versions}");
     // A host that does not answer is said, and counted as not running anything.
     let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
-    let partial = app.test(&repo, &[H2, H3, &gone], "/health", "20s");
+    let partial = app.test(&repo, &[h2(), h3(), &gone], "/health", "20s");
     let run = partial.exec(["versions", "--output", "json"]).success();
     assert!(run.stderr.contains(&gone), "the silent host is named: {}", run.stderr);
     let versions = run.json();
@@ -355,19 +366,19 @@ fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per
         .iter()
         .map(|h| (h["address"].as_str().unwrap(), h["result"].as_str().unwrap()))
         .collect();
-    assert_eq!(per_host, [(H2, "ok"), (H3, "ok")], "{history}");
+    assert_eq!(per_host, [(h2(), "ok"), (h3(), "ok")], "{history}");
     assert!(ops[0]["id"].as_str().unwrap().starts_with("fleet-"), "{history}");
     assert_eq!(ops[1]["hosts"].as_array().unwrap().len(), 1, "{history}");
     let table = t.exec(["history"]).success();
     assert!(table.stdout.contains("ok on 2/2 hosts"), "{}", table.stdout);
     assert!(table.stdout.contains("ok on 1/2 hosts"), "{}", table.stdout);
     let one = t.exec(["history", "show", "1"]).success();
-    assert!(one.stdout.contains(H2) && one.stdout.contains(H3), "{}", one.stdout);
+    assert!(one.stdout.contains(h2()) && one.stdout.contains(h3()), "{}", one.stdout);
 
     // mark-good with no selector needs one digest on every host: it names where they differ.
     let run = t.exec(["mark-good"]).code(1);
     assert!(
-        run.stderr.contains("different images") && run.stderr.contains(H3),
+        run.stderr.contains("different images") && run.stderr.contains(h3()),
         "{}",
         run.stderr
     );
@@ -391,14 +402,14 @@ fn fleet_versions_and_the_picker_count_hosts_and_history_shows_one_operation_per
 #[test]
 fn fleet_validate_names_the_failing_host_and_mark_good_moves_the_pointer_once() {
     let repo = pushed("fleetgood");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     // On bt-h3 the app is published on another port: its probe fails there.
-    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[H3]);
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[h3()]);
     let t = app.test(&repo, &hosts, "/health", "5s");
 
     let run = t.exec(["validate"]).code(1);
-    assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
-    assert!(!run.stderr.contains(H2), "the healthy host is not: {}", run.stderr);
+    assert!(run.stderr.contains(h3()), "the failing host is named: {}", run.stderr);
+    assert!(!run.stderr.contains(h2()), "the healthy host is not: {}", run.stderr);
     assert!(run.stdout.contains("UNHEALTHY on"), "{}", run.stdout);
 
     // Both hosts run v1.0.0: mark-good with no selector points last_known_good at it, once.
@@ -430,13 +441,13 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
     // Only v1.1.0 knows the user the app runs as on bt-h3: the emergency copy cannot start there.
     repo.push(&AppImage::new("v1.1.0").user("appuser"));
     let image = format!("{}:v1.1.0", repo.image());
-    let mut app = FleetApp::run(&image, &[H2], &[]);
-    app.hosts.push(H3);
+    let mut app = FleetApp::run(&image, &[h2()], &[]);
+    app.hosts.push(h3());
     let publish = format!("127.0.0.1:{}:8080", app.port);
     let run_on_h3 = |extra: &[&str]| {
-        on(H3, &["rm", "-f", &app.name]);
+        on(h3(), &["rm", "-f", &app.name]);
         let out = on(
-            H3,
+            h3(),
             &[
                 &["run", "-d", "--name", &app.name, "-p", &publish][..],
                 extra,
@@ -445,34 +456,34 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
             .concat(),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        app.wait_serving(H3);
+        app.wait_serving(h3());
     };
     run_on_h3(&["--user", "appuser"]);
-    let t = app.test(&repo, &[H2, H3], "/health", "20s");
+    let t = app.test(&repo, &[h2(), h3()], "/health", "20s");
     t.exec(["mark-good", "v1.0.0"]).success();
 
     let plan = t.exec(["emergency", "--dry-run"]).success();
     assert!(
-        plan.stdout.contains(H2) && plan.stdout.contains(H3) && plan.stdout.contains("docker run"),
+        plan.stdout.contains(h2()) && plan.stdout.contains(h3()) && plan.stdout.contains("docker run"),
         "a plan per host: {}",
         plan.stdout
     );
     assert!(plan.stdout.contains("dry run: nothing was changed"), "{}", plan.stdout);
 
     let run = t.exec(["emergency", "--yes"]).code(6);
-    assert!(run.stderr.contains(H3), "the failing host is named: {}", run.stderr);
-    for h in [H2, H3] {
+    assert!(run.stderr.contains(h3()), "the failing host is named: {}", run.stderr);
+    for h in [h2(), h3()] {
         assert_eq!(serves(h, &app.name), "1.1.0", "{h} runs its original again");
         let aside = on(h, &["inspect", &format!("{}-backtrack-pre-emergency", app.name)]);
         assert!(!aside.status.success(), "{h} kept a set-aside container");
     }
-    assert!(app.journal(H2, &t).contains("put back"), "{}", app.journal(H2, &t));
+    assert!(app.journal(h2(), &t).contains("put back"), "{}", app.journal(h2(), &t));
 
     // Without the user, every host takes the emergency, under one fleet id.
     run_on_h3(&[]);
     let run = t.exec(["emergency", "--yes", "--output", "json"]).success().json();
     assert_eq!(run["hosts"].as_array().unwrap().len(), 2, "{run}");
-    for h in [H2, H3] {
+    for h in [h2(), h3()] {
         assert_eq!(serves(h, &app.name), "1.0.0", "{h} runs last known good");
     }
     let history = t.exec(["history", "--output", "json"]).success().json();
@@ -480,7 +491,7 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
     assert_eq!(last["op"], "emergency", "{history}");
     assert_eq!(last["hosts"].as_array().unwrap().len(), 2, "{history}");
     assert!(last["id"].as_str().unwrap().starts_with("fleet-"), "{history}");
-    for h in [H2, H3] {
+    for h in [h2(), h3()] {
         on(h, &["rmi", &format!("backtrack/{}:lkg", repo.name)]);
     }
 }
@@ -488,7 +499,7 @@ fn fleet_emergency_is_all_or_nothing_across_hosts() {
 #[test]
 fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
     let repo = pushed("fleetcanary");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
     let t = Test::new()
@@ -505,7 +516,7 @@ fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
             .trim()
             .to_string()
     };
-    let other_before = id_of(H3);
+    let other_before = id_of(h3());
     let child = t
         .command()
         .args(["deploy", "v1.1.0", "--yes"])
@@ -516,27 +527,27 @@ fn fleet_canary_that_fails_its_soak_is_reverted_and_the_others_never_start() {
         .unwrap();
     // The canary (the first host) validates on 1.1.0, then dies during its soak.
     let deadline = Instant::now() + Duration::from_secs(40);
-    while serves(H2, &app.name) != "1.1.0" {
+    while serves(h2(), &app.name) != "1.1.0" {
         assert!(Instant::now() < deadline, "the canary never ran 1.1.0");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert!(on(H2, &["kill", &app.name]).status.success());
+    assert!(on(h2(), &["kill", &app.name]).status.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("canary"), "{stderr}");
     // The canary is back on its previous version; the other host was never touched.
-    app.wait_serving(H2);
-    assert_eq!(serves(H2, &app.name), "1.0.0");
-    assert_eq!(id_of(H3), other_before);
-    assert_eq!(serves(H3, &app.name), "1.0.0");
+    app.wait_serving(h2());
+    assert_eq!(serves(h2(), &app.name), "1.0.0");
+    assert_eq!(id_of(h3()), other_before);
+    assert_eq!(serves(h3(), &app.name), "1.0.0");
 }
 
 #[test]
 fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_back() {
     let repo = pushed("fleethooks");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let (hook_port, got) = crate::hooks::receiver();
     let more = format!(
@@ -551,7 +562,7 @@ fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_b
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     assert_eq!(
         log(),
-        format!("pre deploy 1.1.0 {H2},{H3}\npost\n"),
+        format!("pre deploy 1.1.0 {},{}\npost\n", h2(), h3()),
         "once for the fleet"
     );
     for h in hosts {
@@ -572,7 +583,7 @@ fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_b
     assert_eq!(bodies.len(), 2, "{bodies:?}");
     let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
     assert_eq!(first["result"], "ok", "{first}");
-    assert_eq!(first["hosts"], serde_json::json!([H2, H3]), "{first}");
+    assert_eq!(first["hosts"], serde_json::json!([h2(), h3()]), "{first}");
     let second: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
     assert_eq!(second["result"], "reverted", "{second}");
     assert!(second["why"].as_str().unwrap().contains("post hook"), "{second}");
@@ -591,10 +602,10 @@ fn fleet_hooks_run_once_for_the_whole_fleet_and_a_failing_post_puts_every_host_b
 fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
     let repo = pushed("fleetlost");
     // On bt-h3 the probe never answers, so its swap is still validating when its link drops.
-    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2, H3], &[H3]);
-    let proxy = crate::remote::CuttableProxy::start("127.0.0.1:2223");
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[h2(), h3()], &[h3()]);
+    let proxy = crate::remote::CuttableProxy::start(&format!("127.0.0.1:{}", hosts().h3_ssh_port));
     let h3_via_proxy = format!("ssh://bt-remote@127.0.0.1:{}", proxy.port);
-    let t = app.test(&repo, &[H2, &h3_via_proxy], "/health", "30s");
+    let t = app.test(&repo, &[h2(), &h3_via_proxy], "/health", "30s");
     let run = t
         .command()
         .args(["deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
@@ -605,7 +616,7 @@ fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
         .unwrap();
     let prev = format!("{}-backtrack-prev", app.name);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !on(H3, &["inspect", &prev]).status.success() {
+    while !on(h3(), &["inspect", &prev]).status.success() {
         assert!(Instant::now() < deadline, "the swap on bt-h3 never started");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -615,8 +626,12 @@ fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(stderr.contains(&h3_via_proxy), "the lost host is named: {stderr}");
     // The host that validated is put back; the lost one is left for its next run.
-    assert_eq!(serves(H2, &app.name), "1.0.0");
-    assert!(app.journal(H3, &t).contains("\"started\""), "{}", app.journal(H3, &t));
+    assert_eq!(serves(h2(), &app.name), "1.0.0");
+    assert!(
+        app.journal(h3(), &t).contains("\"started\""),
+        "{}",
+        app.journal(h3(), &t)
+    );
 
     // The next run reaches bt-h3 again and settles it from its journal before anything else.
     let next = t.exec(["rollback", "v1.0.0", "--yes", "--strategy", "parallel"]);
@@ -628,18 +643,18 @@ fn fleet_host_lost_mid_run_is_named_for_a_person_and_settled_by_its_next_run() {
     );
     assert_eq!(next.code, 0, "{}{}", next.stdout, next.stderr);
     assert!(
-        !on(H3, &["inspect", &prev]).status.success(),
+        !on(h3(), &["inspect", &prev]).status.success(),
         "nothing set aside stays on bt-h3"
     );
-    let image = on(H3, &["inspect", "--format", "{{.Config.Image}}", &app.name]);
+    let image = on(h3(), &["inspect", "--format", "{{.Config.Image}}", &app.name]);
     assert!(
         !String::from_utf8_lossy(&image.stdout).contains(&repo.tag_digest("v1.1.0").unwrap()),
         "bt-h3 is back on its previous version"
     );
     assert!(
-        app.journal(H3, &t).contains("rolled-back-after-crash"),
+        app.journal(h3(), &t).contains("rolled-back-after-crash"),
         "{}",
-        app.journal(H3, &t)
+        app.journal(h3(), &t)
     );
 }
 
@@ -651,7 +666,7 @@ fn fleet_rollback_below_the_migration_floor_is_refused_unless_forced_with_a_reas
     let repo = Repo::new("fleetguard");
     repo.push(&AppImage::new("v1.0.0"));
     repo.push(&AppImage::new("v1.1.0").label("io.backtrack.min-rollback", "1.1.0"));
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.1.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
 
@@ -690,7 +705,7 @@ fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
     for v in ["v1.0.0", "v1.1.0"] {
         repo.push(&AppImage::new(v).label("io.backtrack.test", &repo.name));
     }
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     let t = app.test(&repo, &hosts, "/health", "20s");
 
@@ -724,10 +739,10 @@ fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
 
     // warm: the previous version is gone from bt-h3; warm pulls it there, and finds it on bt-h2.
     let previous = format!("{}@{}", repo.image(), repo.tag_digest("v1.0.0").unwrap());
-    let id = on(H3, &["image", "inspect", "-f", "{{.Id}}", &previous]);
+    let id = on(h3(), &["image", "inspect", "-f", "{{.Id}}", &previous]);
     let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
     assert!(
-        on(H3, &["rmi", "-f", &id]).status.success(),
+        on(h3(), &["rmi", "-f", &id]).status.success(),
         "remove {previous} from bt-h3"
     );
     let warm = t.exec(["warm", "--output", "json"]).success().json();
@@ -742,10 +757,10 @@ fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
             .unwrap_or_else(|| panic!("no previous candidate: {warm}"));
         assert_eq!(previous["image"]["version"], "1.0.0", "{warm}");
         let pulled = !previous["pulled_ms"].is_null();
-        assert_eq!(pulled, h["host"] == H3, "pulled only where it was missing: {warm}");
+        assert_eq!(pulled, h["host"] == h3(), "pulled only where it was missing: {warm}");
     }
     assert!(
-        on(H3, &["image", "inspect", &previous]).status.success(),
+        on(h3(), &["image", "inspect", &previous]).status.success(),
         "bt-h3 has it again"
     );
 
@@ -797,9 +812,9 @@ fn fleet_mark_good_warm_drill_and_prune_local_act_on_every_host() {
 #[test]
 fn fleet_doctor_checks_each_host_and_names_the_one_that_is_down() {
     let repo = pushed("fleetdoctor");
-    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[H2], &[]);
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[h2()], &[]);
     let gone = format!("ssh://bt-remote@127.0.0.1:{}", free_port());
-    let t = app.test(&repo, &[H2, &gone], "/health", "20s");
+    let t = app.test(&repo, &[h2(), &gone], "/health", "20s");
     let run = t.exec(["doctor", "--output", "json"]);
     assert_ne!(run.code, 0, "a host that is down fails the checks: {}", run.stderr);
     let report = run.json();
@@ -814,10 +829,10 @@ fn fleet_doctor_checks_each_host_and_names_the_one_that_is_down() {
             .cloned()
             .unwrap_or_else(|| panic!("no {name} check: {report}"))
     };
-    let up = hosts.iter().find(|h| h["host"] == H2).unwrap();
+    let up = hosts.iter().find(|h| h["host"] == h2()).unwrap();
     let down = hosts.iter().find(|h| h["host"] == gone.as_str()).unwrap();
     for name in ["ssh", "engine", "target"] {
-        assert_eq!(check(up, name)["mark"], "ok", "{name} on {H2}: {report}");
+        assert_eq!(check(up, name)["mark"], "ok", "{name} on {}: {report}", h2());
     }
     assert_eq!(check(down, "ssh")["mark"], "fail", "{report}");
     assert_eq!(down["healthy"], false, "{report}");
@@ -831,7 +846,7 @@ fn fleet_rollback_to_a_gone_version_rebuilds_it_once_and_swaps_every_host() {
     let repo = Repo::new("fleetrebuild");
     repo.push(&AppImage::new("v1.1.0").label("io.backtrack.test", &repo.name));
     let git = crate::rebuild::app_repo();
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.1.0", repo.image()), &hosts, &[]);
     let more = format!("[rebuild]\nrepo = \"{}\"\n", git.path().display());
     let t = app.test_with(&repo, &hosts, "/health", "20s", &more);
@@ -867,7 +882,7 @@ fn fleet_ctrl_c_mid_swap_puts_every_host_back() {
     use std::io::Read as _;
     use std::os::unix::process::CommandExt;
     let repo = pushed("fleetsigint");
-    let hosts = [H2, H3];
+    let hosts = [h2(), h3()];
     let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
     // A probe that never passes: the hosts sit in validation until the interrupt.
     let t = app.test(&repo, &hosts, "/missing", "60s");

@@ -20,6 +20,62 @@ pub fn registry() -> String {
     std::env::var("BACKTRACK_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
 }
 
+/// This run's remote hosts and swarm: `scripts/test` takes a slot of its own and exports what
+/// `scripts/test-env --slot N --print` says; run by hand after `scripts/test-env`, slot 0's.
+pub struct TestHosts {
+    /// The folder of the first remote host (bt-h2): its engine's socket, the client ssh_config.
+    pub h2_dir: PathBuf,
+    /// `ssh://bt-remote@127.0.0.1:PORT` of bt-h2.
+    pub h2: String,
+    pub h2_ssh_port: u16,
+    /// The folder of the third host (bt-h3): its socket, state and TLS certificates.
+    pub h3_dir: PathBuf,
+    pub h3: String,
+    pub h3_ssh_port: u16,
+    /// bt-h3's engine over TLS, `tcp://127.0.0.1:PORT`.
+    pub h3_tls: String,
+    pub h3_tls_port: u16,
+    pub swarm_dir: PathBuf,
+    /// The swarm manager's address on the swarm's LAN (its sshd listens there).
+    pub swarm_manager: String,
+}
+
+pub fn hosts() -> &'static TestHosts {
+    static HOSTS: OnceLock<TestHosts> = OnceLock::new();
+    HOSTS.get_or_init(|| TestHosts::from_vars(|name| std::env::var(name).ok()))
+}
+
+impl TestHosts {
+    /// From the variables `scripts/test-env --print` names (`var` looks one up); slot 0's values
+    /// for those it does not have.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str, default: &str| var(name).unwrap_or_else(|| default.into());
+        let port = |name: &str, default: &str| {
+            var(name, default)
+                .parse::<u16>()
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let env_dir = var("BACKTRACK_TEST_ENV_DIR", "/var/lib/backtrack-test-env");
+        let (h2_ssh_port, h3_ssh_port, h3_tls_port) = (
+            port("BACKTRACK_TEST_REMOTE_SSH_PORT", "2222"),
+            port("BACKTRACK_TEST_REMOTE3_SSH_PORT", "2223"),
+            port("BACKTRACK_TEST_REMOTE3_TLS_PORT", "2376"),
+        );
+        TestHosts {
+            h2_dir: var("BACKTRACK_TEST_REMOTE_DIR", &format!("{env_dir}/h2")).into(),
+            h2: format!("ssh://bt-remote@127.0.0.1:{h2_ssh_port}"),
+            h2_ssh_port,
+            h3_dir: var("BACKTRACK_TEST_REMOTE3_DIR", &format!("{env_dir}/h3")).into(),
+            h3: format!("ssh://bt-remote@127.0.0.1:{h3_ssh_port}"),
+            h3_ssh_port,
+            h3_tls: format!("tcp://127.0.0.1:{h3_tls_port}"),
+            h3_tls_port,
+            swarm_dir: var("BACKTRACK_TEST_SWARM_DIR", &format!("{env_dir}/swarm")).into(),
+            swarm_manager: var("BACKTRACK_TEST_SWARM_MANAGER", "10.231.0.1"),
+        }
+    }
+}
+
 /// Fails loudly when a real service is missing.
 pub fn require_services() {
     static CHECKED: OnceLock<()> = OnceLock::new();

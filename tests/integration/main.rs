@@ -10,6 +10,7 @@ mod fleet;
 mod harness;
 mod hooks;
 mod hostile;
+mod isolation;
 mod lkg;
 mod prune;
 mod rebuild;

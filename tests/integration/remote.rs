@@ -1,6 +1,7 @@
 //! Remote hosts over SSH, against the "remote host" `scripts/test-env` starts: a second Docker
-//! Engine and an sshd in network namespace bt-h2, reached only through ssh on 127.0.0.1:2222 (user
-//! `bt-remote`, key and known_hosts in an ssh_config of the test env's own; ~/.ssh is never used).
+//! Engine and an sshd in network namespace bt-h2, reached only through ssh on 127.0.0.1:2222 (in
+//! slot 0; `harness::hosts()` has this run's; user `bt-remote`, key and known_hosts in an
+//! ssh_config of the test env's own; ~/.ssh is never used).
 //! The engine, the health probe (the host's loopback, which this machine cannot reach) and the
 //! target's journal and lock are all on that host; the local engine is never touched.
 
@@ -11,12 +12,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{AppImage, Proxy, Repo, Test, docker, free_port, unique};
+use crate::harness::{AppImage, Proxy, Repo, Test, docker, free_port, hosts, unique};
 
 /// Where test-env keeps the remote host (`scripts/test-env --print`).
 pub(crate) fn remote_dir() -> PathBuf {
-    std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
-        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h2"), PathBuf::from)
+    crate::harness::hosts().h2_dir.clone()
 }
 
 pub(crate) fn ssh_config() -> PathBuf {
@@ -36,7 +36,7 @@ fn require_remote() {
         ])
         .args([
             "-p",
-            "2222",
+            &hosts().h2_ssh_port.to_string(),
             "bt-remote@127.0.0.1",
             "docker version --format '{{.Server.Version}}'",
         ])
@@ -45,7 +45,8 @@ fn require_remote() {
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "the remote host (ssh bt-remote@127.0.0.1:2222 with {}) does not answer: run `scripts/test-env` (as root) first",
+        "the remote host ({} with {}) does not answer: run `scripts/test-env` (as root) first",
+        hosts().h2,
         ssh_config().display()
     );
 }
@@ -159,7 +160,10 @@ fn remote_test(repo: &Repo, app: &RemoteApp, host: &str, health_path: &str, time
         .env("BACKTRACK_SSH_CONFIG", ssh_config().to_str().unwrap())
 }
 
-pub(crate) const HOST: &str = "ssh://bt-remote@127.0.0.1:2222";
+/// The remote host's `ssh://` address (this run's slot).
+pub(crate) fn host() -> &'static str {
+    &hosts().h2
+}
 
 fn pushed(test: &str, versions: &[&str]) -> Repo {
     crate::harness::require_services();
@@ -175,7 +179,7 @@ fn pushed(test: &str, versions: &[&str]) -> Repo {
 fn remote_deploy_rollback_emergency_and_status_act_on_the_host_only() {
     let repo = pushed("remote", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
-    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
 
     let status = t.exec(["status", "--output", "json"]).success().json();
     assert_eq!(status["containers"][0]["version"], "1.0.0", "{status}");
@@ -218,7 +222,7 @@ fn remote_deploy_rollback_emergency_and_status_act_on_the_host_only() {
 fn a_remembered_engine_socket_is_used_ahead_and_a_stale_one_is_corrected() {
     let repo = pushed("remotememo", &["v1.0.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
-    let t = remote_test(&repo, &app, HOST, "/health", "20s").env("BACKTRACK_LOG", "backtrack=debug");
+    let t = remote_test(&repo, &app, host(), "/health", "20s").env("BACKTRACK_LOG", "backtrack=debug");
     let ahead = "was reached while the session started";
     let first = t.exec(["status"]).success();
     assert!(
@@ -247,7 +251,7 @@ fn remote_probe_reaches_the_hosts_loopback_not_ours() {
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
     // Nothing answers on this machine's loopback at that port: only the host's has the app.
     assert!(crate::harness::http_get(&format!("http://127.0.0.1:{}/health", app.port)).is_none());
-    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
     let run = t.exec(["validate", "--output", "json"]).success();
     assert!(
         run.stdout.contains(&format!("127.0.0.1:{}", app.port)),
@@ -255,7 +259,7 @@ fn remote_probe_reaches_the_hosts_loopback_not_ours() {
         run.stdout
     );
     // A probe that fails on the host reverts the swap there.
-    let bad = remote_test(&repo, &app, HOST, "/missing", "3s");
+    let bad = remote_test(&repo, &app, host(), "/missing", "3s");
     let run = bad.exec(["deploy", "v1.1.0", "--yes"]).code(6);
     assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
     assert_eq!(serves(&app.name), "1.0.0");
@@ -276,8 +280,8 @@ fn two_operators_contend_for_the_remote_lock() {
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
     // Operator A's deploy validates against a path that is never healthy: it holds the lock
     // on the host for the whole timeout, then reverts.
-    let a = remote_test(&repo, &app, HOST, "/missing", "6s");
-    let b = remote_test(&repo, &app, HOST, "/health", "20s");
+    let a = remote_test(&repo, &app, host(), "/missing", "6s");
+    let b = remote_test(&repo, &app, host(), "/health", "20s");
     assert_ne!(a.state_dir(), b.state_dir());
     let mut a_run = a
         .command()
@@ -326,6 +330,58 @@ fn two_operators_contend_for_the_remote_lock() {
     assert_eq!(h["operations"].as_array().unwrap().len(), 1, "{h}");
     b.exec(["deploy", "v1.1.0", "--yes"]).success();
     assert_eq!(serves(&app.name), "1.1.0");
+}
+
+/// Regression (#29): a second appender to a remote journal while a process on the host holds its
+/// lock (backtrack run on the host itself takes the same flock) is refused cleanly: exit 5 at
+/// once, nothing moved, the journal byte for byte as it was; it acts once the lock is free.
+#[test]
+fn a_second_appender_to_a_remote_journal_is_refused_while_a_process_on_the_host_holds_the_lock() {
+    let repo = pushed("remoteappend", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let (journal, pointer) = (app.journal(), repo.tag_digest("last_known_good"));
+    let lock = std::fs::OpenOptions::new()
+        .append(true)
+        .open(app.state_dir().join("lock"))
+        .expect("the target's lock file on the host");
+    lock.lock().unwrap();
+    for (args, what) in [
+        (&["mark-good", "v1.0.0"][..], "mark-good"),
+        (&["rollback", "--yes"][..], "rollback"),
+        (&["deploy", "v1.0.0", "--yes"][..], "deploy"),
+    ] {
+        let started = Instant::now();
+        let run = t.exec(args.iter().copied()).code(5);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} waited {:?}",
+            started.elapsed()
+        );
+        assert!(run.stderr.contains("lock"), "{what}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{what}: {}", run.stderr);
+        assert_eq!(app.journal(), journal, "{what} wrote to the journal without the lock");
+    }
+    assert_eq!(serves(&app.name), "1.1.0");
+    assert_eq!(
+        repo.tag_digest("last_known_good"),
+        pointer,
+        "a refused mark moved the pointer"
+    );
+    drop(lock);
+    t.exec(["rollback", "--yes"]).success();
+    assert_eq!(serves(&app.name), "1.0.0");
+    let after = app.journal();
+    assert!(
+        after.starts_with(&journal)
+            && after
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{after}"
+    );
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    assert_eq!(h["operations"].as_array().unwrap().len(), 2, "{h}");
 }
 
 /// A TCP proxy in front of the remote host's sshd whose connections can be cut at once, as a
@@ -382,7 +438,7 @@ impl CuttableProxy {
 fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
     let repo = pushed("remotedrop", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
-    let proxy = CuttableProxy::start("127.0.0.1:2222");
+    let proxy = CuttableProxy::start(&format!("127.0.0.1:{}", hosts().h2_ssh_port));
     let a = remote_test(
         &repo,
         &app,
@@ -415,7 +471,7 @@ fn ssh_connection_dropped_mid_swap_is_settled_by_the_next_run() {
     assert!(!status.success(), "{stderr}");
 
     // The next run, from another machine (state folder), settles it from the host's journal.
-    let b = remote_test(&repo, &app, HOST, "/health", "20s");
+    let b = remote_test(&repo, &app, host(), "/health", "20s");
     let st = b.exec(["status"]).success();
     assert!(
         format!("{}{}", st.stdout, st.stderr).contains("did not finish"),
@@ -441,7 +497,7 @@ fn ctrl_c_at_the_terminal_reaches_only_backtrack_which_puts_the_remote_version_b
     use std::os::unix::process::CommandExt;
     let repo = pushed("remotesigint", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
-    let t = remote_test(&repo, &app, HOST, "/missing", "60s");
+    let t = remote_test(&repo, &app, host(), "/missing", "60s");
     let mut run = t
         .command()
         .args(["deploy", "v1.1.0", "--yes"])
@@ -489,15 +545,17 @@ fn unknown_host_key_is_refused_and_never_added() {
     std::fs::write(&config_path, config).unwrap();
     let t = Test::new()
         .config(&format!(
-            "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"{HOST}\"\n",
-            crate::harness::registry()
+            "[registry]\nurl = \"{}\"\nrepository = \"none\"\n[target]\nkind = \"container\"\nname = \"web\"\nhost = \"{}\"\n",
+            crate::harness::registry(),
+            host()
         ))
         .env("BACKTRACK_SSH_CONFIG", config_path.to_str().unwrap());
     let start = Instant::now();
     let run = t.exec(["status"]).code(10);
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(run.stderr.contains("host key is not in known_hosts"), "{}", run.stderr);
-    assert!(run.stderr.contains("ssh-keyscan -p 2222 127.0.0.1"), "{}", run.stderr);
+    let keyscan = format!("ssh-keyscan -p {} 127.0.0.1", hosts().h2_ssh_port);
+    assert!(run.stderr.contains(&keyscan), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(&known).unwrap(), "", "a host key was accepted");
 }
 
@@ -514,7 +572,9 @@ fn remote_failures_are_one_line_with_the_fix_and_bounded() {
             .env("BACKTRACK_CONNECT_TIMEOUT", "2s")
     };
     // No docker permission for this user on the host.
-    let run = config("ssh://bt-nodocker@127.0.0.1:2222").exec(["status"]).code(10);
+    let run = config(&host().replace("bt-remote@", "bt-nodocker@"))
+        .exec(["status"])
+        .code(10);
     assert!(run.stderr.contains("permission denied on its socket"), "{}", run.stderr);
     assert!(run.stderr.contains("usermod -aG docker bt-nodocker"), "{}", run.stderr);
     // Nothing listens there.
@@ -533,7 +593,9 @@ fn remote_failures_are_one_line_with_the_fix_and_bounded() {
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     assert!(run.stderr.contains("127.0.0.1"), "{}", run.stderr);
     // A user the host refuses.
-    let run = config("ssh://nobody-here@127.0.0.1:2222").exec(["status"]).code(10);
+    let run = config(&host().replace("bt-remote@", "nobody-here@"))
+        .exec(["status"])
+        .code(10);
     assert!(run.stderr.contains("log in to"), "{}", run.stderr);
     for line in run.stderr.lines() {
         assert!(
@@ -549,7 +611,7 @@ fn remote_failures_are_one_line_with_the_fix_and_bounded() {
 fn remote_drill_rehearses_on_the_host_and_probes_the_copy_there() {
     let repo = pushed("remotedrill", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.1.0", repo.image()));
-    let t = remote_test(&repo, &app, HOST, "/health", "20s");
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
     let fingerprint = || {
         h2_ok(&[
             "inspect",
@@ -734,7 +796,8 @@ fn a_start_first_swap_on_a_remote_host_is_validated_there_and_loses_no_request()
         .repo(
             &repo,
             &format!(
-                "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{HOST}\"\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\nport = 8080\ntimeout = \"8s\"\n",
+                "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\nport = 8080\ntimeout = \"8s\"\n",
+                host(),
                 proxy.port
             ),
         )

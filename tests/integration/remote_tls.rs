@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{AppImage, Repo, Run, Test, docker, unique};
+use crate::harness::{AppImage, Repo, Run, Test, docker, hosts, unique};
 
-const ENGINE: &str = "tcp://127.0.0.1:2376";
+/// The engine's `tcp://` address here (this run's slot).
+fn engine() -> &'static str {
+    &hosts().h3_tls
+}
 
 fn h3_dir() -> PathBuf {
-    std::env::var_os("BACKTRACK_TEST_REMOTE3_DIR")
-        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h3"), PathBuf::from)
+    hosts().h3_dir.clone()
 }
 
 fn tls_dir() -> PathBuf {
@@ -36,7 +38,7 @@ fn h3(args: &[&str]) -> Output {
 fn require_tls_engine() {
     let client = tls_dir().join("client");
     let ok = Command::new("docker")
-        .args(["--tlsverify", "-H", ENGINE])
+        .args(["--tlsverify", "-H", engine()])
         .arg("--tlscacert")
         .arg(client.join("ca.pem"))
         .arg("--tlscert")
@@ -49,7 +51,8 @@ fn require_tls_engine() {
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "the TLS engine ({ENGINE}, certificates in {}) does not answer: run `scripts/test-env` (as root) first",
+        "the TLS engine ({}, certificates in {}) does not answer: run `scripts/test-env` (as root) first",
+        engine(),
         client.display()
     );
 }
@@ -111,7 +114,8 @@ fn tls_test(repo: &Repo, name: &str, cert_path: &Path) -> Test {
         .repo(
             repo,
             &format!(
-                "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{ENGINE}\"\n[health]\ntimeout = \"20s\"\n"
+                "[target]\nkind = \"container\"\nname = \"{name}\"\nhost = \"{}\"\n[health]\ntimeout = \"20s\"\n",
+                engine()
             ),
         )
         .env("DOCKER_TLS_VERIFY", "1")
@@ -167,7 +171,11 @@ fn tls_deploy_rollback_and_status_act_on_the_tls_engine_only() {
     let journal = std::fs::read_to_string(
         t.state_dir()
             .join("targets")
-            .join(format!("tcp___127.0.0.1_2376_container_{}", app.name))
+            .join(format!(
+                "tcp___127.0.0.1_{}_container_{}",
+                hosts().h3_tls_port,
+                app.name
+            ))
             .join("history.jsonl"),
     )
     .unwrap();
@@ -196,7 +204,10 @@ fn a_docker_context_with_tls_files_is_used_as_the_docker_cli_uses_it() {
     std::fs::create_dir_all(&tls).unwrap();
     std::fs::write(
         meta.join("meta.json"),
-        format!(r#"{{"Name":"bt-tls","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{ENGINE}","SkipTLSVerify":false}}}}}}"#),
+        format!(
+            r#"{{"Name":"bt-tls","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{}","SkipTLSVerify":false}}}}}}"#,
+            engine()
+        ),
     )
     .unwrap();
     for f in ["ca.pem", "cert.pem", "key.pem"] {

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{AppImage, BASE_IMAGE, Repo, Test, base_image, docker, docker_ok, unique};
 
 fn swarm_dir() -> PathBuf {
-    std::env::var_os("BACKTRACK_TEST_SWARM_DIR")
-        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/swarm"), PathBuf::from)
+    crate::harness::hosts().swarm_dir.clone()
 }
 
 fn manager_socket() -> String {
@@ -583,15 +582,14 @@ fn swarm_manager_over_ssh_keeps_journal_and_lock_on_the_manager() {
         &format!("{}:1.0.0@{d1}", repo.image()),
         &["--update-parallelism", "2"],
     );
-    let ssh_config = std::env::var_os("BACKTRACK_TEST_REMOTE_DIR")
-        .map_or_else(|| PathBuf::from("/var/lib/backtrack-test-env/h2"), PathBuf::from)
-        .join("client/ssh_config");
+    let ssh_config = crate::harness::hosts().h2_dir.join("client/ssh_config");
     let t = Test::new()
         .repo(
             &repo,
             &format!(
-                "[target]\nkind = \"swarm\"\nname = \"{}\"\nhost = \"ssh://bt-remote@10.231.0.1\"\n[health]\n{PROBE}\n",
-                svc.name
+                "[target]\nkind = \"swarm\"\nname = \"{}\"\nhost = \"ssh://bt-remote@{}\"\n[health]\n{PROBE}\n",
+                svc.name,
+                crate::harness::hosts().swarm_manager
             ),
         )
         .env("BACKTRACK_SSH_CONFIG", ssh_config.to_str().unwrap());
