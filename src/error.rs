@@ -72,6 +72,12 @@ pub enum Failure {
          were removed), and the next backtrack run records it as completed"
     )]
     NotRecorded { what: String, error: String },
+    #[error(
+        "restore the config {version} ran with: the journal here has no config snapshot of {unit} for \
+         {version} (it never ran here while backtrack recorded configs); go without --restore-config to \
+         keep today's config"
+    )]
+    NoSnapshot { version: String, unit: String },
     /// A flag or command that does not apply to this kind of target (or is not built for it);
     /// the message says what to do instead.
     #[error("{0}")]
@@ -99,6 +105,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::NoSuchOperation { .. } => USAGE,
                 Failure::DrillFailed { .. } => DRILL_FAILED,
                 Failure::ChecksFailed { .. } => ERROR,
+                Failure::NoSnapshot { .. } => USAGE,
             };
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {

@@ -15,6 +15,7 @@ pub mod remote;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -162,9 +163,17 @@ impl Journal {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(OWNER_ONLY)
             .open(&self.path)
             .map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
+        let meta = f.metadata().map_err(io)?;
+        // The journal holds config snapshots (env values): its owner's only, also when an older
+        // backtrack made it readable by others.
+        if meta.permissions().mode() & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(OWNER_ONLY))
+                .map_err(io)?;
+        }
+        let len = meta.len();
         // A previous crash may have left a torn line without its newline: end it first.
         if len > 0 {
             let mut r = File::open(&self.path).map_err(io)?;
@@ -233,9 +242,17 @@ pub const FAULT_ENV: &str = "BACKTRACK_TEST_FAULT";
 static DISK_FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Writes a file whole or not at all: a temporary file beside it, fsynced, renamed over it.
+/// The mode of the files backtrack writes in a state folder: config values are in the journal.
+const OWNER_ONLY: u32 = 0o600;
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(OWNER_ONLY)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_data()?;
     drop(f);

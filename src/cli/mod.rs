@@ -175,6 +175,14 @@ pub struct SwapCommon {
     /// service's own update config).
     #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(crate::domain::order::Order))]
     pub order: Option<crate::domain::order::Order>,
+    /// Recreate the target with the config (env, command, ports, mounts, ...) the version last ran
+    /// with here, as the journal recorded it (default for rollback: [target] restore_config).
+    #[arg(long, conflicts_with = "keep_config")]
+    pub restore_config: bool,
+    /// Keep today's config whatever [target] restore_config says (the plan still lists what differs
+    /// from what the version ran with).
+    #[arg(long)]
+    pub keep_config: bool,
 }
 
 #[derive(Debug, Args)]

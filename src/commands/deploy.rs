@@ -14,6 +14,7 @@ use crate::domain::history::Record;
 use crate::domain::history::{self, Operation, Outcome};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
+use crate::ops::config::Configs;
 use crate::ops::fleet::HostResult;
 use crate::ops::guard;
 use crate::ops::hooks::{self, HookEnv, Hooks};
@@ -152,7 +153,7 @@ impl Report for PlanReport<'_> {
     fn human(&self) -> String {
         let p = self.plan;
         let mut out = format!(
-            "plan: {} {}\n  from   {}{}\n  to     {}{}\n  image  {}\n  containers: {}\n  order  {}: {}\nequivalent docker commands:\n",
+            "plan: {} {}\n  from   {}{}\n  to     {}{}\n  image  {}\n  containers: {}\n  order  {}: {}\n",
             p.op.as_str(),
             p.target,
             p.from.display(),
@@ -175,12 +176,23 @@ impl Report for PlanReport<'_> {
             p.order.order,
             p.order.why,
         );
+        out.push_str(&config_lines(&p.config, &p.to.display()));
+        out.push_str("equivalent docker commands:\n");
         for c in &self.commands {
             out.push_str(&format!("  {c}\n"));
         }
         out.push_str("dry run: nothing was changed");
         out
     }
+}
+
+/// The plan's config line and what differs, one change per line (secrets masked).
+fn config_lines(config: &crate::ops::config::ConfigPlan, version: &str) -> String {
+    let mut out = format!("  config {}\n", config.summary(version));
+    for c in &config.config_changes {
+        out.push_str(&format!("    {}\n", c.line()));
+    }
+    out
 }
 
 impl Report for SwapReport {
@@ -333,6 +345,7 @@ async fn swap_command(
         ));
     }
     let image = registry.pull_reference(&chosen.digest);
+    let restore = restore_config(op, target, common);
     // What each host would do, read while the migration guard's floor is (both only inspect):
     // the running image may forbid versions below a floor, on any host.
     let mut plans: Vec<Option<Planned>> = Vec::new();
@@ -348,6 +361,7 @@ async fn swap_command(
                 .map(|o| o.as_str().to_string()),
             force: false,
         };
+        let configs = Configs::new(&first.journal.read()?, restore);
         let mut plan = swarm_ops::plan(
             op,
             target,
@@ -356,20 +370,26 @@ async fn swap_command(
             &chosen.image,
             repository,
             &overrides,
-        );
+        )
+        .with_config(&configs)?;
         plan.note = note.clone();
         plans.push(Some(Planned::Service(Box::new(plan))));
         guard::registry_floor(registry.as_ref(), &current[0]).await
     } else {
         let order_asked = swap::order_asked(common.order, target);
-        let read = futures::future::join_all(hosts.iter().zip(&current).map(|(h, cur)| {
+        // Each host's journal holds the configs its containers ran with.
+        let configs: Vec<Configs> = hosts
+            .iter()
+            .map(|h| h.journal.read().map(|records| Configs::new(&records, restore)))
+            .collect::<Result<_, _>>()?;
+        let read = futures::future::join_all(hosts.iter().zip(&current).zip(&configs).map(|((h, cur), configs)| {
             let (image, chosen) = (&image, &chosen);
             async move {
                 let (floor, plan) = tokio::join!(guard::floor(&h.engine, cur), async {
                     if already(cur) {
                         return Ok(None);
                     }
-                    swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked)
+                    swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked, configs)
                         .await
                         .map(Some)
                 });
@@ -442,6 +462,23 @@ async fn swap_command(
                 skipped,
             }),
         };
+    }
+    // The plan always says what differs from the config the version ran with, before it acts.
+    for (h, p) in hosts.iter().zip(&plans) {
+        let config = match p {
+            Some(Planned::Containers(p)) => &p.config,
+            Some(Planned::Service(p)) => &p.config,
+            None => continue,
+        };
+        if config.restore_config || !config.config_changes.is_empty() {
+            let lines = config_lines(config, &chosen.image.display());
+            let lines = lines.trim_end().trim_start();
+            app.printer.note(if fleet {
+                format!("{}: {lines}", h.address)
+            } else {
+                lines.to_string()
+            });
+        }
     }
     let moving: Vec<&crate::ops::fleet::Host> = hosts
         .iter()
@@ -631,6 +668,12 @@ enum Planned {
 
 /// Flags that belong to another kind of target are refused, naming the kind and what does the
 /// same there: none is accepted and then ignored.
+/// Whether the swap restores the config the version last ran with: `--restore-config`, else for a
+/// rollback `[target] restore_config` unless `--keep-config`.
+fn restore_config(op: Operation, target: &crate::settings::TargetSettings, common: &SwapCommon) -> bool {
+    common.restore_config || (op == Operation::Rollback && target.restore_config && !common.keep_config)
+}
+
 fn refuse_flags_of_other_kinds(target: &crate::settings::TargetSettings, common: &SwapCommon) -> anyhow::Result<()> {
     let swarm = target.kind == TargetKind::Swarm;
     let refuse = |what: String| Err(Failure::Usage(what).into());
@@ -1016,7 +1059,7 @@ impl Report for SwarmPlanReport<'_> {
         let replicas = p.replicas.map_or("global".into(), |r| format!("{r} replica(s)"));
         format!(
             "plan: {} {}\n  from   {}\n  to     {}{}\n  image  {}\n  update {replicas}, {}, {} at a time \
-             (a failure puts back {})\nequivalent docker command:\n  {}\ndry run: nothing was changed",
+             (a failure puts back {})\n{}equivalent docker command:\n  {}\ndry run: nothing was changed",
             p.op.as_str(),
             p.target,
             p.from.display(),
@@ -1029,6 +1072,7 @@ impl Report for SwarmPlanReport<'_> {
             p.order,
             p.parallelism,
             p.previous_image,
+            config_lines(&p.config, &p.to.display()),
             p.command,
         ) + &p
             .warning

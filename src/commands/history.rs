@@ -6,6 +6,10 @@ use serde::Serialize;
 
 use super::App;
 use crate::cli::{HistoryArgs, HistoryCommand};
+use std::collections::BTreeMap;
+
+use crate::adapters::docker::snapshot;
+use crate::domain::config::{self, Change};
 use crate::domain::history::{self, OperationView};
 use crate::output::{Report, ago, escape, render_table, table};
 
@@ -15,6 +19,9 @@ struct Numbered {
     number: usize,
     #[serde(flatten)]
     op: OperationView,
+    /// `history show`: what the operation changed in the config (secret values masked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    config_changes: Vec<Change>,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,19 +34,42 @@ pub async fn run(app: &App<'_>, args: &HistoryArgs) -> anyhow::Result<()> {
     let mut operations: Vec<Numbered> = history::operations(&records)
         .into_iter()
         .enumerate()
-        .map(|(i, op)| Numbered { number: i + 1, op })
+        .map(|(i, op)| Numbered {
+            number: i + 1,
+            op,
+            config_changes: Vec::new(),
+        })
         .collect();
     if let Some(HistoryCommand::Show { n }) = args.show {
         let total = operations.len();
-        let Some(one) = operations.into_iter().find(|o| o.number == n) else {
+        let Some(mut one) = operations.into_iter().find(|o| o.number == n) else {
             return Err(crate::error::Failure::NoSuchOperation { n, total }.into());
         };
+        one.config_changes = config_changes(&one.op, &history::snapshots(&records));
         return app.printer.report(&one);
     }
     if args.limit > 0 && operations.len() > args.limit {
         operations.drain(..operations.len() - args.limit);
     }
     app.printer.report(&HistoryReport { operations })
+}
+
+/// What an operation changed in each container's (or the service's) config: before -> after.
+fn config_changes(op: &OperationView, snapshots: &BTreeMap<&str, &serde_json::Value>) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    for pair in op.configs.values() {
+        let (Some(before), Some(after)) = (snapshots.get(pair.before.as_str()), snapshots.get(pair.after.as_str()))
+        else {
+            continue;
+        };
+        for c in config::changes(&snapshot::flatten_any(before), &snapshot::flatten_any(after)) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 fn image(r: Option<&crate::domain::image::ImageRef>) -> String {
@@ -101,6 +131,13 @@ impl Report for Numbered {
         for (i, n) in o.notes.iter().enumerate() {
             field(if i == 0 { "notes" } else { "" }, escape(n));
         }
+        for (i, c) in self.config_changes.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:<11} {}\n",
+                if i == 0 { "config" } else { "" },
+                escape(&c.line())
+            ));
+        }
         if !o.logs.is_empty() {
             out.push_str("  last lines of the failed container:\n");
             for l in &o.logs {
@@ -120,7 +157,7 @@ impl Report for HistoryReport {
         let mut t = table([
             "#", "when", "op", "who", "from", "to", "digest", "result", "duration", "reason",
         ]);
-        for Numbered { number, op: o } in &self.operations {
+        for Numbered { number, op: o, .. } in &self.operations {
             t.add_row(vec![
                 number.to_string(),
                 ago(now, o.started),

@@ -399,6 +399,7 @@ mod tests {
             containers: Vec::new(),
             notes: Vec::new(),
             logs: Vec::new(),
+            configs: std::collections::BTreeMap::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::config::ConfigPair;
 use super::image::ImageRef;
 use super::version::parse_version;
 
@@ -141,6 +142,14 @@ pub struct Record {
     /// The last lines of a container that failed validation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
+    /// Per container (or service): the config snapshots it ran with before the operation and
+    /// after it (`started` records only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, ConfigPair>,
+    /// The snapshots this record names that no earlier record of the journal holds, by hash: each
+    /// distinct config is stored once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, serde_json::Value>,
 }
 
 impl Record {
@@ -174,6 +183,8 @@ impl Record {
             saved: BTreeMap::new(),
             notes: Vec::new(),
             logs: Vec::new(),
+            configs: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
         }
     }
 
@@ -190,6 +201,8 @@ impl Record {
             saved: BTreeMap::new(),
             notes: Vec::new(),
             logs: Vec::new(),
+            configs: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             ..self.clone()
         }
     }
@@ -220,6 +233,17 @@ pub struct OperationView {
     /// The failed container's last lines, when it was reverted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
+    /// The config snapshots per container before and after (see `Record::configs`).
+    #[serde(skip)]
+    pub configs: BTreeMap<String, ConfigPair>,
+}
+
+/// Every snapshot the journal holds, by hash.
+pub fn snapshots(records: &[Record]) -> BTreeMap<&str, &serde_json::Value> {
+    records
+        .iter()
+        .flat_map(|r| r.snapshots.iter().map(|(h, v)| (h.as_str(), v)))
+        .collect()
 }
 
 /// Merges records by operation id, oldest first.
@@ -248,6 +272,7 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                         containers: r.containers.clone(),
                         notes: r.notes.clone(),
                         logs: r.logs.clone(),
+                        configs: r.configs.clone(),
                     },
                 );
             }

@@ -5,6 +5,7 @@
 //! fast, data-driven tests.
 
 pub mod address;
+pub mod config;
 pub mod digest;
 pub mod duration;
 pub mod ecr_lifecycle;

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod compose_env;
+pub mod config;
 pub mod deployed;
 pub mod doctor;
 pub mod drill;

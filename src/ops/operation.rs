@@ -538,6 +538,8 @@ async fn commit_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String], durati
         notes: Vec::new(),
         containers: Vec::new(),
         saved: std::collections::BTreeMap::new(),
+        configs: std::collections::BTreeMap::new(),
+        snapshots: std::collections::BTreeMap::new(),
         ..intent.clone()
     };
     let recorded = unit.commit(run, &committed).await;

@@ -24,6 +24,7 @@ use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSet
 use serde::Serialize;
 
 use crate::adapters::docker::clone::{clone_config, docker_run_command, without_aliases};
+use crate::adapters::docker::snapshot;
 use crate::adapters::docker::{
     BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
     parse_restart_policy, restart_policy_of,
@@ -32,6 +33,7 @@ use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::domain::order::{self, Decision, Order};
+use crate::ops::config::{ConfigPlan, Configs};
 use crate::ops::deployed::Deployed;
 use crate::ops::fleet::Host;
 use crate::ops::operation::{Failed, Run, Unit};
@@ -78,6 +80,9 @@ pub struct Plan {
     pub drain: std::time::Duration,
     /// How the image came to be, for the journal (e.g. rebuilt from Git).
     pub note: Option<String>,
+    /// Today's config kept or the version's restored, and what differs.
+    #[serde(flatten)]
+    pub config: ConfigPlan,
 }
 
 impl Plan {
@@ -187,7 +192,9 @@ fn order_facts(name: &str, c: &ContainerInspectResponse) -> order::Facts {
     }
 }
 
-/// Computes the plan: inspects the current containers and derives each clone.
+/// Computes the plan: inspects the current containers and derives each clone (on today's config,
+/// or on the one `to` last ran with when `configs` restores).
+#[allow(clippy::too_many_arguments)]
 pub async fn plan(
     engine: &Engine,
     op: Operation,
@@ -196,7 +203,9 @@ pub async fn plan(
     to: &ImageRef,
     image: &str,
     order: (Order, &str),
+    configs: &Configs,
 ) -> anyhow::Result<Plan> {
+    let mut config = ConfigPlan::new(configs.restore);
     let mut containers = Vec::with_capacity(current.len());
     let mut facts = Vec::with_capacity(current.len());
     let mut bodies = Vec::with_capacity(current.len());
@@ -229,6 +238,26 @@ pub async fn plan(
             .into());
         }
         let (body, extra_networks) = clone_onto(engine, &old, &d.container.image_id, to, image).await?;
+        let now = snapshot::of(&body, &extra_networks);
+        let (body, extra_networks) = match configs.to_restore(to, name)? {
+            None => (body, extra_networks),
+            Some(then) => {
+                snapshot::restore(then, image, &version_labels(to)).ok_or_else(|| EngineError::Container {
+                    action: "restore the config of",
+                    container: name.clone(),
+                    message: "its snapshot in the journal is not a container's".into(),
+                })?
+            }
+        };
+        let after = snapshot::of(&body, &extra_networks);
+        config.add(
+            configs,
+            name,
+            now,
+            configs.then(to, name).map(|(_, v)| v),
+            after,
+            snapshot::flatten,
+        );
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).unwrap_or(10) as i32;
         let restart_policy = restart_policy_of(&old);
         let exposed = old
@@ -284,7 +313,20 @@ pub async fn plan(
         order: decision,
         drain: target.drain,
         note: None,
+        config,
     })
+}
+
+/// The labels a container of `to` carries: its version and the tag it was chosen by.
+fn version_labels(to: &ImageRef) -> Vec<(&'static str, String)> {
+    let mut labels = Vec::new();
+    if let Some(v) = &to.version {
+        labels.push((LABEL_VERSION, v.clone()));
+    }
+    if let Some(tag) = &to.tag {
+        labels.push((LABEL_TAG, tag.clone()));
+    }
+    labels
 }
 
 /// The create body (and the networks to connect after creation) of a container like `old` (whose
@@ -298,13 +340,7 @@ pub async fn clone_onto(
     image: &str,
 ) -> Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>), EngineError> {
     let old_image = engine.image(image_id).await?.and_then(|i| i.config).unwrap_or_default();
-    let mut labels = Vec::new();
-    if let Some(v) = &to.version {
-        labels.push((LABEL_VERSION, v.clone()));
-    }
-    if let Some(tag) = &to.tag {
-        labels.push((LABEL_TAG, tag.clone()));
-    }
+    let labels = version_labels(to);
     let (mut body, extra_networks) = clone_config(old, &old_image, image, &labels);
     if let Some(l) = body.labels.as_mut() {
         // A swap leaves emergency mode; a digest-only deploy names no tag.
@@ -375,6 +411,8 @@ impl Unit for Containers<'_> {
                 .map(|c| (c.name.clone(), c.restart_policy.clone()))
                 .collect::<BTreeMap<_, _>>(),
             detail: base.detail.clone().or(plan.note.clone()),
+            configs: plan.config.pairs.clone(),
+            snapshots: plan.config.new_snapshots.clone(),
             ..base.clone()
         }
     }

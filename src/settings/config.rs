@@ -131,6 +131,9 @@ pub struct TargetSection {
     /// Start-first: how long the old container keeps serving after the new one is healthy.
     #[serde(default, deserialize_with = "serde_human::deserialize_wait_opt")]
     pub drain: Option<Duration>,
+    /// Rollback: also restore the config the version last ran with (`--keep-config` overrides).
+    #[serde(default)]
+    pub restore_config: bool,
     /// Names this target's `last_known_good` pointer: tag `last_known_good-ENV`.
     #[serde(default, deserialize_with = "checked::environment")]
     pub environment: Option<String>,

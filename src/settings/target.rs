@@ -102,6 +102,8 @@ pub struct TargetSettings {
     pub order: Option<crate::domain::order::Order>,
     /// Start-first: how long the old container keeps serving once the new one is healthy.
     pub drain: Duration,
+    /// `[target] restore_config`: a rollback also restores the config the version last ran with.
+    pub restore_config: bool,
     pub kind: TargetKind,
     pub name: String,
     pub project: Option<String>,
@@ -165,6 +167,7 @@ pub(super) fn resolve(
         canary_soak: t.canary_soak.unwrap_or(Duration::from_secs(120)),
         order: t.order,
         drain: t.drain.unwrap_or(DEFAULT_DRAIN),
+        restore_config: t.restore_config,
         engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
         name: t.name,

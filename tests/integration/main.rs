@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod config_snapshots;
 mod doctor;
 mod drill;
 mod ecr;

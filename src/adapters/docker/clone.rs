@@ -387,7 +387,11 @@ pub fn docker_run_command(name: &str, body: &ContainerCreateBody) -> String {
         parts.push(format!("--network-alias {}", shell_word(a)));
     }
     for e in body.env.iter().flatten() {
-        parts.push(format!("-e {}", shell_word(e)));
+        // A secret-looking value is never printed: `-e NAME` passes it from the caller's env.
+        match e.split_once('=') {
+            Some((name, _)) if crate::domain::config::is_secret(name) => parts.push(format!("-e {}", shell_word(name))),
+            _ => parts.push(format!("-e {}", shell_word(e))),
+        }
     }
     let mut labels: Vec<(&String, &String)> = body.labels.iter().flatten().collect();
     labels.sort();
@@ -423,7 +427,11 @@ mod run_command_tests {
     fn dry_run_command_reads_like_docker_run() {
         let body = ContainerCreateBody {
             image: Some("reg/app@sha256:abc".into()),
-            env: Some(vec!["A=1".into(), "MSG=hello world".into()]),
+            env: Some(vec![
+                "A=1".into(),
+                "MSG=hello world".into(),
+                "DB_PASSWORD=hunter2".into(),
+            ]),
             host_config: Some(HostConfig {
                 binds: Some(vec!["/srv/data:/data".into()]),
                 port_bindings: Some(HashMap::from([(
@@ -441,7 +449,7 @@ mod run_command_tests {
         assert_eq!(
             docker_run_command("app", &body),
             "docker run -d --name app --restart unless-stopped -v /srv/data:/data -p 127.0.0.1:18080:8080 \
-             -e A=1 -e 'MSG=hello world' reg/app@sha256:abc"
+             -e A=1 -e 'MSG=hello world' -e DB_PASSWORD reg/app@sha256:abc"
         );
     }
 }

@@ -6,6 +6,7 @@ pub mod build;
 pub mod clone;
 pub mod context;
 pub mod images;
+pub mod snapshot;
 pub mod swarm;
 pub mod tls;
 

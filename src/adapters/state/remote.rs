@@ -33,7 +33,7 @@ pub fn shell_command() -> String {
 /// The state shell's loop. Each request is a command line and the target folder's relative path
 /// (plus the command's own lines); each answer starts with one status line. Taking the lock
 /// also answers with the journal (the first thing a run that locks reads).
-const SHELL: &str = r#"S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held=
+const SHELL: &str = r#"umask 077; S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held= moded=
 data() { echo DATA; if [ -f "$f" ]; then cat "$f"; fi; printf '\nEND\n'; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
@@ -48,6 +48,8 @@ while IFS= read -r cmd && IFS= read -r rel; do
         if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
         if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
         printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1; then
+      # A journal an older backtrack made readable by others becomes its owner's (once a session).
+      case "$moded" in *":$f:"*) ;; *) chmod 600 "$f" 2>/dev/null; moded="$moded:$f:" ;; esac
       if [ -n "$size" ]; then echo "OK $(wc -c < "$f")"; else echo OK; fi
     else
       printf '\nERR\n'

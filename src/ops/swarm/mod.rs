@@ -20,12 +20,13 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::adapters::docker::swarm::{ServiceView, TaskView, UpdateOverrides, pinned};
-use crate::adapters::docker::{Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION};
+use crate::adapters::docker::{Engine, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, snapshot};
 use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{self, Journal};
 use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
+use crate::ops::config::{ConfigPlan, Configs};
 pub use crate::ops::deployed::{LABEL_IMAGE, entries, service, spec_entry};
 use crate::ops::deployed::{entry, task_container};
 use crate::ops::interrupt;
@@ -68,6 +69,9 @@ pub struct SwarmPlan {
     pub note: Option<String>,
     /// Something about the update config that may keep it from converging.
     pub warning: Option<String>,
+    /// Today's config kept or the version's restored, and what differs.
+    #[serde(flatten)]
+    pub config: ConfigPlan,
     #[serde(skip)]
     service_view: ServiceView,
     #[serde(skip)]
@@ -151,8 +155,45 @@ pub fn plan(
         command,
         note: None,
         warning,
+        config: ConfigPlan::new(false),
         service_view: svc.clone(),
         spec,
+    }
+}
+
+/// backtrack's own labels on a service's containers: not part of its config.
+const OWN_LABELS: [&str; 4] = [LABEL_VERSION, LABEL_TAG, LABEL_EMERGENCY, LABEL_IMAGE];
+
+impl SwarmPlan {
+    /// Records the config the service runs with now and after, restores the one the version last
+    /// ran with when `configs` says so, and lists what differs.
+    pub fn with_config(mut self, configs: &Configs) -> Result<Self, Failure> {
+        let now = snapshot::of_service(&self.service_view.spec, &OWN_LABELS);
+        if let Some(then) = configs.to_restore(&self.to, &self.service)? {
+            snapshot::restore_service(&mut self.spec, then, &OWN_LABELS).ok_or_else(|| {
+                Failure::Usage(format!(
+                    "restore the config {} ran with: the journal's snapshot of {} is not a service's",
+                    self.to.display(),
+                    self.service
+                ))
+            })?;
+            self.command.push_str(&format!(
+                "  # with the task template and ports {} ran with",
+                self.to.display()
+            ));
+        }
+        let after = snapshot::of_service(&self.spec, &OWN_LABELS);
+        let mut config = ConfigPlan::new(configs.restore);
+        config.add(
+            configs,
+            &self.service,
+            now,
+            configs.then(&self.to, &self.service).map(|(_, v)| v),
+            after,
+            snapshot::flatten_service,
+        );
+        self.config = config;
+        Ok(self)
     }
 }
 
@@ -225,6 +266,8 @@ impl Unit for Service<'_> {
             containers: vec![self.plan.service.clone()],
             saved: BTreeMap::from([(self.plan.service.clone(), self.plan.previous_image.clone())]),
             detail: base.detail.clone().or(self.plan.note.clone()),
+            configs: self.plan.config.pairs.clone(),
+            snapshots: self.plan.config.new_snapshots.clone(),
             ..base.clone()
         }
     }
@@ -415,6 +458,7 @@ mod tests {
             canary_soak: Duration::from_secs(1),
             order: None,
             drain: crate::settings::DEFAULT_DRAIN,
+            restore_config: false,
             kind: crate::settings::TargetKind::Swarm,
             name: "web".into(),
             project: None,
