@@ -219,6 +219,10 @@ pub struct EmergencyArgs {
     /// journal of the others).
     #[arg(long)]
     pub skip_unreachable: bool,
+    /// Run last known good with the config it last ran with here (as the journal recorded it)
+    /// instead of today's.
+    #[arg(long)]
+    pub restore_config: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +233,13 @@ pub struct DrillArgs {
     /// Mount production's named volumes (read-only) instead of empty ones.
     #[arg(long)]
     pub with_volumes: bool,
+    /// Rehearse with the config each candidate last ran with, as `rollback --restore-config` would
+    /// (default: [target] restore_config).
+    #[arg(long, conflicts_with = "keep_config")]
+    pub restore_config: bool,
+    /// Rehearse with today's config whatever [target] restore_config says.
+    #[arg(long)]
+    pub keep_config: bool,
 }
 
 #[derive(Debug, Args)]

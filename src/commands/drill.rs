@@ -125,9 +125,12 @@ async fn drill_host(
     } else {
         Some(registry.pull_auth().await?)
     };
+    let restore = args.restore_config || (target.restore_config && !args.keep_config);
+    let configs = crate::ops::config::Configs::new(&records, restore);
     let setup = DrillSetup {
         engine,
         journal,
+        configs: &configs,
         printer: &app.printer,
         auth: auth.as_ref(),
         health: &project.health,

@@ -90,6 +90,7 @@ pub(super) struct HostPlan {
 pub(super) async fn plan_host(
     app: &App<'_>,
     engine: &Engine,
+    journal: &crate::adapters::state::Journal,
     registry: &dyn Registry,
     lkg: &ImageRef,
     args: &EmergencyArgs,
@@ -109,6 +110,14 @@ pub(super) async fn plan_host(
         &app.printer,
     )
     .await?;
+    let configs = crate::ops::config::Configs::new(
+        &if args.restore_config {
+            journal.read()?
+        } else {
+            Vec::new()
+        },
+        args.restore_config,
+    );
     let mut plans = Vec::new();
     let mut saved_policies = std::collections::BTreeMap::new();
     for d in &current {
@@ -125,7 +134,15 @@ pub(super) async fn plan_host(
         if let Some(v) = &lkg.version {
             labels.push((LABEL_VERSION, v.clone()));
         }
-        let (mut body, extra) = clone_config(&old, &old_image, &image, &labels);
+        let (mut body, extra) = match configs.to_restore(lkg, &d.container.name)? {
+            Some(then) => crate::adapters::docker::snapshot::restore(then, &image, &labels).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "restore the config of {}: its snapshot is not a container's",
+                    d.container.name
+                )
+            })?,
+            None => clone_config(&old, &old_image, &image, &labels),
+        };
         if lkg.version.is_none()
             && let Some(l) = body.labels.as_mut()
         {

@@ -149,7 +149,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let planned = join_all(
         hosts
             .iter()
-            .map(|h| emergency::plan_host(app, &h.engine, registry.as_ref(), &lkg, args)),
+            .map(|h| emergency::plan_host(app, &h.engine, &h.journal, registry.as_ref(), &lkg, args)),
     )
     .await;
     let mut plans: Vec<HostPlan> = Vec::new();

@@ -299,6 +299,7 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         force: true,
         ..Default::default()
     };
+    let configs = crate::ops::config::Configs::new(&journal.read()?, args.restore_config);
     let plan = swarm_ops::plan(
         Operation::Emergency,
         target,
@@ -307,7 +308,8 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         &to,
         repository,
         &overrides,
-    );
+    )
+    .with_config(&configs)?;
     let mut report = EmergencyReport {
         dry_run: args.dry_run,
         source,

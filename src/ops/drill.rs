@@ -14,11 +14,12 @@ use bollard::models::{ContainerCreateBody, EndpointSettings, MountType, PortMap}
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{Engine, snapshot};
 use crate::adapters::registry::PullAuth;
 use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
+use crate::ops::config::Configs;
 use crate::ops::deployed::Deployed;
 use crate::ops::validate::{address_of, copy_probe_url};
 use crate::ops::{interrupt, swap, validate};
@@ -270,6 +271,8 @@ impl Rehearsal {
 pub struct DrillSetup<'a> {
     pub engine: &'a Engine,
     pub journal: &'a Journal,
+    /// The configs the journal recorded, and whether the rehearsal restores a candidate's.
+    pub configs: &'a Configs,
     pub printer: &'a Printer,
     pub auth: Option<&'a PullAuth>,
     pub health: &'a HealthSettings,
@@ -371,8 +374,39 @@ async fn run_copy(
         Ok(c) => c,
         Err(e) => return fail(r, e.to_string()),
     };
+    // As the rollback would: on the config the candidate last ran with, when it restores.
+    let name_in_journal = &production.container.name;
+    let (body, extra) = match setup.configs.to_restore(candidate, name_in_journal) {
+        Ok(None) => (body, extra),
+        Ok(Some(then)) => {
+            let labels: Vec<(&str, String)> = body
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("io.backtrack."))
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            match snapshot::restore(then, image, &labels) {
+                Some(restored) => restored,
+                None => {
+                    return fail(
+                        r,
+                        format!("restore the config of {name_in_journal}: not a container's snapshot"),
+                    );
+                }
+            }
+        }
+        Err(e) => return fail(r, e.to_string()),
+    };
+    let restored = setup.configs.restore;
     let scratch = scratch_config(body, extra, &production.container.name, setup.with_volumes);
     r.differences = scratch.differences;
+    if restored {
+        r.differences.push(format!(
+            "the config {} last ran with here (as --restore-config)",
+            candidate.display()
+        ));
+    }
     if interrupt::requested() {
         return fail(r, "interrupted".into());
     }

@@ -319,3 +319,55 @@ fn a_compose_service_gets_back_the_config_compose_gave_the_old_version() {
         "still compose's service: {labels}"
     );
 }
+
+#[test]
+fn drill_rehearses_and_emergency_runs_last_known_good_with_the_config_it_ran_with() {
+    let repo = Repo::new("cfgemerg");
+    for v in ["v1.0.0", "v1.1.0"] {
+        repo.push(&AppImage::new(v));
+    }
+    let containers = Containers::new();
+    let name = crate::harness::unique("bt-cfgemerg");
+    let port = free_port();
+    run_by_hand(
+        &name,
+        port,
+        &containers,
+        &format!("{}:v1.0.0", repo.image()),
+        &["MODE=old"],
+        &[],
+    );
+    let t = Test::new().repo(
+        &repo,
+        &format!(
+            "[target]\nkind = \"container\"\nname = \"{name}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n"
+        ),
+    );
+    t.exec(["mark-good", "v1.0.0"]).success();
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    docker_ok(&["rm", "-f", &name]);
+    run_by_hand(
+        &name,
+        port,
+        &containers,
+        &format!("{}:v1.1.0", repo.image()),
+        &["MODE=new"],
+        &[],
+    );
+
+    let drill = t
+        .exec(["drill", "v1.0.0", "--restore-config", "--output", "json"])
+        .success();
+    assert!(
+        drill.stdout.contains("the config 1.0.0 last ran with here"),
+        "{}",
+        drill.stdout
+    );
+    assert_eq!(env_of(&name, "MODE"), "new", "a drill leaves production alone");
+
+    let plan = t.exec(["emergency", "--restore-config", "--dry-run"]).success();
+    assert!(plan.stdout.contains("-e MODE=old"), "{}", plan.stdout);
+    t.exec(["emergency", "--restore-config", "--yes"]).success();
+    assert_eq!(serves(port), "1.0.0");
+    assert_eq!(env_of(&name, "MODE"), "old");
+}

@@ -104,10 +104,15 @@ struct RemoteApp {
 
 impl RemoteApp {
     fn run(image: &str) -> Self {
+        Self::run_with(image, &[])
+    }
+
+    /// `docker run` on the host with `extra` options before the image.
+    fn run_with(image: &str, extra: &[&str]) -> Self {
         let name = unique("bt-remote-app");
         let port = free_port();
         let publish = format!("127.0.0.1:{port}:8080");
-        h2_ok(&["run", "-d", "--name", &name, "-p", &publish, image]);
+        h2_ok(&[&["run", "-d", "--name", &name, "-p", &publish][..], extra, &[image]].concat());
         let deadline = Instant::now() + Duration::from_secs(20);
         while serves(&name).is_empty() {
             assert!(Instant::now() < deadline, "{name} did not serve on the remote host");
@@ -867,4 +872,41 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A remote target's journal holds its config snapshots: a restore reads them from the host, and
+/// the journal there is readable by its owner only (the state shell's umask).
+#[test]
+fn a_remote_rollback_restores_the_config_from_the_hosts_journal_which_only_its_owner_reads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = pushed("remotecfg", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run_with(&format!("{}:v1.0.0", repo.image()), &["-e", "MODE=old"]);
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let mode = std::fs::metadata(app.state_dir().join("history.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The release changes the env by hand on the host.
+    let publish = format!("127.0.0.1:{}:8080", app.port);
+    h2_ok(&["rm", "-f", &app.name]);
+    h2_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &app.name,
+        "-p",
+        &publish,
+        "-e",
+        "MODE=new",
+        &format!("{}:v1.1.0", repo.image()),
+    ]);
+    wait_until("the release serves", Duration::from_secs(20), || {
+        serves(&app.name) == "1.1.0"
+    });
+    t.exec(["rollback", "--restore-config", "--yes"]).success();
+    assert_eq!(serves(&app.name), "1.0.0");
+    let env = h2_ok(&["exec", &app.name, "sh", "-c", "echo \"$MODE\""]);
+    assert_eq!(env.trim(), "old");
 }

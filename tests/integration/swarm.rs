@@ -615,3 +615,89 @@ fn walk_has_no_journal(dir: &std::path::Path) -> bool {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
+
+/// The env each running task's container sees, read on the manager's node (one task per node).
+fn task_env_on_manager(svc: &Service, var: &str) -> String {
+    let ids = s1_ok(&[
+        "service",
+        "ps",
+        &svc.name,
+        "--filter",
+        "desired-state=running",
+        "--filter",
+        "node=bt-s1",
+        "-q",
+    ]);
+    let id = ids.lines().next().expect("a task on the manager's node");
+    let container = s1_ok(&["inspect", id, "--format", "{{.Status.ContainerStatus.ContainerID}}"]);
+    s1_ok(&["exec", &container, "sh", "-c", &format!("echo \"${{{var}}}\"")])
+}
+
+#[test]
+fn a_swarm_rollback_with_restore_config_puts_back_the_task_template_the_version_ran_with() {
+    let (repo, d1, _) = two_healthy_versions("swarm-cfg");
+    let svc = Service::create(
+        "bt-swarm-cfg",
+        &format!("{}:1.0.0@{d1}", repo.image()),
+        &["--env", "MODE=old", "--env", "API_TOKEN=tok-old-value"],
+    );
+    let t = svc.test(&repo, PROBE);
+    t.exec(["deploy", "1.1.0", "--yes", "--parallelism", "2"]).success();
+    assert_eq!(
+        task_env_on_manager(&svc, "MODE"),
+        "old",
+        "a deploy keeps the spec's env"
+    );
+    // The release changes the spec by hand: a new variable, another value, a new secret.
+    s1_ok(&[
+        "service",
+        "update",
+        "--quiet",
+        "--detach=false",
+        "--update-parallelism",
+        "2",
+        "--env-add",
+        "MODE=new",
+        "--env-add",
+        "NEW_FLAG=1",
+        "--env-add",
+        "API_TOKEN=tok-new-value",
+        &svc.name,
+    ]);
+    assert_eq!(task_env_on_manager(&svc, "MODE"), "new");
+
+    let plan = t
+        .exec(["rollback", "--dry-run", "--restore-config", "--output", "json"])
+        .success();
+    let changes = plan.json()["config_changes"].clone();
+    assert!(
+        changes
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"key": "env.MODE", "now": "new", "then": "old"})),
+        "{changes}"
+    );
+    let run = t
+        .exec(["rollback", "--restore-config", "--yes", "--parallelism", "2"])
+        .success();
+    for out in [&plan, &run] {
+        assert!(
+            !out.stdout.contains("tok-") && !out.stderr.contains("tok-"),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    assert_eq!(svc.served(), vec!["1.0.0", "1.0.0"]);
+    let env = s1_ok(&[
+        "service",
+        "inspect",
+        &svc.name,
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+    ]);
+    assert!(env.contains("MODE=old") && !env.contains("NEW_FLAG"), "{env}");
+    assert_eq!(task_env_on_manager(&svc, "MODE"), "old");
+    assert_eq!(task_env_on_manager(&svc, "NEW_FLAG"), "");
+    assert!(svc.spec_image().ends_with(&d1), "{}", svc.spec_image());
+}
