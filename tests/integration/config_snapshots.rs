@@ -34,6 +34,42 @@ fn run_by_hand(name: &str, port: u16, containers: &Containers, image: &str, env:
     wait_http(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10));
 }
 
+/// A fresh repository with v1.0.0 and v1.1.0, a container started by hand on v1.0.0 with `env`,
+/// and a sandbox whose target it is (`target` goes into `[target]`, `more` after `[health]`).
+struct App {
+    repo: Repo,
+    name: String,
+    port: u16,
+    containers: Containers,
+    t: Test,
+}
+
+impl App {
+    fn on_v1(test: &str, env: &[&str], target: &str, more: &str) -> Self {
+        let repo = Repo::new(test);
+        for v in ["v1.0.0", "v1.1.0"] {
+            repo.push(&AppImage::new(v));
+        }
+        let containers = Containers::new();
+        let name = crate::harness::unique(&format!("bt-{test}"));
+        let port = free_port();
+        run_by_hand(&name, port, &containers, &format!("{}:v1.0.0", repo.image()), env, &[]);
+        let t = Test::new().repo(
+            &repo,
+            &format!(
+                "[target]\nkind = \"container\"\nname = \"{name}\"\n{target}[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n{more}"
+            ),
+        );
+        Self {
+            repo,
+            name,
+            port,
+            containers,
+            t,
+        }
+    }
+}
+
 fn env_of(name: &str, var: &str) -> String {
     let out = docker(&["exec", name, "sh", "-c", &format!("echo \"${{{var}}}\"")]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -64,29 +100,20 @@ fn no_secret(run: &Run, what: &str) {
 
 #[test]
 fn a_rollback_restores_the_config_the_version_ran_with_only_when_asked_and_never_shows_a_secret() {
-    let repo = Repo::new("cfgsnap");
-    for v in ["v1.0.0", "v1.1.0"] {
-        repo.push(&AppImage::new(v));
-    }
-    let containers = Containers::new();
-    let name = crate::harness::unique("bt-cfg");
-    let port = free_port();
     let old_secret = format!("DB_PASSWORD={OLD_SECRET}");
     let new_secret = format!("DB_PASSWORD={NEW_SECRET}");
-    run_by_hand(
-        &name,
-        port,
-        &containers,
-        &format!("{}:v1.0.0", repo.image()),
-        &["MODE=old", &old_secret],
-        &[],
-    );
     let (hook_port, hook) = crate::hooks::receiver();
-    let t = Test::new().repo(
-        &repo,
-        &format!(
-            "[target]\nkind = \"container\"\nname = \"{name}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n[notify]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n"
-        ),
+    let App {
+        repo,
+        name,
+        port,
+        containers,
+        t,
+    } = App::on_v1(
+        "cfgsnap",
+        &["MODE=old", &old_secret],
+        "",
+        &format!("[notify]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n"),
     );
     let mut runs: Vec<Run> = Vec::new();
     runs.push(t.exec(["deploy", "v1.1.0", "--yes"]).success());
@@ -201,27 +228,14 @@ fn a_rollback_restores_the_config_the_version_ran_with_only_when_asked_and_never
 
 #[test]
 fn restoring_a_config_the_journal_does_not_have_is_refused_naming_the_version() {
-    let repo = Repo::new("cfgnone");
-    for v in ["v1.0.0", "v1.1.0"] {
-        repo.push(&AppImage::new(v));
-    }
-    let containers = Containers::new();
-    let name = crate::harness::unique("bt-cfgnone");
-    let port = free_port();
-    run_by_hand(
-        &name,
+    // Every field bound: what is not would be dropped (its containers removed) right here.
+    let App {
+        repo: _repo,
+        name,
         port,
-        &containers,
-        &format!("{}:v1.0.0", repo.image()),
-        &["MODE=old"],
-        &[],
-    );
-    let t = Test::new().repo(
-        &repo,
-        &format!(
-            "[target]\nkind = \"container\"\nname = \"{name}\"\nrestore_config = true\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n"
-        ),
-    );
+        containers: _containers,
+        t,
+    } = App::on_v1("cfgnone", &["MODE=old"], "restore_config = true\n", "");
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     // [target] restore_config makes a rollback restore; --keep-config keeps today's.
     let plan = t.exec(["rollback", "--dry-run", "--output", "json"]).success().json();
@@ -322,27 +336,13 @@ fn a_compose_service_gets_back_the_config_compose_gave_the_old_version() {
 
 #[test]
 fn drill_rehearses_and_emergency_runs_last_known_good_with_the_config_it_ran_with() {
-    let repo = Repo::new("cfgemerg");
-    for v in ["v1.0.0", "v1.1.0"] {
-        repo.push(&AppImage::new(v));
-    }
-    let containers = Containers::new();
-    let name = crate::harness::unique("bt-cfgemerg");
-    let port = free_port();
-    run_by_hand(
-        &name,
+    let App {
+        repo,
+        name,
         port,
-        &containers,
-        &format!("{}:v1.0.0", repo.image()),
-        &["MODE=old"],
-        &[],
-    );
-    let t = Test::new().repo(
-        &repo,
-        &format!(
-            "[target]\nkind = \"container\"\nname = \"{name}\"\n[health]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\"\n"
-        ),
-    );
+        containers,
+        t,
+    } = App::on_v1("cfgemerg", &["MODE=old"], "", "");
     t.exec(["mark-good", "v1.0.0"]).success();
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     docker_ok(&["rm", "-f", &name]);

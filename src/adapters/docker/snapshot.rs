@@ -64,28 +64,9 @@ pub fn flatten(snapshot: &Value) -> Flat {
     let container = snapshot.get("container").and_then(Value::as_object);
     for (key, value) in container.into_iter().flatten() {
         match key.as_str() {
-            "Env" => {
-                for e in value.as_array().into_iter().flatten().filter_map(Value::as_str) {
-                    let (k, v) = e.split_once('=').unwrap_or((e, ""));
-                    flat.insert(format!("env.{k}"), v.to_string());
-                }
-            }
-            "Labels" => {
-                for (k, v) in value.as_object().into_iter().flatten() {
-                    flat.insert(format!("labels.{k}"), text(v));
-                }
-            }
-            "Cmd" | "Entrypoint" | "Shell" => {
-                let words: Vec<String> = value
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|w| shell_word(&text(w)))
-                    .collect();
-                if !words.is_empty() {
-                    flat.insert(snake(key), words.join(" "));
-                }
-            }
+            "Env" => insert_env(&mut flat, value),
+            "Labels" => insert_labels(&mut flat, value),
+            "Cmd" | "Entrypoint" | "Shell" => insert_words(&mut flat, snake(key), value),
             "HostConfig" => {
                 for (k, v) in value.as_object().into_iter().flatten() {
                     host_setting(&mut flat, k, v);
@@ -174,29 +155,10 @@ pub fn flatten_service(snapshot: &Value) -> Flat {
             "ContainerSpec" => {
                 for (k, v) in value.as_object().into_iter().flatten() {
                     match k.as_str() {
-                        "Env" => {
-                            for e in v.as_array().into_iter().flatten().filter_map(Value::as_str) {
-                                let (name, val) = e.split_once('=').unwrap_or((e, ""));
-                                flat.insert(format!("env.{name}"), val.to_string());
-                            }
-                        }
-                        "Labels" => {
-                            for (name, val) in v.as_object().into_iter().flatten() {
-                                flat.insert(format!("labels.{name}"), text(val));
-                            }
-                        }
-                        "Args" | "Command" => {
-                            let words: Vec<String> = v
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|w| shell_word(&text(w)))
-                                .collect();
-                            if !words.is_empty() {
-                                let name = if k == "Args" { "cmd" } else { "entrypoint" };
-                                flat.insert(name.into(), words.join(" "));
-                            }
-                        }
+                        "Env" => insert_env(&mut flat, v),
+                        "Labels" => insert_labels(&mut flat, v),
+                        "Args" => insert_words(&mut flat, "cmd".into(), v),
+                        "Command" => insert_words(&mut flat, "entrypoint".into(), v),
                         _ => insert(&mut flat, snake(k), v),
                     }
                 }
@@ -263,6 +225,34 @@ fn host_setting(flat: &mut Flat, key: &str, value: &Value) {
             }
         }
         _ => insert(flat, snake(key), value),
+    }
+}
+
+/// `["K=V", ...]` as `env.K = V`.
+fn insert_env(flat: &mut Flat, env: &Value) {
+    for e in env.as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        flat.insert(format!("env.{k}"), v.to_string());
+    }
+}
+
+/// `{"K": "V", ...}` as `labels.K = V`.
+fn insert_labels(flat: &mut Flat, labels: &Value) {
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        flat.insert(format!("labels.{k}"), text(v));
+    }
+}
+
+/// A command's words as one shell line, unless it has none.
+fn insert_words(flat: &mut Flat, key: String, words: &Value) {
+    let words: Vec<String> = words
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| shell_word(&text(w)))
+        .collect();
+    if !words.is_empty() {
+        flat.insert(key, words.join(" "));
     }
 }
 
