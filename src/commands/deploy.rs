@@ -270,7 +270,13 @@ async fn swap_command(
     // The selector is resolved once, with the history of the first host in lock order. What
     // every host runs is read at the same time as the registry's catalog.
     let first = &hosts[order[0]];
-    let ops = history::operations(&first.journal.read()?);
+    // Each host's journal, read once: its history, and the configs its target ran with.
+    let restore = restore_config(op, target, common);
+    let configs: Vec<Configs> = hosts
+        .iter()
+        .map(|h| h.journal.read().map(|records| Configs::new(&records, restore)))
+        .collect::<Result<_, _>>()?;
+    let ops = configs[order[0]].ops();
     let repository = registry.name();
     // A Swarm service is read once: its spec for the plan, its tasks for what runs.
     let mut service = None;
@@ -297,7 +303,7 @@ async fn swap_command(
         registry.as_ref(),
         &catalog,
         input,
-        &ops,
+        ops,
         current_ref.as_ref(),
         &first.engine,
         common,
@@ -345,7 +351,6 @@ async fn swap_command(
         ));
     }
     let image = registry.pull_reference(&chosen.digest);
-    let restore = restore_config(op, target, common);
     // What each host would do, read while the migration guard's floor is (both only inspect):
     // the running image may forbid versions below a floor, on any host.
     let mut plans: Vec<Option<Planned>> = Vec::new();
@@ -361,7 +366,6 @@ async fn swap_command(
                 .map(|o| o.as_str().to_string()),
             force: false,
         };
-        let configs = Configs::new(&first.journal.read()?, restore);
         let mut plan = swarm_ops::plan(
             op,
             target,
@@ -371,17 +375,12 @@ async fn swap_command(
             repository,
             &overrides,
         )
-        .with_config(&configs)?;
+        .with_config(&configs[order[0]])?;
         plan.note = note.clone();
         plans.push(Some(Planned::Service(Box::new(plan))));
         guard::registry_floor(registry.as_ref(), &current[0]).await
     } else {
         let order_asked = swap::order_asked(common.order, target);
-        // Each host's journal holds the configs its containers ran with.
-        let configs: Vec<Configs> = hosts
-            .iter()
-            .map(|h| h.journal.read().map(|records| Configs::new(&records, restore)))
-            .collect::<Result<_, _>>()?;
         let read = futures::future::join_all(hosts.iter().zip(&current).zip(&configs).map(|((h, cur), configs)| {
             let (image, chosen) = (&image, &chosen);
             async move {

@@ -92,7 +92,9 @@ async fn drill_host(
              rollback or emergency settles it)",
         );
     }
-    let ops = history::operations(&records);
+    let restore = args.restore_config || (target.restore_config && !args.keep_config);
+    let configs = crate::ops::config::Configs::new(&records, restore);
+    let ops = configs.ops();
     let current = deployed::read(engine, target, &registry.name()).await?;
     let Some(production) = current.first() else {
         anyhow::bail!("rehearse on {}: it has no container", target.display());
@@ -112,7 +114,7 @@ async fn drill_host(
     let mut rows: Vec<(usize, Rehearsal)> = Vec::new();
     let mut todo: Vec<(usize, Digest, Vec<String>, crate::domain::image::ImageRef)> = Vec::new();
     for (i, s) in selectors.iter().enumerate() {
-        match resolve::resolve(registry, catalog, s, &ops, Some(&production.image), &project.lkg_tag()).await {
+        match resolve::resolve(registry, catalog, s, ops, Some(&production.image), &project.lkg_tag()).await {
             Ok(chosen) => match todo.iter_mut().find(|(_, d, _, _)| *d == chosen.digest) {
                 Some((_, _, names, _)) => names.push(s.clone()),
                 None => todo.push((i, chosen.digest, vec![s.clone()], chosen.image)),
@@ -125,8 +127,6 @@ async fn drill_host(
     } else {
         Some(registry.pull_auth().await?)
     };
-    let restore = args.restore_config || (target.restore_config && !args.keep_config);
-    let configs = crate::ops::config::Configs::new(&records, restore);
     let setup = DrillSetup {
         engine,
         journal,

@@ -274,9 +274,10 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
             app.printer.note(format!("warning: {}", crate::error::render(&e)));
         }
     }
-    let ops = history::operations(&journal.read()?);
+    let configs = crate::ops::config::Configs::new(&journal.read()?, args.restore_config);
     let pointer = project.lkg_tag();
-    let (lkg, source) = super::emergency::find_last_known_good(&app.printer, registry.as_ref(), &ops, &pointer).await?;
+    let (lkg, source) =
+        super::emergency::find_last_known_good(&app.printer, registry.as_ref(), configs.ops(), &pointer).await?;
     let svc = swarm_ops::service(&engine, target).await?;
     let current = swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?);
     let floor = crate::ops::guard::registry_floor(registry.as_ref(), &current).await;
@@ -299,7 +300,6 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         force: true,
         ..Default::default()
     };
-    let configs = crate::ops::config::Configs::new(&journal.read()?, args.restore_config);
     let plan = swarm_ops::plan(
         Operation::Emergency,
         target,

@@ -33,6 +33,11 @@ impl Configs {
         }
     }
 
+    /// The journal's operations, oldest first.
+    pub fn ops(&self) -> &[OperationView] {
+        &self.ops
+    }
+
     /// The snapshot `unit` (a container or service name) last ran with under `version`.
     pub fn then(&self, version: &ImageRef, unit: &str) -> Option<(&str, &Value)> {
         let hash = config::last_ran_with(&self.ops, version, unit)?;

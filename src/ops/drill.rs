@@ -378,24 +378,15 @@ async fn run_copy(
     let name_in_journal = &production.container.name;
     let (body, extra) = match setup.configs.to_restore(candidate, name_in_journal) {
         Ok(None) => (body, extra),
-        Ok(Some(then)) => {
-            let labels: Vec<(&str, String)> = body
-                .labels
-                .iter()
-                .flatten()
-                .filter(|(k, _)| k.starts_with("io.backtrack."))
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
-            match snapshot::restore(then, image, &labels) {
-                Some(restored) => restored,
-                None => {
-                    return fail(
-                        r,
-                        format!("restore the config of {name_in_journal}: not a container's snapshot"),
-                    );
-                }
+        Ok(Some(then)) => match snapshot::restore(then, image, &swap::version_labels(candidate)) {
+            Some(restored) => restored,
+            None => {
+                return fail(
+                    r,
+                    format!("restore the config of {name_in_journal}: not a container's snapshot"),
+                );
             }
-        }
+        },
         Err(e) => return fail(r, e.to_string()),
     };
     let restored = setup.configs.restore;

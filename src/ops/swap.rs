@@ -318,7 +318,7 @@ pub async fn plan(
 }
 
 /// The labels a container of `to` carries: its version and the tag it was chosen by.
-fn version_labels(to: &ImageRef) -> Vec<(&'static str, String)> {
+pub fn version_labels(to: &ImageRef) -> Vec<(&'static str, String)> {
     let mut labels = Vec::new();
     if let Some(v) = &to.version {
         labels.push((LABEL_VERSION, v.clone()));

@@ -118,10 +118,15 @@ pub fn docker(args: &[&str]) -> Output {
 }
 
 pub fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
+    ok_on(docker, "docker", args)
+}
+
+/// `engine(args)`, which must succeed (`what` names the engine when it does not); its stdout.
+pub fn ok_on(engine: fn(&[&str]) -> Output, what: &str, args: &[&str]) -> String {
+    let out = engine(args);
     assert!(
         out.status.success(),
-        "docker {} failed: {}",
+        "{what} {} failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -928,16 +933,7 @@ impl Proxy {
 
     /// On the engine `engine` reaches, which must have the Caddy image.
     pub fn start_on(engine: fn(&[&str]) -> Output) -> Self {
-        let ok = |args: &[&str]| {
-            let out = engine(args);
-            assert!(
-                out.status.success(),
-                "docker {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let ok = |args: &[&str]| ok_on(engine, "docker", args);
         let image = caddy_image();
         let network = unique("bt-proxynet");
         ok(&["network", "create", &network]);

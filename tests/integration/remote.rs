@@ -63,14 +63,7 @@ pub(crate) fn h2(args: &[&str]) -> Output {
 }
 
 pub(crate) fn h2_ok(args: &[&str]) -> String {
-    let out = h2(args);
-    assert!(
-        out.status.success(),
-        "docker (remote host) {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::harness::ok_on(h2, "docker (remote host)", args)
 }
 
 /// What the app in container `name` on the remote host serves at /health (asked from inside it).

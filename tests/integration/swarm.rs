@@ -25,14 +25,7 @@ fn s1(args: &[&str]) -> Output {
 }
 
 fn s1_ok(args: &[&str]) -> String {
-    let out = s1(args);
-    assert!(
-        out.status.success(),
-        "docker (swarm manager) {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::harness::ok_on(s1, "docker (swarm manager)", args)
 }
 
 /// Fails loudly when the swarm is not there, and checks the main engine stays out of it.
