@@ -9,3 +9,4 @@ pub mod git;
 pub mod registry;
 pub mod ssh;
 pub mod state;
+pub mod wire;

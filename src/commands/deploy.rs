@@ -263,6 +263,7 @@ async fn swap_command(
             Some(common.skip_unreachable),
         )
         .await?;
+    let _timings = crate::ops::fleet::Timings::new(&app.printer, &hosts, app.settings.verbose > 0);
     let fleet = app.is_fleet();
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = crate::domain::fleet::lock_order(&addresses);

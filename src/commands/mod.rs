@@ -112,6 +112,9 @@ impl App<'_> {
             return Ok(None);
         }
         if let Some(dir) = self.remote_state()? {
+            if let Some(ssh) = self.ssh()? {
+                ssh.wire().phase("lock");
+            }
             return Ok(Some(TargetLock::Remote(dir.lock(command)?)));
         }
         Ok(Some(TargetLock::Local(state::lock(

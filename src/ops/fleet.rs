@@ -54,8 +54,16 @@ impl Host {
         self
     }
 
+    /// From now on, this host's round trips count toward `phase` (`--verbose`).
+    pub fn phase(&self, phase: &'static str) {
+        if let Some(w) = self.engine.wire() {
+            w.phase(phase);
+        }
+    }
+
     /// Takes this host's lock of the target, without waiting.
     pub fn lock(&mut self, command: &str) -> anyhow::Result<()> {
+        self.phase("lock");
         let lock = match &self.remote {
             Some(dir) => TargetLock::Remote(dir.lock(command)?),
             None => TargetLock::Local(state::lock(&self.state_dir, command)?),
@@ -69,6 +77,36 @@ impl Host {
         match &self.remote {
             Some(dir) => dir.holder(),
             None => state::holder(&self.state_dir),
+        }
+    }
+}
+
+/// Prints, on drop, the round trips and time each host's phases took (`--verbose`), so a slow
+/// run says where its time went, however it ends.
+pub struct Timings<'a> {
+    printer: &'a crate::output::Printer,
+    wires: Vec<std::sync::Arc<crate::adapters::wire::Wire>>,
+}
+
+impl<'a> Timings<'a> {
+    /// For `hosts`, when `verbose`; each host's phase is `plan` from now.
+    pub fn new(printer: &'a crate::output::Printer, hosts: &[Host], verbose: bool) -> Self {
+        for h in hosts {
+            h.phase("plan");
+        }
+        let wires = if verbose {
+            hosts.iter().filter_map(|h| h.engine.wire().cloned()).collect()
+        } else {
+            Vec::new()
+        };
+        Self { printer, wires }
+    }
+}
+
+impl Drop for Timings<'_> {
+    fn drop(&mut self) {
+        for w in &self.wires {
+            self.printer.note(crate::adapters::wire::render(w.host(), &w.summary()));
         }
     }
 }

@@ -68,6 +68,8 @@ pub trait Unit: Send + Sync {
     async fn commit(&mut self, run: &Run<'_>, committed: &Record) -> Result<(), StateError>;
     /// Whether the unit's engine still answers (a failure on a host that went away needs a person).
     async fn reachable(&self) -> bool;
+    /// From now on, the round trips to the unit's host count toward `phase` (`--verbose`).
+    fn phase(&self, phase: &'static str);
 }
 
 /// Everything a run needs besides its units.
@@ -428,6 +430,7 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
         slot.result.detail = Some(why);
         slot.error = Some(error);
     };
+    unit.phase("pull");
     match unit.prepare(run).await {
         Ok(pulled) => slot.pulled = pulled,
         Err(e) => {
@@ -445,6 +448,7 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
         );
     }
     interrupt::arm();
+    unit.phase("swap");
     let intent = Record {
         notes: notes.to_vec(),
         ..unit.intent(&run.base)
@@ -542,6 +546,7 @@ async fn commit_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String], durati
         snapshots: std::collections::BTreeMap::new(),
         ..intent.clone()
     };
+    unit.phase("commit");
     let recorded = unit.commit(run, &committed).await;
     let finished = unit.journal().append(&Record {
         notes: notes.to_vec(),

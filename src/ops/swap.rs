@@ -458,6 +458,7 @@ impl Unit for Containers<'_> {
                     ..Failed::default()
                 });
             }
+            self.host.phase("validate");
             let progress = run.progress(
                 self.place(),
                 &format!(
@@ -551,6 +552,10 @@ impl Unit for Containers<'_> {
     async fn reachable(&self) -> bool {
         self.host.engine.inspect("backtrack-reachability").await.is_ok()
     }
+
+    fn phase(&self, phase: &'static str) {
+        self.host.phase(phase);
+    }
 }
 
 /// Removes what a validated swap of `c` leaves, both at once: the previous container, and the
@@ -602,6 +607,12 @@ async fn start_first_one(
     started
         .await
         .map_err(|e| failed(format!("start {next}: {e}; {} kept serving", c.name)))?;
+    let phase = |p| {
+        if let Some(w) = engine.wire() {
+            w.phase(p);
+        }
+    };
+    phase("validate");
     let health = aimed_at(engine, &next, run.health, &c.exposed)
         .await
         .map_err(|why| failed(format!("validate {next}: {why}; {} kept serving", c.name)))?;
@@ -653,6 +664,7 @@ async fn start_first_one(
         crate::domain::duration::format(plan.drain)
     ));
     drain(plan.drain).await.map_err(failed)?;
+    phase("swap");
     hand_over(engine, c)
         .await
         .map_err(|e| failed(format!("swap {}: {e}", c.name)))

@@ -240,7 +240,10 @@ pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) 
         request = request.header(reqwest::header::HOST, h);
     }
     let forwarded = route.host_header.is_some();
-    match request.send().await {
+    let waiting = engine.wire().map(|w| w.wait(format!("probe {url}")));
+    let sent = request.send().await;
+    drop(waiting);
+    match sent {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => fail(format!("HTTP {}", r.status().as_u16()), true),
         Err(e) if e.is_connect() => fail(crate::adapters::registry::root_cause(&e), false),

@@ -204,7 +204,7 @@ impl Engine {
         let negotiate = async {
             match shown.strip_prefix("unix://") {
                 Some(path) => {
-                    let version = api_version(&ssh::socket_transport(path.into()), LOCAL_BASE).await?;
+                    let version = api_version(&ssh::socket_transport(path.into(), None), LOCAL_BASE).await?;
                     Docker::connect_with_unix(&shown, 120, &version)
                 }
                 None => docker.negotiate_version().await,
@@ -267,9 +267,10 @@ impl Engine {
     pub fn negotiate_ahead(session: &SshSession) -> Option<NegotiatedAhead> {
         let socket = session.premade_engine_socket()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(NegotiatedAhead(
-            runtime.spawn(negotiated(ssh::socket_transport(socket), LOCAL_BASE)),
-        ))
+        Some(NegotiatedAhead(runtime.spawn(negotiated(
+            ssh::socket_transport(socket, Some(session.wire().clone())),
+            LOCAL_BASE,
+        ))))
     }
 
     /// Reaches the engine of an SSH host through the run's connection and negotiates the API
@@ -308,7 +309,8 @@ impl Engine {
             });
         }
         if let Some(socket) = forwarded {
-            match tokio::time::timeout(timeout, negotiated(ssh::socket_transport(socket), LOCAL_BASE)).await {
+            let transport = ssh::socket_transport(socket, Some(session.wire().clone()));
+            match tokio::time::timeout(timeout, negotiated(transport, LOCAL_BASE)).await {
                 Ok(Ok(docker)) => {
                     return Ok(Self {
                         docker,
@@ -343,6 +345,11 @@ impl Engine {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The round trips waited on the engine's host, for an `ssh://` engine.
+    pub fn wire(&self) -> Option<&Arc<crate::adapters::wire::Wire>> {
+        self.ssh.as_ref().map(|s| s.wire())
     }
 
     /// Where HTTP probes are sent from, for messages.

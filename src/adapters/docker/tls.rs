@@ -273,7 +273,7 @@ impl Transport {
             peer: peer.clone(),
         };
         Ok(Self {
-            call: Box::new(crate::adapters::ssh::pooled(connector)),
+            call: Box::new(crate::adapters::ssh::pooled(connector, None)),
             peer,
         })
     }

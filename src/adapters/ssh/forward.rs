@@ -125,6 +125,7 @@ impl SshSession {
                     break;
                 };
                 if by_master {
+                    session.wire.channel_opened();
                     let Ok(mut remote) = tokio::net::UnixStream::connect(&socket).await else {
                         continue;
                     };

@@ -46,6 +46,7 @@ impl SshSession {
         session: &str,
         ahead: &Ahead,
     ) -> Result<Arc<Self>, SshError> {
+        let wire = crate::adapters::wire::Wire::new(dest.to_string());
         let dir = tempfile::Builder::new()
             .prefix("backtrack-ssh-")
             .tempdir_in(std::env::temp_dir())
@@ -128,6 +129,7 @@ impl SshSession {
             endpoint: OnceLock::new(),
             engine_socket: OnceLock::new(),
             premade,
+            wire,
         });
         // The way to the engine is readied while the caller goes on (it takes the session's
         // first line and one `ssh -O forward`).

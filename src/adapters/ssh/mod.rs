@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::adapters::wire::Wire;
 use crate::domain::address::SshDestination;
 
 pub use crate::settings::SshOptions;
@@ -128,6 +129,8 @@ pub struct SshSession {
     engine_socket: OnceLock<Option<PathBuf>>,
     /// Forwards the master made as it logged in (`Ahead`), and their local ends.
     premade: Vec<(Premade, PathBuf)>,
+    /// The round trips waited on this host, by phase (`--verbose`).
+    wire: Arc<Wire>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -139,6 +142,11 @@ impl std::fmt::Debug for SshSession {
 impl SshSession {
     pub fn destination(&self) -> &SshDestination {
         &self.dest
+    }
+
+    /// The round trips this run waited on the host, by phase.
+    pub fn wire(&self) -> &Arc<Wire> {
+        &self.wire
     }
 
     /// A channel on the master running `remote` (a command line for the remote user's shell).

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{SshError, SshSession, last_line};
+use crate::adapters::wire::Wire;
 
 /// An Engine API response coming back over a `dial-stdio` channel.
 pub type EngineResponse = Pin<
@@ -30,7 +31,7 @@ impl SshSession {
     pub fn docker_transport(
         self: &Arc<Self>,
     ) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
-        pooled(EngineConnector::Dial(self.clone()))
+        pooled(EngineConnector::Dial(self.clone()), Some(self.wire.clone()))
     }
 
     /// What a refused engine connection said on the host, as a typed error when it is one of the
@@ -67,14 +68,22 @@ impl SshSession {
 
 /// The Engine API behind a local unix socket as a bollard transport, connections pooled and
 /// reused: the master's end of its forward to a host's engine socket (`engine_socket`), where
-/// each connection is a channel to that socket, or a local engine's own socket.
-pub fn socket_transport(socket: PathBuf) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
-    pooled(EngineConnector::Socket(Arc::new(socket)))
+/// each connection is a channel to that socket (counted on `wire`), or a local engine's own
+/// socket.
+pub fn socket_transport(
+    socket: PathBuf,
+    wire: Option<Arc<Wire>>,
+) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static {
+    pooled(EngineConnector::Socket(Arc::new(socket), wire.clone()), wire)
 }
 
-/// A bollard transport over `connector`: a hyper client that pools and keeps connections alive.
-/// Shared by the SSH transports and the TLS one.
-pub(crate) fn pooled<C>(connector: C) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static
+/// A bollard transport over `connector`: a hyper client that pools and keeps connections alive,
+/// each request a wait on `wire` until its answer's head has come. Shared by the SSH transports
+/// and the TLS one.
+pub(crate) fn pooled<C>(
+    connector: C,
+    wire: Option<Arc<Wire>>,
+) -> impl Fn(bollard::BollardRequest) -> EngineResponse + Send + Sync + 'static
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -83,7 +92,14 @@ where
         .build(connector);
     move |req: bollard::BollardRequest| -> EngineResponse {
         let client = client.clone();
-        Box::pin(async move { client.request(req).await.map_err(bollard::errors::Error::from) })
+        let waiting = wire
+            .as_ref()
+            .map(|w| w.wait(format!("{} {}", req.method(), req.uri().path())));
+        Box::pin(async move {
+            let answer = client.request(req).await.map_err(bollard::errors::Error::from);
+            drop(waiting);
+            answer
+        })
     }
 }
 
@@ -92,7 +108,7 @@ where
 #[derive(Clone)]
 enum EngineConnector {
     Dial(Arc<SshSession>),
-    Socket(Arc<PathBuf>),
+    Socket(Arc<PathBuf>, Option<Arc<Wire>>),
 }
 
 impl tower_service::Service<hyper::Uri> for EngineConnector {
@@ -108,10 +124,16 @@ impl tower_service::Service<hyper::Uri> for EngineConnector {
         let how = self.clone();
         Box::pin(async move {
             let stream = match how {
-                EngineConnector::Socket(path) => {
+                EngineConnector::Socket(path, wire) => {
+                    if let Some(w) = wire {
+                        w.channel_opened();
+                    }
                     EngineStream::Socket(tokio::net::UnixStream::connect(path.as_path()).await?)
                 }
-                EngineConnector::Dial(session) => EngineStream::Dial(Box::new(session.dial_ready()?)),
+                EngineConnector::Dial(session) => {
+                    session.wire.channel_opened();
+                    EngineStream::Dial(Box::new(session.dial_ready()?))
+                }
             };
             Ok(hyper_util::rt::TokioIo::new(stream))
         })

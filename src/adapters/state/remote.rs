@@ -150,6 +150,7 @@ impl StateShell {
             });
         }
         let chan = guard.as_mut().expect("started above");
+        let _waiting = self.ssh.wire().wait(what);
         let result = send(chan, lines).and_then(|()| {
             if chan.stdout.is_none() {
                 chan.stdout = self.ssh.take_session_output();

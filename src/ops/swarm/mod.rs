@@ -389,6 +389,12 @@ impl Unit for Service<'_> {
     async fn reachable(&self) -> bool {
         self.engine.service(&self.plan.service_view.name, None).await.is_ok()
     }
+
+    fn phase(&self, phase: &'static str) {
+        if let Some(w) = self.engine.wire() {
+            w.phase(phase);
+        }
+    }
 }
 
 /// `repo:tag@sha256:abcdef…` shortened for messages.
