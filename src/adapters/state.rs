@@ -129,6 +129,44 @@ impl Journal {
         Ok(out)
     }
 
+    /// Appends `records` in order, each as `append` would: on a remote host all in one round
+    /// trip. The first failure is the answer (the records before it are written).
+    pub fn append_all(&self, records: &[&Record]) -> Result<(), StateError> {
+        let Some(r) = &self.remote else {
+            return records.iter().try_for_each(|record| self.append(record));
+        };
+        let mut lines = Vec::with_capacity(records.len());
+        for record in records {
+            self.fault(record)?;
+            lines.push(serde_json::to_vec(record).expect("records serialize"));
+        }
+        let meta = self
+            .meta
+            .as_ref()
+            .map(|m| serde_json::to_vec(m).expect("meta serializes"));
+        let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        Ok(r.append_journal_lines(&lines, meta.as_deref())?)
+    }
+
+    /// The disk-full fault `BACKTRACK_FAULT=journal-PHASE` injects for tests, once armed.
+    fn fault(&self, record: &Record) -> Result<(), StateError> {
+        if let Ok(spec) = std::env::var(FAULT_ENV)
+            && spec == format!("journal-{}", record.phase.as_str())
+        {
+            DISK_FULL.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if DISK_FULL.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StateError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("no space left on device (injected by {FAULT_ENV})"),
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Appends one record as one write, then fsyncs, so it survives a crash right after.
     pub fn append(&self, record: &Record) -> Result<(), StateError> {
         let io = |source| StateError::Io {
@@ -140,17 +178,7 @@ impl Journal {
         {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        if let Ok(spec) = std::env::var(FAULT_ENV)
-            && spec == format!("journal-{}", record.phase.as_str())
-        {
-            DISK_FULL.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        if DISK_FULL.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!("no space left on device (injected by {FAULT_ENV})"),
-            )));
-        }
+        self.fault(record)?;
         let mut line = serde_json::to_vec(record).expect("records serialize");
         line.push(b'\n');
         if let Some(r) = &self.remote {

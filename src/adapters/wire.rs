@@ -3,11 +3,10 @@
 //! channels, its state shell, its probe forwards) marks each wait on that host's [`Wire`], and the
 //! operation names the phase it is in (connect, lock, plan, pull, swap, validate, commit).
 //!
-//! **A round trip is a wait that began while nothing else was in flight to that host**: waits
-//! that overlap cost one, since latency is paid once for them, so the count is what the network's
-//! round-trip time multiplies. A new channel opened for a wait that is alone costs one more (the
-//! host confirms the channel before the request goes). The SSH handshake itself is not counted
-//! here: it is the `connect` phase's time.
+//! **A phase's round trips are its longest chain of waits one after another**: waits that overlap
+//! pay latency once, so the count is what the network's round-trip time multiplies. A wait that
+//! opened a new channel weighs one more (the host confirms a channel before its first byte goes).
+//! The SSH handshake itself is not counted here: it is the `connect` phase's time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,11 +21,15 @@ pub struct Wire {
 
 #[derive(Debug)]
 struct State {
-    in_flight: usize,
     /// The phase now, and since when.
     current: usize,
     since: Instant,
     phases: Vec<PhaseStat>,
+    /// Waits under way: id, start, round trips so far (1, or 2 with a channel opened).
+    open: Vec<(u64, Instant, u32)>,
+    next_id: u64,
+    /// Waits ended: phase, start, end, round trips.
+    done: Vec<(usize, Instant, Instant, u32)>,
 }
 
 /// What one phase cost on one host.
@@ -51,7 +54,9 @@ impl Wire {
             host: host.into(),
             created: Instant::now(),
             state: Mutex::new(State {
-                in_flight: 0,
+                open: Vec::new(),
+                next_id: 0,
+                done: Vec::new(),
                 current: 0,
                 since: Instant::now(),
                 phases: vec![PhaseStat {
@@ -91,30 +96,35 @@ impl Wire {
 
     /// Marks a wait on the host (`what`, for the debug log) until the guard drops.
     pub fn wait(self: &Arc<Self>, what: impl Into<String>) -> Waiting {
+        self.wait_n(what, 1)
+    }
+
+    /// Marks a wait on `requests` requests sent at once (a pipeline) until the guard drops.
+    pub fn wait_n(self: &Arc<Self>, what: impl Into<String>, requests: usize) -> Waiting {
         let what = what.into();
+        let mut id = 0;
         if let Ok(mut s) = self.state.lock() {
             let current = s.current;
-            if s.in_flight == 0 {
-                s.phases[current].round_trips += 1;
-            }
-            s.phases[current].requests += 1;
-            s.in_flight += 1;
+            s.phases[current].requests += u32::try_from(requests).unwrap_or(u32::MAX);
+            id = s.next_id;
+            s.next_id += 1;
+            s.open.push((id, Instant::now(), 1));
         }
         tracing::debug!("{} +{} ms: -> {what}", self.host, self.created.elapsed().as_millis());
         Waiting {
             wire: self.clone(),
+            id,
             what,
             started: Instant::now(),
         }
     }
 
-    /// A new channel opened on the connection for the only wait in flight: one round trip more.
+    /// A new channel opened on the connection, for the wait begun last: one round trip more.
     pub fn channel_opened(&self) {
         if let Ok(mut s) = self.state.lock()
-            && s.in_flight <= 1
+            && let Some(last) = s.open.last_mut()
         {
-            let current = s.current;
-            s.phases[current].round_trips += 1;
+            last.2 = 2;
         }
     }
 
@@ -123,10 +133,33 @@ impl Wire {
     pub fn summary(&self) -> Vec<PhaseStat> {
         let Ok(s) = self.state.lock() else { return Vec::new() };
         let mut phases = s.phases.clone();
+        for (i, p) in phases.iter_mut().enumerate() {
+            let waits: Vec<(Instant, Instant, u32)> =
+                s.done.iter().filter(|w| w.0 == i).map(|w| (w.1, w.2, w.3)).collect();
+            p.round_trips = longest_chain(waits);
+        }
         phases[s.current].elapsed += s.since.elapsed();
         phases.retain(|p| p.requests > 0 || p.elapsed >= Duration::from_millis(1));
         phases
     }
+}
+
+/// The heaviest chain of waits each starting after the one before ended (weighted interval
+/// scheduling): how many round trips the phase spent one after another.
+fn longest_chain(mut waits: Vec<(Instant, Instant, u32)>) -> u32 {
+    waits.sort_by_key(|w| w.1);
+    let mut best: Vec<u32> = Vec::with_capacity(waits.len());
+    for i in 0..waits.len() {
+        let before = (0..i)
+            .filter(|&j| waits[j].1 <= waits[i].0)
+            .map(|j| best[j])
+            .max()
+            .unwrap_or(0);
+        let with = before + waits[i].2;
+        let without = if i > 0 { best[i - 1] } else { 0 };
+        best.push(with.max(without));
+    }
+    best.last().copied().unwrap_or(0)
 }
 
 /// The phases as lines for a person: round trips, requests and time of each, and the total.
@@ -165,14 +198,19 @@ pub fn render(host: &str, phases: &[PhaseStat]) -> String {
 /// A wait on the host, ended on drop.
 pub struct Waiting {
     wire: Arc<Wire>,
+    id: u64,
     what: String,
     started: Instant,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.wire.state.lock() {
-            s.in_flight = s.in_flight.saturating_sub(1);
+        if let Ok(mut s) = self.wire.state.lock()
+            && let Some(i) = s.open.iter().position(|w| w.0 == self.id)
+        {
+            let (_, start, trips) = s.open.remove(i);
+            let current = s.current;
+            s.done.push((current, start, Instant::now(), trips));
         }
         tracing::debug!(
             "{} +{} ms: <- {} ({} ms)",
@@ -192,11 +230,15 @@ mod tests {
     fn overlapping_waits_cost_one_round_trip_and_sequential_ones_one_each() {
         let wire = Wire::new("h");
         wire.phase("plan");
+        let pause = || std::thread::sleep(Duration::from_millis(2));
         {
             let _a = wire.wait("a");
             let _b = wire.wait("b");
+            pause();
         }
+        pause();
         let c = wire.wait("c");
+        pause();
         drop(c);
         wire.phase("swap");
         {
@@ -211,15 +253,41 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_opened_beside_other_waits_costs_nothing_more() {
+    fn a_channel_opened_weighs_on_its_own_wait_and_a_chain_counts_once() {
         let wire = Wire::new("h");
-        wire.phase("plan");
-        let _a = wire.wait("a");
-        let _b = wire.wait("b");
+        wire.phase("validate");
+        let pause = || std::thread::sleep(Duration::from_millis(2));
+        // The first look (one request) and the probe (a channel, then its request) at once, then
+        // a second look after the first: the probe's two round trips are the chain.
+        let probe = wire.wait("probe");
         wire.channel_opened();
-        drop((_a, _b));
+        let look = wire.wait("look");
+        pause();
+        drop(look);
+        pause();
+        let again = wire.wait("look again");
+        pause();
+        drop(again);
+        drop(probe);
         let s = wire.summary();
-        assert_eq!(s.iter().find(|p| p.phase == "plan").unwrap().round_trips, 1);
+        assert_eq!(s.iter().find(|p| p.phase == "validate").unwrap().round_trips, 2);
+    }
+
+    #[test]
+    fn the_longest_chain_weighs_sequential_waits() {
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        // a [0,10] then c [10,20] (chain 2) beside b [0,15] weighing 2: the chain of 2 either way;
+        // d [20,30] after c makes 3.
+        let waits = vec![
+            (at(0), at(10), 1),
+            (at(0), at(15), 2),
+            (at(10), at(20), 1),
+            (at(20), at(30), 1),
+        ];
+        assert_eq!(longest_chain(waits), 3);
+        assert_eq!(longest_chain(vec![(at(0), at(15), 2), (at(15), at(16), 1)]), 3);
+        assert_eq!(longest_chain(Vec::new()), 0);
     }
 
     #[test]

@@ -385,14 +385,19 @@ async fn swap_command(
         let read = futures::future::join_all(hosts.iter().zip(&current).zip(&configs).map(|((h, cur), configs)| {
             let (image, chosen) = (&image, &chosen);
             async move {
-                let (floor, plan) = tokio::join!(guard::floor(&h.engine, cur), async {
-                    if already(cur) {
-                        return Ok(None);
-                    }
-                    swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked, configs)
-                        .await
-                        .map(Some)
-                });
+                // Whether the image is there is asked at the same time (the pull's first question).
+                let (floor, plan, ()) = tokio::join!(
+                    guard::floor(&h.engine, cur),
+                    async {
+                        if already(cur) {
+                            return Ok(None);
+                        }
+                        swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked, configs)
+                            .await
+                            .map(Some)
+                    },
+                    h.engine.prefetch_image(image)
+                );
                 (floor, plan)
             }
         }))

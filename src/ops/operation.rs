@@ -64,8 +64,9 @@ pub trait Unit: Send + Sync {
     async fn soak(&self, run: &Run<'_>, duration: Duration) -> Result<(), String>;
     /// Puts back what `apply` changed. Safe to call after a partial apply.
     async fn put_back(&mut self, run: &Run<'_>) -> Result<(), String>;
-    /// Makes a validated change final: writes `committed` while what was set aside goes.
-    async fn commit(&mut self, run: &Run<'_>, committed: &Record) -> Result<(), StateError>;
+    /// Makes a validated change final: writes `records` (`committed`, then the operation's
+    /// ending), all in one go, while what was set aside goes.
+    async fn commit(&mut self, run: &Run<'_>, records: &[&Record]) -> Result<(), StateError>;
     /// Whether the unit's engine still answers (a failure on a host that went away needs a person).
     async fn reachable(&self) -> bool;
     /// From now on, the round trips to the unit's host count toward `phase` (`--verbose`).
@@ -546,14 +547,14 @@ async fn commit_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String], durati
         snapshots: std::collections::BTreeMap::new(),
         ..intent.clone()
     };
-    unit.phase("commit");
-    let recorded = unit.commit(run, &committed).await;
-    let finished = unit.journal().append(&Record {
+    let finished = Record {
         notes: notes.to_vec(),
         ..intent.finish(Utc::now(), Outcome::Ok, Some(duration_ms), None)
-    });
+    };
+    unit.phase("commit");
+    let recorded = unit.commit(run, &[&committed, &finished]).await;
     slot.result.step = HostStep::Committed;
-    match recorded.and(finished) {
+    match recorded {
         Ok(()) => None,
         Err(e) => {
             slot.result.detail = Some(format!(

@@ -420,12 +420,14 @@ impl Unit for Containers<'_> {
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool> {
         let image = &self.plan.image;
         let progress = run.progress(self.place(), &format!("pulling {image}"));
-        let pulled = self
-            .host
-            .engine
-            .pull(image, run.auth, |line| progress.set(&format!("pulling: {line}")))
-            .await
-            .map_err(|e| anyhow::Error::new(e).context(format!("pull {image}")))?;
+        // The swap's connection is opened meanwhile (for an engine that pipelines its steps).
+        let (pulled, ()) = tokio::join!(
+            self.host
+                .engine
+                .pull(image, run.auth, |line| progress.set(&format!("pulling: {line}"))),
+            self.host.engine.ready_pipeline()
+        );
+        let pulled = pulled.map_err(|e| anyhow::Error::new(e).context(format!("pull {image}")))?;
         progress.finish(&if pulled {
             format!("pulled {image}")
         } else {
@@ -528,7 +530,7 @@ impl Unit for Containers<'_> {
         }
     }
 
-    async fn commit(&mut self, run: &Run<'_>, committed: &Record) -> Result<(), state::StateError> {
+    async fn commit(&mut self, run: &Run<'_>, records: &[&Record]) -> Result<(), state::StateError> {
         let (engine, journal) = (&self.host.engine, &self.host.journal);
         let say = |m: String| run.say(&self.host.address, m);
         if let [only] = self.plan.containers.as_slice() {
@@ -538,10 +540,10 @@ impl Unit for Containers<'_> {
             // without its set-aside container and another with it could only be half put back.
             // The removal's request is on its way before the append (which blocks) starts.
             let ((), committed) =
-                tokio::join!(biased; remove_leftovers(engine, &say, only), async { journal.append(committed) });
+                tokio::join!(biased; remove_leftovers(engine, &say, only), async { journal.append_all(records) });
             committed
         } else {
-            let recorded = journal.append(committed);
+            let recorded = journal.append_all(records);
             for c in &self.plan.containers {
                 remove_leftovers(engine, &say, c).await;
             }
@@ -806,6 +808,9 @@ async fn set_aside(engine: &Engine, c: &ContainerPlan, backup: &str) -> Result<(
 
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
 pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+    if engine.pipelines() {
+        return swap_one_pipelined(engine, c).await;
+    }
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
     // The new container is created under a temporary name (one an interrupted run left there is
     // removed first) while the old one stops: creating binds no port, so this takes it off the
@@ -822,6 +827,63 @@ pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineEr
     engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
     Ok(())
+}
+
+/// `swap_one`'s steps for an engine across a network, sent as one pipeline (one round trip): the
+/// old container's restart policy off (by id), the clone created under the temporary name (one an
+/// interrupted run left is removed first) with its other networks, then the old one stopped and
+/// set aside and the clone named and started. Every step is sent, so after a failing one the
+/// rest still ran: the first failure is the answer, and the caller's revert (which looks at what
+/// is there, `revert_one`) puts the old container back from whatever state they left.
+async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+    use crate::adapters::docker::pipeline::Call;
+    let backup = format!("{}{BACKUP_SUFFIX}", c.name);
+    let next = format!("{}{NEXT_SUFFIX}", c.name);
+    let mut calls = vec![
+        Call::Policy {
+            name: c.id.clone(),
+            policy: parse_restart_policy("no"),
+        },
+        Call::Remove { name: next.clone() },
+        Call::Create {
+            name: next.clone(),
+            body: Box::new(c.body.clone()),
+        },
+    ];
+    calls.extend(c.extra_networks.iter().map(|(network, endpoint)| Call::Connect {
+        name: next.clone(),
+        network: network.clone(),
+        endpoint: Box::new(endpoint.clone()),
+    }));
+    calls.extend([
+        Call::Stop {
+            name: c.name.clone(),
+            timeout: c.stop_timeout,
+        },
+        Call::Rename {
+            name: c.name.clone(),
+            to: backup,
+        },
+        Call::Rename {
+            name: next,
+            to: c.name.clone(),
+        },
+        Call::Start { name: c.name.clone() },
+    ]);
+    match engine.pipeline(&calls).await.into_iter().find_map(Result::err) {
+        None => Ok(()),
+        // The policy is set by id: the message names the container.
+        Some(EngineError::Container {
+            action,
+            container,
+            message,
+        }) if container == c.id => Err(EngineError::Container {
+            action,
+            container: c.name.clone(),
+            message,
+        }),
+        Some(e) => Err(e),
+    }
 }
 
 /// Puts the set-aside container back under its name and starts it. Safe to repeat. The restart

@@ -55,22 +55,35 @@ pub async fn wait_valid(
     let deadline = start + health.timeout;
     let http = http_client();
     let mut first_look = Vec::with_capacity(containers.len());
-    for name in containers {
-        let version = async {
-            match expected_version.filter(|_| health.expect_version) {
-                Some(want) => check_version(engine, name, want).await,
-                None => Ok(()),
-            }
-        };
-        let (live, version) = tokio::join!(engine.liveness(name), version);
-        let live = live.map_err(|e| Invalid {
-            why: e.to_string(),
-            container: Some(name.clone()),
-            probe_unreachable: false,
-        })?;
-        version?;
-        first_look.push(live);
-    }
+    // The first probe goes out with the first look at the containers (one round trip for both
+    // to a remote host); it counts only if they all pass.
+    let looks = async {
+        for name in containers {
+            let version = async {
+                match expected_version.filter(|_| health.expect_version) {
+                    Some(want) => check_version(engine, name, want).await,
+                    None => Ok(()),
+                }
+            };
+            let (live, version) = tokio::join!(engine.liveness(name), version);
+            let live = live.map_err(|e| Invalid {
+                why: e.to_string(),
+                container: Some(name.clone()),
+                probe_unreachable: false,
+            })?;
+            version?;
+            first_look.push(live);
+        }
+        Ok::<(), Invalid>(())
+    };
+    let early = async {
+        match &health.http {
+            Some(url) => Some(probe(&http, engine, url).await),
+            None => None,
+        }
+    };
+    let (looked, mut early_probe) = tokio::join!(looks, early);
+    looked?;
     let initial_restarts: Vec<i64> = first_look.iter().map(|l| l.restart_count).collect();
     // The first look at each container is also the first round's (no second inspect).
     let mut first_round = Some(first_look.into_iter());
@@ -88,6 +101,8 @@ pub async fn wait_valid(
         let mut all_ok = true;
         let mut has_healthcheck = false;
         let mut looked = first_round.take();
+        // The early probe stands for the first round's only.
+        let mut early = early_probe.take();
         for (name, restarts) in containers.iter().zip(&initial_restarts) {
             let live = match looked.as_mut().and_then(Iterator::next) {
                 Some(live) => live,
@@ -142,7 +157,11 @@ pub async fn wait_valid(
         }
         if all_ok && let Some(url) = &health.http {
             probed = true;
-            match probe(&http, engine, url).await {
+            let answer = match early.take() {
+                Some(answer) => answer,
+                None => probe(&http, engine, url).await,
+            };
+            match answer {
                 Ok(()) => {}
                 Err(e) => {
                     probe_reached |= e.reached;

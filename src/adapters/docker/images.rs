@@ -76,6 +76,7 @@ impl Engine {
     /// other repositories are left alone. `Ok(false)` when it was already gone.
     pub async fn remove_reference(&self, reference: &str) -> Result<bool, EngineError> {
         let opts = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+        self.forget_images();
         match self.docker.remove_image(reference, Some(opts), None).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),

@@ -6,6 +6,7 @@ pub mod build;
 pub mod clone;
 pub mod context;
 pub mod images;
+pub mod pipeline;
 pub mod snapshot;
 pub mod swarm;
 pub mod tls;
@@ -172,6 +173,14 @@ pub struct Engine {
     host: String,
     /// The connection to the engine's host, for an `ssh://` engine: probes go through it too.
     ssh: Option<Arc<SshSession>>,
+    /// Images inspected by a content address (an image id, or a reference pinned by digest):
+    /// what such an inspect says cannot change, so it is asked once per run. Only images found
+    /// are kept, and an image removal forgets them all.
+    images: std::sync::Mutex<HashMap<String, ImageInspect>>,
+    /// The local end of an SSH connection's forward to the engine's socket, for `pipeline`.
+    raw: Option<std::path::PathBuf>,
+    /// A connection opened ahead for the next `pipeline`.
+    spare: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
 }
 
 /// Where an HTTP probe is sent so that it reaches what the engine's host would reach.
@@ -222,11 +231,7 @@ impl Engine {
                     unreachable(cause)
                 }
             })?;
-        Ok(Self {
-            docker,
-            host: shown,
-            ssh: None,
-        })
+        Ok(Self::made(docker, shown, None))
     }
 
     /// Reaches a `tcp://` engine over TLS with the files in `files` (as `docker --tlsverify`
@@ -245,11 +250,7 @@ impl Engine {
         let call = transport.call;
         let cause = match tokio::time::timeout(timeout, negotiated(call, &format!("https://{host}:{port}"))).await {
             Ok(Ok(docker)) => {
-                return Ok(Self {
-                    docker,
-                    host: shown,
-                    ssh: None,
-                });
+                return Ok(Self::made(docker, shown, None));
             }
             Ok(Err(e)) => short_error(&e),
             Err(_) => format!("no answer within {}s", timeout.as_secs_f32()),
@@ -267,7 +268,7 @@ impl Engine {
     pub fn negotiate_ahead(session: &SshSession) -> Option<NegotiatedAhead> {
         let socket = session.premade_engine_socket()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(NegotiatedAhead(runtime.spawn(negotiated(
+        Some(NegotiatedAhead(runtime.spawn(negotiated_warm(
             ssh::socket_transport(socket, Some(session.wire().clone())),
             LOCAL_BASE,
         ))))
@@ -302,21 +303,13 @@ impl Engine {
             && let Ok(Ok(Ok(docker))) = tokio::time::timeout(timeout, early).await
         {
             tracing::debug!("the engine on {shown} was reached while the session started");
-            return Ok(Self {
-                docker,
-                host: shown,
-                ssh: Some(session),
-            });
+            return Ok(Self::made(docker, shown, Some(session)).pipelined_on(forwarded));
         }
         if let Some(socket) = forwarded {
-            let transport = ssh::socket_transport(socket, Some(session.wire().clone()));
-            match tokio::time::timeout(timeout, negotiated(transport, LOCAL_BASE)).await {
+            let transport = ssh::socket_transport(socket.clone(), Some(session.wire().clone()));
+            match tokio::time::timeout(timeout, negotiated_warm(transport, LOCAL_BASE)).await {
                 Ok(Ok(docker)) => {
-                    return Ok(Self {
-                        docker,
-                        host: shown,
-                        ssh: Some(session),
-                    });
+                    return Ok(Self::made(docker, shown, Some(session)).pipelined_on(Some(socket)));
                 }
                 Ok(Err(e)) => tracing::debug!("the forwarded engine socket on {shown} refused: {e}"),
                 Err(_) => return Err(unreachable(no_answer())),
@@ -324,11 +317,7 @@ impl Engine {
         }
         let cause = match tokio::time::timeout(timeout, negotiated(session.docker_transport(), LOCAL_BASE)).await {
             Ok(Ok(docker)) => {
-                return Ok(Self {
-                    docker,
-                    host: shown,
-                    ssh: Some(session),
-                });
+                return Ok(Self::made(docker, shown, Some(session)));
             }
             Ok(Err(e)) => short_error(&e),
             Err(_) => no_answer(),
@@ -341,6 +330,37 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Err(unreachable(cause))
+    }
+
+    fn made(docker: Docker, host: String, ssh: Option<Arc<SshSession>>) -> Self {
+        Self {
+            docker,
+            host,
+            ssh,
+            images: std::sync::Mutex::default(),
+            raw: None,
+            spare: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The same engine, with `raw` as the socket its calls can be pipelined on.
+    fn pipelined_on(mut self, raw: Option<std::path::PathBuf>) -> Self {
+        self.raw = raw;
+        self
+    }
+
+    /// Forgets the images inspected so far (an image was removed, or one pulled may have added
+    /// a reference to one already known).
+    pub(crate) fn forget_images(&self) {
+        if let Ok(mut m) = self.images.lock() {
+            m.clear();
+        }
+    }
+
+    /// Inspects `reference` in the background now, so a later `image` of it finds the answer
+    /// (a plan reads the target's image while it reads the containers).
+    pub async fn prefetch_image(&self, reference: &str) {
+        let _ = self.image(reference).await;
     }
 
     pub fn host(&self) -> &str {
@@ -477,8 +497,22 @@ impl Engine {
 
     /// Inspects a local image; `None` when it is not present.
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInspect>, EngineError> {
+        let addressed = reference.contains("sha256:");
+        if addressed && let Some(i) = self.images.lock().ok().and_then(|m| m.get(reference).cloned()) {
+            return Ok(Some(i));
+        }
         match self.docker.inspect_image(reference).await {
-            Ok(i) => Ok(Some(i)),
+            Ok(i) => {
+                if let Ok(mut m) = self.images.lock() {
+                    if addressed {
+                        m.insert(reference.to_string(), i.clone());
+                    }
+                    if let Some(id) = &i.id {
+                        m.insert(id.clone(), i.clone());
+                    }
+                }
+                Ok(Some(i))
+            }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(other(&format!("inspect image {reference}"), &e)),
         }
@@ -495,6 +529,7 @@ impl Engine {
             return Ok(false);
         }
         let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
+        self.forget_images();
         let mut stream = self.docker.create_image(Some(opts), None, credentials(auth));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| EngineError::Pull {
@@ -788,6 +823,30 @@ where
 {
     let version = api_version(&transport, base).await?;
     Docker::connect_with_custom_transport(transport, Some(base), 120, &version)
+}
+
+/// How many more connections an engine across a network gets as it is reached: a plan's reads
+/// go out at once (the target's containers, images, the backup), each on a channel already open.
+const SPARE_CONNECTIONS: usize = 3;
+
+/// `negotiated`, with `SPARE_CONNECTIONS` more pooled connections opened at the same time (each
+/// a `/_ping`), for a transport over SSH where each new connection is a channel to open.
+async fn negotiated_warm<F>(transport: F, base: &str) -> Result<Docker, bollard::errors::Error>
+where
+    F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse + Send + Sync + 'static,
+{
+    let spare = (0..SPARE_CONNECTIONS).map(|_| async {
+        let ping = hyper::Request::get(format!("{base}/_ping"))
+            .body(http_body_util::Either::Left(http_body_util::Full::new(
+                bytes::Bytes::new(),
+            )))
+            .ok()?;
+        let answer = transport(ping).await.ok()?;
+        // Read to its end, so the connection goes back to the pool.
+        http_body_util::BodyExt::collect(answer.into_body()).await.ok()
+    });
+    let (version, _) = tokio::join!(api_version(&transport, base), futures::future::join_all(spare));
+    Docker::connect_with_custom_transport(transport, Some(base), 120, &version?)
 }
 
 /// The API version to speak with the engine behind `transport`: its own, from `/_ping`'s header

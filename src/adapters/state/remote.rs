@@ -322,11 +322,20 @@ impl RemoteDir {
     /// journal says how the file ends (nobody else may write it), which spares the host from
     /// reading it back; otherwise the host looks, and answers with the file's new size.
     pub fn append_journal(&self, line: &[u8], meta: Option<&[u8]>) -> Result<(), SshError> {
+        self.append_journal_lines(&[line], meta)
+    }
+
+    /// Appends `lines` in order, each its own append and `sync` on the host, all sent at once:
+    /// one round trip for all of them (an operation's `committed` and `finished`). The first
+    /// failure is the answer; the lines before it are written.
+    pub fn append_journal_lines(&self, lines: &[&[u8]], meta: Option<&[u8]>) -> Result<(), SshError> {
         let what = "append to the journal";
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches('\n');
+        let lines: Vec<String> = lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).trim_end_matches('\n').to_string())
+            .collect();
         let meta = meta.map(String::from_utf8_lossy).unwrap_or_default();
-        if line.contains('\n') || meta.contains('\n') {
+        if lines.iter().any(|l| l.contains('\n')) || meta.contains('\n') {
             return Err(self.shell.fail(what, "a record spans lines"));
         }
         let ends = match self.cached() {
@@ -334,14 +343,21 @@ impl RemoteDir {
             Some(_) => "clean",
             None => "unknown",
         };
-        let answer = self.shell.request(
-            what,
-            &["append", &self.relative, ends, meta.trim_end(), line],
-            append_answer,
-        )?;
-        match answer {
-            Ok(size) => {
-                self.keep(|cache| {
+        let mut request: Vec<&str> = Vec::with_capacity(5 * lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            // After this run's own append, the file ends cleanly.
+            let ends = if i == 0 || ends == "unknown" { ends } else { "clean" };
+            request.extend(["append", &self.relative, ends, meta.trim_end(), line]);
+        }
+        let answers = self.shell.request(what, &request, |r| {
+            (0..lines.len())
+                .map(|_| append_answer(r))
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        let mut failed = None;
+        for (line, answer) in lines.iter().zip(answers) {
+            match answer {
+                Ok(size) if failed.is_none() => self.keep(|cache| {
                     if let Some(Some(c)) = cache {
                         if c.last().is_some_and(|b| *b != b'\n') {
                             c.push(b'\n');
@@ -353,10 +369,26 @@ impl RemoteDir {
                             *cache.expect("matched") = None;
                         }
                     }
-                });
-                Ok(())
+                }),
+                // After a failure the copy no longer says how the file ends: read it again.
+                Ok(_) => self.keep(|cache| {
+                    if let Some(c) = cache {
+                        *c = None;
+                    }
+                }),
+                Err(e) => {
+                    self.keep(|cache| {
+                        if let Some(c) = cache {
+                            *c = None;
+                        }
+                    });
+                    failed.get_or_insert(e);
+                }
             }
-            Err(e) => Err(self.shell.fail(what, e)),
+        }
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(self.shell.fail(what, e)),
         }
     }
 

@@ -382,8 +382,8 @@ impl Unit for Service<'_> {
         .await
     }
 
-    async fn commit(&mut self, _run: &Run<'_>, committed: &Record) -> Result<(), state::StateError> {
-        self.journal.append(committed)
+    async fn commit(&mut self, _run: &Run<'_>, records: &[&Record]) -> Result<(), state::StateError> {
+        self.journal.append_all(records)
     }
 
     async fn reachable(&self) -> bool {
