@@ -56,7 +56,8 @@ pub(super) async fn reach_all(app: &App<'_>) -> anyhow::Result<Vec<(String, anyh
         repository: project.registry.display(),
         environment: target.environment.clone(),
     };
-    Ok(crate::ops::fleet::connect_all(target, &app.settings.ssh, meta).await)
+    let cache = app.settings.cache_dir.clone();
+    Ok(crate::ops::fleet::connect_all(target, &app.settings.ssh, meta, |h| app.fleet_session(h), &cache).await)
 }
 
 /// For `versions`: what every host runs, read in parallel, counted by digest. A host that does

@@ -52,6 +52,8 @@ pub struct App<'a> {
     state_shell: OnceLock<Arc<StateShell>>,
     /// The engine client negotiated while the host's session starts (`Engine::negotiate_ahead`).
     engine_ahead: Mutex<Option<NegotiatedAhead>>,
+    /// A fleet's connections being opened since the command started, by host address.
+    fleet_opening: Mutex<std::collections::HashMap<String, Opening>>,
 }
 
 /// An SSH connection being opened on a thread of its own.
@@ -162,12 +164,39 @@ impl App<'_> {
         if let Some(command) = lock {
             let command = format!("{command} (fleet)");
             let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
-            for i in crate::domain::fleet::lock_order(&addresses) {
-                let address = hosts[i].address.clone();
-                // On refusal, `hosts` drops at return: every lock taken so far is released.
-                hosts[i]
-                    .lock(&command)
-                    .map_err(|e| e.context(format!("lock the target on {address}")))?;
+            let order = crate::domain::fleet::lock_order(&addresses);
+            let lock = |h: &mut Host| {
+                let address = h.address.clone();
+                h.lock(&command)
+                    .map_err(|e| e.context(format!("lock the target on {address}")))
+            };
+            // The first host in lock order decides between two runs (the loser is refused there,
+            // holding nothing); once it is held, the others are asked all at once. On refusal,
+            // `hosts` drops at return: every lock taken so far is released.
+            if let Some(&first) = order.first() {
+                lock(&mut hosts[first])?;
+            }
+            let mut results: Vec<(usize, anyhow::Result<()>)> = std::thread::scope(|scope| {
+                let running: Vec<_> = hosts
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| Some(i) != order.first())
+                    .map(|(i, h)| (i, scope.spawn(|| lock(h))))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|(i, t)| {
+                        let r = t
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a lock thread panicked")));
+                        (i, r)
+                    })
+                    .collect()
+            });
+            // A refusal is told for the first refusing host in lock order.
+            results.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
+            for (_, r) in results {
+                r?;
             }
         }
         Ok((hosts, skipped))
@@ -255,7 +284,7 @@ impl App<'_> {
     }
 
     /// Opens the connection to `dest` when called (here or on a thread of its own).
-    fn opener(&self, dest: &SshDestination) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + 'static {
+    fn opener(&self, dest: &SshDestination) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<> {
         let (dest, options, ahead) = (dest.clone(), self.settings.ssh.clone(), self.ahead(dest));
         move || SshSession::open(&dest, &options, &state::remote::shell_command(), &ahead)
     }
@@ -273,10 +302,21 @@ impl App<'_> {
         }
     }
 
-    /// Starts connecting to the target's host (an `ssh://` engine, not a fleet) in the
-    /// background, so the login overlaps whatever the command does before it needs the host.
+    /// Starts connecting to the target's host (or every `ssh://` host of a fleet, each on a thread
+    /// of its own) in the background, so the logins overlap whatever the command does before it
+    /// needs the hosts.
     fn connect_early(&self) {
         if self.is_fleet() {
+            let Ok(target) = self.target() else { return };
+            let mut opening = std::collections::HashMap::new();
+            for h in &target.hosts {
+                if let EngineAddress::Ssh(dest) = &h.engine {
+                    opening.insert(h.address.clone(), std::thread::spawn(self.opener(dest)));
+                }
+            }
+            if let Ok(mut o) = self.fleet_opening.lock() {
+                *o = opening;
+            }
             return;
         }
         let Some(dest) = self.ssh_destination() else {
@@ -286,6 +326,26 @@ impl App<'_> {
         if let Ok(mut o) = self.opening.lock() {
             *o = Some(handle);
         }
+    }
+
+    /// The connection to fleet host `host` (an `ssh://` one): the one opened since the command
+    /// started, else one opened now, with the same forwards made ahead (the engine socket it
+    /// named last time, the probe) as a single host's.
+    pub(crate) fn fleet_session(
+        &self,
+        host: &crate::settings::FleetHost,
+    ) -> Option<impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<>> {
+        let EngineAddress::Ssh(dest) = &host.engine else {
+            return None;
+        };
+        let early = self.fleet_opening.lock().ok().and_then(|mut o| o.remove(&host.address));
+        let now = self.opener(dest);
+        Some(move || match early {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
+            None => now(),
+        })
     }
 
     /// The target's state folder on its host, for a target on an `ssh://` engine.
@@ -305,6 +365,11 @@ impl Drop for App<'_> {
     fn drop(&mut self) {
         if let Some(handle) = self.opening.get_mut().ok().and_then(Option::take) {
             drop(handle.join());
+        }
+        if let Ok(opening) = self.fleet_opening.get_mut() {
+            for (_, handle) in opening.drain() {
+                drop(handle.join());
+            }
         }
     }
 }
@@ -390,6 +455,7 @@ impl<'a> App<'a> {
             opening: Mutex::new(None),
             state_shell: OnceLock::new(),
             engine_ahead: Mutex::new(None),
+            fleet_opening: Mutex::default(),
         }
     }
 }

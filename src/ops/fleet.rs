@@ -111,32 +111,41 @@ impl Drop for Timings<'_> {
     }
 }
 
-/// Connects to one host: its engine, and its journal (through the same SSH connection).
-pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> anyhow::Result<Host> {
-    let (engine, remote) = match &host.engine {
-        EngineAddress::Ssh(dest) => {
-            let (dest, options) = (dest.clone(), ssh.clone());
-            let session = tokio::task::spawn_blocking(move || {
-                SshSession::open(
-                    &dest,
-                    &options,
-                    &crate::adapters::state::remote::shell_command(),
-                    &crate::adapters::ssh::Ahead::default(),
-                )
-            })
-            .await??;
-            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout, None).await?;
+/// Connects to one host: its engine, and its journal (through the same SSH connection, which
+/// `session` opens, or has been opening since the command started). As for a single host, the
+/// engine is reached through the forward made at login to the socket the host named last time
+/// (remembered in `cache`), negotiated while the session starts.
+pub async fn connect<F>(
+    host: &FleetHost,
+    ssh: &SshOptions,
+    meta: TargetMeta,
+    session: Option<F>,
+    cache: &std::path::Path,
+) -> anyhow::Result<Host>
+where
+    F: FnOnce() -> Result<std::sync::Arc<SshSession>, crate::adapters::ssh::SshError> + Send + 'static,
+{
+    let (engine, remote) = match (&host.engine, session) {
+        (EngineAddress::Ssh(dest), Some(open)) => {
+            let session = tokio::task::spawn_blocking(open).await??;
+            let ahead = Engine::negotiate_ahead(&session);
+            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout, ahead).await?;
+            if let Some(path) = session.engine_path()
+                && !session.engine_known_ahead()
+            {
+                crate::adapters::ssh::remember_engine(cache, dest, path);
+            }
             let relative = host
                 .remote_state
                 .clone()
                 .expect("an ssh:// host has a remote state folder");
             (engine, Some(RemoteDir::new(StateShell::new(session), relative)))
         }
-        EngineAddress::Tcp { host: name, port } if let Some(files) = host.tls.as_ref() => (
+        (EngineAddress::Tcp { host: name, port }, _) if let Some(files) = host.tls.as_ref() => (
             Engine::connect_tls(name, *port, files, ssh.connect_timeout).await?,
             None,
         ),
-        other => (Engine::connect(Some(&other.to_string())).await?, None),
+        (other, _) => (Engine::connect(Some(&other.to_string())).await?, None),
     };
     let journal = match &remote {
         Some(dir) => Journal::remote(dir.clone(), meta),
@@ -154,14 +163,19 @@ pub async fn connect(host: &FleetHost, ssh: &SshOptions, meta: TargetMeta) -> an
 
 /// Every host of the target, connected in parallel, in the fleet's order: each a host or why it
 /// could not be reached.
-pub async fn connect_all(
+pub async fn connect_all<F>(
     target: &TargetSettings,
     ssh: &SshOptions,
     meta: impl Fn(&FleetHost) -> TargetMeta,
-) -> Vec<(String, anyhow::Result<Host>)> {
+    session: impl Fn(&FleetHost) -> Option<F>,
+    cache: &std::path::Path,
+) -> Vec<(String, anyhow::Result<Host>)>
+where
+    F: FnOnce() -> Result<std::sync::Arc<SshSession>, crate::adapters::ssh::SshError> + Send + 'static,
+{
     let tries = target.hosts.iter().map(|h| {
-        let meta = meta(h);
-        async move { (h.address.clone(), connect(h, ssh, meta).await) }
+        let (meta, session) = (meta(h), session(h));
+        async move { (h.address.clone(), connect(h, ssh, meta, session, cache).await) }
     });
     join_all(tries).await
 }
