@@ -903,3 +903,84 @@ fn a_remote_rollback_restores_the_config_from_the_hosts_journal_which_only_its_o
     let env = h2_ok(&["exec", &app.name, "sh", "-c", "echo \"$MODE\""]);
     assert_eq!(env.trim(), "old");
 }
+
+/// Over ssh a swap's steps go as one pipeline, all sent at once: a step that fails (here the
+/// create: the config being restored bind-mounts a folder removed since) does not stop the ones
+/// after it (the old container is stopped and set aside all the same), and the revert must still
+/// find the very same container, restart policy and all, back under its name.
+#[test]
+fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
+    let repo = pushed("remote-pipefail", &["v1.0.0", "v1.1.0"]);
+    let data = tempfile::tempdir().unwrap();
+    let mount = format!("type=bind,source={},target=/data", data.path().display());
+    let app = RemoteApp::run_with(&format!("{}:v1.0.0", repo.image()), &["--mount", &mount]);
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    // The journal keeps 1.0.0's config, with the mount.
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    // By hand, 1.1.0 is run again without it, and the folder goes.
+    let publish = format!("127.0.0.1:{}:8080", app.port);
+    h2_ok(&["rm", "-f", &app.name]);
+    let v11 = format!("{}:v1.1.0", repo.image());
+    h2_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &app.name,
+        "-p",
+        &publish,
+        "--restart",
+        "unless-stopped",
+        &v11,
+    ]);
+    drop(data);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while serves(&app.name) != "1.1.0" {
+        assert!(Instant::now() < deadline, "{} does not serve 1.1.0", app.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id_before = h2_ok(&["inspect", "--format", "{{.Id}}", &app.name]);
+    let started_before = h2_ok(&["inspect", "--format", "{{.State.StartedAt}}", &app.name]);
+
+    let run = t.exec(["-v", "rollback", "--restore-config", "--yes"]).code(6);
+    assert!(run.stderr.contains("bind source path does not exist"), "{}", run.stderr);
+    assert!(run.stderr.contains("create container"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the previous version was restored"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("round trips to ssh://"),
+        "-v tells the round trips: {}",
+        run.stderr
+    );
+    assert_eq!(h2_ok(&["inspect", "--format", "{{.Id}}", &app.name]), id_before);
+    // The steps after the failing create still ran (it was stopped and set aside), and the
+    // revert started it again, restart policy restored.
+    assert_ne!(
+        h2_ok(&["inspect", "--format", "{{.State.StartedAt}}", &app.name]),
+        started_before
+    );
+    assert_eq!(
+        h2_ok(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.HostConfig.RestartPolicy.Name}}",
+            &app.name
+        ]),
+        "true unless-stopped"
+    );
+    assert_eq!(
+        containers_named(&app.name, h2),
+        [app.name.clone()],
+        "nothing left beside it"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while serves(&app.name) != "1.1.0" {
+        assert!(Instant::now() < deadline, "{} does not serve 1.1.0 again", app.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let last = history["operations"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["result"], "reverted", "{history}");
+}
