@@ -972,7 +972,7 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     );
     assert_eq!(
         containers_named(&app.name, h2),
-        [app.name.clone()],
+        std::slice::from_ref(&app.name),
         "nothing left beside it"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
