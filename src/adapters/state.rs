@@ -148,6 +148,32 @@ impl Journal {
         Ok(r.append_journal_lines(&lines, meta.as_deref())?)
     }
 
+    /// For a journal on a remote host: the gate that writes `record` there before it hands a
+    /// swap's calls to the engine (`remote::GATE`): its command line and what it reads first.
+    /// `None` for a journal on this machine.
+    pub fn gate(&self, record: &Record) -> Result<Option<(String, Vec<u8>)>, StateError> {
+        let Some(r) = &self.remote else { return Ok(None) };
+        self.fault(record)?;
+        let line = serde_json::to_vec(record).expect("records serialize");
+        let meta = self
+            .meta
+            .as_ref()
+            .map(|m| serde_json::to_vec(m).expect("meta serializes"));
+        Ok(Some((r.gate_command(), r.gate_preamble(&line, meta.as_deref())?)))
+    }
+
+    /// The gate wrote `record`.
+    pub fn gated(&self, record: &Record) {
+        if let Some(r) = &self.remote {
+            r.gate_opened(&serde_json::to_vec(record).expect("records serialize"));
+        }
+    }
+
+    /// The remote state behind this journal, for a target on an `ssh://` host.
+    pub fn remote_dir(&self) -> Option<&remote::RemoteDir> {
+        self.remote.as_ref()
+    }
+
     /// The disk-full fault `BACKTRACK_FAULT=journal-PHASE` injects for tests, once armed.
     fn fault(&self, record: &Record) -> Result<(), StateError> {
         if let Ok(spec) = std::env::var(FAULT_ENV)

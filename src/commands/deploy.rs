@@ -264,6 +264,12 @@ async fn swap_command(
         )
         .await?;
     let _timings = crate::ops::fleet::Timings::new(&app.printer, &hosts, app.settings.verbose > 0);
+    if !common.dry_run && !swarm {
+        // The gate a remote swap goes through is opened now, so it is open when the swap goes.
+        for h in &hosts {
+            h.ready_gate();
+        }
+    }
     let fleet = app.is_fleet();
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = crate::domain::fleet::lock_order(&addresses);

@@ -26,9 +26,31 @@ pub struct Host {
     lock: Option<TargetLock>,
     remote: Option<RemoteDir>,
     state_dir: std::path::PathBuf,
+    /// The gate of a remote swap (`ops::swap`), opened ahead of need.
+    gate: std::sync::Mutex<Option<crate::adapters::ssh::RemoteChannel>>,
 }
 
 impl Host {
+    /// Opens the gate a remote swap sends its intent and calls through (see `ops::swap`), so its
+    /// channel is open, and the engine's connection behind it made, by the time the swap goes.
+    /// Only for a target whose journal and engine are across a network.
+    pub fn ready_gate(&self) {
+        if !self.engine.pipelines() {
+            return;
+        }
+        if let Some(dir) = &self.remote
+            && let Ok(channel) = dir.ssh().open_channel(&dir.gate_command())
+            && let Ok(mut gate) = self.gate.lock()
+        {
+            *gate = Some(channel);
+        }
+    }
+
+    /// The gate `ready_gate` opened, once.
+    pub fn take_gate(&self) -> Option<crate::adapters::ssh::RemoteChannel> {
+        self.gate.lock().ok()?.take()
+    }
+
     /// A host already connected: its engine, its journal, and where its lock is taken (on the
     /// host through `remote`, else in `state_dir`).
     pub fn new(
@@ -45,6 +67,7 @@ impl Host {
             lock: None,
             remote,
             state_dir,
+            gate: std::sync::Mutex::default(),
         }
     }
 
@@ -158,6 +181,7 @@ where
         lock: None,
         remote,
         state_dir: host.state_dir.clone(),
+        gate: std::sync::Mutex::default(),
     })
 }
 

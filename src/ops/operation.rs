@@ -42,6 +42,9 @@ pub struct Failed {
     /// Nothing was changed after all (the orchestrator refused the change): no put back, and the
     /// journal records the operation as failed.
     pub nothing_changed: bool,
+    /// With `nothing_changed`: the intent itself could not be written (`Unit::record` left it to
+    /// `apply`, which sends it with the change), so there is no ending to record either.
+    pub unrecorded: bool,
     /// With `nothing_changed`: the error to answer with.
     pub error: Option<anyhow::Error>,
 }
@@ -55,6 +58,12 @@ pub trait Unit: Send + Sync {
     fn journal(&self) -> &Journal;
     /// The `started` record: `base` plus what this unit changes and saves to put it back.
     fn intent(&self, base: &Record) -> Record;
+    /// Records the intent before anything changes: appended to the journal now, or (a unit that
+    /// can) sent by `apply` with its first change, through a gate on the host that writes it
+    /// first (see `ops::swap`).
+    fn record(&mut self, intent: &Record) -> Result<(), StateError> {
+        self.journal().append(intent)
+    }
     /// Gets ready without changing anything (the pull); whether something was fetched.
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool>;
     /// Changes the target and validates it. On failure, whatever was changed is put back by
@@ -454,7 +463,7 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
         notes: notes.to_vec(),
         ..unit.intent(&run.base)
     };
-    if let Err(e) = unit.journal().append(&intent) {
+    if let Err(e) = unit.record(&intent) {
         let lost = !unit.reachable().await;
         let why = format!("record the intent: {e}");
         return failed_early(slot, lost, why, e.into());
@@ -473,6 +482,10 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
         Err(failed) => {
             slot.result.logs = failed.logs;
             slot.probe_unreachable = failed.probe_unreachable;
+            if failed.unrecorded {
+                // Like a refused `record`: nothing changed and nothing is in the journal.
+                slot.intent = None;
+            }
             if failed.nothing_changed {
                 slot.result.step = HostStep::FailedNothingChanged;
                 slot.result.detail = Some(failed.why.clone());

@@ -380,11 +380,29 @@ pub struct Containers<'a> {
     pub plan: Plan,
     /// How many of the plan's containers were swapped (put back in reverse order).
     swapped: usize,
+    /// For a stop-first swap on a remote host: the gate (a channel to the host that writes the
+    /// intent, then hands the swap's calls to the engine), opened by the host ahead
+    /// (`Host::ready_gate`), taken as the intent is recorded.
+    gate: std::sync::Mutex<Option<crate::adapters::ssh::RemoteChannel>>,
+    /// The intent `record` left for the first swap to send through the gate.
+    deferred: Option<Record>,
 }
 
 impl<'a> Containers<'a> {
     pub fn new(host: &'a Host, plan: Plan) -> Self {
-        Self { host, plan, swapped: 0 }
+        Self {
+            host,
+            plan,
+            swapped: 0,
+            gate: std::sync::Mutex::default(),
+            deferred: None,
+        }
+    }
+
+    /// Whether the intent can go with the first swap's calls, in one round trip: a stop-first
+    /// swap of a target whose journal and engine are on a host across a network.
+    fn gates(&self) -> bool {
+        self.host.engine.pipelines() && !self.plan.order.start_first() && self.host.journal.remote_dir().is_some()
     }
 }
 
@@ -415,6 +433,20 @@ impl Unit for Containers<'_> {
             snapshots: plan.config.new_snapshots.clone(),
             ..base.clone()
         }
+    }
+
+    fn record(&mut self, intent: &Record) -> Result<(), state::StateError> {
+        let gate = self.host.take_gate().filter(|_| self.gates());
+        let gate_open = gate.is_some();
+        if let Ok(g) = self.gate.get_mut() {
+            *g = gate;
+        }
+        if gate_open {
+            // Written by the gate, with the first swap's calls (`apply`).
+            self.deferred = Some(intent.clone());
+            return Ok(());
+        }
+        self.host.journal.append(intent)
     }
 
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool> {
@@ -452,8 +484,17 @@ impl Unit for Containers<'_> {
                 format!("swapping {}: {} -> {}", c.name, c.from.display(), plan.to.display()),
             );
             self.swapped += 1;
+            let intent = self.deferred.take();
+            let gate = self.gate.get_mut().ok().and_then(Option::take);
+            let swapping = async {
+                match &intent {
+                    Some(intent) => swap_one_gated(engine, &self.host.journal, c, intent, gate).await,
+                    None => Ok(swap_one(engine, c).await),
+                }
+            };
             // The probe's route (a forward over SSH) is made while the container is swapped.
-            let (swap, ()) = tokio::join!(swap_one(engine, c), engine.prepare_probe(health.http.as_deref()));
+            let (swap, ()) = tokio::join!(swapping, engine.prepare_probe(health.http.as_deref()));
+            let swap = swap?;
             if let Err(e) = swap {
                 return Err(Failed {
                     why: format!("swap {}: {e}", c.name),
@@ -836,6 +877,60 @@ pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineEr
 /// rest still ran: the first failure is the answer, and the caller's revert (which looks at what
 /// is there, `revert_one`) puts the old container back from whatever state they left.
 async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+    first_failure(engine.pipeline(&swap_calls(c)).await, c)
+}
+
+/// The first swap of a remote stop-first swap, in one round trip with its intent: through the
+/// gate on the host (`state::remote::GATE`), which writes and syncs `intent` in the target's
+/// journal before it hands `swap_one_pipelined`'s calls to the engine, so the journal still comes
+/// first. The outer error: the intent could not be written, and nothing changed. Without a gate
+/// (it could not be opened, or the host has no docker CLI), the intent is appended first, then
+/// the calls go as one pipeline.
+async fn swap_one_gated(
+    engine: &Engine,
+    journal: &Journal,
+    c: &ContainerPlan,
+    intent: &Record,
+    gate: Option<crate::adapters::ssh::RemoteChannel>,
+) -> Result<Result<(), EngineError>, Failed> {
+    use crate::adapters::docker::pipeline::Gated;
+    let unrecorded = |e: state::StateError| Failed {
+        why: format!("record the intent: {e}"),
+        nothing_changed: true,
+        unrecorded: true,
+        error: Some(e.into()),
+        ..Failed::default()
+    };
+    let appended_first = |journal: &Journal| journal.append(intent).map_err(unrecorded);
+    let (Some(gate), Some((_, preamble))) = (gate, journal.gate(intent).map_err(unrecorded)?) else {
+        appended_first(journal)?;
+        return Ok(swap_one(engine, c).await);
+    };
+    let crate::adapters::ssh::RemoteChannel { child, stdin, stdout } = gate;
+    let gated = engine.pipeline_gated(stdout, stdin, &preamble, &swap_calls(c)).await;
+    drop(child);
+    match gated {
+        Gated::Ran(answers) => {
+            journal.gated(intent);
+            Ok(first_failure(answers, c))
+        }
+        Gated::Refused(why) => Err(unrecorded(
+            crate::adapters::ssh::SshError::Remote {
+                host: engine.host().to_string(),
+                what: "append to the journal".into(),
+                detail: why,
+            }
+            .into(),
+        )),
+        Gated::NoDocker(_) => {
+            appended_first(journal)?;
+            Ok(swap_one(engine, c).await)
+        }
+    }
+}
+
+/// The calls of one stop-first swap of `c`, in order (see `swap_one_pipelined`).
+fn swap_calls(c: &ContainerPlan) -> Vec<crate::adapters::docker::pipeline::Call> {
     use crate::adapters::docker::pipeline::Call;
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);
     let next = format!("{}{NEXT_SUFFIX}", c.name);
@@ -870,9 +965,13 @@ async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<(), En
         },
         Call::Start { name: c.name.clone() },
     ]);
-    match engine.pipeline(&calls).await.into_iter().find_map(Result::err) {
+    calls
+}
+
+/// The first failing call's error, if any (the policy, set by id, named by the container).
+fn first_failure(answers: Vec<Result<(), EngineError>>, c: &ContainerPlan) -> Result<(), EngineError> {
+    match answers.into_iter().find_map(Result::err) {
         None => Ok(()),
-        // The policy is set by id: the message names the container.
         Some(EngineError::Container {
             action,
             container,

@@ -984,3 +984,40 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     let last = history["operations"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["result"], "reverted", "{history}");
 }
+
+/// The gate writes a remote swap's intent before it lets the swap's calls through to the engine
+/// (both in one round trip): when the journal cannot be written, no call runs at all.
+#[test]
+fn a_remote_swap_whose_intent_cannot_be_written_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = pushed("remote-gate", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let journal = app.state_dir().join("history.jsonl");
+    let before = std::fs::read(&journal).unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let id = h2_ok(&["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &app.name]);
+
+    let run = t.exec(["rollback", "--yes"]);
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(run.code, 10, "the journal failed: {}", run.stderr);
+    assert!(run.stderr.contains("append to the journal"), "{}", run.stderr);
+    assert!(
+        run.stderr.to_lowercase().contains("permission denied"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        h2_ok(&["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &app.name]),
+        id,
+        "untouched"
+    );
+    assert_eq!(
+        containers_named(&app.name, h2),
+        std::slice::from_ref(&app.name),
+        "nothing created"
+    );
+    assert_eq!(serves(&app.name), "1.1.0");
+    assert_eq!(std::fs::read(&journal).unwrap(), before, "the journal as it was");
+}

@@ -193,6 +193,17 @@ impl<S: tokio::io::AsyncRead + Unpin> Reader<S> {
         Ok(())
     }
 
+    /// One line (a gate's answer), without its newline.
+    async fn line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(String::from_utf8_lossy(&line[..i]).to_string());
+            }
+            self.more().await?;
+        }
+    }
+
     async fn answer(&mut self) -> std::io::Result<Answer> {
         let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
         let (status, head_len, length, chunked) = loop {
@@ -290,34 +301,92 @@ impl Engine {
     /// trip. The answers are the calls' results, in order; an answer that never came is an error
     /// of its call. Only for an engine that `pipelines`.
     pub async fn pipeline(&self, calls: &[Call]) -> Vec<Result<(), EngineError>> {
-        let unanswered = |why: &str| -> Vec<Result<(), EngineError>> {
-            calls.iter().map(|c| Err(c.error(why.to_string()))).collect()
-        };
         let Some(path) = self.raw.clone() else {
-            return unanswered("no connection to pipeline on (this is a bug, please report it)");
+            return unanswered(calls, "no connection to pipeline on (this is a bug, please report it)");
         };
         let stream = match self.spare.lock().await.take() {
             Some(s) => s,
             None => match connect(path).await {
                 Ok(s) => s,
-                Err(e) => return unanswered(&format!("connect to the engine: {e}")),
+                Err(e) => return unanswered(calls, &format!("connect to the engine: {e}")),
             },
         };
+        let (read, write) = stream.into_split();
+        match self.run(read, write, None, calls).await {
+            Gated::Ran(answers) => answers,
+            // Without a gate there is no refusal.
+            Gated::Refused(why) | Gated::NoDocker(why) => unanswered(calls, &why),
+        }
+    }
+
+    /// `pipeline` behind a gate on the host: `stream` is a channel running `gate`'s program
+    /// there, which first does what `preamble` asks (writes the operation's intent to the
+    /// journal) and answers `OK` before it hands the rest of its input to the engine (`docker
+    /// system dial-stdio`), so the calls run only once the intent is on the host's disk, in the
+    /// same round trip. A refusal (what it said before `ERR`) means no call ran; so does
+    /// `NODOCKER` (no docker CLI there to hand the calls to).
+    pub async fn pipeline_gated(
+        &self,
+        read: impl tokio::io::AsyncRead + Unpin,
+        write: impl tokio::io::AsyncWrite + Unpin,
+        preamble: &[u8],
+        calls: &[Call],
+    ) -> Gated {
+        self.run(read, write, Some(preamble), calls).await
+    }
+
+    async fn run(
+        &self,
+        read: impl tokio::io::AsyncRead + Unpin,
+        mut write: impl tokio::io::AsyncWrite + Unpin,
+        preamble: Option<&[u8]>,
+        calls: &[Call],
+    ) -> Gated {
         let version = {
             let v = self.docker.client_version();
             format!("{}.{}", v.major_version, v.minor_version)
         };
-        let _waiting = self
-            .wire()
-            .map(|w| w.wait_n(format!("{} calls, pipelined", calls.len()), calls.len()));
-        let (read, mut write) = stream.into_split();
-        if let Err(e) = write.write_all(&requests(calls, &version)).await {
-            return unanswered(&format!("send to the engine: {e}"));
+        let gated = if preamble.is_some() { ", behind the intent" } else { "" };
+        let _waiting = self.wire().map(|w| {
+            let n = calls.len() + usize::from(preamble.is_some());
+            w.wait_n(format!("{} calls, pipelined{gated}", calls.len()), n)
+        });
+        let mut bytes = preamble.map(<[u8]>::to_vec).unwrap_or_default();
+        bytes.extend(requests(calls, &version));
+        if let Err(e) = async {
+            write.write_all(&bytes).await?;
+            write.flush().await
+        }
+        .await
+        {
+            return Gated::Refused(format!("send to the host: {e}"));
         }
         let mut reader = Reader {
             stream: read,
             buf: Vec::new(),
         };
+        if preamble.is_some() {
+            let mut said = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(60), reader.line()).await {
+                    Ok(Ok(l)) if l == "OK" => break,
+                    Ok(Ok(l)) if l == "NODOCKER" => {
+                        return Gated::NoDocker("no docker CLI on the host to hand the calls to".into());
+                    }
+                    Ok(Ok(l)) if l == "ERR" => {
+                        return Gated::Refused(if said.is_empty() {
+                            "the host's shell did not say why".into()
+                        } else {
+                            said.join("; ")
+                        });
+                    }
+                    Ok(Ok(l)) if l.trim().is_empty() => {}
+                    Ok(Ok(l)) => said.push(l.trim().to_string()),
+                    Ok(Err(e)) => return Gated::Refused(format!("the gate on the host ended: {e}")),
+                    Err(_) => return Gated::Refused("the gate on the host did not answer within 60s".into()),
+                }
+            }
+        }
         let mut out = Vec::with_capacity(calls.len());
         for call in calls {
             let answer = tokio::time::timeout(call.budget(), reader.answer()).await;
@@ -338,8 +407,23 @@ impl Engine {
                 break;
             }
         }
-        out
+        Gated::Ran(out)
     }
+}
+
+/// How a gated pipeline went.
+#[derive(Debug)]
+pub enum Gated {
+    /// The gate opened: each call's result.
+    Ran(Vec<Result<(), EngineError>>),
+    /// The gate refused (the intent could not be written): no call ran.
+    Refused(String),
+    /// The host has no docker CLI to hand the calls to: no call ran.
+    NoDocker(String),
+}
+
+fn unanswered(calls: &[Call], why: &str) -> Vec<Result<(), EngineError>> {
+    calls.iter().map(|c| Err(c.error(why.to_string()))).collect()
 }
 
 async fn connect(path: PathBuf) -> std::io::Result<UnixStream> {

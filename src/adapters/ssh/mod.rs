@@ -43,7 +43,7 @@ use crate::domain::address::SshDestination;
 pub use crate::settings::SshOptions;
 pub use forward::{Ahead, remember_engine, remembered_engine};
 pub(crate) use transport::pooled;
-pub use transport::{EngineResponse, socket_transport};
+pub use transport::{EngineResponse, RemoteChannel, socket_transport};
 
 use forward::{Forward, Premade};
 use transport::DialStream;

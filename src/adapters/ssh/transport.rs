@@ -200,6 +200,36 @@ impl SshSession {
     }
 }
 
+impl SshSession {
+    /// A channel running `remote` (a command line for the remote user's shell) on the host,
+    /// its input and output the caller's (the swap's gate); ended when dropped.
+    pub fn open_channel(&self, remote: &str) -> std::io::Result<RemoteChannel> {
+        let mut child = tokio::process::Command::new("ssh")
+            .process_group(0)
+            .args(self.channel_args())
+            .arg("--")
+            .arg(&self.dest.host)
+            .arg(remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("ssh gave no pipes"));
+        };
+        Ok(RemoteChannel { child, stdin, stdout })
+    }
+}
+
+/// A channel of its own running a command on the host: write its input, read its output.
+pub struct RemoteChannel {
+    /// Kept while the channel is used: dropping it ends the channel.
+    pub child: tokio::process::Child,
+    pub stdin: tokio::process::ChildStdin,
+    pub stdout: tokio::process::ChildStdout,
+}
+
 /// One `dial-stdio` channel: its stdout is read, its stdin written.
 pub(super) struct DialStream {
     _child: tokio::process::Child,

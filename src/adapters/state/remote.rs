@@ -30,11 +30,30 @@ pub fn shell_command() -> String {
     format!("sh -c {}", shell_quote(SHELL))
 }
 
+/// `put`: appends `$line` to the journal `$f` in `$d` and syncs it; first writes `$meta` as
+/// `target.json` when the journal is new and ends a torn last line (`$ends`: `torn`, `clean`,
+/// or `unknown`: look at the file); `$size` empty skips making the folder (it exists under the
+/// lock). Shared by the state shell and the gate.
+macro_rules! put_fn {
+    () => {
+        r#"put() {
+  { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
+  if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
+  if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
+  printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }
+}
+"#
+    };
+}
+
 /// The state shell's loop. Each request is a command line and the target folder's relative path
 /// (plus the command's own lines); each answer starts with one status line. Taking the lock
 /// also answers with the journal (the first thing a run that locks reads).
-const SHELL: &str = r#"umask 077; S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held= moded=
-data() { echo DATA; if [ -f "$f" ]; then cat "$f"; fi; printf '\nEND\n'; }
+const SHELL: &str = concat!(
+    r#"umask 077; S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; held= moded=
+"#,
+    put_fn!(),
+    r#"data() { echo DATA; if [ -f "$f" ]; then cat "$f"; fi; printf '\nEND\n'; }
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
@@ -44,10 +63,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
     # Under this shell's lock the run's copy says how the file ends; otherwise it is looked at.
     if [ "$held" = "$d" ] && [ "$ends" != unknown ]; then size=; else size=1; ends=unknown; fi
     # What fails says why on the lines before ERR (stderr joins the answers: no subshell).
-    if { { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
-        if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
-        if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
-        printf '%s\n' "$line" >> "$f" && { sync "$f" 2>/dev/null || sync; }; } 2>&1; then
+    if put 2>&1; then
       # A journal an older backtrack made readable by others becomes its owner's (once a session).
       case "$moded" in *":$f:"*) ;; *) chmod 600 "$f" 2>/dev/null; moded="$moded:$f:" ;; esac
       if [ -n "$size" ]; then echo "OK $(wc -c < "$f")"; else echo OK; fi
@@ -78,7 +94,30 @@ while IFS= read -r cmd && IFS= read -r rel; do
     : > "$d/holder.json"; held=; exec 9>&-; echo OK ;;
   *) echo "ERR unknown request $cmd" ;;
   esac
-done"#;
+done"#
+);
+
+/// The gate of a remote swap (`$1`: the target's folder), a channel of its own, opened while the
+/// swap gets ready: it starts the engine's connection at once (`docker system dial-stdio`, the
+/// engine the docker CLI there uses: the one the session named and the connection forwards),
+/// reading from a FIFO nothing writes yet; then it reads the intent as an append does (`ends`,
+/// `meta`, the record), writes and syncs it, answers `OK`, and only then lets the rest of its
+/// input, the swap's Engine API calls, through to the engine. When the record cannot be written
+/// it says why before `ERR` and ends: the calls are never passed on. Without a docker CLI it
+/// answers `NODOCKER` before reading anything. The engine's connection ends with the channel.
+const GATE: &str = concat!(
+    r#"umask 077; S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; d="$S/$1"; f="$d/history.jsonl"
+"#,
+    put_fn!(),
+    r#"command -v docker >/dev/null 2>&1 || { echo NODOCKER; exit 0; }
+t=$(mktemp -d) && mkfifo "$t/in" || { printf 'make a FIFO on the host\nERR\n'; exit 0; }
+docker system dial-stdio <>"$t/in" 2>/dev/null &
+e=$!
+trap 'kill $e 2>/dev/null; rm -rf "$t"' EXIT
+IFS= read -r ends; IFS= read -r meta; IFS= read -r line
+if [ "$ends" != unknown ]; then size=; else size=1; fi
+if put 2>&1; then chmod 600 "$f" 2>/dev/null; echo OK; cat > "$t/in"; else printf '\nERR\n'; fi"#
+);
 
 /// The state shell's input and output (the SSH connection's own session). The output is taken
 /// after the first request was sent, so that request is on its way while the session starts.
@@ -392,6 +431,46 @@ impl RemoteDir {
         }
     }
 
+    /// The command line of the gate for this target (see `GATE`), for a channel of its own.
+    pub fn gate_command(&self) -> String {
+        format!("sh -c {} sh {}", shell_quote(GATE), shell_quote(&self.relative))
+    }
+
+    /// What the gate reads before the calls: an append of `line` (with `meta` for a new
+    /// journal), worded as the state shell's, how the file ends told by this run's copy.
+    pub fn gate_preamble(&self, line: &[u8], meta: Option<&[u8]>) -> Result<Vec<u8>, SshError> {
+        let line = String::from_utf8_lossy(line).trim_end_matches('\n').to_string();
+        let meta = meta.map(String::from_utf8_lossy).unwrap_or_default();
+        if line.contains('\n') || meta.contains('\n') {
+            return Err(self.shell.fail("append to the journal", "a record spans lines"));
+        }
+        let ends = match self.cached() {
+            Some(c) if c.last().is_some_and(|b| *b != b'\n') => "torn",
+            Some(_) => "clean",
+            None => "unknown",
+        };
+        Ok(format!("{ends}\n{}\n{line}\n", meta.trim_end()).into_bytes())
+    }
+
+    /// The gate wrote `line`: this run's copy of the journal follows.
+    pub fn gate_opened(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line).trim_end_matches('\n').to_string();
+        self.keep(|cache| {
+            if let Some(Some(c)) = cache {
+                if c.last().is_some_and(|b| *b != b'\n') {
+                    c.push(b'\n');
+                }
+                c.extend_from_slice(line.as_bytes());
+                c.push(b'\n');
+            }
+        });
+    }
+
+    /// The SSH connection this state goes through.
+    pub fn ssh(&self) -> &Arc<SshSession> {
+        &self.shell.ssh
+    }
+
     /// The live holder of the target's lock on the host, if someone holds it now.
     pub fn holder(&self) -> Option<Holder> {
         let line = self
@@ -535,5 +614,103 @@ mod tests {
         assert_eq!(status_line(&mut output).unwrap(), "OK");
         drop(input);
         assert!(sh.wait().unwrap().success());
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    use super::GATE;
+
+    /// Runs the gate with the local `sh` in a home of its own, `docker` on PATH being `fake`
+    /// (None: no docker there), `input` on its stdin; returns its stdout and what the fake
+    /// docker was handed.
+    fn gate(fake: Option<&str>, input: &[u8], prepare: impl FnOnce(&std::path::Path)) -> (String, String, String) {
+        let home = tempfile::tempdir().unwrap();
+        let bin = home.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let handed = home.path().join("handed");
+        if let Some(script) = fake {
+            let path = bin.join("docker");
+            std::fs::write(&path, script.replace("HANDED", &handed.display().to_string())).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for tool in [
+            "mktemp", "mkfifo", "cat", "rm", "mkdir", "mv", "tail", "wc", "sync", "chmod", "kill", "sleep",
+        ] {
+            if let Some(found) = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(tool))
+                .find(|p| p.exists())
+            {
+                std::os::unix::fs::symlink(found, bin.join(tool)).ok();
+            }
+        }
+        prepare(home.path());
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", GATE, "sh", "targets/web"])
+            .env_clear()
+            .env("PATH", &bin)
+            .env("HOME", home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        stdin.flush().unwrap();
+        // The channel stays open while the engine answers: wait until the calls were handed on
+        // (or a while, when none will be) before closing it.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(if fake.is_some() { 2000 } else { 200 });
+        while std::time::Instant::now() < deadline
+            && std::fs::metadata(&handed).map_or(true, |m| m.len() == 0)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let journal = std::fs::read_to_string(home.path().join(".local/state/backtrack/targets/web/history.jsonl"))
+            .unwrap_or_default();
+        let handed = std::fs::read_to_string(&handed).unwrap_or_default();
+        (String::from_utf8_lossy(&out.stdout).to_string(), journal, handed)
+    }
+
+    /// A docker CLI whose dial-stdio hands on what it reads, to a file.
+    const FAKE: &str = "#!/bin/sh\n[ \"$1 $2\" = 'system dial-stdio' ] || exit 9\nexec cat > HANDED\n";
+
+    #[test]
+    fn the_gate_writes_the_intent_first_then_hands_the_calls_on() {
+        let input =
+            b"unknown\n{\"target\":\"web\"}\n{\"phase\":\"started\"}\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
+        let (out, journal, handed) = gate(Some(FAKE), input, |_| {});
+        assert_eq!(out, "OK\n");
+        assert_eq!(journal, "{\"phase\":\"started\"}\n");
+        assert_eq!(handed, "POST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_gate_that_cannot_write_the_intent_hands_nothing_on() {
+        let input = b"unknown\n\n{\"phase\":\"started\"}\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
+        let (out, journal, handed) = gate(Some(FAKE), input, |home| {
+            // The journal's folder cannot be made: a file is where it would be.
+            std::fs::create_dir_all(home.join(".local/state/backtrack")).unwrap();
+            std::fs::write(home.join(".local/state/backtrack/targets"), "").unwrap();
+        });
+        assert!(out.ends_with("\nERR\n"), "{out:?}");
+        assert!(out.contains("targets"), "it says why: {out:?}");
+        assert_eq!(journal, "");
+        assert_eq!(handed, "", "no call reached the engine");
+    }
+
+    #[test]
+    fn a_gate_without_a_docker_cli_says_so_before_reading_anything() {
+        let (out, journal, handed) = gate(None, b"unknown\n\n{\"phase\":\"started\"}\n", |_| {});
+        assert_eq!(out, "NODOCKER\n");
+        assert_eq!((journal.as_str(), handed.as_str()), ("", ""));
     }
 }
