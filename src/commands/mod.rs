@@ -151,6 +151,9 @@ impl App<'_> {
             };
             let engine = self.engine().await?;
             let remote = self.remote_state()?;
+            if let Some(dir) = &remote {
+                engine.probe_from_host(dir.shell.prober());
+            }
             let host = Host::new(
                 engine.host().to_string(),
                 engine,

@@ -162,7 +162,9 @@ where
                 .remote_state
                 .clone()
                 .expect("an ssh:// host has a remote state folder");
-            (engine, Some(RemoteDir::new(StateShell::new(session), relative)))
+            let shell = StateShell::new(session);
+            engine.probe_from_host(shell.prober());
+            (engine, Some(RemoteDir::new(shell, relative)))
         }
         (EngineAddress::Tcp { host: name, port }, _) if let Some(files) = host.tls.as_ref() => (
             Engine::connect_tls(name, *port, files, ssh.connect_timeout).await?,

@@ -250,6 +250,15 @@ pub(crate) struct ProbeError {
 /// GETs `url` from where the engine is: through its host's SSH connection for a remote engine.
 pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) -> Result<(), ProbeError> {
     let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
+    // From the host itself when it can (no channel to open through a forward).
+    if let Some(answer) = engine.probe_on_host(url).await {
+        return match answer {
+            Ok(code) if (200..300).contains(&code) => Ok(()),
+            Ok(code) => fail(format!("HTTP {code}"), true),
+            Err((_, false)) => fail(format!("nothing answered at {url} on {}", engine.host()), false),
+            Err((why, true)) => fail(why, true),
+        };
+    }
     let route = match engine.probe_route(url).await {
         Ok(r) => r,
         Err(message) => return fail(message, false),

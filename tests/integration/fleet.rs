@@ -927,3 +927,43 @@ fn fleet_ctrl_c_mid_swap_puts_every_host_back() {
         );
     }
 }
+
+/// A fleet's hosts are reached as a single host is (login from the start, engine socket and probe
+/// forwarded at login, spare channels) and each host probes the way it can: bt-h2 with its own
+/// curl through the state shell (one round trip), bt-h3, which has no curl (it says so once),
+/// through a forwarded channel. Both say so in `-vv`'s timed requests, and `-v` prints each host's round trips.
+#[test]
+fn each_fleet_host_probes_from_itself_with_curl_or_through_a_forward_without_it() {
+    let repo = pushed("fleetprobe");
+    let hosts = [h2(), h3()];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+
+    let run = t.exec(["-vv", "rollback", "--yes"]).success();
+    let url = format!("http://127.0.0.1:{}/health", app.port);
+    let asked = |host: &str, what: &str| {
+        run.stderr
+            .lines()
+            .any(|l| l.contains(host) && l.contains(&format!("-> {what}")))
+    };
+    assert!(asked(h2(), &format!("probe {url} from the host")), "{}", run.stderr);
+    assert!(asked(h3(), &format!("probe {url}")), "{}", run.stderr);
+    // bt-h3 said once that it has no curl; it is not asked again.
+    let from_h3 = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(h3()) && l.contains(&format!("-> probe {url} from the host")))
+        .count();
+    assert_eq!(from_h3, 1, "{}", run.stderr);
+    // The swap's calls went behind the intent on both, in one request.
+    for h in hosts {
+        assert!(asked(h, "7 calls, pipelined, behind the intent"), "{h}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("round trips to {h}, by phase:")),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+    }
+}

@@ -181,7 +181,14 @@ pub struct Engine {
     raw: Option<std::path::PathBuf>,
     /// A connection opened ahead for the next `pipeline`.
     spare: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
+    /// An HTTP probe made by the engine's host itself (the state shell's `curl`), for an engine
+    /// over SSH: one round trip where a forward opens a channel first.
+    host_probe: std::sync::OnceLock<HostProber>,
 }
+
+/// GETs a URL from the engine's host (blocking): its status, or why not and whether anything
+/// answered; `None` when the host cannot (then the probe goes through a forward).
+pub type HostProber = Arc<dyn Fn(&str) -> Option<Result<u16, (String, bool)>> + Send + Sync>;
 
 /// Where an HTTP probe is sent so that it reaches what the engine's host would reach.
 #[derive(Debug, Clone)]
@@ -340,7 +347,20 @@ impl Engine {
             images: std::sync::Mutex::default(),
             raw: None,
             spare: tokio::sync::Mutex::default(),
+            host_probe: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Probes go through `prober` on the engine's host from now on, where it can.
+    pub fn probe_from_host(&self, prober: HostProber) {
+        let _ = self.host_probe.set(prober);
+    }
+
+    /// `url` probed by the engine's host itself, when it can (see `probe_from_host`).
+    pub async fn probe_on_host(&self, url: &str) -> Option<Result<u16, (String, bool)>> {
+        let prober = self.host_probe.get()?.clone();
+        let url = url.to_string();
+        tokio::task::spawn_blocking(move || prober(&url)).await.ok()?
     }
 
     /// The same engine, with `raw` as the socket its calls can be pipelined on.

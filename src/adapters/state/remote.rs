@@ -70,6 +70,15 @@ while IFS= read -r cmd && IFS= read -r rel; do
     else
       printf '\nERR\n'
     fi ;;
+  probe)
+    # An HTTP probe from the host itself, in this shell's round trip (no channel to open).
+    IFS= read -r url
+    if command -v curl >/dev/null 2>&1; then
+      code=$(curl -s -o /dev/null -w '%{http_code} %{time_connect}' --noproxy '*' --connect-timeout 1 --max-time 2 -- "$url" 2>/dev/null)
+      echo "PROBE $? $code"
+    else
+      echo "PROBE none"
+    fi ;;
   holder)
     if [ -e "$d/lock" ] && ! ( exec 8>>"$d/lock" && flock -n 8 ) 2>/dev/null; then
       printf 'HOLDER %s\n' "$(head -n 1 "$d/holder.json" 2>/dev/null)"
@@ -140,6 +149,55 @@ pub struct StateShell {
     /// or written (`None`: to be read from the host): while the lock is held, a read costs no
     /// round trip.
     journals: Mutex<std::collections::HashMap<String, Option<Vec<u8>>>>,
+    /// The host has no `curl`: probes go through forwards.
+    no_curl: std::sync::atomic::AtomicBool,
+}
+
+impl StateShell {
+    /// This shell's `probe` as the engine's prober (`Engine::probe_from_host`).
+    pub fn prober(self: &Arc<Self>) -> crate::adapters::docker::HostProber {
+        let shell = self.clone();
+        Arc::new(move |url: &str| {
+            shell.probe(url).map(|p| match p {
+                HostProbe::Status(code) => Ok(code),
+                HostProbe::Failed { why, reached } => Err((why, reached)),
+            })
+        })
+    }
+}
+
+/// What an HTTP probe from the host found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostProbe {
+    /// An answer with this status.
+    Status(u16),
+    /// No answer: why, and whether a server was reached at all (a timeout after connecting is).
+    Failed { why: String, reached: bool },
+}
+
+impl HostProbe {
+    /// From `curl`'s exit code, `%{http_code}` and whether it connected (`%{time_connect}`).
+    fn from_curl(rc: i32, code: u16, connected: bool) -> Self {
+        match rc {
+            0 => Self::Status(code),
+            7 => Self::Failed {
+                why: "connection refused".into(),
+                reached: false,
+            },
+            6 => Self::Failed {
+                why: "could not resolve the host".into(),
+                reached: false,
+            },
+            28 => Self::Failed {
+                why: "timed out".into(),
+                reached: connected,
+            },
+            other => Self::Failed {
+                why: format!("no answer (curl exit {other})"),
+                reached: connected,
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for StateShell {
@@ -154,7 +212,34 @@ impl StateShell {
             ssh,
             channel: Mutex::new(None),
             journals: Mutex::default(),
+            no_curl: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// GETs `url` from the host itself with its `curl`, in one round trip of this shell (a
+    /// probe through a forward opens a channel first): `None` when the host has no `curl` (then
+    /// never asked again) or the shell ended. Blocking.
+    pub fn probe(&self, url: &str) -> Option<HostProbe> {
+        use std::sync::atomic::Ordering;
+        if self.no_curl.load(Ordering::Relaxed) || url.contains('\n') {
+            return None;
+        }
+        let line = self
+            .request(&format!("probe {url} from the host"), &["probe", "-", url], status_line)
+            .ok()?;
+        let rest = line.strip_prefix("PROBE ")?;
+        if rest == "none" {
+            self.no_curl.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let mut words = rest.split_whitespace();
+        let rc = words.next().and_then(|w| w.parse().ok()).unwrap_or(-1);
+        let code = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let connected = words
+            .next()
+            .and_then(|w| w.parse::<f64>().ok())
+            .is_some_and(|t| t > 0.0);
+        Some(HostProbe::from_curl(rc, code, connected))
     }
 
     fn fail(&self, what: &str, detail: impl Into<String>) -> SshError {
@@ -660,8 +745,8 @@ mod gate_tests {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).unwrap();
-        stdin.flush().unwrap();
+        // A gate that ends before reading (NODOCKER) closes its end: that is no failure here.
+        let _ = stdin.write_all(input).and_then(|()| stdin.flush());
         // The channel stays open while the engine answers: wait until the calls were handed on
         // (or a while, when none will be) before closing it.
         let deadline =
@@ -712,5 +797,76 @@ mod gate_tests {
         let (out, journal, handed) = gate(None, b"unknown\n\n{\"phase\":\"started\"}\n", |_| {});
         assert_eq!(out, "NODOCKER\n");
         assert_eq!((journal.as_str(), handed.as_str()), ("", ""));
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    use super::{HostProbe, SHELL};
+
+    /// Asks the state shell (the local `sh`, with this machine's `curl`) to probe `url`.
+    fn probe(url: &str) -> String {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", SHELL])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = sh.stdin.take().unwrap();
+        writeln!(input, "probe\n-\n{url}").unwrap();
+        drop(input);
+        let mut line = String::new();
+        BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        sh.wait().unwrap();
+        line.trim_end().to_string()
+    }
+
+    #[test]
+    fn the_state_shell_probes_from_the_host_and_tells_refused_from_answered() {
+        assert!(
+            std::process::Command::new("curl").arg("--version").output().is_ok(),
+            "the test needs curl (as the hosts do for a probe in one round trip)"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+        });
+        let answered = probe(&format!("http://127.0.0.1:{port}/health"));
+        server.join().unwrap();
+        let words: Vec<&str> = answered.split_whitespace().collect();
+        assert_eq!(&words[..3], ["PROBE", "0", "503"], "{answered}");
+        // Nothing listens there any more.
+        let refused = probe(&format!("http://127.0.0.1:{port}/health"));
+        assert!(refused.starts_with("PROBE 7 000"), "{refused}");
+    }
+
+    #[test]
+    fn curl_answers_map_to_what_was_reached() {
+        assert_eq!(HostProbe::from_curl(0, 200, true), HostProbe::Status(200));
+        let refused = HostProbe::from_curl(7, 0, false);
+        assert!(
+            matches!(refused, HostProbe::Failed { reached: false, .. }),
+            "{refused:?}"
+        );
+        // A timeout after connecting reached a server (a hung app), one before did not.
+        assert!(matches!(
+            HostProbe::from_curl(28, 0, true),
+            HostProbe::Failed { reached: true, .. }
+        ));
+        assert!(matches!(
+            HostProbe::from_curl(28, 0, false),
+            HostProbe::Failed { reached: false, .. }
+        ));
+        assert!(matches!(
+            HostProbe::from_curl(52, 0, true),
+            HostProbe::Failed { reached: true, .. }
+        ));
     }
 }
