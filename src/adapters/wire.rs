@@ -11,6 +11,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A round trip at least this long makes it worth starting a program on the host (the swap's
+/// gate, a `curl` probe) to save one: on a LAN the program costs more than the trip.
+pub const FAR: Duration = Duration::from_millis(3);
+
 /// One host's round trips and time, by phase.
 #[derive(Debug)]
 pub struct Wire {
@@ -126,6 +130,18 @@ impl Wire {
         {
             last.2 = 2;
         }
+    }
+
+    /// The quickest wait on the host so far: about one round trip (none yet: `None`).
+    pub fn quickest(&self) -> Option<Duration> {
+        let s = self.state.lock().ok()?;
+        s.done.iter().map(|w| w.2 - w.1).min()
+    }
+
+    /// Whether the host is far enough that a round trip costs more than starting a program
+    /// there (`FAR`): unknown counts as far.
+    pub fn far(&self) -> bool {
+        self.quickest().is_none_or(|d| d >= FAR)
     }
 
     /// Every phase so far, in the order first entered, the current one's time up to now.
@@ -271,6 +287,19 @@ mod tests {
         drop(probe);
         let s = wire.summary();
         assert_eq!(s.iter().find(|p| p.phase == "validate").unwrap().round_trips, 2);
+    }
+
+    #[test]
+    fn a_host_is_far_when_its_quickest_wait_is_a_costly_round_trip() {
+        let wire = Wire::new("h");
+        assert!(wire.far(), "unknown counts as far");
+        drop(wire.wait("quick"));
+        assert!(!wire.far(), "{:?}", wire.quickest());
+        let slow = Wire::new("h");
+        let w = slow.wait("slow");
+        std::thread::sleep(FAR + Duration::from_millis(1));
+        drop(w);
+        assert!(slow.far());
     }
 
     #[test]

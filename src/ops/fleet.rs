@@ -35,7 +35,8 @@ impl Host {
     /// channel is open, and the engine's connection behind it made, by the time the swap goes.
     /// Only for a target whose journal and engine are across a network.
     pub fn ready_gate(&self) {
-        if !self.engine.pipelines() {
+        // On a LAN, starting the gate's programs costs more than the round trip it saves.
+        if !self.engine.pipelines() || !self.engine.far() {
             return;
         }
         if let Some(dir) = &self.remote

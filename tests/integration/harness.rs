@@ -1049,3 +1049,60 @@ impl Poller {
         self.thread.take().unwrap().join().unwrap()
     }
 }
+
+/// A TCP relay on loopback that adds `rtt` of round-trip time (half each way, every chunk in
+/// order) in front of `target_port`: a host across a network, for what backtrack does only when
+/// a round trip costs more than starting a program on the host (the swap's gate, a `curl`
+/// probe). Runs until the test ends.
+pub struct Latency {
+    pub port: u16,
+}
+
+impl Latency {
+    pub fn in_front_of(target_port: u16, rtt: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || relay(from, to, rtt / 2));
+                }
+            }
+        });
+        Self { port }
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read (a reader thread and a writer
+/// thread, so a chunk's delay does not add to the next one's).
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let _ = from.set_nodelay(true);
+    let _ = to.set_nodelay(true);
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || tx.send((std::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}

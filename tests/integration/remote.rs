@@ -992,15 +992,28 @@ fn a_remote_swap_whose_intent_cannot_be_written_changes_nothing() {
     use std::os::unix::fs::PermissionsExt;
     let repo = pushed("remote-gate", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
-    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    // Across a network (the gate is used where a round trip costs more than its programs).
+    let far = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, Duration::from_millis(10));
+    let t = remote_test(
+        &repo,
+        &app,
+        &format!("ssh://bt-remote@127.0.0.1:{}", far.port),
+        "/health",
+        "20s",
+    );
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     let journal = app.state_dir().join("history.jsonl");
     let before = std::fs::read(&journal).unwrap();
     std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o400)).unwrap();
     let id = h2_ok(&["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &app.name]);
 
-    let run = t.exec(["rollback", "--yes"]);
+    let run = t.exec(["-vv", "rollback", "--yes"]);
     std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        run.stderr.contains("calls, pipelined, behind the intent"),
+        "through the gate: {}",
+        run.stderr
+    );
     assert_eq!(run.code, 10, "the journal failed: {}", run.stderr);
     assert!(run.stderr.contains("append to the journal"), "{}", run.stderr);
     assert!(

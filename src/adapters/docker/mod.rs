@@ -351,6 +351,12 @@ impl Engine {
         }
     }
 
+    /// Whether the engine is across a network where a round trip costs more than starting a
+    /// program on its host (`wire::FAR`).
+    pub fn far(&self) -> bool {
+        self.wire().is_some_and(|w| w.far())
+    }
+
     /// Probes go through `prober` on the engine's host from now on, where it can.
     pub fn probe_from_host(&self, prober: HostProber) {
         let _ = self.host_probe.set(prober);
@@ -358,6 +364,10 @@ impl Engine {
 
     /// `url` probed by the engine's host itself, when it can (see `probe_from_host`).
     pub async fn probe_on_host(&self, url: &str) -> Option<Result<u16, (String, bool)>> {
+        // On a LAN a channel costs less than starting curl there.
+        if !self.far() {
+            return None;
+        }
         let prober = self.host_probe.get()?.clone();
         let url = url.to_string();
         tokio::task::spawn_blocking(move || prober(&url)).await.ok()?
