@@ -402,7 +402,10 @@ impl<'a> Containers<'a> {
     /// Whether the intent can go with the first swap's calls, in one round trip: a stop-first
     /// swap of a target whose journal and engine are on a host across a network.
     fn gates(&self) -> bool {
-        self.host.engine.pipelines() && !self.plan.order.start_first() && self.host.journal.remote_dir().is_some()
+        self.host.engine.pipelines()
+            && self.host.engine.far()
+            && !self.plan.order.start_first()
+            && self.host.journal.remote_dir().is_some()
     }
 }
 
@@ -849,7 +852,9 @@ async fn set_aside(engine: &Engine, c: &ContainerPlan, backup: &str) -> Result<(
 
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
 pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
-    if engine.pipelines() {
+    // Across a network, one round trip for every step; nearby, the create is off the critical
+    // path, beside the stop.
+    if engine.pipelines() && engine.far() {
         return swap_one_pipelined(engine, c).await;
     }
     let backup = format!("{}{BACKUP_SUFFIX}", c.name);

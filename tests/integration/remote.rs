@@ -914,7 +914,15 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     let data = tempfile::tempdir().unwrap();
     let mount = format!("type=bind,source={},target=/data", data.path().display());
     let app = RemoteApp::run_with(&format!("{}:v1.0.0", repo.image()), &["--mount", &mount]);
-    let t = remote_test(&repo, &app, host(), "/health", "20s");
+    // Across a network: the steps go as one pipeline there.
+    let far = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, Duration::from_millis(10));
+    let t = remote_test(
+        &repo,
+        &app,
+        &format!("ssh://bt-remote@127.0.0.1:{}", far.port),
+        "/health",
+        "20s",
+    );
     // The journal keeps 1.0.0's config, with the mount.
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     // By hand, 1.1.0 is run again without it, and the folder goes.
@@ -941,7 +949,8 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     let id_before = h2_ok(&["inspect", "--format", "{{.Id}}", &app.name]);
     let started_before = h2_ok(&["inspect", "--format", "{{.State.StartedAt}}", &app.name]);
 
-    let run = t.exec(["-v", "rollback", "--restore-config", "--yes"]).code(6);
+    let run = t.exec(["-vv", "rollback", "--restore-config", "--yes"]).code(6);
+    assert!(run.stderr.contains("calls, pipelined"), "{}", run.stderr);
     assert!(run.stderr.contains("bind source path does not exist"), "{}", run.stderr);
     assert!(run.stderr.contains("create container"), "{}", run.stderr);
     assert!(
