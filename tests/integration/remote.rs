@@ -163,6 +163,14 @@ pub(crate) fn host() -> &'static str {
     &hosts().h2
 }
 
+/// `remote_test` on the host reached through a 10 ms latency relay: across a network, where the
+/// swap's steps go as one pipeline behind the gate. The relay lives as long as the second value.
+fn far_remote_test(repo: &Repo, app: &RemoteApp) -> (Test, crate::harness::Latency) {
+    let far = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, Duration::from_millis(10));
+    let address = format!("ssh://bt-remote@127.0.0.1:{}", far.port);
+    (remote_test(repo, app, &address, "/health", "20s"), far)
+}
+
 fn pushed(test: &str, versions: &[&str]) -> Repo {
     crate::harness::require_services();
     require_remote();
@@ -915,14 +923,7 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     let mount = format!("type=bind,source={},target=/data", data.path().display());
     let app = RemoteApp::run_with(&format!("{}:v1.0.0", repo.image()), &["--mount", &mount]);
     // Across a network: the steps go as one pipeline there.
-    let far = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, Duration::from_millis(10));
-    let t = remote_test(
-        &repo,
-        &app,
-        &format!("ssh://bt-remote@127.0.0.1:{}", far.port),
-        "/health",
-        "20s",
-    );
+    let (t, _far) = far_remote_test(&repo, &app);
     // The journal keeps 1.0.0's config, with the mount.
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     // By hand, 1.1.0 is run again without it, and the folder goes.
@@ -1002,14 +1003,7 @@ fn a_remote_swap_whose_intent_cannot_be_written_changes_nothing() {
     let repo = pushed("remote-gate", &["v1.0.0", "v1.1.0"]);
     let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
     // Across a network (the gate is used where a round trip costs more than its programs).
-    let far = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, Duration::from_millis(10));
-    let t = remote_test(
-        &repo,
-        &app,
-        &format!("ssh://bt-remote@127.0.0.1:{}", far.port),
-        "/health",
-        "20s",
-    );
+    let (t, _far) = far_remote_test(&repo, &app);
     t.exec(["deploy", "v1.1.0", "--yes"]).success();
     let journal = app.state_dir().join("history.jsonl");
     let before = std::fs::read(&journal).unwrap();

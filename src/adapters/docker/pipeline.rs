@@ -8,7 +8,6 @@
 //! Only where round trips cost something: an engine behind an SSH connection's forwarded socket.
 //! The connection is opened ahead of need (`ready`), so its channel is open when the calls go.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, RestartPolicy};
@@ -306,7 +305,7 @@ impl Engine {
         };
         let stream = match self.spare.lock().await.take() {
             Some(s) => s,
-            None => match connect(path).await {
+            None => match UnixStream::connect(path).await {
                 Ok(s) => s,
                 Err(e) => return unanswered(calls, &format!("connect to the engine: {e}")),
             },
@@ -424,10 +423,6 @@ pub enum Gated {
 
 fn unanswered(calls: &[Call], why: &str) -> Vec<Result<(), EngineError>> {
     calls.iter().map(|c| Err(c.error(why.to_string()))).collect()
-}
-
-async fn connect(path: PathBuf) -> std::io::Result<UnixStream> {
-    UnixStream::connect(path).await
 }
 
 #[cfg(test)]
