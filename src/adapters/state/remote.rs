@@ -32,11 +32,12 @@ pub fn shell_command() -> String {
 
 /// `put`: appends `$line` to the journal `$f` in `$d` and syncs it; first writes `$meta` as
 /// `target.json` when the journal is new and ends a torn last line (`$ends`: `torn`, `clean`,
-/// or `unknown`: look at the file); `$size` empty skips making the folder (it exists under the
+/// or `unknown`: look at the file); an empty `$line` is refused; `$size` empty skips making the folder (it exists under the
 /// lock). Shared by the state shell and the gate.
 macro_rules! put_fn {
     () => {
         r#"put() {
+  { [ -n "$line" ] || { echo 'refused an empty record'; false; }; } &&
   { [ -z "$size" ] || [ -d "$d" ] || mkdir -p "$d"; } &&
   if [ -n "$meta" ] && [ ! -s "$f" ]; then printf '%s\n' "$meta" > "$d/target.json.tmp.$$" && mv "$d/target.json.tmp.$$" "$d/target.json"; fi &&
   if [ "$ends" = torn ] || { [ "$ends" = unknown ] && [ -s "$f" ] && [ "$(tail -c 1 "$f" | wc -l)" -eq 0 ]; }; then printf '\n' >> "$f"; fi &&
@@ -123,7 +124,8 @@ t=$(mktemp -d) && mkfifo "$t/in" || { printf 'make a FIFO on the host\nERR\n'; e
 docker system dial-stdio <>"$t/in" 2>/dev/null &
 e=$!
 trap 'kill $e 2>/dev/null; rm -rf "$t"' EXIT
-IFS= read -r ends; IFS= read -r meta; IFS= read -r line
+# A channel closed before its intent (a swap that went another way) writes nothing.
+IFS= read -r ends && IFS= read -r meta && IFS= read -r line || exit 0
 if [ "$ends" != unknown ]; then size=; else size=1; fi
 if put 2>&1; then chmod 600 "$f" 2>/dev/null; echo OK; cat > "$t/in"; else printf '\nERR\n'; fi"#
 );
@@ -695,6 +697,14 @@ mod tests {
             why.contains("history.jsonl") && why.to_lowercase().contains("directory"),
             "{why}"
         );
+        // An empty record (a request cut short) is refused, the journal left as it was.
+        ask(&["append", "t", "clean", "", ""]);
+        let why = append_answer(&mut output).unwrap().unwrap_err();
+        assert!(why.contains("empty record"), "{why}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "{\"a\":1}\n{\"torn\n{\"b\":2}\n"
+        );
         ask(&["unlock", "t"]);
         assert_eq!(status_line(&mut output).unwrap(), "OK");
         drop(input);
@@ -790,6 +800,21 @@ mod gate_tests {
         assert!(out.contains("targets"), "it says why: {out:?}");
         assert_eq!(journal, "");
         assert_eq!(handed, "", "no call reached the engine");
+    }
+
+    /// The gate is opened ahead of the swap; a swap that goes another way (the host turned out
+    /// near, the plan is start-first, or it failed first) closes it unused. That once appended
+    /// an empty line, ahead of the first record (so `target.json` was never written).
+    #[test]
+    fn a_gate_closed_before_its_intent_writes_nothing() {
+        let (out, journal, handed) = gate(Some(FAKE), b"", |home| {
+            let dir = home.join(".local/state/backtrack/targets/web");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("history.jsonl"), "{\"phase\":\"finished\"}\n").unwrap();
+        });
+        assert_eq!(out, "");
+        assert_eq!(journal, "{\"phase\":\"finished\"}\n");
+        assert_eq!(handed, "");
     }
 
     #[test]
