@@ -55,6 +55,12 @@ pub enum Failure {
     Unhealthy(String),
     #[error("find {what}")]
     NeedsRebuild { what: String },
+    #[error(
+        "find {version} for every service of the release: {} (push it there, or pick a version every \
+         service has: `backtrack versions` marks them `release`)",
+        missing.join(", ")
+    )]
+    ReleaseIncomplete { version: String, missing: Vec<String> },
     #[error("choose a retention policy: no --policy FILE, and {} has no [retention] policy", config.display())]
     NoPolicy { config: std::path::PathBuf },
     #[error("settle the interrupted {what}: {detail}")]
@@ -97,7 +103,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 Failure::Usage(_) => USAGE,
                 Failure::Interrupted => INTERRUPTED,
                 Failure::Unhealthy(_) => ERROR,
-                Failure::NeedsRebuild { .. } => NO_SUCH_VERSION,
+                Failure::NeedsRebuild { .. } | Failure::ReleaseIncomplete { .. } => NO_SUCH_VERSION,
                 Failure::NoPolicy { .. } => USAGE,
                 Failure::SettleFailed { .. } => REVERT_FAILED,
                 Failure::NotRecorded { .. } => ERROR,

@@ -21,6 +21,7 @@ use crate::ops::hooks::{self, HookEnv, Hooks};
 use crate::ops::mark::{MarkRequest, keep_on_host, mark_good};
 use crate::ops::operation::{self, Ended, Run, Slot, Unit};
 use crate::ops::rebuild;
+use crate::ops::release;
 use crate::ops::swap::{self, Plan, SwapReport};
 use crate::ops::swarm as swarm_ops;
 use crate::ops::{catalog::Catalog, deployed, interrupt, recover, resolve, validate};
@@ -249,12 +250,25 @@ async fn swap_command(
     let target = app.target()?;
     let swarm = target.kind == TargetKind::Swarm;
     refuse_flags_of_other_kinds(target, common)?;
-    let registry: std::sync::Arc<dyn crate::adapters::registry::Registry> = app.registry()?.into();
+    if swarm && target.is_release() {
+        anyhow::bail!(
+            "{} {}: a release of several Swarm services (`names` with kind = \"swarm\") is not built yet; \
+             roll back each service as a target of its own (`name`), or use containers or compose",
+            op.as_str(),
+            target.display()
+        );
+    }
+    // A release's services each have their registry; the first one's resolves the selector.
+    let registries = app.registries()?;
+    let registry = registries[0].clone();
     // The registry's tags do not depend on the target: they are listed while the locks are taken
     // (for a remote target, while the connection logs in).
     let tags = tokio::spawn({
-        let registry = registry.clone();
-        async move { Catalog::load(registry.as_ref()).await }
+        let registries = registries.clone();
+        async move {
+            let loads = registries.iter().map(|r| Catalog::load(r.as_ref()));
+            futures::future::try_join_all(loads).await
+        }
     });
     let command = format!("backtrack {} {input}", op.as_str());
     let (hosts, skipped) = app
@@ -284,7 +298,7 @@ async fn swap_command(
         .map(|h| h.journal.read().map(|records| Configs::new(&records, restore)))
         .collect::<Result<_, _>>()?;
     let ops = configs[order[0]].ops();
-    let repository = registry.name();
+    let repository = project.registry.display();
     // A Swarm service is read once: its spec for the plan, its tasks for what runs.
     let mut service = None;
     let mut current = Vec::new();
@@ -304,7 +318,8 @@ async fn swap_command(
         }
     }
     let current_ref = current[order[0]].first().map(|d| d.image.clone());
-    let catalog = tags.await.context("list the registry's tags")??;
+    let mut catalogs: Vec<Catalog> = tags.await.context("list the registry's tags")??;
+    let catalog = catalogs.remove(0);
     let Some((chosen, note)) = resolve_or_rebuild(
         app,
         registry.as_ref(),
@@ -320,18 +335,23 @@ async fn swap_command(
         return Ok(());
     };
 
+    // A release: every service's image of the chosen version (refused when one lacks it).
+    let images = if target.is_release() {
+        let all: Vec<&Catalog> = std::iter::once(&catalog).chain(&catalogs).collect();
+        release::images_of(target, &registries, &all, &chosen.image).await?
+    } else {
+        Vec::new()
+    };
+    let image = registry.pull_reference(&chosen.digest);
+    // What each container goes to (in a release, its service's image).
+    let each_of = |cur: &[deployed::Deployed]| release::each(cur, &images, &chosen.image, &image);
     // Already there, unless it runs there in emergency mode: then the swap leaves that mode.
     let in_emergency = |d: &deployed::Deployed| {
         d.container
             .labels
             .contains_key(crate::adapters::docker::LABEL_EMERGENCY)
     };
-    let already = |cur: &[deployed::Deployed]| {
-        !cur.is_empty()
-            && cur
-                .iter()
-                .all(|d| d.digest.as_ref() == Some(&chosen.digest) && !in_emergency(d))
-    };
+    let already = |cur: &[deployed::Deployed]| release::already(cur, &each_of(cur)) && !cur.iter().any(in_emergency);
     if !fleet && (current[0].is_empty() || already(&current[0])) {
         return app.printer.report(&SwapReport {
             op,
@@ -357,7 +377,6 @@ async fn swap_command(
             chosen.image.display()
         ));
     }
-    let image = registry.pull_reference(&chosen.digest);
     // What each host would do, read while the migration guard's floor is (both only inspect):
     // the running image may forbid versions below a floor, on any host.
     let mut plans: Vec<Option<Planned>> = Vec::new();
@@ -389,7 +408,7 @@ async fn swap_command(
     } else {
         let order_asked = swap::order_asked(common.order, target);
         let read = futures::future::join_all(hosts.iter().zip(&current).zip(&configs).map(|((h, cur), configs)| {
-            let (image, chosen) = (&image, &chosen);
+            let image = &image;
             async move {
                 // Whether the image is there is asked at the same time (the pull's first question).
                 let (floor, plan, ()) = tokio::join!(
@@ -398,7 +417,7 @@ async fn swap_command(
                         if already(cur) {
                             return Ok(None);
                         }
-                        swap::plan(&h.engine, op, target, cur, &chosen.image, image, order_asked, configs)
+                        swap::plan_each(&h.engine, op, target, cur, &each_of(cur), order_asked, configs)
                             .await
                             .map(Some)
                     },
@@ -518,6 +537,7 @@ async fn swap_command(
     base.target = Some(target.display());
     base.from = current_ref.clone();
     base.to = Some(chosen.image.clone());
+    base.services = images.iter().map(|s| (s.service.clone(), s.image.clone())).collect();
     if !skipped.is_empty() {
         base.detail = Some(format!("fleet run without unreachable host(s): {}", skipped.join(", ")));
     }
@@ -653,7 +673,7 @@ async fn swap_command(
         app.printer.report(&report)?;
         fleet_verdict(&report, &ended, &chosen.image)?;
     }
-    if ended.outcome == Outcome::Ok && !common.no_warm && !swarm {
+    if ended.outcome == Outcome::Ok && !common.no_warm && !swarm && !target.is_release() {
         warm_after(app, registry.as_ref(), &catalog, &hosts, &chosen.image).await;
     }
     if common.mark_good {
@@ -662,7 +682,7 @@ async fn swap_command(
             registry.as_ref(),
             &catalog,
             &hosts,
-            &chosen.image,
+            (&chosen.image, release::others(&registries, &images)),
             &current,
             common,
         )
@@ -1189,7 +1209,8 @@ async fn mark_after_validation(
     registry: &dyn crate::adapters::registry::Registry,
     catalog: &Catalog,
     hosts: &[crate::ops::fleet::Host],
-    to: &ImageRef,
+    // What to mark, and for a release the other services' images whose pointers move with it.
+    (to, others): (&ImageRef, release::Others),
     current: &[Vec<deployed::Deployed>],
     common: &SwapCommon,
 ) -> anyhow::Result<()> {
@@ -1254,6 +1275,8 @@ async fn mark_after_validation(
             pointer: &pointer,
             previous,
             reason: common.reason.as_deref(),
+            first: target.members.first().map(|m| m.name.clone()),
+            others,
         },
     )
     .await?;

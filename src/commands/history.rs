@@ -128,6 +128,13 @@ impl Report for Numbered {
         if !o.containers.is_empty() {
             field("containers", escape(&o.containers.join(", ")));
         }
+        // A release: each service's image of the version.
+        for (i, (service, to)) in o.services.iter().enumerate() {
+            field(
+                if i == 0 { "services" } else { "" },
+                escape(&format!("{service} -> {}", image(Some(to)))),
+            );
+        }
         for (i, n) in o.notes.iter().enumerate() {
             field(if i == 0 { "notes" } else { "" }, escape(n));
         }

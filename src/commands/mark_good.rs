@@ -16,7 +16,11 @@ use crate::ops::{catalog::Catalog, deployed, resolve};
 
 pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     let project = app.project()?;
-    let registry = app.registry()?;
+    // A release marks every service's image of one version: the first service's registry
+    // resolves it, the others' pointers move with it.
+    let registries = app.registries()?;
+    let registry = &registries[0];
+    let release = project.target.as_ref().filter(|t| t.is_release());
     let pointer = project.lkg_tag();
     let fleet = app.is_fleet();
     let command = "backtrack mark-good";
@@ -40,11 +44,12 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
         })?;
         ops.push(history::operations(&records));
     }
-    let current = running(app, &hosts, &registry.name(), args.selector.is_some()).await?;
-    let catalog = Catalog::load(registry.as_ref()).await?;
+    let current = running(app, &hosts, &project.registry.display(), args.selector.is_some()).await?;
+    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let catalog = &catalogs[0];
     let chosen: ImageRef = match &args.selector {
         Some(s) => {
-            resolve::resolve(registry.as_ref(), &catalog, s, &ops[0], current.as_ref(), &pointer)
+            resolve::resolve(registry.as_ref(), catalog, s, &ops[0], current.as_ref(), &pointer)
                 .await?
                 .image
         }
@@ -72,9 +77,18 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
             "mark {v} good: its last validation{on} failed (see `backtrack history`); pass --force if you are sure"
         );
     }
-    let previous = resolve::last_known_good(registry.as_ref(), &catalog, &ops[0], &pointer).await?;
+    let previous = resolve::last_known_good(registry.as_ref(), catalog, &ops[0], &pointer).await?;
+    let others = match release {
+        Some(t) => {
+            let all: Vec<&Catalog> = catalogs.iter().collect();
+            let images = crate::ops::release::images_of(t, &registries, &all, &chosen).await?;
+            crate::ops::release::others(&registries, &images)
+        }
+        None => Vec::new(),
+    };
     if args.dry_run {
         return app.printer.report(&MarkReport {
+            also: others.iter().map(|(r, _)| r.name()).collect(),
             dry_run: true,
             repository: registry.name(),
             pointer,
@@ -93,6 +107,8 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
             pointer: &pointer,
             previous,
             reason: args.reason.as_deref(),
+            first: release.and_then(|t| t.members.first()).map(|m| m.name.clone()),
+            others,
         },
     )
     .await?;
@@ -139,7 +155,19 @@ async fn running(app: &App<'_>, hosts: &[Host], repository: &str, named: bool) -
             Err(e) => return Err(e),
         }
     }
-    if !named {
+    if !named && target.is_release() {
+        // A release is marked when its services run one version.
+        let services: Vec<(&str, Option<&str>)> = running
+            .iter()
+            .flat_map(|(_, d)| d.iter())
+            .filter_map(|d| Some((d.service.as_deref()?, d.image.version.as_deref())))
+            .collect();
+        if let Some(drift) = crate::domain::release::drift(&services) {
+            anyhow::bail!(
+                "choose what to mark: the release's services run different versions ({drift}); name a version"
+            );
+        }
+    } else if !named {
         let digests: Vec<(&str, Option<&str>)> = running
             .iter()
             .flat_map(|(h, d)| d.iter().map(|d| (*h, d.digest.as_ref().map(|d| d.as_str()))))

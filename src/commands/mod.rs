@@ -70,6 +70,28 @@ impl App<'_> {
         Ok(registry::open(&project.registry, cache)?)
     }
 
+    /// The registry of each service of a release (`[target] names`), in order: its own
+    /// repository (`[target.repositories]`) or `[registry] repository`. One target: its registry.
+    pub fn registries(&self) -> anyhow::Result<Vec<std::sync::Arc<dyn Registry>>> {
+        let project = self.project()?;
+        let target = project.target.as_ref();
+        let members = target.map(|t| t.members.as_slice()).unwrap_or_default();
+        if members.is_empty() {
+            return Ok(vec![self.registry()?.into()]);
+        }
+        let cache = Arc::new(InfoCache::load(&self.settings.cache_dir));
+        members
+            .iter()
+            .map(|m| {
+                let mut settings = project.registry.clone();
+                if let Some(r) = &m.repository {
+                    settings.repository = r.clone();
+                }
+                Ok(registry::open(&settings, cache.clone())?.into())
+            })
+            .collect()
+    }
+
     pub fn target(&self) -> anyhow::Result<&TargetSettings> {
         let project = self.project()?;
         project.target.as_ref().with_context(|| {
@@ -463,6 +485,18 @@ impl<'a> App<'a> {
     }
 }
 
+/// The commands that do not act on a release as a whole yet (`[target] names`): they are
+/// refused, never run on one service of it.
+fn not_built_for_releases(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Emergency(_) => "emergency",
+        Command::Warm(_) => "warm",
+        Command::Drill(_) => "drill",
+        Command::Prune(_) => "prune",
+        _ => return None,
+    })
+}
+
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let app = App::new(settings);
     // Every command but these acts on the target, and so on its host.
@@ -471,6 +505,18 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Policy(_) | Command::Completions { .. } | Command::Man | Command::Build(_)
     ) {
         app.connect_early();
+    }
+    if let Some(what) = not_built_for_releases(&command)
+        && let Ok(project) = settings.project()
+        && let Some(t) = project.target.as_ref().filter(|t| t.is_release())
+    {
+        return Err(crate::error::Failure::Usage(format!(
+            "{what} on a release of several services ({}) is not built yet: it acts on one service; \
+             use a config with `name` for each service meanwhile (deploy, rollback, mark-good, status, \
+             versions, history and validate act on the release)",
+            t.display()
+        ))
+        .into());
     }
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,

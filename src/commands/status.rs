@@ -22,12 +22,18 @@ struct StatusReport {
     /// How a swap of the containers would go: start-first or stop-first, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     order: Option<crate::domain::order::Decision>,
+    /// A release whose services run different versions: each version with its services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release_drift: Option<String>,
     /// Problems worth a person's attention (drift, emergency mode, open operations, ...).
     warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct ContainerStatus {
+    /// The release's service it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
     name: String,
     state: String,
     health: Option<String>,
@@ -41,13 +47,22 @@ struct ContainerStatus {
 pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
-    let registry = app.registry()?;
+    // A release's services each have their registry (the first one's is the release's).
+    let registries = app.registries()?;
+    let registry = &registries[0];
+    let registry_of = |service: Option<&String>| {
+        target
+            .members
+            .iter()
+            .position(|m| Some(&m.name) == service)
+            .map_or(registry, |i| &registries[i])
+    };
     let engine = app.engine().await?;
     let records = app.journal()?.read()?;
     let ops = history::operations(&records);
     let mut warnings = Vec::new();
 
-    let current = match deployed::read(&engine, target, &registry.name()).await {
+    let current = match deployed::read(&engine, target, &project.registry.display()).await {
         Ok(current) => current,
         // An operation cut off mid-swap can leave the name empty (the old container set aside,
         // the new one not under it yet): that is what to report, not a misnamed target.
@@ -66,6 +81,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     let containers: Vec<ContainerStatus> = current
         .iter()
         .map(|d| ContainerStatus {
+            service: d.service.clone(),
             name: d.container.name.clone(),
             state: d.container.state.clone(),
             health: d.container.health.clone(),
@@ -112,6 +128,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
                 let Some(tag) = d.container.labels.get(LABEL_TAG) else {
                     continue;
                 };
+                let registry = registry_of(d.service.as_ref());
                 match registry.tag_digest(tag).await {
                     Ok(Some(now)) if Some(&now) != d.digest.as_ref() => warnings.push(format!(
                         "drift: tag {tag} now points to {} but {} runs {} (the tag moved since the deploy)",
@@ -146,9 +163,16 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     // Drift: what runs is not what backtrack last put there (someone ran `docker-compose up`,
     // `docker run`, a CI job...).
     if let Some(last) = history::last_committed(&ops)
-        && let Some(want) = last.to.as_ref().and_then(|t| t.digest.as_ref())
+        && let Some(to) = last.to.as_ref().and_then(|t| t.digest.as_ref())
     {
         for d in &current {
+            // In a release, each service against its own image of the version.
+            let want = d
+                .service
+                .as_ref()
+                .and_then(|s| last.services.get(s))
+                .and_then(|i| i.digest.as_ref())
+                .unwrap_or(to);
             if d.digest.as_ref() != Some(want) {
                 warnings.push(format!(
                     "drift: {} runs {} but backtrack's last {} put {} ({}) there {}; something else changed it",
@@ -177,6 +201,21 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
             }
         }
     };
+    let release_drift = if target.is_release() {
+        let services: Vec<(&str, Option<&str>)> = current
+            .iter()
+            .filter_map(|d| Some((d.service.as_deref()?, d.image.version.as_deref())))
+            .collect();
+        crate::domain::release::drift(&services)
+    } else {
+        None
+    };
+    if let Some(d) = &release_drift {
+        warnings.insert(
+            0,
+            format!("the release's services run different versions ({d}): `backtrack deploy VERSION` puts them on one"),
+        );
+    }
     warnings.extend(in_progress(&records, app.lock_holder()?));
     app.printer.report(&StatusReport {
         target: target.display(),
@@ -185,6 +224,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
         last_known_good,
         rollback,
         order,
+        release_drift,
         warnings,
     })
 }
@@ -218,9 +258,18 @@ pub(super) fn in_progress(records: &[history::Record], holder: Option<impl std::
 
 impl Report for StatusReport {
     fn human(&self) -> String {
-        let mut t = table(["container", "state", "health", "version", "digest", "image"]);
+        let release = self.containers.iter().any(|c| c.service.is_some());
+        let mut t = if release {
+            table(["service", "container", "state", "health", "version", "digest", "image"])
+        } else {
+            table(["container", "state", "health", "version", "digest", "image"])
+        };
         for c in &self.containers {
-            t.add_row(vec![
+            let mut row = Vec::with_capacity(7);
+            if release {
+                row.push(c.service.clone().unwrap_or_default());
+            }
+            row.extend([
                 format!("{}{}", c.name, if c.emergency { " (EMERGENCY)" } else { "" }),
                 c.state.clone(),
                 c.health.clone().unwrap_or_else(|| "-".into()),
@@ -231,6 +280,7 @@ impl Report for StatusReport {
                 c.digest.as_ref().map_or("-".into(), |d| d.short().to_string()),
                 c.image.clone(),
             ]);
+            t.add_row(row);
         }
         let mut out = format!("target:          {}\nregistry:        {}\n", self.target, self.registry);
         out.push_str(&format!(

@@ -44,13 +44,21 @@ struct Row {
     revision: Option<String>,
     description: Option<String>,
     /// `deployed` (on a fleet: `deployed 2/3 hosts` unless on every host), `last_known_good` (or `last_known_good-ENV`, one per environment pointing at
-    /// it), `failed` (its last validation on this target failed).
+    /// it), `failed` (its last validation on this target failed); for a release, `release` (every
+    /// service's repository has it) or `not in worker` (the services whose repository lacks it).
     marks: Vec<String>,
 }
 
 pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     let project = app.project()?;
-    let registry = app.registry()?;
+    // A release lists its first service's repository, marked with what the others have.
+    let registries = app.registries()?;
+    let registry = &registries[0];
+    let members = project
+        .target
+        .as_ref()
+        .map(|t| t.members.as_slice())
+        .unwrap_or_default();
     // What is deployed is read while the registry answers (best effort: a down engine only
     // loses the mark). On a fleet, every host is read at once; the mark counts the hosts.
     // The migration floor of the running image marks the versions below it.
@@ -68,7 +76,7 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
                 return Placement::default();
             }
         };
-        match deployed::read(&engine, target, &registry.name()).await {
+        match deployed::read(&engine, target, &project.registry.display()).await {
             Ok(d) => {
                 let floor = crate::ops::guard::floor(&engine, &d).await;
                 Placement::one_host(d.into_iter().filter_map(|d| d.digest).collect(), floor)
@@ -79,7 +87,15 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let (catalog, placement) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task);
+    let others = futures::future::join_all(registries.iter().skip(1).map(|r| Catalog::load(r.as_ref())));
+    let (catalog, placement, others) = tokio::join!(Catalog::load(registry.as_ref()), deployed_task, others);
+    // Each other service of a release, with the versions its repository has.
+    let mut elsewhere: Vec<(&str, BTreeSet<semver::Version>)> = Vec::new();
+    for (m, c) in members.iter().skip(1).zip(others) {
+        let c = c?;
+        let versions = crate::domain::release::in_every(&[&c.versions]);
+        elsewhere.push((m.name.as_str(), versions));
+    }
     for (host, why) in &placement.unreachable {
         app.printer.note(format!(
             "warning: {host} did not answer ({why}); its deployed marks are missing"
@@ -157,6 +173,21 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
                         marks.push(p.to_string());
                     }
                 }
+            }
+            if !members.is_empty()
+                && let Some(v) = version.as_deref().and_then(crate::domain::version::parse_version)
+            {
+                let v = crate::domain::version::strip_build(&v);
+                let lacking: Vec<&str> = elsewhere
+                    .iter()
+                    .filter(|(_, have)| !have.contains(&v))
+                    .map(|(name, _)| *name)
+                    .collect();
+                marks.push(if lacking.is_empty() {
+                    "release".to_string()
+                } else {
+                    format!("not in {}", lacking.join(", "))
+                });
             }
             if version.as_ref().is_some_and(|v| failed.contains(v)) {
                 marks.push("failed".to_string());

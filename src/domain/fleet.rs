@@ -400,6 +400,7 @@ mod tests {
             notes: Vec::new(),
             logs: Vec::new(),
             configs: std::collections::BTreeMap::new(),
+            services: std::collections::BTreeMap::new(),
         }
     }
 

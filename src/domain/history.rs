@@ -150,6 +150,10 @@ pub struct Record {
     /// distinct config is stored once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, serde_json::Value>,
+    /// A release (`[target] names`): the image each service goes to, all of one version
+    /// (`started` records only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ImageRef>,
 }
 
 impl Record {
@@ -185,6 +189,7 @@ impl Record {
             logs: Vec::new(),
             configs: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            services: BTreeMap::new(),
         }
     }
 
@@ -203,6 +208,7 @@ impl Record {
             logs: Vec::new(),
             configs: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            services: BTreeMap::new(),
             ..self.clone()
         }
     }
@@ -236,6 +242,9 @@ pub struct OperationView {
     /// The config snapshots per container before and after (see `Record::configs`).
     #[serde(skip)]
     pub configs: BTreeMap<String, ConfigPair>,
+    /// A release: the image each service went to (see `Record::services`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ImageRef>,
 }
 
 /// Every snapshot the journal holds, by hash.
@@ -273,6 +282,7 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                         notes: r.notes.clone(),
                         logs: r.logs.clone(),
                         configs: r.configs.clone(),
+                        services: r.services.clone(),
                     },
                 );
             }

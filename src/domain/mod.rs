@@ -18,6 +18,7 @@ pub mod names;
 pub mod order;
 #[cfg(test)]
 mod parse_props;
+pub mod release;
 pub mod retention;
 pub mod selector;
 pub mod version;

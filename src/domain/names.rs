@@ -129,6 +129,23 @@ pub fn deserialize_repository<'de, D: serde::Deserializer<'de>>(d: D) -> Result<
     Ok(name)
 }
 
+/// Serde helper: `[target.repositories]`, each a repository name as `deserialize_repository`
+/// checks it.
+pub fn deserialize_repositories<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, D::Error> {
+    let map = <std::collections::BTreeMap<String, String> as serde::Deserialize>::deserialize(d)?;
+    for (service, name) in &map {
+        if let Err(NameError::Repository { why, .. } | NameError::Tag { why, .. }) = check_repository(name) {
+            return Err(serde::de::Error::custom(format!(
+                "[target.repositories] {service}: invalid repository name '{name}': {why} (lowercase path \
+                 components such as \"team/app\")"
+            )));
+        }
+    }
+    Ok(Some(map))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

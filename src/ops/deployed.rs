@@ -20,6 +20,19 @@ pub struct Deployed {
     pub container: ContainerView,
     pub digest: Option<Digest>,
     pub image: ImageRef,
+    /// The release's service it belongs to (`[target] names`); `None` for one service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// The repository (`host/path`, as the engine names it) a release's service comes from:
+/// `repository`'s host with the member's own path, when it has one.
+pub fn member_repository(repository: &str, member: &crate::settings::Member) -> String {
+    match (&member.repository, repository.split_once('/')) {
+        (Some(own), Some((host, _))) => format!("{host}/{own}"),
+        (Some(own), None) => own.clone(),
+        (None, _) => repository.to_string(),
+    }
 }
 
 /// The version a container carries: the tag backtrack deployed, else the image's version label,
@@ -48,7 +61,25 @@ pub fn image_version(c: &ContainerView) -> Option<String> {
 
 /// Reads the target's containers, with the digest each runs: the digest pinned in its image
 /// reference, else the local image's repo digest for `repository`.
+///
+/// A release's services are read each with its repository, in order, every entry naming its
+/// service.
 pub async fn read(engine: &Engine, target: &TargetSettings, repository: &str) -> anyhow::Result<Vec<Deployed>> {
+    if target.is_release() {
+        let reads = futures::future::join_all(target.members.iter().map(|m| async move {
+            let mut entries = Box::pin(read(engine, &target.member(m), &member_repository(repository, m))).await?;
+            for e in &mut entries {
+                e.service = Some(m.name.clone());
+            }
+            anyhow::Ok(entries)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for r in reads {
+            out.extend(r?);
+        }
+        return Ok(out);
+    }
     if target.kind == crate::settings::TargetKind::Swarm {
         return service_entries(engine, target).await;
     }
@@ -74,6 +105,7 @@ pub async fn read(engine: &Engine, target: &TargetSettings, repository: &str) ->
             },
             digest,
             container: c,
+            service: None,
         });
     }
     Ok(out)
@@ -167,6 +199,7 @@ pub(crate) fn entry(mut view: ContainerView) -> Deployed {
         },
         digest,
         container: view,
+        service: None,
     }
 }
 

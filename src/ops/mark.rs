@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::adapters::docker::Engine;
 use crate::adapters::registry::Registry;
 use crate::adapters::state::{self, Journal};
+use crate::domain::digest::Digest;
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::{ImageRef, LKG_TAG};
 use crate::output::Printer;
@@ -29,6 +30,9 @@ pub struct MarkReport {
     pub previous: Option<ImageRef>,
     /// The local tag keeping the image on this host, when the engine was reachable.
     pub local_image: Option<String>,
+    /// A release: the other services' repositories, whose pointer moved (or would move) with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
 }
 
 impl crate::output::Report for MarkReport {
@@ -37,9 +41,10 @@ impl crate::output::Report for MarkReport {
         let was = self.previous.as_ref().map_or("(not set)".to_string(), |p| p.display());
         if self.dry_run {
             return format!(
-                "would point {} in {} at {} ({digest}); it points at {was} now\ndry run: nothing was changed",
+                "would point {} in {}{} at {} ({digest}); it points at {was} now\ndry run: nothing was changed",
                 self.pointer,
                 self.repository,
+                self.also.iter().map(|a| format!(" and {a}")).collect::<String>(),
                 self.marked.display()
             );
         }
@@ -49,6 +54,12 @@ impl crate::output::Report for MarkReport {
             self.repository,
             self.marked.display()
         );
+        if !self.also.is_empty() {
+            out.push_str(&format!(
+                "\nand in {}, to its image of the same version",
+                self.also.join(", ")
+            ));
+        }
         if let Some(local) = &self.local_image {
             out.push_str(&format!("\nkept on this host as {local}"));
         }
@@ -57,13 +68,17 @@ impl crate::output::Report for MarkReport {
 }
 
 /// What to mark: the image, the pointer tag to move, where it points now, and why.
-#[derive(Debug)]
 pub struct MarkRequest<'a> {
     pub image: &'a ImageRef,
     /// `last_known_good` or `last_known_good-ENV`.
     pub pointer: &'a str,
     pub previous: Option<ImageRef>,
     pub reason: Option<&'a str>,
+    /// A release's other services: each one's registry and image of the version, whose pointer
+    /// moves with the first one's (all of them or, after a failure, none).
+    pub others: crate::ops::release::Others,
+    /// The first service of a release (its image is `image`).
+    pub first: Option<String>,
 }
 
 /// Moves the pointer once, recorded in every journal given (one per host of a fleet, under one
@@ -80,6 +95,8 @@ pub async fn mark_good(
         pointer,
         previous,
         reason,
+        others,
+        first,
     } = request;
     let digest = image
         .digest
@@ -95,12 +112,21 @@ pub async fn mark_good(
     if journals.len() > 1 {
         base.id = format!("fleet-{}", base.id);
     }
+    if let Some(first) = first {
+        base.services = std::iter::once((first, image.clone()))
+            .chain(others.iter().map(|(_, s)| (s.service.clone(), s.image.clone())))
+            .collect();
+    }
     let append = |r: &Record| journals.iter().try_for_each(|j| j.append(r));
     append(&base)?;
     let started = std::time::Instant::now();
     if let Err(e) = registry.retag(&digest, pointer).await {
         append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
         return Err(anyhow::Error::new(e).context(format!("point {pointer} at {}", image.display())));
+    }
+    if let Err(e) = move_others(registry, previous.as_ref(), &others, pointer).await {
+        append(&base.finish(Utc::now(), Outcome::Failed, None, Some(e.to_string())))?;
+        return Err(e);
     }
     let elapsed = started.elapsed().as_millis() as u64;
     append(&base.finish(Utc::now(), Outcome::Ok, Some(elapsed), None))?;
@@ -113,6 +139,7 @@ pub async fn mark_good(
         }
     }
     Ok(MarkReport {
+        also: others.iter().map(|(r, _)| r.name()).collect(),
         dry_run: false,
         repository: registry.name(),
         pointer: pointer.to_string(),
@@ -120,6 +147,55 @@ pub async fn mark_good(
         previous,
         local_image,
     })
+}
+
+/// A release's other pointers, moved at once after the first service's (`registry`); when one cannot move, every pointer that moved is put back where it was (a pointer
+/// that was not there is left on the new image, and said so).
+async fn move_others(
+    registry: &dyn Registry,
+    previous: Option<&ImageRef>,
+    others: &[(std::sync::Arc<dyn Registry>, crate::ops::release::ServiceImage)],
+    pointer: &str,
+) -> anyhow::Result<()> {
+    if others.is_empty() {
+        return Ok(());
+    }
+    let moves = others.iter().map(|(r, s)| async move {
+        let was = r.tag_digest(pointer).await?;
+        let to = s.image.digest.clone().expect("a release's images carry their digest");
+        r.retag(&to, pointer).await.map(|()| was)
+    });
+    let results = futures::future::join_all(moves).await;
+    if results.iter().all(Result::is_ok) {
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    let mut left = Vec::new();
+    let mut back: Vec<(&dyn Registry, Digest)> = Vec::new();
+    if let Some(d) = previous.and_then(|p| p.digest.clone()) {
+        back.push((registry, d));
+    } else if previous.is_none() {
+        left.push(registry.name());
+    }
+    for ((r, s), result) in others.iter().zip(results) {
+        match result {
+            Ok(Some(was)) => back.push((r.as_ref(), was)),
+            Ok(None) => left.push(r.name()),
+            Err(e) => failed.push(format!("{} ({}): {e}", s.service, r.name())),
+        }
+    }
+    for (r, was) in back {
+        if let Err(e) = r.retag(&was, pointer).await {
+            left.push(format!("{} ({e})", r.name()));
+        }
+    }
+    let mut why = format!("move {pointer} for every service: {}", failed.join("; "));
+    if left.is_empty() {
+        why.push_str("; the pointers that moved were put back");
+    } else {
+        why.push_str(&format!("; still on the new image: {}", left.join(", ")));
+    }
+    Err(anyhow::anyhow!(why))
 }
 
 /// Pulls the image a pointer names onto `engine`'s host and tags it locally (so `emergency` finds

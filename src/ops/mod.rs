@@ -17,6 +17,7 @@ pub mod notify;
 pub mod operation;
 pub mod rebuild;
 pub mod recover;
+pub mod release;
 pub mod resolve;
 pub mod swap;
 pub mod swarm;

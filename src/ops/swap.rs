@@ -44,6 +44,16 @@ use crate::settings::{HealthSettings, TargetSettings};
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerPlan {
     pub name: String,
+    /// The release's service it belongs to (`[target] names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// What it goes to: the plan's own, or in a release its service's image of the version.
+    pub to: ImageRef,
+    pub image: String,
+    /// Whether `[health] http` is its probe: in a release only the first service's containers
+    /// are probed (the others are validated by their state and version).
+    #[serde(skip)]
+    probe: bool,
     /// The current container's id: it keeps it when it is renamed.
     #[serde(skip)]
     id: String,
@@ -62,6 +72,17 @@ pub struct ContainerPlan {
     /// not one of them).
     #[serde(skip)]
     exposed: Vec<u16>,
+}
+
+impl ContainerPlan {
+    /// Its checks: `[health]`, without the HTTP probe for a release's service that is not probed.
+    fn health(&self, health: &HealthSettings) -> HealthSettings {
+        let mut h = health.clone();
+        if !self.probe {
+            h.http = None;
+        }
+        h
+    }
 }
 
 /// Everything the swap will do, computed without changing anything.
@@ -86,9 +107,23 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every image the plan pulls, once each, in the plan's order.
+    pub fn images(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for c in &self.containers {
+            if !out.contains(&c.image.as_str()) {
+                out.push(&c.image);
+            }
+        }
+        if out.is_empty() {
+            out.push(&self.image);
+        }
+        out
+    }
+
     /// The docker commands a person could run by hand for the same change.
     pub fn manual_commands(&self) -> Vec<String> {
-        let mut cmds = vec![format!("docker pull {}", self.image)];
+        let mut cmds: Vec<String> = self.images().iter().map(|i| format!("docker pull {i}")).collect();
         if self.order.start_first() {
             for c in &self.containers {
                 cmds.push(c.docker_run.clone());
@@ -205,11 +240,33 @@ pub async fn plan(
     order: (Order, &str),
     configs: &Configs,
 ) -> anyhow::Result<Plan> {
+    let each = vec![(to.clone(), image.to_string()); current.len()];
+    plan_each(engine, op, target, current, &each, order, configs).await
+}
+
+/// [`plan`] with each container's own image (`each[i]` for `current[i]`): a release's services
+/// come from repositories of their own. The order is decided over every container at once; the
+/// plan's `to` and `image` are the first container's.
+pub async fn plan_each(
+    engine: &Engine,
+    op: Operation,
+    target: &TargetSettings,
+    current: &[Deployed],
+    each: &[(ImageRef, String)],
+    order: (Order, &str),
+    configs: &Configs,
+) -> anyhow::Result<Plan> {
+    assert_eq!(current.len(), each.len(), "one image per container");
+    let (to, image) = match each.first() {
+        Some((to, image)) => (to, image.as_str()),
+        None => anyhow::bail!("plan a swap of {}: it runs no container", target.display()),
+    };
+    let first_service = current.first().and_then(|d| d.service.clone());
     let mut config = ConfigPlan::new(configs.restore);
     let mut containers = Vec::with_capacity(current.len());
     let mut facts = Vec::with_capacity(current.len());
     let mut bodies = Vec::with_capacity(current.len());
-    for d in current {
+    for (d, (to, image)) in current.iter().zip(each) {
         let name = &d.container.name;
         let backup = format!("{name}{BACKUP_SUFFIX}");
         let (old, left) = tokio::join!(engine.inspect(name), engine.inspect(&backup));
@@ -270,7 +327,7 @@ pub async fn plan(
             .collect();
         facts.push(order_facts(name, &old));
         bodies.push((
-            d,
+            (d, to, image),
             old.id.clone().unwrap_or_else(|| name.clone()),
             body,
             extra_networks,
@@ -284,7 +341,7 @@ pub async fn plan(
         container: current.first().map(|d| d.container.name.clone()).unwrap_or_default(),
         message: why,
     })?;
-    for (d, id, body, extra_networks, stop_timeout, restart_policy, exposed) in bodies {
+    for ((d, to, image), id, body, extra_networks, stop_timeout, restart_policy, exposed) in bodies {
         let name = &d.container.name;
         let created_as = if decision.start_first() {
             format!("{name}{NEXT_SUFFIX}")
@@ -293,6 +350,10 @@ pub async fn plan(
         };
         containers.push(ContainerPlan {
             name: name.clone(),
+            service: d.service.clone(),
+            to: to.clone(),
+            image: image.clone(),
+            probe: d.service == first_service,
             id,
             from: d.image.clone(),
             docker_run: docker_run_command(&created_as, &body),
@@ -453,22 +514,36 @@ impl Unit for Containers<'_> {
     }
 
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool> {
-        let image = &self.plan.image;
-        let progress = run.progress(self.place(), &format!("pulling {image}"));
-        // The swap's connection is opened meanwhile (for an engine that pipelines its steps).
+        let images = self.plan.images();
+        let pull = |image: &str| {
+            let image = image.to_string();
+            async move {
+                let progress = run.progress(self.place(), &format!("pulling {image}"));
+                let pulled = self
+                    .host
+                    .engine
+                    .pull(&image, run.auth, |line| progress.set(&format!("pulling: {line}")))
+                    .await
+                    .map_err(|e| anyhow::Error::new(e).context(format!("pull {image}")))?;
+                progress.finish(&if pulled {
+                    format!("pulled {image}")
+                } else {
+                    format!("{image} is already present")
+                });
+                anyhow::Ok(pulled)
+            }
+        };
+        // The swap's connection is opened meanwhile (for an engine that pipelines its steps); a
+        // release's images are pulled at once.
         let (pulled, ()) = tokio::join!(
-            self.host
-                .engine
-                .pull(image, run.auth, |line| progress.set(&format!("pulling: {line}"))),
+            futures::future::join_all(images.iter().map(|i| pull(i))),
             self.host.engine.ready_pipeline()
         );
-        let pulled = pulled.map_err(|e| anyhow::Error::new(e).context(format!("pull {image}")))?;
-        progress.finish(&if pulled {
-            format!("pulled {image}")
-        } else {
-            format!("{image} is already present")
-        });
-        Ok(pulled)
+        let mut any = false;
+        for p in pulled {
+            any |= p?;
+        }
+        Ok(any)
     }
 
     async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
@@ -484,7 +559,7 @@ impl Unit for Containers<'_> {
         for c in &plan.containers {
             run.say(
                 self.place(),
-                format!("swapping {}: {} -> {}", c.name, c.from.display(), plan.to.display()),
+                format!("swapping {}: {} -> {}", c.name, c.from.display(), c.to.display()),
             );
             self.swapped += 1;
             let intent = self.deferred.take();
@@ -516,13 +591,13 @@ impl Unit for Containers<'_> {
             let result = validate::wait_valid(
                 engine,
                 std::slice::from_ref(&c.name),
-                health,
-                plan.to.version.as_deref(),
+                &c.health(health),
+                c.to.version.as_deref(),
                 |s| progress.set(&format!("validating {}: {s}", c.name)),
             )
             .await;
             match result {
-                Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, plan.to.display())),
+                Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, c.to.display())),
                 Err(invalid) => {
                     progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
                     let logs = engine.logs_tail(&c.name, 20).await;
@@ -639,7 +714,7 @@ async fn start_first_one(
         place,
         format!(
             "starting {next} on {} beside {} ({}), which keeps serving",
-            plan.to.display(),
+            c.to.display(),
             c.name,
             c.from.display()
         ),
@@ -659,7 +734,7 @@ async fn start_first_one(
         }
     };
     phase("validate");
-    let health = aimed_at(engine, &next, run.health, &c.exposed)
+    let health = aimed_at(engine, &next, &c.health(run.health), &c.exposed)
         .await
         .map_err(|why| failed(format!("validate {next}: {why}; {} kept serving", c.name)))?;
     let progress = run.progress(
@@ -673,7 +748,7 @@ async fn start_first_one(
         engine,
         std::slice::from_ref(&next),
         &health,
-        plan.to.version.as_deref(),
+        c.to.version.as_deref(),
         |s| progress.set(&format!("validating {next}: {s}")),
     )
     .await;
@@ -705,7 +780,7 @@ async fn start_first_one(
     }
     progress.finish(&format!(
         "{next} is healthy on {} and joined the aliases; {} serves {} more",
-        plan.to.display(),
+        c.to.display(),
         c.name,
         crate::domain::duration::format(plan.drain)
     ));

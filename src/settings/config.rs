@@ -110,7 +110,13 @@ pub struct EcrSection {
 #[serde(deny_unknown_fields)]
 pub struct TargetSection {
     pub kind: TargetKind,
-    pub name: String,
+    /// One container, compose service or swarm service (or `names`).
+    pub name: Option<String>,
+    /// A release of several (instead of `name`): one version, all or none, in this order.
+    pub names: Option<Vec<String>>,
+    /// With `names`: a name's repository, when it is not `[registry] repository`.
+    #[serde(default, deserialize_with = "crate::domain::names::deserialize_repositories")]
+    pub repositories: Option<std::collections::BTreeMap<String, String>>,
     pub project: Option<String>,
     /// Swarm: the stack the service came from (`docker stack deploy`), found by its
     /// `com.docker.stack.namespace` label.

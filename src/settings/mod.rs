@@ -26,7 +26,7 @@ pub use config::{EcrSection, FileError, HooksSection, NotifyOn, NotifySection, R
 use engine::env_tls;
 pub use engine::{ContextEngine, EngineHosts, SshOptions, TlsFiles, docker_context_host};
 pub use registry::{RegistrySettings, is_loopback_host, parse_ecr_host};
-pub use target::{DEFAULT_DRAIN, FleetHost, TargetSettings};
+pub use target::{DEFAULT_DRAIN, FleetHost, Member, TargetSettings};
 
 /// Everything a command needs to know about how it was invoked.
 #[derive(Debug)]
@@ -339,6 +339,48 @@ mod tests {
         assert!(err.to_string().contains("insecure = true"), "{err}");
         let p = project("[registry]\nurl = \"http://10.0.0.5:5000\"\nrepository = \"app\"\ninsecure = true\n").unwrap();
         assert!(p.registry.plain_http);
+    }
+
+    #[test]
+    fn a_release_names_its_services_and_their_repositories_and_bad_ones_are_refused() {
+        let base = "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"container\"\n";
+        let p = project(&format!(
+            "{base}names = [\"web\", \"worker\"]\n[target.repositories]\nworker = \"team/worker\"\n"
+        ))
+        .unwrap();
+        let t = p.target.unwrap();
+        assert!(t.is_release());
+        let members: Vec<(&str, Option<&str>)> = t
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.repository.as_deref()))
+            .collect();
+        assert_eq!(members, [("web", None), ("worker", Some("team/worker"))]);
+        assert_eq!(t.display(), "release {web, worker} (containers)");
+        assert_eq!(t.member(&t.members[1]).display(), "container worker");
+        // One state folder for the release: its history, lock and pointer are the release's.
+        assert_eq!(p.state_dir, Path::new("/state/targets/local_container_web_worker"));
+        for (more, says) in [
+            ("name = \"web\"\nnames = [\"web\"]\n", "both `name` and `names`"),
+            ("", "needs `name`"),
+            ("names = []\n", "names is empty"),
+            ("names = [\"web\", \"web\"]\n", "lists 'web' twice"),
+            (
+                "names = [\"web\"]\n[target.repositories]\ncron = \"cron\"\n",
+                "names 'cron', which is not in [target] names",
+            ),
+            (
+                "name = \"web\"\n[target.repositories]\nweb = \"web\"\n",
+                "goes with `names`",
+            ),
+            (
+                "names = [\"web\"]\n[target.repositories]\nweb = \"Web\"\n",
+                "invalid repository name 'Web'",
+            ),
+        ] {
+            let err = project(&format!("{base}{more}")).unwrap_err().to_string();
+            assert!(err.contains(says), "{more:?}: {err}");
+        }
     }
 
     #[test]

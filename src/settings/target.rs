@@ -105,7 +105,12 @@ pub struct TargetSettings {
     /// `[target] restore_config`: a rollback also restores the config the version last ran with.
     pub restore_config: bool,
     pub kind: TargetKind,
+    /// The container, compose service or swarm service; for a release, its names joined by `+`
+    /// (what its state folder is named by).
     pub name: String,
+    /// A release (`[target] names`): its services in order, each with its repository; empty
+    /// for one service.
+    pub members: Vec<Member>,
     pub project: Option<String>,
     /// Swarm: the stack of the service (`[target] stack`).
     pub stack: Option<String>,
@@ -118,8 +123,42 @@ pub struct TargetSettings {
     pub version_env: Option<String>,
 }
 
+/// One service of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// Its repository when it is not `[registry] repository`.
+    pub repository: Option<String>,
+}
+
 impl TargetSettings {
+    /// Whether this is a release of several services (`[target] names`).
+    pub fn is_release(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    /// One service of the release as a target of its own (its containers, its display); the
+    /// release's state, lock and journal stay the release's.
+    pub fn member(&self, m: &Member) -> TargetSettings {
+        TargetSettings {
+            name: m.name.clone(),
+            members: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     pub fn display(&self) -> String {
+        if self.is_release() {
+            let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+            let names = names.join(", ");
+            return match (self.kind, &self.project, &self.stack) {
+                (TargetKind::Compose, Some(p), _) => format!("release {p}/{{{names}}} (compose services)"),
+                (TargetKind::Compose, None, _) => format!("release {{{names}}} (compose services)"),
+                (TargetKind::Container, _, _) => format!("release {{{names}}} (containers)"),
+                (TargetKind::Swarm, _, Some(stack)) => format!("release {stack}/{{{names}}} (swarm services)"),
+                (TargetKind::Swarm, _, None) => format!("release {{{names}}} (swarm services)"),
+            };
+        }
         match (self.kind, &self.project) {
             (TargetKind::Compose, Some(p)) => format!("compose service {p}/{}", self.name),
             (TargetKind::Compose, None) => format!("compose service {}", self.name),
@@ -143,6 +182,7 @@ pub(super) fn resolve(
     state_root: &Path,
 ) -> Result<TargetSettings, String> {
     let fleet = if fleet.len() > 1 { fleet } else { &[] };
+    let (name, members) = members(&t)?;
     let fleet_hosts = fleet
         .iter()
         .map(|address| {
@@ -170,7 +210,8 @@ pub(super) fn resolve(
         restore_config: t.restore_config,
         engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
-        name: t.name,
+        name,
+        members,
         project: t.project,
         stack: t.stack,
         host: engine_host,
@@ -222,6 +263,52 @@ pub(super) fn resolve(
         }
     }
     Ok(t)
+}
+
+/// `name` or `names` (with `[target.repositories]`): the target's name and a release's services.
+fn members(t: &config::TargetSection) -> Result<(String, Vec<Member>), String> {
+    let repositories = t.repositories.clone().unwrap_or_default();
+    match (&t.name, &t.names) {
+        (Some(_), Some(_)) => {
+            Err("[target] has both `name` and `names`: keep one (names = [...] for a release of several)".into())
+        }
+        (None, None) => Err("[target] needs `name` (or `names = [...]` for a release of several services)".into()),
+        (Some(name), None) => {
+            if !repositories.is_empty() {
+                return Err(
+                    "[target.repositories] goes with `names` (a release of several); one service uses \
+                     [registry] repository"
+                        .into(),
+                );
+            }
+            Ok((name.clone(), Vec::new()))
+        }
+        (None, Some(names)) => {
+            if names.is_empty() {
+                return Err("[target] names is empty: list the release's services".into());
+            }
+            let mut members: Vec<Member> = Vec::with_capacity(names.len());
+            for n in names {
+                if n.is_empty() || n.contains('+') {
+                    return Err(format!("[target] names: '{n}' is not a service name"));
+                }
+                if members.iter().any(|m| m.name == *n) {
+                    return Err(format!("[target] names lists '{n}' twice"));
+                }
+                members.push(Member {
+                    name: n.clone(),
+                    repository: repositories.get(n).cloned(),
+                });
+            }
+            if let Some(stray) = repositories.keys().find(|k| !names.contains(k)) {
+                return Err(format!(
+                    "[target.repositories] names '{stray}', which is not in [target] names ({})",
+                    names.join(", ")
+                ));
+            }
+            Ok((names.join("+"), members))
+        }
+    }
 }
 
 /// The name of a target's state folder: `<engine>_<kind>_[<project or stack>_]<name>`.

@@ -15,6 +15,7 @@ mod isolation;
 mod lkg;
 mod prune;
 mod rebuild;
+mod release;
 pub(crate) mod remote;
 mod remote_tls;
 mod same_everywhere;

@@ -467,6 +467,7 @@ mod tests {
             restore_config: false,
             kind: crate::settings::TargetKind::Swarm,
             name: "web".into(),
+            members: Vec::new(),
             project: None,
             stack: None,
             host: None,
