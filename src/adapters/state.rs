@@ -132,6 +132,9 @@ impl Journal {
     /// Appends `records` in order, each as `append` would: on a remote host all in one round
     /// trip. The first failure is the answer (the records before it are written).
     pub fn append_all(&self, records: &[&Record]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let Some(r) = &self.remote else {
             return records.iter().try_for_each(|record| self.append(record));
         };

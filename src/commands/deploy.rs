@@ -250,14 +250,6 @@ async fn swap_command(
     let target = app.target()?;
     let swarm = target.kind == TargetKind::Swarm;
     refuse_flags_of_other_kinds(target, common)?;
-    if swarm && target.is_release() {
-        anyhow::bail!(
-            "{} {}: a release of several Swarm services (`names` with kind = \"swarm\") is not built yet; \
-             roll back each service as a target of its own (`name`), or use containers or compose",
-            op.as_str(),
-            target.display()
-        );
-    }
     // A release's services each have their registry; the first one's resolves the selector.
     let registries = app.registries()?;
     let registry = registries[0].clone();
@@ -300,12 +292,29 @@ async fn swap_command(
     let ops = configs[order[0]].ops();
     let repository = project.registry.display();
     // A Swarm service is read once: its spec for the plan, its tasks for what runs.
-    let mut service = None;
+    // A release's: each service, as a target of its own.
+    let member_targets: Vec<crate::settings::TargetSettings> = if target.is_release() {
+        target.members.iter().map(|m| target.member(m)).collect()
+    } else {
+        vec![target.clone()]
+    };
+    let mut services = Vec::new();
     let mut current = Vec::new();
     if swarm {
-        let svc = swarm_ops::service(&first.engine, target).await?;
-        current.push(swarm_ops::entries(&svc, &first.engine.service_tasks(&svc).await?));
-        service = Some(svc);
+        let mut entries = Vec::new();
+        for (t, m) in member_targets
+            .iter()
+            .zip(target.members.iter().map(Some).chain(std::iter::repeat(None)))
+        {
+            let svc = swarm_ops::service(&first.engine, t).await?;
+            let mut e = swarm_ops::entries(&svc, &first.engine.service_tasks(&svc).await?);
+            for d in &mut e {
+                d.service = m.map(|m| m.name.clone());
+            }
+            entries.extend(e);
+            services.push(svc);
+        }
+        current.push(entries);
     } else {
         let reads =
             futures::future::join_all(hosts.iter().map(|h| deployed::read(&h.engine, target, &repository))).await;
@@ -380,8 +389,7 @@ async fn swap_command(
     // What each host would do, read while the migration guard's floor is (both only inspect):
     // the running image may forbid versions below a floor, on any host.
     let mut plans: Vec<Option<Planned>> = Vec::new();
-    let floor = if let Some(svc) = service {
-        let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r);
+    let floor = if swarm {
         let overrides = UpdateOverrides {
             parallelism: common.parallelism,
             // `auto` (or nothing) leaves the service's own update order.
@@ -392,18 +400,30 @@ async fn swap_command(
                 .map(|o| o.as_str().to_string()),
             force: false,
         };
-        let mut plan = swarm_ops::plan(
-            op,
-            target,
-            &svc,
-            current_ref.clone().unwrap_or_default(),
-            &chosen.image,
-            repository,
-            &overrides,
-        )
-        .with_config(&configs[order[0]])?;
-        plan.note = note.clone();
-        plans.push(Some(Planned::Service(Box::new(plan))));
+        // One plan per service (a release's: each to its own image of the version).
+        let mut planned = Vec::with_capacity(services.len());
+        for (svc, t) in services.iter().zip(&member_targets) {
+            let of = |d: &&deployed::Deployed| d.service.is_none() || d.service.as_ref() == Some(&t.name);
+            let from = current[0]
+                .iter()
+                .find(of)
+                .map(|d| d.image.clone())
+                .or(current_ref.clone());
+            let (to, pull) = images
+                .iter()
+                .find(|i| i.service == t.name)
+                .map_or((&chosen.image, &image), |i| (&i.image, &i.pull));
+            let repository = pull.rsplit_once('@').map_or(pull.as_str(), |(r, _)| r);
+            let mut plan = swarm_ops::plan(op, t, svc, from.unwrap_or_default(), to, repository, &overrides)
+                .with_config(&configs[order[0]])?;
+            plan.note = note.clone();
+            planned.push(plan);
+        }
+        plans.push(Some(if planned.len() == 1 {
+            Planned::Service(Box::new(planned.remove(0)))
+        } else {
+            Planned::Services(planned)
+        }));
         guard::registry_floor(registry.as_ref(), &current[0]).await
     } else {
         let order_asked = swap::order_asked(common.order, target);
@@ -482,6 +502,13 @@ async fn swap_command(
                 plan,
             }),
             (false, Some(Some(Planned::Service(plan)))) => app.printer.report(&SwarmPlanReport { dry_run: true, plan }),
+            (false, Some(Some(Planned::Services(plans)))) => app.printer.report(&SwarmPlansReport {
+                dry_run: true,
+                plans: plans
+                    .iter()
+                    .map(|plan| SwarmPlanReport { dry_run: true, plan })
+                    .collect(),
+            }),
             _ => app.printer.report(&FleetReport {
                 op,
                 target: target.display(),
@@ -498,6 +525,13 @@ async fn swap_command(
         let config = match p {
             Some(Planned::Containers(p)) => &p.config,
             Some(Planned::Service(p)) => &p.config,
+            Some(Planned::Services(p)) => match p
+                .iter()
+                .find(|p| p.config.restore_config || !p.config.config_changes.is_empty())
+            {
+                Some(p) => &p.config,
+                None => continue,
+            },
             None => continue,
         };
         if config.restore_config || !config.config_changes.is_empty() {
@@ -569,6 +603,7 @@ async fn swap_command(
     let names: Vec<String> = match plans.get(order[0]) {
         Some(Some(Planned::Containers(p))) => p.containers.iter().map(|c| c.name.clone()).collect(),
         Some(Some(Planned::Service(p))) => vec![p.service.clone()],
+        Some(Some(Planned::Services(p))) => p.iter().map(|p| p.service.clone()).collect(),
         _ => current[order[0]].iter().map(|d| d.container.name.clone()).collect(),
     };
     let mut slots: Vec<Slot<'_>> = hosts
@@ -586,6 +621,24 @@ async fn swap_command(
                     h.address.clone(),
                     *plan,
                 ))),
+                // A stack's services: one unit, one intent, all or none.
+                Some(Planned::Services(plans)) => {
+                    let names = plans.iter().map(|p| p.service.clone()).collect();
+                    let units = plans
+                        .into_iter()
+                        .zip(&member_targets)
+                        .map(|(plan, t)| {
+                            Box::new(swarm_ops::Service::new(
+                                &h.engine,
+                                &h.journal,
+                                t,
+                                h.address.clone(),
+                                plan,
+                            )) as Box<dyn Unit + '_>
+                        })
+                        .collect();
+                    Some(Box::new(release::Together::new(units, names)))
+                }
             };
             Slot::new(unit, result)
         })
@@ -691,10 +744,35 @@ async fn swap_command(
     Ok(())
 }
 
-/// What one host will do: swap its containers, or update the Swarm service.
+/// What one host will do: swap its containers, or update the Swarm service (a release's
+/// services, together).
 enum Planned {
     Containers(Box<Plan>),
     Service(Box<swarm_ops::SwarmPlan>),
+    Services(Vec<swarm_ops::SwarmPlan>),
+}
+
+/// The dry run of a Swarm release: each service's update.
+#[derive(serde::Serialize)]
+struct SwarmPlansReport<'a> {
+    dry_run: bool,
+    plans: Vec<SwarmPlanReport<'a>>,
+}
+
+impl Report for SwarmPlansReport<'_> {
+    fn human(&self) -> String {
+        let each: Vec<String> = self
+            .plans
+            .iter()
+            .map(|p| {
+                p.human()
+                    .trim_end_matches("dry run: nothing was changed")
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        format!("{}\ndry run: nothing was changed", each.join("\n"))
+    }
 }
 
 /// Flags that belong to another kind of target are refused, naming the kind and what does the

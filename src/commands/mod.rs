@@ -521,7 +521,10 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,
         Command::Status if app.is_fleet() => fleet::status(&app).await,
-        Command::Status if app.is_swarm() => swarm::status(&app).await,
+        // A Swarm release is shown per service, as a release of containers is.
+        Command::Status if app.is_swarm() && !app.target().is_ok_and(TargetSettings::is_release) => {
+            swarm::status(&app).await
+        }
         Command::Status => status::run(&app).await,
         Command::Deploy(args) => deploy::run_deploy(&app, &args).await,
         Command::Rollback(args) => deploy::run_rollback(&app, &args).await,

@@ -190,7 +190,7 @@ pub async fn run(app: &App<'_>) -> anyhow::Result<()> {
     }
     // How the next swap goes, and why: a stop-first target is down for the app's boot each time.
     let names: Vec<String> = current.iter().map(|d| d.container.name.clone()).collect();
-    let order = if names.is_empty() {
+    let order = if names.is_empty() || target.kind == crate::settings::TargetKind::Swarm {
         None
     } else {
         match crate::ops::swap::order_of(&engine, target, &names).await {

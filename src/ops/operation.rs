@@ -83,6 +83,7 @@ pub trait Unit: Send + Sync {
 }
 
 /// Everything a run needs besides its units.
+#[derive(Clone)]
 pub struct Run<'a> {
     pub printer: &'a Printer,
     pub health: &'a HealthSettings,

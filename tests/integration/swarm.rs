@@ -105,25 +105,7 @@ impl Service {
 
     /// The digest each task Swarm wants running runs, with its node and state.
     pub(crate) fn tasks(&self) -> Vec<(String, String, String)> {
-        let out = s1_ok(&[
-            "service",
-            "ps",
-            &self.name,
-            "--filter",
-            "desired-state=running",
-            "--no-trunc",
-            "--format",
-            "{{.Node}} {{.Image}} {{.CurrentState}}",
-        ]);
-        out.lines()
-            .map(|l| {
-                let mut parts = l.split_whitespace();
-                let node = parts.next().unwrap_or_default().to_string();
-                let image = parts.next().unwrap_or_default().to_string();
-                let digest = image.rsplit_once('@').map_or(image.clone(), |(_, d)| d.to_string());
-                (node, digest, parts.next().unwrap_or_default().to_string())
-            })
-            .collect()
+        tasks_of(&self.name)
     }
 
     /// The image the spec names.
@@ -202,6 +184,29 @@ impl Drop for Service {
             None => drop(s1(&["service", "rm", &self.name])),
         }
     }
+}
+
+/// The digest each running task of service `name` runs, with its node and state.
+fn tasks_of(name: &str) -> Vec<(String, String, String)> {
+    let out = s1_ok(&[
+        "service",
+        "ps",
+        name,
+        "--filter",
+        "desired-state=running",
+        "--no-trunc",
+        "--format",
+        "{{.Node}} {{.Image}} {{.CurrentState}}",
+    ]);
+    out.lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let node = parts.next().unwrap_or_default().to_string();
+            let image = parts.next().unwrap_or_default().to_string();
+            let digest = image.rsplit_once('@').map_or(image.clone(), |(_, d)| d.to_string());
+            (node, digest, parts.next().unwrap_or_default().to_string())
+        })
+        .collect()
 }
 
 /// Pushes a custom image to `repo` as `tag` (a Dockerfile over the busybox base); returns its digest.
@@ -693,4 +698,102 @@ fn a_swarm_rollback_with_restore_config_puts_back_the_task_template_the_version_
     assert_eq!(task_env_on_manager(&svc, "MODE"), "old");
     assert_eq!(task_env_on_manager(&svc, "NEW_FLAG"), "");
     assert!(svc.spec_image().ends_with(&d1), "{}", svc.spec_image());
+}
+
+/// The running tasks' digests of a service.
+fn task_digests(service: &str) -> Vec<String> {
+    tasks_of(service).into_iter().map(|t| t.1).collect()
+}
+
+/// Waits (bounded) until every running task of `service` runs `digest`.
+fn wait_tasks_on(service: &str, digest: &str) {
+    let start = Instant::now();
+    loop {
+        let tasks = task_digests(service);
+        if !tasks.is_empty() && tasks.iter().all(|t| t == digest) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{service}: {tasks:?}, not all on {digest}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A stack of two services from two repositories, `web` (probed) and `worker`, updated as one
+/// release: both move, a broken worker puts the web app back too, and a rollback moves both.
+#[test]
+fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
+    require_swarm();
+    let (web, w1, w2) = two_healthy_versions("swarm-rel-web");
+    let w3 = web.push(&AppImage::new("1.2.0").healthcheck(true));
+    let worker = Repo::new("swarm-rel-worker");
+    let worker_of = |v: &str| AppImage::new(v).healthcheck(true).label("io.test.role", "worker");
+    let k1 = worker.push(&worker_of("1.0.0"));
+    let k2 = worker.push(&worker_of("1.1.0"));
+    worker.push(&AppImage::new("1.2.0").crash(3).label("io.test.role", "worker"));
+    let stack = unique("bt-relstack");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: \"3.8\"\nservices:\n  web:\n    image: {}:1.0.0@{w1}\n    ports:\n      - target: 8080\n        mode: host\n    \
+             stop_grace_period: 2s\n    deploy:\n      replicas: 2\n      update_config:\n        monitor: 1s\n  \
+             worker:\n    image: {}:1.0.0@{k1}\n    stop_grace_period: 2s\n    deploy:\n      replicas: 1\n      \
+             update_config:\n        monitor: 1s\n",
+            web.image(),
+            worker.image()
+        ),
+    )
+    .unwrap();
+    s1_ok(&["stack", "deploy", "--compose-file", file.to_str().unwrap(), &stack]);
+    let _removed = Service {
+        name: format!("{stack}_web"),
+        stack: Some(stack.clone()),
+    };
+    let (ws, ks) = (format!("{stack}_web"), format!("{stack}_worker"));
+    wait_tasks_on(&ws, &w1);
+    wait_tasks_on(&ks, &k1);
+    let t = Test::new().repo(
+        &web,
+        &format!(
+            "[target]\nkind = \"swarm\"\nstack = \"{stack}\"\nnames = [\"web\", \"worker\"]\nhost = \"{}\"\n\
+             [target.repositories]\nworker = \"{}\"\n[health]\n{PROBE}\n",
+            manager_socket(),
+            worker.name
+        ),
+    );
+    let run = t.exec(["deploy", "1.1.0", "--yes"]).success();
+    assert!(run.stdout.contains("release"), "{}", run.stdout);
+    wait_tasks_on(&ws, &w2);
+    wait_tasks_on(&ks, &k2);
+    let status = t.exec(["status", "--output", "json"]).success().json();
+    assert!(status["release_drift"].is_null(), "{status}");
+    let services: std::collections::BTreeSet<&str> = status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services, ["web", "worker"].into(), "{status}");
+
+    // 1.2.0's worker never starts: the web app, which converged, goes back to 1.1.0 too.
+    t.exec(["deploy", "1.2.0", "--yes"]).code(6);
+    wait_tasks_on(&ws, &w2);
+    wait_tasks_on(&ks, &k2);
+    assert!(task_digests(&ws).iter().all(|d| *d != w3));
+
+    t.exec(["rollback", "--yes"]).success();
+    wait_tasks_on(&ws, &w1);
+    wait_tasks_on(&ks, &k1);
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    let results: Vec<&str> = h["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(results, ["ok", "reverted", "ok"], "one entry per release: {h}");
 }

@@ -118,22 +118,41 @@ pub async fn settle(
             printer.note(format!(
                 "found an interrupted {what}; putting the previous version back"
             ));
-            let previous = started.containers.first().and_then(|s| started.saved.get(s));
-            match previous {
-                None => (
-                    Outcome::RevertFailed,
-                    Some("the journal does not say which image ran before".to_string()),
-                ),
-                Some(previous) => {
-                    let svc = service(engine, target).await?;
-                    let mut spec = svc.spec.clone();
-                    let was = started.from.clone().unwrap_or_default();
-                    name_image(&mut spec, previous, &was, false);
-                    match put_back(engine, &svc.name, &spec, previous, auth, printer).await {
-                        Ok(()) => (Outcome::RolledBackAfterCrash, None),
-                        Err(e) => (Outcome::RevertFailed, Some(e)),
+            // Each service the operation saved (a release's: every one of them).
+            let targets: Vec<TargetSettings> = if target.is_release() {
+                target.members.iter().map(|m| target.member(m)).collect()
+            } else {
+                vec![target.clone()]
+            };
+            let mut problems = Vec::new();
+            for t in &targets {
+                let svc = service(engine, t).await?;
+                let previous = if target.is_release() {
+                    started.saved.get(&svc.name)
+                } else {
+                    started.containers.first().and_then(|s| started.saved.get(s))
+                };
+                let Some(previous) = previous else {
+                    if !target.is_release() {
+                        problems.push("the journal does not say which image ran before".to_string());
                     }
+                    continue;
+                };
+                let mut spec = svc.spec.clone();
+                let was = started.from.clone().unwrap_or_default();
+                name_image(&mut spec, previous, &was, false);
+                if let Err(e) = put_back(engine, &svc.name, &spec, previous, auth, printer).await {
+                    problems.push(if target.is_release() {
+                        format!("{}: {e}", svc.name)
+                    } else {
+                        e
+                    });
                 }
+            }
+            if problems.is_empty() {
+                (Outcome::RolledBackAfterCrash, None)
+            } else {
+                (Outcome::RevertFailed, Some(problems.join("; ")))
             }
         };
         let detail = match &problem {
