@@ -16,11 +16,16 @@
 # the raw floor with the image present (target: after warm <= 1.15x that floor, whatever the
 # image's size) (BENCH_PULL_RUNS, 3).
 #
+# A release of two services (BENCH_RELEASE_RUNS, 5): `backtrack deploy` of a release (a web app
+# publishing the port, and a worker from a repository of its own) vs the two services deployed as
+# single targets back to back (target: <= 1.0x: the services swap at once), and vs the raw floor
+# (both `rm -f` + `run` at once, then poll). BENCH_ONLY=release runs only this part.
+#
 # Run:   bench/swap.sh
 # Needs: Docker Engine + the registry from scripts/test-env, /bin/busybox (busybox-static), curl.
 # Knobs: BACKTRACK=path/to/binary (default target/release/backtrack, built if missing),
 #        BENCH_REGISTRY (127.0.0.1:5000), BENCH_RUNS (7), BENCH_PULL_RUNS (3).
-# Uses port 127.0.0.1:18090 and containers bench-app / bench-app-backtrack-prev, removed on exit
+# Uses port 127.0.0.1:18090 and containers bench-app / bench-worker (and their -backtrack-prev), removed on exit
 # along with the images the seed path built. Leaves 127.0.0.1:5000/bench/swap:{v1.0.0,v1.1.0,v2.0.0}
 # in the registry (v2.0.0 is reused by later runs) and the v1 images locally.
 set -euo pipefail
@@ -49,7 +54,7 @@ load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/bench-swap.XXXXXX)
 seed_images=()
 cleanup() {
-  docker rm -f "$app" "$app-backtrack-prev" >/dev/null 2>&1 || true
+  docker rm -f "$app" "$app-backtrack-prev" bench-worker bench-worker-backtrack-prev >/dev/null 2>&1 || true
   [ ${#seed_images[@]} -eq 0 ] || docker rmi -f "${seed_images[@]}" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -161,6 +166,101 @@ ensure_on() {
     run_app "${ref[$1]}" && wait_version "$1"
   fi
 }
+
+# --- a release of two services ------------------------------------------------------------------
+# The worker: the same app from a repository of its own (a label makes its images its own).
+worker=bench-worker
+worker_image=$registry/bench/swap-worker
+write_dockerfile "$ctx/Dockerfile.worker" "LABEL io.bench.role=worker"
+declare -A wref=()
+for v in v1.0.0 v1.1.0; do
+  say "building and pushing $worker_image:$v"
+  docker build -q -f "$ctx/Dockerfile.worker" --build-arg VERSION=$v -t "$worker_image:$v" "$ctx" >/dev/null 2>"$work/build.err" \
+    || { cat "$work/build.err" >&2; die "build worker $v failed"; }
+  docker push -q "$worker_image:$v" >/dev/null 2>"$work/push.err" || { cat "$work/push.err" >&2; die "push worker $v failed"; }
+  wref[$v]=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$worker_image:$v" | grep -m1 "^$worker_image@")
+done
+release_config() { # release_config FILE TARGET_LINES HEALTH_LINES
+  printf '[registry]\nurl = "%s"\nrepository = "bench/swap"\n\n[target]\nkind = "container"\n%s\n[health]\n%stimeout = "30s"\n' \
+    "$registry" "$2" "$3" >"$1"
+}
+release_config "$work/release.toml" "names = [\"$app\", \"$worker\"]
+[target.repositories]
+$worker = \"bench/swap-worker\"" "http = \"$url\"
+"
+release_config "$work/web.toml" "name = \"$app\"" "http = \"$url\"
+"
+# The worker alone is validated as in the release: by its state and version (no HTTP probe).
+printf '[registry]\nurl = "%s"\nrepository = "bench/swap-worker"\n\n[target]\nkind = "container"\nname = "%s"\n\n[health]\ntimeout = "30s"\n' \
+  "$registry" "$worker" >"$work/worker.toml"
+release_on() { # release_on VERSION: web and worker run VERSION (untimed repair)
+  docker rm -f "$app" "$app-backtrack-prev" "$worker" "$worker-backtrack-prev" >/dev/null 2>&1 || true
+  run_app "${ref[$1]}" && docker run -d --name "$worker" "${wref[$1]}" >/dev/null && wait_version "$1"
+}
+worker_on() { # worker_on VERSION: the worker runs VERSION (poll its label, every 20 ms)
+  local deadline=$((SECONDS + 30))
+  until [ "$(docker inspect --format '{{.State.Running}} {{index .Config.Labels "org.opencontainers.image.version"}}' "$worker" 2>/dev/null)" = "true $1" ]; do
+    [ $SECONDS -lt $deadline ] || { say "worker never ran $1"; return 1; }
+    sleep 0.02
+  done
+}
+bt_deploy() { # bt_deploy CONFIG VERSION
+  timeout 120 "$BACKTRACK" --config "$1" deploy "$2" --yes >"$work/bt.out" 2>"$work/bt.err" || {
+    say "backtrack --config $1 deploy $2 failed (exit $?):"; sed 's/^/    /' "$work/bt.err" >&2; return 1
+  }
+}
+bt_release() { bt_deploy "$work/release.toml" "$1" && wait_version "$1" 5 && worker_on "$1"; }
+bt_singles() { bt_deploy "$work/web.toml" "$1" && bt_deploy "$work/worker.toml" "$1" && wait_version "$1" 5 && worker_on "$1"; }
+raw_both() { # both rm -f + run at once, then poll both
+  { docker rm -f "$app" >/dev/null && run_app "${ref[$1]}"; } &
+  local a=$!
+  { docker rm -f "$worker" >/dev/null && docker run -d --name "$worker" "${wref[$1]}" >/dev/null; } &
+  local b=$!
+  wait "$a" && wait "$b" && wait_version "$1" && worker_on "$1"
+}
+release_runs=${BENCH_RELEASE_RUNS:-5}
+r_release=() r_singles=() r_raw=()
+say "release of two services: $release_runs runs each of backtrack release / two single deploys / raw floor, interleaved"
+release_on v1.0.0; rcur=v1.0.0
+bt_release v1.1.0 && rcur=v1.1.0 || { release_on v1.0.0; rcur=v1.0.0; }   # warm-up, not timed
+for ((i = 1; i <= release_runs; i++)); do
+  for m in release singles raw; do
+    next=$(other "$rcur"); settle
+    case $m in
+      release) timed r_release bt_release "$next" ;;
+      singles) timed r_singles bt_singles "$next" ;;
+      raw) timed r_raw raw_both "$next" ;;
+    esac && rcur=$next || { release_on v1.0.0; rcur=v1.0.0; }
+  done
+  say "  run $i: release $(secs "${r_release[-1]:-0}")s, two single deploys $(secs "${r_singles[-1]:-0}")s, raw both $(secs "${r_raw[-1]:-0}")s"
+done
+docker rm -f "$app" "$app-backtrack-prev" "$worker" "$worker-backtrack-prev" >/dev/null 2>&1 || true
+release_rows() {
+  local a b c
+  for a in r_release r_singles r_raw; do
+    declare -n arr=$a
+    [ ${#arr[@]} -gt 0 ] || die "every run of $a failed"
+    unset -n arr
+  done
+  a=$(median_us "${r_release[@]}") b=$(median_us "${r_singles[@]}") c=$(median_us "${r_raw[@]}")
+  table_row "release of 2 services (web + worker)" "$(secs "$a") s" "$(secs "$b") s" "$(ratio "$a" "$b")x" "<= 1.0x 2 singles" "$(verdict ratio_le "$a" "$b" 1.0)"
+  table_row "  vs raw: both rm -f + run at once + poll" "$(secs "$a") s" "$(secs "$c") s" "$(ratio "$a" "$c")x" "" "(info)"
+}
+if [ "${BENCH_ONLY:-}" = release ]; then
+  echo
+  echo "release of two services: start of command -> both services on the new version"
+  echo "  $(nproc) CPUs, Docker $(docker version --format '{{.Server.Version}}'), median of ${#r_release[@]} runs, backtrack $("$BACKTRACK" --version 2>/dev/null | awk '{print $NF}')"
+  echo "  load average at start: $load_start, at end: $(cut -d" " -f1-3 /proc/loadavg)"
+  echo
+  table_head
+  release_rows
+  for name in r_release r_singles r_raw; do
+    declare -n arr="$name"
+    printf '  %-13s' "$name"; for v in "${arr[@]}"; do printf ' %s' "$(secs "$v")"; done; echo
+    unset -n arr
+  done
+  exit 0
+fi
 
 say "warming up (one swap of each kind, not timed)"
 current=v1.0.0
@@ -311,10 +411,11 @@ table_row "  backtrack warm itself (pull, ahead of time)" "$(secs "$m_warm_only"
 table_row "backtrack deploy with pull (${big_mb} MB)" "$(secs "$m_bt_pull") s" "$(secs "$m_raw_pull_swap") s" "${r_pull}x" "" "(info)"
 table_row "raw: docker pull + rm -f + run + poll" "$(secs "$m_raw_pull_swap") s" "" "" "" "(info)"
 table_row "raw: docker pull alone (${big_mb} MB)" "$(secs "$m_raw_pull") s" "" "" "" "(info)"
+release_rows
 for k in "${!fails[@]}"; do table_row "failed runs: $k" "${fails[$k]}" "" "" "0" "MISS"; done
 echo
 echo "samples (s):"
-for name in s_raw s_bt s_bt_cmd s_seed s_bt_pull s_raw_pull s_raw_pull_swap s_bt_warm s_raw_present s_warm_only w_raw w_bt; do
+for name in s_raw s_bt s_bt_cmd s_seed s_bt_pull s_raw_pull s_raw_pull_swap s_bt_warm s_raw_present s_warm_only w_raw w_bt r_release r_singles r_raw; do
   declare -n arr="$name"
   printf '  %-13s' "$name"; for v in "${arr[@]}"; do printf ' %s' "$(secs "$v")"; done; echo
   unset -n arr

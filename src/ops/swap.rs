@@ -439,8 +439,8 @@ pub struct SwapReport {
 pub struct Containers<'a> {
     pub host: &'a Host,
     pub plan: Plan,
-    /// How many of the plan's containers were swapped (put back in reverse order).
-    swapped: usize,
+    /// Which of the plan's containers a swap may have touched (put back in reverse order).
+    touched: Vec<bool>,
     /// For a stop-first swap on a remote host: the gate (a channel to the host that writes the
     /// intent, then hands the swap's calls to the engine), opened by the host ahead
     /// (`Host::ready_gate`), taken as the intent is recorded.
@@ -453,10 +453,81 @@ impl<'a> Containers<'a> {
     pub fn new(host: &'a Host, plan: Plan) -> Self {
         Self {
             host,
+            touched: vec![false; plan.containers.len()],
             plan,
-            swapped: 0,
             gate: std::sync::Mutex::default(),
             deferred: None,
+        }
+    }
+
+    /// Swaps one container and validates it: start-first beside the old one, or stop-first (its
+    /// intent, when it is the first swap of a gated one, sent through `gate` with its calls).
+    async fn swap_and_validate(
+        &self,
+        run: &Run<'_>,
+        c: &ContainerPlan,
+        intent: Option<Record>,
+        gate: Option<crate::adapters::ssh::RemoteChannel>,
+    ) -> Result<(), Failed> {
+        let (engine, plan, health) = (&self.host.engine, &self.plan, run.health);
+        if plan.order.start_first() {
+            return start_first_one(run, self.place(), engine, plan, c).await;
+        }
+        run.say(
+            self.place(),
+            format!("swapping {}: {} -> {}", c.name, c.from.display(), c.to.display()),
+        );
+        let swapping = async {
+            match &intent {
+                Some(intent) => swap_one_gated(engine, &self.host.journal, c, intent, gate).await,
+                None => Ok(swap_one(engine, c).await),
+            }
+        };
+        // The probe's route (a forward over SSH) is made while the container is swapped.
+        let (swap, ()) = tokio::join!(swapping, engine.prepare_probe(health.http.as_deref()));
+        if let Err(e) = swap? {
+            return Err(Failed {
+                why: format!("swap {}: {e}", c.name),
+                ..Failed::default()
+            });
+        }
+        self.host.phase("validate");
+        let progress = run.progress(
+            self.place(),
+            &format!(
+                "validating {} (timeout {})",
+                c.name,
+                crate::domain::duration::format(health.timeout)
+            ),
+        );
+        let result = validate::wait_valid(
+            engine,
+            std::slice::from_ref(&c.name),
+            &c.health(health),
+            c.to.version.as_deref(),
+            |s| progress.set(&format!("validating {}: {s}", c.name)),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                progress.finish(&format!("{} is healthy on {}", c.name, c.to.display()));
+                Ok(())
+            }
+            Err(invalid) => {
+                progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
+                let logs = engine.logs_tail(&c.name, 20).await;
+                Err(Failed {
+                    // Named when the target has several: hosts, or a release's services.
+                    why: if run.fleet || c.service.is_some() {
+                        format!("{} failed validation: {}", c.name, invalid.why)
+                    } else {
+                        invalid.why
+                    },
+                    logs,
+                    probe_unreachable: invalid.probe_unreachable,
+                    ..Failed::default()
+                })
+            }
         }
     }
 
@@ -547,72 +618,29 @@ impl Unit for Containers<'_> {
     }
 
     async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
-        let (engine, plan, health) = (&self.host.engine, &self.plan, run.health);
+        let plan = &self.plan;
         run.say(self.place(), format!("{}: {}", plan.order.order, plan.order.why));
-        if plan.order.start_first() {
-            for c in &plan.containers {
-                self.swapped += 1;
-                start_first_one(run, self.place(), engine, plan, c).await?;
-            }
-            return Ok(());
+        let groups = service_groups(&plan.containers);
+        // A release's services swap at once (each service's containers one after another); not
+        // while the intent waits to go through the gate with the first swap.
+        if groups.len() > 1 && self.deferred.is_none() {
+            self.touched.iter_mut().for_each(|t| *t = true);
+            let this = &*self;
+            let swaps = groups.into_iter().map(|range| async move {
+                for c in &this.plan.containers[range] {
+                    this.swap_and_validate(run, c, None, None).await?;
+                }
+                Ok::<(), Failed>(())
+            });
+            let results = futures::future::join_all(swaps).await;
+            return results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
         }
-        for c in &plan.containers {
-            run.say(
-                self.place(),
-                format!("swapping {}: {} -> {}", c.name, c.from.display(), c.to.display()),
-            );
-            self.swapped += 1;
+        for i in 0..self.plan.containers.len() {
+            self.touched[i] = true;
             let intent = self.deferred.take();
             let gate = self.gate.get_mut().ok().and_then(Option::take);
-            let swapping = async {
-                match &intent {
-                    Some(intent) => swap_one_gated(engine, &self.host.journal, c, intent, gate).await,
-                    None => Ok(swap_one(engine, c).await),
-                }
-            };
-            // The probe's route (a forward over SSH) is made while the container is swapped.
-            let (swap, ()) = tokio::join!(swapping, engine.prepare_probe(health.http.as_deref()));
-            let swap = swap?;
-            if let Err(e) = swap {
-                return Err(Failed {
-                    why: format!("swap {}: {e}", c.name),
-                    ..Failed::default()
-                });
-            }
-            self.host.phase("validate");
-            let progress = run.progress(
-                self.place(),
-                &format!(
-                    "validating {} (timeout {})",
-                    c.name,
-                    crate::domain::duration::format(health.timeout)
-                ),
-            );
-            let result = validate::wait_valid(
-                engine,
-                std::slice::from_ref(&c.name),
-                &c.health(health),
-                c.to.version.as_deref(),
-                |s| progress.set(&format!("validating {}: {s}", c.name)),
-            )
-            .await;
-            match result {
-                Ok(()) => progress.finish(&format!("{} is healthy on {}", c.name, c.to.display())),
-                Err(invalid) => {
-                    progress.finish(&format!("{} failed validation: {}", c.name, invalid.why));
-                    let logs = engine.logs_tail(&c.name, 20).await;
-                    return Err(Failed {
-                        why: if run.fleet {
-                            format!("{} failed validation: {}", c.name, invalid.why)
-                        } else {
-                            invalid.why
-                        },
-                        logs,
-                        probe_unreachable: invalid.probe_unreachable,
-                        ..Failed::default()
-                    });
-                }
-            }
+            self.swap_and_validate(run, &self.plan.containers[i], intent, gate)
+                .await?;
         }
         Ok(())
     }
@@ -625,7 +653,13 @@ impl Unit for Containers<'_> {
     }
 
     async fn put_back(&mut self, run: &Run<'_>) -> Result<(), String> {
-        let swapped = &self.plan.containers[..self.swapped];
+        let swapped: Vec<&ContainerPlan> = self
+            .plan
+            .containers
+            .iter()
+            .zip(&self.touched)
+            .filter_map(|(c, t)| t.then_some(c))
+            .collect();
         if !run.fleet {
             let names: Vec<&str> = self.plan.containers.iter().map(|c| c.name.as_str()).collect();
             run.printer
@@ -677,6 +711,19 @@ impl Unit for Containers<'_> {
     fn phase(&self, phase: &'static str) {
         self.host.phase(phase);
     }
+}
+
+/// The runs of consecutive containers of one service (a release's services; one run for one
+/// service), as index ranges into `containers`.
+fn service_groups(containers: &[ContainerPlan]) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        match groups.last_mut() {
+            Some(g) if containers[g.start].service == c.service => g.end = i + 1,
+            _ => groups.push(i..i + 1),
+        }
+    }
+    groups
 }
 
 /// Removes what a validated swap of `c` leaves, both at once: the previous container, and the
