@@ -490,7 +490,6 @@ impl<'a> App<'a> {
 fn not_built_for_releases(command: &Command) -> Option<&'static str> {
     Some(match command {
         Command::Emergency(_) => "emergency",
-        Command::Warm(_) => "warm",
         Command::Drill(_) => "drill",
         Command::Prune(_) => "prune",
         _ => return None,
@@ -513,7 +512,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         return Err(crate::error::Failure::Usage(format!(
             "{what} on a release of several services ({}) is not built yet: it acts on one service; \
              use a config with `name` for each service meanwhile (deploy, rollback, mark-good, status, \
-             versions, history and validate act on the release)",
+             versions, history, validate and warm act on the release)",
             t.display()
         ))
         .into());

@@ -2,6 +2,8 @@
 //! target's `last_known_good`) by digest onto the target's host, in parallel, so that a rollback
 //! to them is a swap and never a pull.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::App;
@@ -30,14 +32,16 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let registry = app.registry()?;
+    // A release's candidates are resolved in its first service's repository, and warmed in
+    // every service's.
+    let registries = app.registries()?;
     let limit = crate::domain::duration::parse_wait(&args.timeout)?;
     let (hosts, _) = app.hosts(None, None).await?;
-    let catalog = Catalog::load(registry.as_ref()).await?;
-    let (registry, catalog) = (registry.as_ref(), &catalog);
+    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let (registries, catalogs) = (&registries, &catalogs.iter().collect::<Vec<_>>());
     let results = app
         .on_each(&hosts, async |h| {
-            warm_host(app, h, registry, catalog, args, limit).await
+            warm_host(app, h, registries, catalogs, args, limit).await
         })
         .await;
     let (total, failed) = results
@@ -61,16 +65,17 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
 async fn warm_host(
     app: &App<'_>,
     host: &Host,
-    registry: &dyn Registry,
-    catalog: &Catalog,
+    registries: &[Arc<dyn Registry>],
+    catalogs: &[&Catalog],
     args: &WarmArgs,
     limit: std::time::Duration,
 ) -> anyhow::Result<WarmReport> {
     let project = app.project()?;
     let target = app.target()?;
     let engine = &host.engine;
+    let (registry, catalog) = (registries[0].as_ref(), catalogs[0]);
     let ops = history::operations(&host.journal.read()?);
-    let current = deployed::read(engine, target, &registry.name()).await?;
+    let current = deployed::read(engine, target, &project.registry.display()).await?;
     let cands = warm::candidates(
         registry,
         catalog,
@@ -92,12 +97,43 @@ async fn warm_host(
         cands.iter().map(|c| c.image.display()).collect::<Vec<_>>().join(", "),
         engine.host()
     ));
-    let done = warm::warm(engine, registry, &cands, limit).await;
+    let done = if target.is_release() {
+        warm_release(engine, target, registries, catalogs, &cands, limit).await?
+    } else {
+        warm::warm(engine, registry, &cands, limit).await
+    };
     progress.finish("done");
     Ok(WarmReport {
         target: target.display(),
         candidates: done,
     })
+}
+
+/// A release's candidates in every service's repository (each service's image of the version),
+/// pulled at once; every row names its service. A candidate some repository lacks is refused.
+async fn warm_release(
+    engine: &crate::adapters::docker::Engine,
+    target: &crate::settings::TargetSettings,
+    registries: &[Arc<dyn Registry>],
+    catalogs: &[&Catalog],
+    cands: &[warm::Candidate],
+    limit: std::time::Duration,
+) -> anyhow::Result<Vec<Readiness>> {
+    let mut per_service: Vec<Vec<warm::Candidate>> = vec![Vec::new(); registries.len()];
+    for c in cands {
+        let images = crate::ops::release::images_of(target, registries, catalogs, &c.image).await?;
+        for (i, image) in images.into_iter().enumerate() {
+            per_service[i].push(warm::Candidate {
+                label: format!("{} ({})", c.label, image.service),
+                image: image.image,
+            });
+        }
+    }
+    let pulls = registries
+        .iter()
+        .zip(&per_service)
+        .map(|(r, cands)| warm::warm(engine, r.as_ref(), cands, limit));
+    Ok(futures::future::join_all(pulls).await.into_iter().flatten().collect())
 }
 
 impl Report for WarmReport {

@@ -118,6 +118,14 @@ fn a_release_of_two_services_deploys_and_rolls_back_together_with_one_history_en
     assert!(mark.stdout.contains(&worker.name), "{}", mark.stdout);
     assert_eq!(web.tag_digest("last_known_good"), web.tag_digest("v1.0.0"));
     assert_eq!(worker.tag_digest("last_known_good"), worker.tag_digest("v1.0.0"));
+    // Warm puts every service's image of each candidate on the host.
+    let warm = t.exec(["warm", "v1.1.0", "--output", "json"]).success().json();
+    let rows = warm["candidates"].as_array().unwrap_or_else(|| panic!("{warm}"));
+    let labels: Vec<&str> = rows.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels.len(), 2, "{warm}");
+    assert!(labels[0].contains(&r.web) && labels[1].contains(&r.worker), "{warm}");
+    assert!(rows[1]["reference"].as_str().unwrap().contains(&worker.name), "{warm}");
+    assert!(rows.iter().all(|r| r["error"].is_null()), "{warm}");
     // What is not built for a release yet says so, and touches nothing.
     let refused = t.exec(["emergency", "--yes"]).code(2);
     assert!(refused.stderr.contains("not built yet"), "{}", refused.stderr);
