@@ -93,13 +93,23 @@ pub(super) async fn plan_host(
     journal: &crate::adapters::state::Journal,
     registry: &dyn Registry,
     lkg: &ImageRef,
+    services: &[ServiceLkg],
     args: &EmergencyArgs,
 ) -> anyhow::Result<HostPlan> {
     let target = app.target()?;
-    let pointer = app.project()?.lkg_tag();
+    let project = app.project()?;
+    let pointer = project.lkg_tag();
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
-    let (image, pulled) = local_image(engine, registry, &digest, &pointer).await?;
-    let current = deployed::read(engine, target, &registry.name()).await?;
+    let (image, mut pulled) = local_image(engine, registry, &digest, &pointer).await?;
+    // A release's other services: each its own image, found (or pulled) on this host.
+    let mut images = std::collections::BTreeMap::new();
+    for s in services.iter().skip(1) {
+        let digest = s.lkg.digest.clone().expect("a service's last known good has a digest");
+        let (i, p) = local_image(engine, s.registry.as_ref(), &digest, &pointer).await?;
+        pulled |= p;
+        images.insert(s.service.clone(), i);
+    }
+    let current = deployed::read(engine, target, &project.registry.display()).await?;
     crate::ops::guard::check(
         engine,
         &current,
@@ -121,6 +131,7 @@ pub(super) async fn plan_host(
     let mut plans = Vec::new();
     let mut saved_policies = std::collections::BTreeMap::new();
     for d in &current {
+        let image = d.service.as_ref().and_then(|s| images.get(s)).unwrap_or(&image);
         let old = engine
             .inspect(&d.container.name)
             .await?
@@ -224,6 +235,61 @@ pub(super) async fn find_last_known_good(
                 "find a last known good version: none in the registry or the journal; mark one with `backtrack mark-good`"
             )
         })
+}
+
+/// One service of a release in an emergency: its registry and its last known good image.
+pub(super) struct ServiceLkg {
+    pub service: String,
+    pub registry: std::sync::Arc<dyn Registry>,
+    pub lkg: ImageRef,
+}
+
+/// Every service's last known good image for a release whose first service's is `lkg`: each
+/// repository's pointer when its registry answers, else what the journal's last mark-good of the
+/// release recorded for that service. Empty for one service.
+pub(super) async fn release_last_known_good(
+    target: &crate::settings::TargetSettings,
+    registries: &[std::sync::Arc<dyn Registry>],
+    ops: &[history::OperationView],
+    lkg: &ImageRef,
+    pointer: &str,
+) -> anyhow::Result<Vec<ServiceLkg>> {
+    let mut out = Vec::with_capacity(target.members.len());
+    for (i, (m, registry)) in target.members.iter().zip(registries).enumerate() {
+        let image = if i == 0 {
+            lkg.clone()
+        } else {
+            match registry.tag_digest(pointer).await {
+                Ok(Some(digest)) => ImageRef {
+                    tag: lkg.tag.clone(),
+                    version: lkg.version.clone(),
+                    digest: Some(digest),
+                },
+                Ok(None) => anyhow::bail!(
+                    "find the last known good of {}: {} has no {pointer}; mark the release good \
+                     (`backtrack mark-good VERSION` moves every service's pointer)",
+                    m.name,
+                    registry.name()
+                ),
+                Err(e) => match history::marked_good_service(ops, &m.name) {
+                    Some(image) if image.digest.is_some() => image.clone(),
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "find the last known good of {} (its registry does not answer and the journal \
+                             has no mark-good of the release naming it)",
+                            m.name
+                        )));
+                    }
+                },
+            }
+        };
+        out.push(ServiceLkg {
+            service: m.name.clone(),
+            registry: registry.clone(),
+            lkg: image,
+        });
+    }
+    Ok(out)
 }
 
 /// A local reference to the image: by digest if present, else the local last-known-good tag if it

@@ -114,7 +114,9 @@ impl Report for FleetEmergencyReport {
 pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let project = app.project()?;
     let target = app.target()?;
-    let registry = app.registry()?;
+    // A release: the first service's registry finds the pointer, every service runs its own.
+    let registries = app.registries()?;
+    let registry = &registries[0];
     let fleet = app.is_fleet();
     let (hosts, skipped) = app
         .hosts(
@@ -145,11 +147,16 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     let ops = history::operations(&first.journal.read()?);
     let pointer = project.lkg_tag();
     let (lkg, source) = emergency::find_last_known_good(&app.printer, registry.as_ref(), &ops, &pointer).await?;
+    let services = if target.is_release() {
+        emergency::release_last_known_good(target, &registries, &ops, &lkg, &pointer).await?
+    } else {
+        Vec::new()
+    };
     // Every host planned before any changes: one that cannot be refuses the run.
     let planned = join_all(
         hosts
             .iter()
-            .map(|h| emergency::plan_host(app, &h.engine, &h.journal, registry.as_ref(), &lkg, args)),
+            .map(|h| emergency::plan_host(app, &h.engine, &h.journal, registry.as_ref(), &lkg, &services, args)),
     )
     .await;
     let mut plans: Vec<HostPlan> = Vec::new();
@@ -215,6 +222,7 @@ pub async fn run(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()> {
     base.reason = args.reason.clone();
     base.target = Some(target.display());
     base.to = Some(lkg.clone());
+    base.services = services.iter().map(|s| (s.service.clone(), s.lkg.clone())).collect();
     let records: Vec<Record> = plans
         .iter()
         .zip(&rows)

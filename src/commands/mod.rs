@@ -487,9 +487,9 @@ impl<'a> App<'a> {
 
 /// The commands that do not act on a release as a whole yet (`[target] names`): they are
 /// refused, never run on one service of it.
-fn not_built_for_releases(command: &Command) -> Option<&'static str> {
+fn not_built_for_releases(command: &Command, target: &TargetSettings) -> Option<&'static str> {
     Some(match command {
-        Command::Emergency(_) => "emergency",
+        Command::Emergency(_) if target.kind == crate::settings::TargetKind::Swarm => "emergency on Swarm",
         Command::Drill(_) => "drill",
         Command::Prune(_) => "prune",
         _ => return None,
@@ -505,14 +505,14 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     ) {
         app.connect_early();
     }
-    if let Some(what) = not_built_for_releases(&command)
-        && let Ok(project) = settings.project()
+    if let Ok(project) = settings.project()
         && let Some(t) = project.target.as_ref().filter(|t| t.is_release())
+        && let Some(what) = not_built_for_releases(&command, t)
     {
         return Err(crate::error::Failure::Usage(format!(
             "{what} on a release of several services ({}) is not built yet: it acts on one service; \
              use a config with `name` for each service meanwhile (deploy, rollback, mark-good, status, \
-             versions, history, validate and warm act on the release)",
+             versions, history, validate, warm and emergency act on the release)",
             t.display()
         ))
         .into());

@@ -387,6 +387,15 @@ pub fn marked_good(ops: &[OperationView]) -> impl Iterator<Item = &ImageRef> {
         .filter_map(|o| o.to.as_ref())
 }
 
+/// What the journal says a release's service was last marked good with (`Record::services` of
+/// the most recent successful mark-good that names it).
+pub fn marked_good_service<'a>(ops: &'a [OperationView], service: &str) -> Option<&'a ImageRef> {
+    ops.iter()
+        .rev()
+        .filter(|o| o.op == Operation::MarkGood && o.result == Some(Outcome::Ok))
+        .find_map(|o| o.services.get(service))
+}
+
 /// The key a version is known by in the journal's rules: its version, else its digest.
 fn key(r: &ImageRef) -> Option<String> {
     r.version.clone().or_else(|| r.digest.as_ref().map(ToString::to_string))

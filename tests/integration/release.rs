@@ -126,8 +126,25 @@ fn a_release_of_two_services_deploys_and_rolls_back_together_with_one_history_en
     assert!(labels[0].contains(&r.web) && labels[1].contains(&r.worker), "{warm}");
     assert!(rows[1]["reference"].as_str().unwrap().contains(&worker.name), "{warm}");
     assert!(rows.iter().all(|r| r["error"].is_null()), "{warm}");
+    // Emergency runs every service's last known good image directly.
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let run = t.exec(["emergency", "--yes"]).success();
+    assert!(run.stdout.contains("1.0.0"), "{}", run.stdout);
+    assert_eq!(r.versions(), ("1.0.0".into(), "1.0.0".into()));
+    assert_eq!(
+        inspect(&r.worker, "{{.Config.Image}}"),
+        format!("{}@{}", worker.image(), worker.tag_digest("v1.0.0").unwrap())
+    );
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    let last = h["operations"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["op"], "emergency", "{h}");
+    assert_eq!(
+        last["services"][&r.worker]["digest"],
+        worker.tag_digest("v1.0.0").unwrap(),
+        "{h}"
+    );
     // What is not built for a release yet says so, and touches nothing.
-    let refused = t.exec(["emergency", "--yes"]).code(2);
+    let refused = t.exec(["drill"]).code(2);
     assert!(refused.stderr.contains("not built yet"), "{}", refused.stderr);
     assert_eq!(r.versions(), ("1.0.0".into(), "1.0.0".into()));
 }
