@@ -146,13 +146,13 @@ pub(super) async fn plan_host(
             labels.push((LABEL_VERSION, v.clone()));
         }
         let (mut body, extra) = match configs.to_restore(lkg, &d.container.name)? {
-            Some(then) => crate::adapters::docker::snapshot::restore(then, &image, &labels).ok_or_else(|| {
+            Some(then) => crate::adapters::docker::snapshot::restore(then, image, &labels).ok_or_else(|| {
                 anyhow::anyhow!(
                     "restore the config of {}: its snapshot is not a container's",
                     d.container.name
                 )
             })?,
-            None => clone_config(&old, &old_image, &image, &labels),
+            None => clone_config(&old, &old_image, image, &labels),
         };
         if lkg.version.is_none()
             && let Some(l) = body.labels.as_mut()
