@@ -131,35 +131,119 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             config: project.config_path.clone(),
         })?;
     let policy = crate::settings::policy::load(&path)?;
-    let registry = app.registry()?;
+    // A release prunes every service's repository, each deploy-aware with that service's images.
+    let registries = app.registries()?;
     let journal = app.journal()?;
     let _lock = app.lock_unless(args.dry_run, "backtrack prune")?;
 
     // What is deployed is protected, so not knowing it is not an option for a real run.
-    let mut deployed_digests = BTreeSet::new();
+    let mut current = Vec::new();
     if let Some(target) = &project.target {
         let engine = app
             .engine()
             .await
             .context("read what is deployed (prune protects it)")?;
-        for d in deployed::read(&engine, target, &registry.name()).await? {
-            match d.digest {
-                Some(digest) => {
-                    deployed_digests.insert(digest);
-                }
-                None => anyhow::bail!(
-                    "protect what {} runs: the digest of {} is unknown in {}; refusing to prune",
-                    target.display(),
-                    d.container.name,
-                    registry.name()
-                ),
-            }
+        current = deployed::read(&engine, target, &project.registry.display()).await?;
+        if let Some(d) = current.iter().find(|d| d.digest.is_none()) {
+            anyhow::bail!(
+                "protect what {} runs: the digest of {} is unknown in {}; refusing to prune",
+                target.display(),
+                d.container.name,
+                project.registry.display()
+            );
         }
     } else {
         app.printer
             .note("note: no [target] in the config: nothing is protected as deployed");
     }
+    let ops = history::operations(&journal.read()?);
+    let services: Vec<Option<&str>> = match project.target.as_ref().filter(|t| t.is_release()) {
+        Some(t) => t.members.iter().map(|m| Some(m.name.as_str())).collect(),
+        None => vec![None],
+    };
+    let mut planned = Vec::with_capacity(registries.len());
+    for (registry, service) in registries.iter().zip(&services) {
+        let deployed_digests: BTreeSet<Digest> = current
+            .iter()
+            .filter(|d| service.is_none() || d.service.as_deref() == *service)
+            .filter_map(|d| d.digest.clone())
+            .collect();
+        let ops = match service {
+            Some(s) => history::for_service(&ops, s),
+            None => ops.clone(),
+        };
+        let report = plan_repository(app, registry.as_ref(), &policy, &path, deployed_digests, &ops, args).await?;
+        planned.push((registry.clone(), report));
+    }
+    let deleting: usize = planned.iter().map(|(_, r)| r.plan.deleted).sum();
+    if args.dry_run || deleting == 0 {
+        return print(app, planned.into_iter().map(|(_, r)| r).collect());
+    }
+    if !app.settings.yes {
+        for (_, r) in &planned {
+            app.printer.note(r.human());
+        }
+        let names: Vec<String> = planned.iter().map(|(r, _)| r.name()).collect();
+        let q = format!("Delete {deleting} images from {}?", names.join(" and "));
+        if !confirm(&app.printer, &q, "confirm the deletes")? {
+            return Err(Failure::Cancelled.into());
+        }
+    }
+    let (mut done, mut total, mut failed) = (0, 0, 0);
+    let mut reports = Vec::with_capacity(planned.len());
+    for (registry, mut report) in planned {
+        if report.plan.deleted > 0 {
+            let (d, t) = delete_planned(app, registry.as_ref(), &journal, &path, &mut report).await?;
+            done += d;
+            total += t;
+            failed += report.failed.len();
+        }
+        reports.push(report);
+    }
+    print(app, reports)?;
+    if failed > 0 {
+        return Err(Failure::Partial { done, total, failed }.into());
+    }
+    Ok(())
+}
 
+/// One report, or a release's: one per repository.
+fn print(app: &App<'_>, mut reports: Vec<PruneReport>) -> anyhow::Result<()> {
+    if reports.len() == 1 {
+        return app.printer.report(&reports.remove(0));
+    }
+    app.printer.report(&ReleasePruneReport { repositories: reports })
+}
+
+/// A release's prune: one plan (and its deletes) per service's repository.
+#[derive(Debug, Serialize)]
+struct ReleasePruneReport {
+    repositories: Vec<PruneReport>,
+}
+
+impl Report for ReleasePruneReport {
+    fn human(&self) -> String {
+        self.repositories
+            .iter()
+            .map(|r| r.human())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+}
+
+/// The retention plan of one repository: its images and every reason, with what `ops` (the
+/// target's history, as this repository's service saw it) and the other targets built from it
+/// protect, and what runs (`deployed_digests`).
+async fn plan_repository(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    policy: &retention::Policy,
+    path: &std::path::Path,
+    deployed_digests: BTreeSet<Digest>,
+    ops: &[history::OperationView],
+    args: &PruneArgs,
+) -> anyhow::Result<PruneReport> {
+    let project = app.project()?;
     let images = registry
         .images()
         .await
@@ -174,12 +258,9 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
     // Age rules need every image's time; without them, an image whose metadata cannot be read is
     // shown without size and time rather than stopping the prune.
     let fetched: Vec<(Digest, Result<ImageInfo, RegistryError>)> = futures::stream::iter(need)
-        .map(|d| {
-            let registry = &registry;
-            async move {
-                let info = registry.image_info(&d).await;
-                (d, info)
-            }
+        .map(|d| async move {
+            let info = registry.image_info(&d).await;
+            (d, info)
         })
         .buffer_unordered(crate::adapters::registry::CONCURRENCY)
         .collect()
@@ -220,7 +301,6 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let ops = history::operations(&journal.read()?);
     // Other targets built from this repository (staging and prod, web and worker) keep what
     // their own journals say they run and recently ran.
     let mut other_targets = std::collections::BTreeMap::new();
@@ -243,7 +323,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             other_targets.insert(d, format!("{} runs it (its journal)", sib.meta.target));
         }
     }
-    let deployed_here = history::deployed_versions(&ops);
+    let deployed_here = history::deployed_versions(ops);
     let facts = Facts {
         deployed: deployed_digests,
         recent_deployments: deployed_here.iter().filter_map(|r| r.digest.clone()).collect(),
@@ -251,7 +331,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         now: Utc::now(),
     };
     let plan = retention::plan(&policy, &entries, &facts);
-    let mut report = PruneReport {
+    Ok(PruneReport {
         dry_run: args.dry_run,
         repository: registry.name(),
         policy: path.display().to_string(),
@@ -260,17 +340,20 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         failed: Vec::new(),
         space: space_note(project.registry.kind),
         explain: args.explain,
-    };
-    if args.dry_run || report.plan.deleted == 0 {
-        return app.printer.report(&report);
-    }
-    if !app.settings.yes {
-        app.printer.note(report.human());
-        let q = format!("Delete {} images from {}?", report.plan.deleted, registry.name());
-        if !confirm(&app.printer, &q, "confirm the deletes")? {
-            return Err(Failure::Cancelled.into());
-        }
-    }
+    })
+}
+
+/// Runs `report`'s deletes in one repository (never an image a pointer names now), recorded in
+/// the journal; the report then says what was deleted and what failed. Returns (deleted, tried).
+async fn delete_planned(
+    app: &App<'_>,
+    registry: &dyn crate::adapters::registry::Registry,
+    journal: &state::Journal,
+    path: &std::path::Path,
+    report: &mut PruneReport,
+) -> anyhow::Result<(usize, usize)> {
+    let project = app.project()?;
+    let images: Vec<&retention::Decision> = report.plan.decisions.iter().collect();
     // A pointer may have moved while the plan was read: never delete what one names now.
     let mut pointers: BTreeSet<String> = images
         .iter()
@@ -297,7 +380,12 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .collect();
 
     let base = Record {
-        detail: Some(format!("policy {}: {} to delete", path.display(), doomed.len())),
+        detail: Some(format!(
+            "policy {} on {}: {} to delete",
+            path.display(),
+            registry.name(),
+            doomed.len()
+        )),
         ..state::begin(Operation::Prune)
     };
     journal.append(&base)?;
@@ -347,21 +435,13 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         Outcome::Failed
     };
     let detail = format!(
-        "policy {}: deleted {}, failed {}",
+        "policy {} on {}: deleted {}, failed {}",
         path.display(),
+        registry.name(),
         report.plan.deleted,
         report.failed.len()
     );
     let elapsed = started.elapsed().as_millis() as u64;
     journal.append(&base.finish(Utc::now(), outcome, Some(elapsed), Some(detail)))?;
-    app.printer.report(&report)?;
-    if !report.failed.is_empty() {
-        return Err(Failure::Partial {
-            done: report.plan.deleted,
-            total: doomed.len(),
-            failed: report.failed.len(),
-        }
-        .into());
-    }
-    Ok(())
+    Ok((report.plan.deleted, doomed.len()))
 }

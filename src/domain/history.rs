@@ -358,6 +358,21 @@ pub fn failed_versions(ops: &[OperationView]) -> HashSet<String> {
     last.into_iter().filter(|(_, ok)| !ok).map(|(v, _)| v).collect()
 }
 
+/// A release's operations as one service saw them: each one's `to` is that service's image
+/// (`Record::services`), so the rules above (`deployed_versions`, `last_committed`) speak of
+/// that service's repository. Operations that do not name it keep their own.
+pub fn for_service(ops: &[OperationView], service: &str) -> Vec<OperationView> {
+    ops.iter()
+        .map(|o| {
+            let mut o = o.clone();
+            if let Some(to) = o.services.get(service) {
+                o.to = Some(to.clone());
+            }
+            o
+        })
+        .collect()
+}
+
 /// The versions successfully deployed, most recent first, each once.
 pub fn deployed_versions(ops: &[OperationView]) -> Vec<ImageRef> {
     let mut seen = HashSet::new();
@@ -546,6 +561,48 @@ mod tests {
             rec(id, Operation::Deploy, Phase::Started, to, None),
             rec(id, Operation::Deploy, Phase::Finished, to, Some(result)),
         ]
+    }
+
+    /// A release's journal read for one service: its own images, its own last mark.
+    #[test]
+    fn a_release_journal_speaks_of_each_service_by_its_own_image() {
+        let digest = |c: char| Some(Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap());
+        let image = |v: &str, c: char| ImageRef {
+            version: Some(v.into()),
+            digest: digest(c),
+            ..Default::default()
+        };
+        let mut records = deploy("1", "1.1.0", Outcome::Ok);
+        records[0].to = Some(image("1.1.0", 'a'));
+        records[1].to = Some(image("1.1.0", 'a'));
+        records[0].services = BTreeMap::from([
+            ("web".to_string(), image("1.1.0", 'a')),
+            ("worker".to_string(), image("1.1.0", 'b')),
+        ]);
+        let mut mark = rec("2", Operation::MarkGood, Phase::Started, "1.1.0", None);
+        mark.services = records[0].services.clone();
+        records.push(mark.clone());
+        records.push(mark.finish(
+            DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+            Outcome::Ok,
+            None,
+            None,
+        ));
+        let ops = operations(&records);
+        let worker = for_service(&ops, "worker");
+        assert_eq!(deployed_versions(&worker)[0].digest, digest('b'));
+        assert_eq!(
+            deployed_versions(&ops)[0].digest,
+            digest('a'),
+            "the release's own is the first service's"
+        );
+        assert_eq!(
+            marked_good_service(&ops, "worker").and_then(|i| i.digest.clone()),
+            digest('b')
+        );
+        assert_eq!(marked_good_service(&ops, "cron"), None);
+        // A service no operation names keeps the operations' own images.
+        assert_eq!(deployed_versions(&for_service(&ops, "cron"))[0].digest, digest('a'));
     }
 
     #[test]

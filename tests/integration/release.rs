@@ -272,3 +272,38 @@ fn a_compose_release_of_two_services_moves_both_and_status_tells_drift() {
     let h = t.exec(["history", "--output", "json"]).success().json();
     assert_eq!(h["operations"].as_array().unwrap().len(), 2, "{h}");
 }
+
+#[test]
+fn prune_on_a_release_keeps_what_each_service_runs_in_its_own_repository() {
+    let (web, worker) = repositories(
+        &["v1.0.0", "v1.1.0"],
+        &[AppImage::new("v1.0.0"), AppImage::new("v1.1.0")],
+    );
+    for repo in [&web, &worker] {
+        repo.push_synthetic(&["v1.2.0"], "2026-01-01T00:00:00Z");
+        repo.push_synthetic(&["v1.3.0"], "2026-02-01T00:00:00Z");
+    }
+    let r = Release::run(&web, &worker, "v1.0.0");
+    let t = r.test(&web, &worker);
+    std::fs::write(
+        t.dir.path().join("policy.toml"),
+        "description = \"newest and what runs\"\n[protect]\nhistory = 1\n[[keep]]\nnewest = 1\n",
+    )
+    .unwrap();
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let plan = t
+        .exec(["prune", "--policy", "policy.toml", "--dry-run", "--output", "json"])
+        .success()
+        .json();
+    let repos = plan["repositories"].as_array().unwrap_or_else(|| panic!("{plan}"));
+    let names: Vec<&str> = repos.iter().map(|r| r["repository"].as_str().unwrap()).collect();
+    assert_eq!(names, [web.image(), worker.image()], "{plan}");
+    t.exec(["prune", "--policy", "policy.toml", "--yes"]).success();
+    for repo in [&web, &worker] {
+        let mut tags = repo.tags();
+        tags.sort();
+        // The newest, and what the release runs (the worker's from its own container and history).
+        assert_eq!(tags, ["v1.1.0", "v1.3.0"], "{}", repo.name);
+    }
+    assert_eq!(r.versions(), ("1.1.0".into(), "1.1.0".into()));
+}
