@@ -330,7 +330,7 @@ async fn plan_repository(
         other_targets,
         now: Utc::now(),
     };
-    let plan = retention::plan(&policy, &entries, &facts);
+    let plan = retention::plan(policy, &entries, &facts);
     Ok(PruneReport {
         dry_run: args.dry_run,
         repository: registry.name(),
