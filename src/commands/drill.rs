@@ -2,6 +2,8 @@
 //! on a scratch copy of the target, without touching production; one row per candidate, and exit
 //! code 11 when a candidate would fail, so CI or cron can run `backtrack drill lkg` nightly.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::App;
@@ -9,6 +11,7 @@ use crate::adapters::registry::Registry;
 use crate::cli::DrillArgs;
 use crate::domain::digest::Digest;
 use crate::domain::history;
+use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::drill::{self, DrillSetup, Rehearsal};
 use crate::ops::fleet::Host;
@@ -41,7 +44,8 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let registry = app.registry()?;
+    // A release rehearses every service's image of each candidate, each beside its production.
+    let registries = app.registries()?;
     let selectors: Vec<String> = if args.selectors.is_empty() {
         DEFAULT_SELECTORS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -51,11 +55,11 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
     let command = format!("backtrack drill {}", selectors.join(" "));
     let (hosts, _) = app.hosts(Some(&command), None).await?;
     interrupt::install();
-    let catalog = Catalog::load(registry.as_ref()).await?;
-    let (registry, catalog) = (registry.as_ref(), &catalog);
+    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let (registries, catalogs) = (&registries, &catalogs.iter().collect::<Vec<_>>());
     let results = app
         .on_each(&hosts, async |h| {
-            drill_host(app, h, registry, catalog, &selectors, args).await
+            drill_host(app, h, registries, catalogs, &selectors, args).await
         })
         .await;
     let (total, failing) = results
@@ -77,13 +81,14 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
 async fn drill_host(
     app: &App<'_>,
     host: &Host,
-    registry: &dyn Registry,
-    catalog: &Catalog,
+    registries: &[Arc<dyn Registry>],
+    catalogs: &[&Catalog],
     selectors: &[String],
     args: &DrillArgs,
 ) -> anyhow::Result<DrillReport> {
     let project = app.project()?;
     let target = app.target()?;
+    let (registry, catalog) = (registries[0].as_ref(), catalogs[0]);
     let (engine, journal) = (&host.engine, &host.journal);
     let records = journal.read()?;
     if !history::open_operations(&records).is_empty() {
@@ -95,11 +100,23 @@ async fn drill_host(
     let restore = args.restore_config || (target.restore_config && !args.keep_config);
     let configs = crate::ops::config::Configs::new(&records, restore);
     let ops = configs.ops();
-    let current = deployed::read(engine, target, &registry.name()).await?;
+    let current = deployed::read(engine, target, &project.registry.display()).await?;
     let Some(production) = current.first() else {
         anyhow::bail!("rehearse on {}: it has no container", target.display());
     };
-    if current.len() > 1 {
+    // What each copy is made from: the target's first container, or each service's.
+    let mut productions: Vec<(Option<&str>, &deployed::Deployed)> = Vec::new();
+    for m in &target.members {
+        let d = current
+            .iter()
+            .find(|d| d.service.as_deref() == Some(m.name.as_str()))
+            .ok_or_else(|| anyhow::anyhow!("rehearse on {}: {} has no container", target.display(), m.name))?;
+        productions.push((Some(m.name.as_str()), d));
+    }
+    if productions.is_empty() {
+        productions.push((None, production));
+    }
+    if current.len() > productions.len() {
         app.printer.note(format!(
             "note: {} has {} replicas; the rehearsal copies {}",
             target.display(),
@@ -127,13 +144,18 @@ async fn drill_host(
     } else {
         Some(registry.pull_auth().await?)
     };
-    let setup = DrillSetup {
+    // In a release, `[health] http` is the first service's probe (as in a swap).
+    let unprobed = crate::settings::HealthSettings {
+        http: None,
+        ..project.health.clone()
+    };
+    let setup = |first: bool| DrillSetup {
         engine,
         journal,
         configs: &configs,
         printer: &app.printer,
         auth: auth.as_ref(),
-        health: &project.health,
+        health: if first { &project.health } else { &unprobed },
         with_volumes: args.with_volumes,
         target: target.display(),
     };
@@ -141,29 +163,52 @@ async fn drill_host(
         if interrupt::requested() {
             break;
         }
-        app.printer
-            .note(format!("rehearsing {} ({})", image.display(), names.join(", ")));
-        let mut r = drill::rehearse(&setup, production, names, &image, &registry.pull_reference(&digest)).await?;
-        if let Some(f) = &floor
-            && f.refuses(image.version.as_deref())
-        {
-            r.ready = false;
-            let why = format!(
-                "a rollback to it is refused: {}; it needs --force --reason",
-                f.describe()
-            );
-            r.failed = Some(match r.failed.take() {
-                Some(other) => format!("{why}; and {other}"),
-                None => why,
-            });
+        // Each service's image of the candidate (one service: the candidate itself).
+        let images: Vec<(ImageRef, String)> = if target.is_release() {
+            match crate::ops::release::images_of(target, registries, catalogs, &image).await {
+                Ok(images) => images.into_iter().map(|s| (s.image, s.pull)).collect(),
+                Err(e) => {
+                    rows.push((i, Rehearsal::unresolved(&names.join(", "), format!("{e:#}"))));
+                    continue;
+                }
+            }
+        } else {
+            vec![(image.clone(), registry.pull_reference(&digest))]
+        };
+        for (n, ((service, production), (image, pull))) in productions.iter().zip(images).enumerate() {
+            let names: Vec<String> = match service {
+                Some(s) => names.iter().map(|x| format!("{x} ({s})")).collect(),
+                None => names.clone(),
+            };
+            app.printer
+                .note(format!("rehearsing {} ({})", image.display(), names.join(", ")));
+            let mut r = drill::rehearse(&setup(n == 0), production, names, &image, &pull).await?;
+            if let Some(f) = &floor
+                && f.refuses(image.version.as_deref())
+            {
+                r.ready = false;
+                let why = format!(
+                    "a rollback to it is refused: {}; it needs --force --reason",
+                    f.describe()
+                );
+                r.failed = Some(match r.failed.take() {
+                    Some(other) => format!("{why}; and {other}"),
+                    None => why,
+                });
+            }
+            rows.push((i, r));
         }
-        rows.push((i, r));
     }
+    // Stable: a release's services keep their order within a candidate.
     rows.sort_by_key(|(i, _)| *i);
     let rows: Vec<Rehearsal> = rows.into_iter().map(|(_, r)| r).collect();
     Ok(DrillReport {
         target: target.display(),
-        container: production.container.name.clone(),
+        container: productions
+            .iter()
+            .map(|(_, d)| d.container.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         running: Some(production.image.display()),
         ready: rows.iter().all(|r| r.ready),
         candidates: rows,

@@ -490,7 +490,6 @@ impl<'a> App<'a> {
 fn not_built_for_releases(command: &Command, target: &TargetSettings) -> Option<&'static str> {
     Some(match command {
         Command::Emergency(_) if target.kind == crate::settings::TargetKind::Swarm => "emergency on Swarm",
-        Command::Drill(_) => "drill",
         Command::Prune(args) if args.local => "prune --local",
         _ => return None,
     })
@@ -512,7 +511,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         return Err(crate::error::Failure::Usage(format!(
             "{what} on a release of several services ({}) is not built yet: it acts on one service; \
              use a config with `name` for each service meanwhile (deploy, rollback, mark-good, status, \
-             versions, history, validate, warm, emergency and prune act on the release)",
+             versions, history, validate, warm, emergency, drill and prune act on the release)",
             t.display()
         ))
         .into());

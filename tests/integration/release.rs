@@ -143,8 +143,18 @@ fn a_release_of_two_services_deploys_and_rolls_back_together_with_one_history_en
         worker.tag_digest("v1.0.0").unwrap(),
         "{h}"
     );
+    // A drill rehearses each service's image beside its production container.
+    let drill = t.exec(["drill", "v1.1.0", "--output", "json"]).success().json();
+    let rows = drill["candidates"].as_array().unwrap_or_else(|| panic!("{drill}"));
+    let selectors: Vec<String> = rows.iter().map(|r| r["selectors"].to_string()).collect();
+    assert_eq!(rows.len(), 2, "{drill}");
+    assert!(
+        selectors[0].contains(&r.web) && selectors[1].contains(&r.worker),
+        "{drill}"
+    );
+    assert!(rows.iter().all(|r| r["ready"] == true), "{drill}");
     // What is not built for a release yet says so, and touches nothing.
-    let refused = t.exec(["drill"]).code(2);
+    let refused = t.exec(["prune", "--local", "--yes"]).code(2);
     assert!(refused.stderr.contains("not built yet"), "{}", refused.stderr);
     assert_eq!(r.versions(), ("1.0.0".into(), "1.0.0".into()));
 }
