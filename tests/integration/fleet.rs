@@ -982,3 +982,82 @@ fn each_fleet_host_probes_from_itself_with_curl_or_through_a_forward_without_it(
         assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
     }
 }
+
+/// A release of two services on a fleet: every service on every host moves to one version, a
+/// worker that fails on one host puts every service back on every host, one entry per host.
+#[test]
+fn a_release_on_a_fleet_moves_every_service_on_every_host_or_none() {
+    require_fleet();
+    let (web, worker) = (Repo::new("fleetrel-web"), Repo::new("fleetrel-worker"));
+    for v in ["v1.0.0", "v1.1.0", "v1.2.0"] {
+        web.push(&AppImage::new(v));
+    }
+    for v in ["v1.0.0", "v1.1.0"] {
+        worker.push(&AppImage::new(v).label("io.test.role", "worker"));
+    }
+    worker.push(&AppImage::new("v1.2.0").crash(3).label("io.test.role", "worker"));
+    let hosts = [h2(), h3()];
+    let app = FleetApp::run(&format!("{}:v1.0.0", web.image()), &hosts, &[]);
+    let wapp = FleetApp::run(&format!("{}:v1.0.0", worker.image()), &hosts, &[]);
+    let list = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    let t = Test::new()
+        .repo(
+            &web,
+            &format!(
+                "[target]\nkind = \"container\"\nnames = [\"{}\", \"{}\"]\nhosts = [{list}]\n\
+                 [target.repositories]\n\"{}\" = \"{}\"\n[health]\nhttp = \"http://127.0.0.1:{}/health\"\n\
+                 timeout = \"20s\"\n",
+                app.name, wapp.name, wapp.name, worker.name, app.port
+            ),
+        )
+        .env(
+            "BACKTRACK_SSH_CONFIG",
+            h2_dir().join("client/ssh_config").to_str().unwrap(),
+        );
+    // The release's state folders on the hosts go with the test.
+    struct Gone(Vec<PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let release = format!("{}_{}", app.name, wapp.name);
+    let _gone = Gone(hosts.iter().map(|h| state_dir(h, &release, &t)).collect());
+    let image_of = |h: &str, name: &str| {
+        let out = on(h, &["inspect", name, "--format", "{{.Config.Image}}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+        assert_eq!(serves(h, &wapp.name), "1.1.0", "{h}");
+        assert!(image_of(h, &wapp.name).starts_with(&worker.image()), "{h}");
+    }
+    // 1.2.0's worker crashes: the web app goes back too, on both hosts.
+    t.exec(["deploy", "v1.2.0", "--yes"]).code(6);
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+        assert_eq!(serves(h, &wapp.name), "1.1.0", "{h}");
+    }
+    t.exec(["rollback", "--yes"]).success();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+        assert_eq!(serves(h, &wapp.name), "1.0.0", "{h}");
+        let journal = std::fs::read_to_string(state_dir(h, &release, &t).join("history.jsonl")).unwrap_or_default();
+        let started: Vec<&str> = journal
+            .lines()
+            .filter(|l| l.contains("\"phase\":\"started\""))
+            .collect();
+        // A deploy rolls host by host: the failed one stopped at the first host.
+        assert_eq!(started.len(), if h == h2() { 3 } else { 2 }, "on {h}:\n{journal}");
+        assert!(
+            started
+                .iter()
+                .all(|l| l.contains(&wapp.name) && l.contains("\"services\"")),
+            "one intent naming both services per operation on {h}:\n{journal}"
+        );
+    }
+}
