@@ -490,7 +490,6 @@ impl<'a> App<'a> {
 fn not_built_for_releases(command: &Command, target: &TargetSettings) -> Option<&'static str> {
     Some(match command {
         Command::Emergency(_) if target.kind == crate::settings::TargetKind::Swarm => "emergency on Swarm",
-        Command::Prune(args) if args.local => "prune --local",
         _ => return None,
     })
 }

@@ -43,23 +43,29 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let registry = app.registry()?;
+    // A release: every service's repository, each with its own pointers and candidates.
+    let registries = app.registries()?;
     let (hosts, _) = app
         .hosts((!args.dry_run).then_some("backtrack prune --local"), None)
         .await?;
     // What the registry says the pointers and candidates are; with the registry down, nothing is
     // removed (a candidate could not be told from the rest).
-    let catalog = Catalog::load(registry.as_ref()).await?;
-    let mut pointers = BTreeMap::new();
-    for tag in catalog.others.iter().filter(|t| is_lkg_tag(t)) {
-        if let Some(d) = registry.tag_digest(tag).await? {
-            pointers.insert(d, tag.clone());
+    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let mut pointers = Vec::with_capacity(registries.len());
+    for (registry, catalog) in registries.iter().zip(&catalogs) {
+        let mut of_repository = BTreeMap::new();
+        for tag in catalog.others.iter().filter(|t| is_lkg_tag(t)) {
+            if let Some(d) = registry.tag_digest(tag).await? {
+                of_repository.insert(d, tag.clone());
+            }
         }
+        pointers.push(of_repository);
     }
-    let (registry_ref, catalog_ref, pointers_ref) = (registry.as_ref(), &catalog, &pointers);
+    let catalogs: Vec<&Catalog> = catalogs.iter().collect();
+    let (registries_ref, catalogs_ref, pointers_ref) = (&registries, &catalogs, &pointers);
     let planned = app
         .on_each(&hosts, async |h| {
-            plan_host(app, h, registry_ref, catalog_ref, pointers_ref, args.dry_run).await
+            plan_host(app, h, registries_ref, catalogs_ref, pointers_ref, args.dry_run).await
         })
         .await;
     let mut reports = Vec::new();
@@ -119,39 +125,96 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `prune --local` would keep and remove on one host, with a reason for each.
+/// What `prune --local` would keep and remove on one host, with a reason for each (for a
+/// release, in every service's repository).
 async fn plan_host(
     app: &App<'_>,
     host: &Host,
-    registry: &dyn Registry,
-    catalog: &Catalog,
-    pointers: &BTreeMap<Digest, String>,
+    registries: &[std::sync::Arc<dyn Registry>],
+    catalogs: &[&Catalog],
+    pointers: &[BTreeMap<Digest, String>],
     dry_run: bool,
 ) -> anyhow::Result<LocalReport> {
     let project = app.project()?;
     let target = app.target()?;
     let engine = &host.engine;
     let ops = history::operations(&host.journal.read()?);
-    let repo = registry_repository(registry);
-    let names = [registry.name(), format!("backtrack/{repo}")];
-    let listed = engine.images_of(&names).await?;
-    let users = engine.image_users().await?;
-
-    let current = deployed::read(engine, target, &registry.name()).await?;
+    let users: BTreeMap<String, Vec<String>> = engine.image_users().await?.into_iter().collect();
+    let current = deployed::read(engine, target, &project.registry.display()).await?;
     let cands = warm::candidates(
-        registry,
-        catalog,
+        registries[0].as_ref(),
+        catalogs[0],
         &ops,
         current.first().map(|d| &d.image),
         &project.lkg_tag(),
         &[],
     )
     .await;
+    // Each candidate in every service's repository (one service: the candidates themselves).
+    let mut per_service: Vec<Vec<warm::Candidate>> = vec![Vec::new(); registries.len()];
+    for c in &cands {
+        if !target.is_release() {
+            per_service[0].push(c.clone());
+            continue;
+        }
+        // A candidate some repository lacks has no image of it there to keep.
+        if let Ok(images) = crate::ops::release::images_of(target, registries, catalogs, &c.image).await {
+            for (i, image) in images.into_iter().enumerate() {
+                per_service[i].push(warm::Candidate {
+                    label: format!("{} ({})", c.label, image.service),
+                    image: image.image,
+                });
+            }
+        }
+    }
+    let mut decisions = Vec::new();
+    for (i, registry) in registries.iter().enumerate() {
+        let ops = match target.members.get(i) {
+            Some(m) => history::for_service(&ops, &m.name),
+            None => ops.clone(),
+        };
+        decisions.extend(
+            plan_repository(
+                engine,
+                registry.as_ref(),
+                &users,
+                &per_service[i],
+                &ops,
+                project.local_keep,
+                &pointers[i],
+            )
+            .await?,
+        );
+    }
+    Ok(LocalReport {
+        dry_run,
+        host: engine.host().to_string(),
+        kept: decisions.iter().filter(|d| d.keep).count(),
+        removed: decisions.iter().filter(|d| !d.keep).count(),
+        bytes_freed: decisions.iter().filter(|d| !d.keep).map(|d| d.size).sum(),
+        decisions,
+        failed: Vec::new(),
+    })
+}
+
+/// One repository's images on the host, each kept (with why) or removed.
+async fn plan_repository(
+    engine: &crate::adapters::docker::Engine,
+    registry: &dyn Registry,
+    users: &BTreeMap<String, Vec<String>>,
+    cands: &[warm::Candidate],
+    ops: &[history::OperationView],
+    local_keep: usize,
+    pointers: &BTreeMap<Digest, String>,
+) -> anyhow::Result<Vec<LocalDecision>> {
+    let repo = registry_repository(registry);
+    let names = [registry.name(), format!("backtrack/{repo}")];
+    let listed = engine.images_of(&names).await?;
     let candidates: BTreeMap<Digest, String> = cands
         .iter()
         .filter_map(|c| Some((c.image.digest.clone()?, format!("{} ({})", c.label, c.image.display()))))
         .collect();
-    let recent: Vec<Digest> = history::deployed_versions(&ops)
+    let recent: Vec<Digest> = history::deployed_versions(ops)
         .into_iter()
         .filter_map(|r| r.digest)
         .collect();
@@ -181,22 +244,13 @@ async fn plan_host(
         })
         .collect();
     let facts = LocalFacts {
-        in_use: users.into_iter().collect(),
+        in_use: users.clone(),
         recent,
-        local_keep: project.local_keep,
+        local_keep,
         pointers: pointers.clone(),
         candidates,
     };
-    let decisions = local_retention::plan(&images, &facts);
-    Ok(LocalReport {
-        dry_run,
-        host: engine.host().to_string(),
-        kept: decisions.iter().filter(|d| d.keep).count(),
-        removed: decisions.iter().filter(|d| !d.keep).count(),
-        bytes_freed: decisions.iter().filter(|d| !d.keep).map(|d| d.size).sum(),
-        decisions,
-        failed: Vec::new(),
-    })
+    Ok(local_retention::plan(&images, &facts))
 }
 
 impl Report for LocalReport {

@@ -272,6 +272,11 @@ fn members(t: &config::TargetSection) -> Result<(String, Vec<Member>), String> {
         (Some(_), Some(_)) => {
             Err("[target] has both `name` and `names`: keep one (names = [...] for a release of several)".into())
         }
+        (None, None) if t.stack.is_some() => Err(
+            "[target] with `stack` needs `name` (one service of the stack) or `names = [...]` (a release of \
+             several); taking every service of the stack when both are left out is not built yet"
+                .into(),
+        ),
         (None, None) => Err("[target] needs `name` (or `names = [...]` for a release of several services)".into()),
         (Some(name), None) => {
             if !repositories.is_empty() {

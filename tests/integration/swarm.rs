@@ -796,4 +796,8 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         .map(|o| o["result"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(results, ["ok", "reverted", "ok"], "one entry per release: {h}");
+    // What is not built for a Swarm release says so, and touches nothing.
+    let refused = t.exec(["emergency", "--yes"]).code(2);
+    assert!(refused.stderr.contains("not built yet"), "{}", refused.stderr);
+    wait_tasks_on(&ws, &w1);
 }
