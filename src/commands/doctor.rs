@@ -191,6 +191,12 @@ async fn checks_of(app: &App<'_>) -> anyhow::Result<DoctorReport> {
             "the registry's tags could not be read",
         )),
     }
+    // A release: every service with a repository of its own, and its pointer beside the first's.
+    if let Ok(target) = app.target()
+        && target.is_release()
+    {
+        release_checks(&mut f, app, target, &pointer, lkg_digest.is_some()).await;
+    }
     // The pointers of the other environments built from this repository (their state is here).
     if let (Some(reg), Some(cat)) = (&registry, &catalog) {
         other_pointers(&mut f, reg.as_ref(), cat, project, &pointer);
@@ -333,6 +339,87 @@ fn disk(f: &mut Vec<Finding>, engine: &Engine, address: Option<&EngineAddress>, 
 }
 
 /// Reachable, credentials, deletes, version tags; `catalog` is filled when the tags were read.
+/// Each service of a release that has a repository of its own: that repository answers, and its
+/// pointer names its image of the version the first repository's pointer names.
+async fn release_checks(
+    f: &mut Vec<Finding>,
+    app: &App<'_>,
+    target: &crate::settings::TargetSettings,
+    pointer: &str,
+    lkg_known: bool,
+) {
+    let Ok(registries) = app.registries() else { return };
+    let first = registries[0].as_ref();
+    let lkg = match Catalog::load(first).await {
+        Ok(cat) if lkg_known => resolve::last_known_good(first, &cat, &[], pointer).await.ok().flatten(),
+        _ => None,
+    };
+    for (m, reg) in target.members.iter().zip(&registries) {
+        if m.repository.is_none() {
+            continue;
+        }
+        let check = format!("service {}", m.name);
+        let catalog = match Catalog::load(reg.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let (detail, fix) = said(&e);
+                f.push(Finding::fail(&check, detail, fix));
+                continue;
+            }
+        };
+        let Some(lkg) = &lkg else {
+            f.push(Finding::ok(
+                &check,
+                format!("{} answers, {} version tag(s)", reg.name(), catalog.versions.len()),
+            ));
+            continue;
+        };
+        let want = lkg
+            .version
+            .as_deref()
+            .and_then(crate::domain::version::parse_version)
+            .and_then(|v| crate::domain::release::tag_of(&catalog.versions, &v, lkg.tag.as_deref()));
+        let (want, now) = match want {
+            Some(tag) => (reg.tag_digest(&tag.tag).await, reg.tag_digest(pointer).await),
+            None => {
+                f.push(Finding::fail(
+                    &check,
+                    format!(
+                        "{} has no {} (what {pointer} names for the release)",
+                        reg.name(),
+                        lkg.display()
+                    ),
+                    Some("push it there, or mark a version every service has (`backtrack versions` marks them)".into()),
+                ));
+                continue;
+            }
+        };
+        match (want, now) {
+            (Ok(Some(w)), Ok(Some(n))) if w == n => f.push(Finding::ok(
+                &check,
+                format!("{} answers; {pointer} points at its {}", reg.name(), lkg.display()),
+            )),
+            (Ok(_), Ok(n)) => f.push(Finding::fail(
+                &check,
+                match n {
+                    Some(d) => format!(
+                        "{pointer} in {} points at {}, not its {}",
+                        reg.name(),
+                        d.short(),
+                        lkg.display()
+                    ),
+                    None => format!("{pointer} is not set in {}", reg.name()),
+                },
+                Some(format!(
+                    "`backtrack mark-good {}` moves every service's pointer together",
+                    lkg.display()
+                )),
+            )),
+            (Err(e), _) | (_, Err(e)) => f.push(Finding::fail(&check, e.to_string(), e.hint())),
+        }
+    }
+}
+
 async fn registry_checks(f: &mut Vec<Finding>, reg: &dyn Registry, kind: &RegistryKind, catalog: &mut Option<Catalog>) {
     let name = reg.name();
     match Catalog::load(reg).await {

@@ -118,6 +118,17 @@ fn a_release_of_two_services_deploys_and_rolls_back_together_with_one_history_en
     assert!(mark.stdout.contains(&worker.name), "{}", mark.stdout);
     assert_eq!(web.tag_digest("last_known_good"), web.tag_digest("v1.0.0"));
     assert_eq!(worker.tag_digest("last_known_good"), worker.tag_digest("v1.0.0"));
+    // doctor checks every service's repository and pointer.
+    let doctor = t.exec(["doctor", "--output", "json"]).json();
+    let check = format!("service {}", r.worker);
+    let found = doctor["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{doctor}"))
+        .iter()
+        .find(|c| c["check"] == check.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no {check} in {doctor}"));
+    assert_eq!(found["mark"], "ok", "{found}");
     // Warm puts every service's image of each candidate on the host.
     let warm = t.exec(["warm", "v1.1.0", "--output", "json"]).success().json();
     let rows = warm["candidates"].as_array().unwrap_or_else(|| panic!("{warm}"));
