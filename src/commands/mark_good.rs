@@ -20,7 +20,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
     // resolves it, the others' pointers move with it.
     let registries = app.registries()?;
     let registry = &registries[0];
-    let release = project.target.as_ref().filter(|t| t.is_release());
+    let release = app.target().ok().filter(|t| t.is_release());
     let pointer = project.lkg_tag();
     let fleet = app.is_fleet();
     let command = "backtrack mark-good";

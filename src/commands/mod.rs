@@ -54,6 +54,8 @@ pub struct App<'a> {
     engine_ahead: Mutex<Option<NegotiatedAhead>>,
     /// A fleet's connections being opened since the command started, by host address.
     fleet_opening: Mutex<std::collections::HashMap<String, Opening>>,
+    /// A whole Swarm stack's target with its services found (`resolve_stack`).
+    stack: OnceLock<TargetSettings>,
 }
 
 /// An SSH connection being opened on a thread of its own.
@@ -70,11 +72,40 @@ impl App<'_> {
         Ok(registry::open(&project.registry, cache)?)
     }
 
+    /// For a Swarm `stack` without `name` or `names`: finds its services whose image comes from
+    /// the registry, once, on the manager; from then on `target` is that release.
+    pub async fn resolve_stack(&self) -> anyhow::Result<()> {
+        let project = self.project()?;
+        let Some(t) = project.target.as_ref().filter(|t| t.whole_stack) else {
+            return Ok(());
+        };
+        let stack = t.stack.as_deref().expect("a whole stack names its stack");
+        let engine = self.engine().await?;
+        let services = engine.stack_services(stack).await?;
+        let found =
+            crate::domain::release::stack_members(&services, &project.registry.host, &project.registry.repository);
+        if found.is_empty() {
+            anyhow::bail!(
+                "find the services of stack {stack}: none of its {} service(s) runs an image from {}; \
+                 name them (`names = [...]`, with `[target.repositories]`)",
+                services.len(),
+                project.registry.host
+            );
+        }
+        let mut resolved = t.clone();
+        resolved.members = found
+            .into_iter()
+            .map(|(name, repository)| crate::settings::Member { name, repository })
+            .collect();
+        let _ = self.stack.set(resolved);
+        Ok(())
+    }
+
     /// The registry of each service of a release (`[target] names`), in order: its own
     /// repository (`[target.repositories]`) or `[registry] repository`. One target: its registry.
     pub fn registries(&self) -> anyhow::Result<Vec<std::sync::Arc<dyn Registry>>> {
         let project = self.project()?;
-        let target = project.target.as_ref();
+        let target = self.target().ok();
         let members = target.map(|t| t.members.as_slice()).unwrap_or_default();
         if members.is_empty() {
             return Ok(vec![self.registry()?.into()]);
@@ -93,6 +124,9 @@ impl App<'_> {
     }
 
     pub fn target(&self) -> anyhow::Result<&TargetSettings> {
+        if let Some(t) = self.stack.get() {
+            return Ok(t);
+        }
         let project = self.project()?;
         project.target.as_ref().with_context(|| {
             format!(
@@ -107,7 +141,7 @@ impl App<'_> {
     /// belong to it are taken over.
     pub fn journal(&self) -> anyhow::Result<Journal> {
         let project = self.project()?;
-        let Some(t) = project.target.as_ref() else {
+        let Ok(t) = self.target() else {
             return Ok(Journal::new(&project.state_dir));
         };
         let me = t.display();
@@ -481,6 +515,7 @@ impl<'a> App<'a> {
             state_shell: OnceLock::new(),
             engine_ahead: Mutex::new(None),
             fleet_opening: Mutex::default(),
+            stack: OnceLock::new(),
         }
     }
 }
@@ -503,8 +538,14 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     ) {
         app.connect_early();
     }
-    if let Ok(project) = settings.project()
-        && let Some(t) = project.target.as_ref().filter(|t| t.is_release())
+    if !matches!(
+        command,
+        Command::Policy(_) | Command::Completions { .. } | Command::Man | Command::Build(_)
+    ) {
+        app.resolve_stack().await?;
+    }
+    if let Ok(t) = app.target()
+        && t.is_release()
         && let Some(what) = not_built_for_releases(&command, t)
     {
         return Err(crate::error::Failure::Usage(format!(

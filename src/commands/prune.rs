@@ -138,7 +138,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
 
     // What is deployed is protected, so not knowing it is not an option for a real run.
     let mut current = Vec::new();
-    if let Some(target) = &project.target {
+    if let Ok(target) = app.target() {
         let engine = app
             .engine()
             .await
@@ -157,7 +157,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
             .note("note: no [target] in the config: nothing is protected as deployed");
     }
     let ops = history::operations(&journal.read()?);
-    let services: Vec<Option<&str>> = match project.target.as_ref().filter(|t| t.is_release()) {
+    let services: Vec<Option<&str>> = match app.target().ok().filter(|t| t.is_release()) {
         Some(t) => t.members.iter().map(|m| Some(m.name.as_str())).collect(),
         None => vec![None],
     };

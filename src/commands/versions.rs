@@ -54,16 +54,12 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     // A release lists its first service's repository, marked with what the others have.
     let registries = app.registries()?;
     let registry = &registries[0];
-    let members = project
-        .target
-        .as_ref()
-        .map(|t| t.members.as_slice())
-        .unwrap_or_default();
+    let members = app.target().map(|t| t.members.as_slice()).unwrap_or_default();
     // What is deployed is read while the registry answers (best effort: a down engine only
     // loses the mark). On a fleet, every host is read at once; the mark counts the hosts.
     // The migration floor of the running image marks the versions below it.
     let deployed_task = async {
-        let Some(target) = project.target.as_ref() else {
+        let Ok(target) = app.target() else {
             return Placement::default();
         };
         if app.is_fleet() {

@@ -58,6 +58,26 @@ pub fn drift(services: &[(&str, Option<&str>)]) -> Option<String> {
     )
 }
 
+/// The services of a Swarm stack that make its release when `names` is left out: those whose
+/// image comes from the registry at `host`, by name, each with its repository when it is not
+/// `default` (`services`: each service's name in the stack file and the image its spec names).
+pub fn stack_members(services: &[(String, String)], host: &str, default: &str) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = services
+        .iter()
+        .filter_map(|(name, image)| {
+            let path = image.split('@').next()?.strip_prefix(host)?.strip_prefix('/')?;
+            // A tag follows the last `:` after the last `/`.
+            let repository = match path.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => repo,
+                _ => path,
+            };
+            Some((name.clone(), (repository != default).then(|| repository.to_string())))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +121,28 @@ mod tests {
         assert_eq!(got, ["1.1.0", "1.2.0"]);
         assert!(in_every(&[]).is_empty());
         assert_eq!(in_every(&[&a]).len(), 3);
+    }
+
+    #[test]
+    fn a_stack_release_is_its_services_from_the_registry() {
+        let services: Vec<(String, String)> = [
+            ("worker", "reg.example:5000/shop-worker:1.2.0@sha256:aa"),
+            ("web", "reg.example:5000/shop:1.2.0@sha256:bb"),
+            ("cache", "redis:7"),
+            ("admin", "other.example/shop:1.0"),
+            ("cron", "reg.example:5000/team/shop"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(
+            stack_members(&services, "reg.example:5000", "shop"),
+            [
+                ("cron".to_string(), Some("team/shop".to_string())),
+                ("web".to_string(), None),
+                ("worker".to_string(), Some("shop-worker".to_string())),
+            ]
+        );
     }
 
     #[test]

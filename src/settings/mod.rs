@@ -360,6 +360,14 @@ mod tests {
         assert_eq!(t.member(&t.members[1]).display(), "container worker");
         // One state folder for the release: its history, lock and pointer are the release's.
         assert_eq!(p.state_dir, Path::new("/state/targets/local_container_web_worker"));
+        // A stack alone: every service of it from the registry, found on the manager.
+        let p = project(
+            "[registry]\nurl = \"localhost:5000\"\nrepository = \"app\"\n[target]\nkind = \"swarm\"\nstack = \"shop\"\n",
+        )
+        .unwrap();
+        let t = p.target.unwrap();
+        assert!(t.whole_stack && !t.is_release(), "{t:?}");
+        assert_eq!(p.state_dir, Path::new("/state/targets/local_swarm_shop__"));
         for (more, says) in [
             ("name = \"web\"\nnames = [\"web\"]\n", "both `name` and `names`"),
             ("", "needs `name`"),

@@ -111,6 +111,9 @@ pub struct TargetSettings {
     /// A release (`[target] names`): its services in order, each with its repository; empty
     /// for one service.
     pub members: Vec<Member>,
+    /// Swarm: `stack` without `name` or `names`: every service of the stack whose image comes
+    /// from the registry (`members` filled once the manager is reached).
+    pub whole_stack: bool,
     pub project: Option<String>,
     /// Swarm: the stack of the service (`[target] stack`).
     pub stack: Option<String>,
@@ -143,6 +146,7 @@ impl TargetSettings {
         TargetSettings {
             name: m.name.clone(),
             members: Vec::new(),
+            whole_stack: false,
             ..self.clone()
         }
     }
@@ -210,6 +214,7 @@ pub(super) fn resolve(
         restore_config: t.restore_config,
         engine_id: engine_host.clone().unwrap_or_else(|| "local".into()),
         kind: t.kind,
+        whole_stack: name == "*",
         name,
         members,
         project: t.project,
@@ -272,11 +277,9 @@ fn members(t: &config::TargetSection) -> Result<(String, Vec<Member>), String> {
         (Some(_), Some(_)) => {
             Err("[target] has both `name` and `names`: keep one (names = [...] for a release of several)".into())
         }
-        (None, None) if t.stack.is_some() => Err(
-            "[target] with `stack` needs `name` (one service of the stack) or `names = [...]` (a release of \
-             several); taking every service of the stack when both are left out is not built yet"
-                .into(),
-        ),
+        // Every service of the stack whose image comes from the registry, found when the command
+        // reaches the manager (`App::resolve_stack`); its state folder is the whole stack's.
+        (None, None) if t.stack.is_some() && t.kind == TargetKind::Swarm => Ok(("*".into(), Vec::new())),
         (None, None) => Err("[target] needs `name` (or `names = [...]` for a release of several services)".into()),
         (Some(name), None) => {
             if !repositories.is_empty() {

@@ -778,6 +778,32 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         .map(|c| c["service"].as_str().unwrap())
         .collect();
     assert_eq!(services, ["web", "worker"].into(), "{status}");
+    // With `stack` alone, the release is every service of the stack whose image comes from the
+    // registry, each from the repository its image names.
+    let whole = Test::new().repo(
+        &web,
+        &format!(
+            "[target]\nkind = \"swarm\"\nstack = \"{stack}\"\nhost = \"{}\"\n[health]\n{PROBE}\n",
+            manager_socket()
+        ),
+    );
+    let status = whole.exec(["status", "--output", "json"]).success().json();
+    assert!(status["target"].as_str().unwrap().contains("release"), "{status}");
+    assert!(status["release_drift"].is_null(), "{status}");
+    let plan = whole
+        .exec(["deploy", "1.0.0", "--dry-run", "--output", "json"])
+        .success()
+        .json();
+    let planned: Vec<&str> = plan["plans"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan}"))
+        .iter()
+        .map(|p| p["image"].as_str().unwrap())
+        .collect();
+    assert!(
+        planned.len() == 2 && planned[1].starts_with(&worker.image()) && planned[1].ends_with(&k1),
+        "{plan}"
+    );
 
     // 1.2.0's worker never starts: the web app, which converged, goes back to 1.1.0 too.
     t.exec(["deploy", "1.2.0", "--yes"]).code(6);

@@ -187,6 +187,28 @@ impl Engine {
         })
     }
 
+    /// The services of `stack` (by its label): each one's name in the stack file and the image
+    /// its spec names.
+    pub async fn stack_services(&self, stack: &str) -> Result<Vec<(String, String)>, EngineError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_STACK}={stack}")])]);
+        let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
+        let list = self
+            .docker
+            .list_services(Some(opts))
+            .await
+            .map_err(|e| self.swarm_err(&format!("list the services of stack {stack}"), &e))?;
+        let prefix = format!("{stack}_");
+        Ok(list
+            .iter()
+            .filter_map(|s| {
+                let spec = s.spec.as_ref()?;
+                let name = spec.name.as_deref()?;
+                let image = spec.task_template.as_ref()?.container_spec.as_ref()?.image.clone()?;
+                Some((name.strip_prefix(&prefix).unwrap_or(name).to_string(), image))
+            })
+            .collect())
+    }
+
     /// The service's tasks (current and recent history), newest first within a slot, each with
     /// its node's name and address.
     pub async fn service_tasks(&self, service: &ServiceView) -> Result<Vec<TaskView>, EngineError> {

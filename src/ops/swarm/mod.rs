@@ -468,6 +468,7 @@ mod tests {
             kind: crate::settings::TargetKind::Swarm,
             name: "web".into(),
             members: Vec::new(),
+            whole_stack: false,
             project: None,
             stack: None,
             host: None,
