@@ -520,15 +520,6 @@ impl<'a> App<'a> {
     }
 }
 
-/// The commands that do not act on a release as a whole yet (`[target] names`): they are
-/// refused, never run on one service of it.
-fn not_built_for_releases(command: &Command, target: &TargetSettings) -> Option<&'static str> {
-    Some(match command {
-        Command::Emergency(_) if target.kind == crate::settings::TargetKind::Swarm => "emergency on Swarm",
-        _ => return None,
-    })
-}
-
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let app = App::new(settings);
     // Every command but these acts on the target, and so on its host.
@@ -537,24 +528,8 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Policy(_) | Command::Completions { .. } | Command::Man | Command::Build(_)
     ) {
         app.connect_early();
-    }
-    if !matches!(
-        command,
-        Command::Policy(_) | Command::Completions { .. } | Command::Man | Command::Build(_)
-    ) {
+        // A Swarm stack named alone: its services, found on the manager before anything else.
         app.resolve_stack().await?;
-    }
-    if let Ok(t) = app.target()
-        && t.is_release()
-        && let Some(what) = not_built_for_releases(&command, t)
-    {
-        return Err(crate::error::Failure::Usage(format!(
-            "{what} on a release of several services ({}) is not built yet: it acts on one service; \
-             use a config with `name` for each service meanwhile (deploy, rollback, mark-good, status, \
-             versions, history, validate, warm, emergency, drill and prune act on the release)",
-            t.display()
-        ))
-        .into());
     }
     match command {
         Command::Versions(args) => versions::run(&app, &args).await,

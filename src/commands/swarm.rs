@@ -214,6 +214,9 @@ struct EmergencyReport<'a> {
     source: &'static str,
     #[serde(flatten)]
     plan: &'a swarm_ops::SwarmPlan,
+    /// A release's other services, each to its own last known good image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    others: Vec<&'a swarm_ops::SwarmPlan>,
     converged: Option<bool>,
     detail: Option<String>,
 }
@@ -221,12 +224,20 @@ struct EmergencyReport<'a> {
 impl Report for EmergencyReport<'_> {
     fn human(&self) -> String {
         let p = self.plan;
-        let what = format!(
+        let mut what = format!(
             "{} ({}, from the {})",
             p.to.display(),
             p.to.digest.as_ref().map_or("-", |d| d.short()),
             self.source
         );
+        for o in &self.others {
+            what.push_str(&format!(
+                "; {} to its {} ({})",
+                o.service,
+                o.to.display(),
+                o.to.digest.as_ref().map_or("-", |d| d.short())
+            ));
+        }
         if self.dry_run {
             return format!(
                 "plan: EMERGENCY on {}: replace every task with last known good {what}, no validation gate\n\
@@ -255,7 +266,9 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     if args.skip_unreachable {
         return Err(super::deploy::skip_unreachable_on_swarm(target));
     }
-    let registry = app.registry()?;
+    // A release: every service to its own last known good image, one operation.
+    let registries = app.registries()?;
+    let registry = &registries[0];
     let journal = app.journal()?;
     if args.env_file.is_some() {
         return Err(Failure::Usage(format!(
@@ -278,8 +291,42 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     let pointer = project.lkg_tag();
     let (lkg, source) =
         super::emergency::find_last_known_good(&app.printer, registry.as_ref(), configs.ops(), &pointer).await?;
-    let svc = swarm_ops::service(&engine, target).await?;
-    let current = swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?);
+    let services = if target.is_release() {
+        super::emergency::release_last_known_good(target, &registries, configs.ops(), &lkg, &pointer).await?
+    } else {
+        Vec::new()
+    };
+    let targets: Vec<crate::settings::TargetSettings> = if target.is_release() {
+        target.members.iter().map(|m| target.member(m)).collect()
+    } else {
+        vec![target.clone()]
+    };
+    let overrides = UpdateOverrides {
+        force: true,
+        ..Default::default()
+    };
+    let mut plans = Vec::with_capacity(targets.len());
+    let mut current = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let svc = swarm_ops::service(&engine, t).await?;
+        let entries = swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?);
+        let (lkg, registry) = match services.get(i) {
+            Some(s) => (&s.lkg, s.registry.as_ref()),
+            None => (&lkg, registry.as_ref()),
+        };
+        let digest = lkg.digest.clone().expect("a last known good always has a digest");
+        let reference = registry.pull_reference(&digest);
+        let repository = reference.rsplit_once('@').map_or(reference.as_str(), |(r, _)| r);
+        let to = ImageRef {
+            tag: Some(pointer.clone()),
+            ..lkg.clone()
+        };
+        let from = entries.first().map(|d| d.image.clone()).unwrap_or_default();
+        plans.push(
+            swarm_ops::plan(Operation::Emergency, t, &svc, from, &to, repository, &overrides).with_config(&configs)?,
+        );
+        current.extend(entries);
+    }
     let floor = crate::ops::guard::registry_floor(registry.as_ref(), &current).await;
     crate::ops::guard::enforce(
         floor,
@@ -289,31 +336,12 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         args.reason.as_deref(),
         &app.printer,
     )?;
-    let digest = lkg.digest.clone().expect("a last known good always has a digest");
-    let reference = registry.pull_reference(&digest);
-    let repository = reference.rsplit_once('@').map_or(reference.as_str(), |(r, _)| r);
-    let to = ImageRef {
-        tag: Some(pointer.clone()),
-        ..lkg.clone()
-    };
-    let overrides = UpdateOverrides {
-        force: true,
-        ..Default::default()
-    };
-    let plan = swarm_ops::plan(
-        Operation::Emergency,
-        target,
-        &svc,
-        current.first().map(|d| d.image.clone()).unwrap_or_default(),
-        &to,
-        repository,
-        &overrides,
-    )
-    .with_config(&configs)?;
+    let plan = &plans[0];
     let mut report = EmergencyReport {
         dry_run: args.dry_run,
         source,
-        plan: &plan,
+        plan,
+        others: plans.iter().skip(1).collect(),
         converged: None,
         detail: None,
     };
@@ -339,7 +367,17 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         scope: target.environment.clone().unwrap_or_else(|| target.display()),
         repository: registry.name(),
     };
-    let done = swarm_ops::emergency(&engine, &journal, &app.printer, &plan, &opts).await?;
+    let names: Vec<String> = target.members.iter().map(|m| m.name.clone()).collect();
+    let done = swarm_ops::emergency(
+        &engine,
+        &journal,
+        &app.printer,
+        &plans,
+        &target.display(),
+        &names,
+        &opts,
+    )
+    .await?;
     report.converged = Some(done.detail.is_none());
     report.detail = done.detail.clone();
     app.printer.report(&report)?;

@@ -822,8 +822,15 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         .map(|o| o["result"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(results, ["ok", "reverted", "ok"], "one entry per release: {h}");
-    // What is not built for a Swarm release says so, and touches nothing.
-    let refused = t.exec(["emergency", "--yes"]).code(2);
-    assert!(refused.stderr.contains("not built yet"), "{}", refused.stderr);
-    wait_tasks_on(&ws, &w1);
+    // Emergency forces every service onto its own last known good image, in one entry.
+    t.exec(["mark-good", "1.1.0", "--yes"]).success();
+    assert_eq!(worker.tag_digest("last_known_good"), Some(k2.clone()));
+    let run = t.exec(["emergency", "--yes"]).success();
+    assert!(run.stdout.contains("worker to its"), "{}", run.stdout);
+    wait_tasks_on(&ws, &w2);
+    wait_tasks_on(&ks, &k2);
+    let h = t.exec(["history", "--output", "json"]).success().json();
+    let last = h["operations"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["op"], "emergency", "{h}");
+    assert_eq!(last["services"]["worker"]["digest"], k2.as_str(), "{h}");
 }

@@ -169,58 +169,91 @@ pub async fn settle(
 }
 
 /// Replaces every task with `plan`'s image and waits until they run it, with no verdict on
-/// health and no revert: `emergency`. Journaled like any operation.
+/// health and no revert: `emergency`. Journaled like any operation; a release's services (one
+/// plan each, `target` naming the release, `names` the services) are one operation: one intent, updated one after the
+/// other, waited for at once.
 pub async fn emergency(
     engine: &Engine,
     journal: &Journal,
     printer: &Printer,
-    plan: &SwarmPlan,
+    plans: &[SwarmPlan],
+    target: &str,
+    names: &[String],
     opts: &EmergencyOptions<'_>,
 ) -> anyhow::Result<SwapReport> {
     let (auth, reason, wait) = (opts.auth, opts.reason, opts.timeout);
+    let first = plans.first().expect("an emergency updates a service");
     let started = Instant::now();
     let base = Record {
-        target: Some(plan.target.clone()),
-        from: Some(plan.from.clone()),
-        to: Some(plan.to.clone()),
+        target: Some(target.to_string()),
+        from: Some(first.from.clone()),
+        to: Some(first.to.clone()),
         reason: reason.map(str::to_string),
+        // A release's: each service (by its name in the release) with its image.
+        services: names.iter().cloned().zip(plans.iter().map(|p| p.to.clone())).collect(),
         ..state::begin(Operation::Emergency)
     };
     journal.append(&Record {
-        containers: vec![plan.service.clone()],
-        saved: BTreeMap::from([(plan.service.clone(), plan.previous_image.clone())]),
+        containers: plans.iter().map(|p| p.service.clone()).collect(),
+        saved: plans
+            .iter()
+            .map(|p| (p.service.clone(), p.previous_image.clone()))
+            .collect(),
         ..base.clone()
     })?;
     let finish = |result: Outcome, detail: Option<String>| {
         base.finish(Utc::now(), result, Some(started.elapsed().as_millis() as u64), detail)
     };
-    if let Err(e) = engine.update_service(&plan.service_view, plan.spec.clone(), auth).await {
-        journal.append(&finish(Outcome::Failed, Some(e.to_string())))?;
-        return Err(e.into());
+    for (i, plan) in plans.iter().enumerate() {
+        if let Err(e) = engine.update_service(&plan.service_view, plan.spec.clone(), auth).await {
+            let updated: Vec<&str> = plans[..i].iter().map(|p| p.service.as_str()).collect();
+            let detail = if updated.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "{}: {e} (already updated, and left so: {})",
+                    plan.service,
+                    updated.join(", ")
+                )
+            };
+            journal.append(&finish(Outcome::Failed, Some(detail)))?;
+            return Err(e.into());
+        }
     }
     // No gate: wait only so the report can say whether the tasks run it.
-    let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-    let progress = Progress::new(
-        printer,
-        &format!("waiting for {} to run {}", plan.service, plan.to.display()),
-    );
     let no_checks = HealthSettings {
         http: None,
         timeout: wait,
         expect_version: false,
         port: None,
     };
-    let ran = wait_converged(engine, plan, &digest, &no_checks, None, wait, |s| progress.set(s)).await;
-    let detail = match &ran {
-        Ok(()) => {
-            progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
-            None
+    let waits = plans.iter().map(|plan| {
+        let no_checks = &no_checks;
+        async move {
+            let digest = plan.to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+            let progress = Progress::new(
+                printer,
+                &format!("waiting for {} to run {}", plan.service, plan.to.display()),
+            );
+            let ran = wait_converged(engine, plan, &digest, no_checks, None, wait, |s| progress.set(s)).await;
+            match ran {
+                Ok(()) => {
+                    progress.finish(&format!("{} runs {} on every task", plan.service, plan.to.display()));
+                    None
+                }
+                Err(f) => {
+                    progress.finish(&format!("warning: {}", f.invalid.why));
+                    Some(if plans.len() > 1 {
+                        format!("{}: {}", plan.service, f.invalid.why)
+                    } else {
+                        f.invalid.why
+                    })
+                }
+            }
         }
-        Err(f) => {
-            progress.finish(&format!("warning: {}", f.invalid.why));
-            Some(format!("not converged: {}", f.invalid.why))
-        }
-    };
+    });
+    let missed: Vec<String> = futures::future::join_all(waits).await.into_iter().flatten().collect();
+    let detail = (!missed.is_empty()).then(|| format!("not converged: {}", missed.join("; ")));
     let record = finish(Outcome::Ok, detail.clone());
     journal.append(&record)?;
     let event = crate::ops::notify::Event::of(
@@ -235,10 +268,10 @@ pub async fn emergency(
     crate::ops::notify::note_delivery(journal, printer, &base, sent);
     Ok(SwapReport {
         op: Operation::Emergency,
-        target: plan.target.clone(),
-        from: plan.from.clone(),
-        to: plan.to.clone(),
-        containers: vec![plan.service.clone()],
+        target: target.to_string(),
+        from: first.from.clone(),
+        to: first.to.clone(),
+        containers: plans.iter().map(|p| p.service.clone()).collect(),
         result: Outcome::Ok,
         forward: false,
         pulled: false,
