@@ -140,13 +140,7 @@ impl Engine {
                 Err(e) => return Err(self.swarm_err(&format!("inspect swarm service {name}"), &e)),
             },
             Some(stack) => {
-                let filters = HashMap::from([("label", vec![format!("{LABEL_STACK}={stack}")])]);
-                let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
-                let list = self
-                    .docker
-                    .list_services(Some(opts))
-                    .await
-                    .map_err(|e| self.swarm_err(&format!("list the services of stack {stack}"), &e))?;
+                let list = self.list_stack(stack).await?;
                 let full = format!("{stack}_{name}");
                 let named = |s: &&bollard::models::Service, n: &str| {
                     s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(n)
@@ -190,13 +184,7 @@ impl Engine {
     /// The services of `stack` (by its label): each one's name in the stack file and the image
     /// its spec names.
     pub async fn stack_services(&self, stack: &str) -> Result<Vec<(String, String)>, EngineError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_STACK}={stack}")])]);
-        let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
-        let list = self
-            .docker
-            .list_services(Some(opts))
-            .await
-            .map_err(|e| self.swarm_err(&format!("list the services of stack {stack}"), &e))?;
+        let list = self.list_stack(stack).await?;
         let prefix = format!("{stack}_");
         Ok(list
             .iter()
@@ -207,6 +195,16 @@ impl Engine {
                 Some((name.strip_prefix(&prefix).unwrap_or(name).to_string(), image))
             })
             .collect())
+    }
+
+    /// The services labelled with `stack` (what `docker stack deploy` made).
+    async fn list_stack(&self, stack: &str) -> Result<Vec<bollard::models::Service>, EngineError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_STACK}={stack}")])]);
+        let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .list_services(Some(opts))
+            .await
+            .map_err(|e| self.swarm_err(&format!("list the services of stack {stack}"), &e))
     }
 
     /// The service's tasks (current and recent history), newest first within a slot, each with
