@@ -623,7 +623,7 @@ async fn swap_command(
                 ))),
                 // A stack's services: one unit, one intent, all or none.
                 Some(Planned::Services(plans)) => {
-                    let names = plans.iter().map(|p| p.service.clone()).collect();
+                    let names = member_targets.iter().map(|t| t.name.clone()).collect();
                     let units = plans
                         .into_iter()
                         .zip(&member_targets)

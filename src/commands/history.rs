@@ -128,11 +128,12 @@ impl Report for Numbered {
         if !o.containers.is_empty() {
             field("containers", escape(&o.containers.join(", ")));
         }
-        // A release: each service's image of the version.
+        // A release: each service's image of the version, and its own result.
         for (i, (service, to)) in o.services.iter().enumerate() {
+            let result = o.results.get(service).map(|r| format!(": {r}")).unwrap_or_default();
             field(
                 if i == 0 { "services" } else { "" },
-                escape(&format!("{service} -> {}", image(Some(to)))),
+                escape(&format!("{service} -> {}{result}", image(Some(to)))),
             );
         }
         for (i, n) in o.notes.iter().enumerate() {

@@ -401,6 +401,7 @@ mod tests {
             logs: Vec::new(),
             configs: std::collections::BTreeMap::new(),
             services: std::collections::BTreeMap::new(),
+            results: std::collections::BTreeMap::new(),
         }
     }
 

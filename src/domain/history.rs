@@ -154,6 +154,10 @@ pub struct Record {
     /// (`started` records only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ImageRef>,
+    /// A release's ending (`finished` records only): each service's own result (`ok`,
+    /// `reverted`, `failed: …`, `not reached`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub results: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -190,6 +194,7 @@ impl Record {
             configs: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             services: BTreeMap::new(),
+            results: BTreeMap::new(),
         }
     }
 
@@ -245,6 +250,9 @@ pub struct OperationView {
     /// A release: the image each service went to (see `Record::services`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ImageRef>,
+    /// A release: each service's result (see `Record::results`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub results: BTreeMap<String, String>,
 }
 
 /// Every snapshot the journal holds, by hash.
@@ -283,6 +291,7 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                         logs: r.logs.clone(),
                         configs: r.configs.clone(),
                         services: r.services.clone(),
+                        results: r.results.clone(),
                     },
                 );
             }
@@ -305,6 +314,9 @@ pub fn operations(records: &[Record]) -> Vec<OperationView> {
                 view.notes.extend(r.notes.iter().cloned());
                 if !r.logs.is_empty() {
                     view.logs = r.logs.clone();
+                }
+                if !r.results.is_empty() {
+                    view.results = r.results.clone();
                 }
             }
         }

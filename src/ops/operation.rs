@@ -15,6 +15,7 @@
 //! service that Swarm updates). The order of waves, which units to put back and the verdict are
 //! the pure rules of `domain::fleet`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -80,6 +81,33 @@ pub trait Unit: Send + Sync {
     async fn reachable(&self) -> bool;
     /// From now on, the round trips to the unit's host count toward `phase` (`--verbose`).
     fn phase(&self, phase: &'static str);
+    /// A release's unit: the services whose own change failed (their result is `failed`; the
+    /// others that were changed are `reverted`).
+    fn failed_services(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A release's results per service for its ending (`Record::results`): `outcome` for each service
+/// the intent names, `failed: why` for those that failed themselves; empty for one service.
+fn service_results(
+    intent: &Record,
+    outcome: Outcome,
+    failed: &[String],
+    why: Option<&str>,
+) -> BTreeMap<String, String> {
+    intent
+        .services
+        .keys()
+        .map(|s| {
+            let result = if failed.contains(s) {
+                format!("failed: {}", why.unwrap_or("-"))
+            } else {
+                outcome.as_str().to_string()
+            };
+            (s.clone(), result)
+        })
+        .collect()
 }
 
 /// Everything a run needs besides its units.
@@ -352,6 +380,7 @@ pub async fn execute(run: &Run<'_>, slots: &mut [Slot<'_>]) -> Ended {
         let record = Record {
             notes: notes.clone(),
             logs: s.result.logs.clone(),
+            results: service_results(intent, result, &unit.failed_services(), s.why.as_deref()),
             ..intent.finish(Utc::now(), result, Some(duration_ms), s.result.detail.clone())
         };
         if let Err(e) = unit.journal().append(&record) {
@@ -563,6 +592,7 @@ async fn commit_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String], durati
     };
     let finished = Record {
         notes: notes.to_vec(),
+        results: service_results(intent, Outcome::Ok, &[], None),
         ..intent.finish(Utc::now(), Outcome::Ok, Some(duration_ms), None)
     };
     unit.phase("commit");

@@ -155,13 +155,19 @@ pub struct Together<'a> {
     units: Vec<Box<dyn Unit + 'a>>,
     /// The service each unit moves, for messages.
     names: Vec<String>,
+    /// The services whose own change failed.
+    failed: Vec<String>,
 }
 
 impl<'a> Together<'a> {
     /// `units[i]` moves service `names[i]`; every unit's journal is the release's.
     pub fn new(units: Vec<Box<dyn Unit + 'a>>, names: Vec<String>) -> Self {
         assert!(!units.is_empty(), "a release has services");
-        Self { units, names }
+        Self {
+            units,
+            names,
+            failed: Vec::new(),
+        }
     }
 }
 
@@ -215,6 +221,7 @@ impl Unit for Together<'_> {
         let mut whys = Vec::new();
         for (name, result) in self.names.iter().zip(applied) {
             if let Err(f) = result {
+                self.failed.push(name.clone());
                 whys.push(format!("{name}: {}", f.why));
                 match &mut failed {
                     None => failed = Some(f),
@@ -303,6 +310,10 @@ impl Unit for Together<'_> {
         for u in &self.units {
             u.phase(phase);
         }
+    }
+
+    fn failed_services(&self) -> Vec<String> {
+        self.failed.clone()
     }
 }
 

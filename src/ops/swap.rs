@@ -441,6 +441,8 @@ pub struct Containers<'a> {
     pub plan: Plan,
     /// Which of the plan's containers a swap may have touched (put back in reverse order).
     touched: Vec<bool>,
+    /// A release: the service whose container failed (`Unit::failed_services`).
+    failed_service: Option<String>,
     /// For a stop-first swap on a remote host: the gate (a channel to the host that writes the
     /// intent, then hands the swap's calls to the engine), opened by the host ahead
     /// (`Host::ready_gate`), taken as the intent is recorded.
@@ -454,6 +456,7 @@ impl<'a> Containers<'a> {
         Self {
             host,
             touched: vec![false; plan.containers.len()],
+            failed_service: None,
             plan,
             gate: std::sync::Mutex::default(),
             deferred: None,
@@ -633,14 +636,25 @@ impl Unit for Containers<'_> {
                 Ok::<(), Failed>(())
             });
             let results = futures::future::join_all(swaps).await;
+            let failed = results.iter().position(Result::is_err);
+            self.failed_service = failed.and_then(|g| {
+                self.plan.containers[groups_start(&self.plan.containers, g)]
+                    .service
+                    .clone()
+            });
             return results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
         }
         for i in 0..self.plan.containers.len() {
             self.touched[i] = true;
             let intent = self.deferred.take();
             let gate = self.gate.get_mut().ok().and_then(Option::take);
-            self.swap_and_validate(run, &self.plan.containers[i], intent, gate)
-                .await?;
+            if let Err(f) = self
+                .swap_and_validate(run, &self.plan.containers[i], intent, gate)
+                .await
+            {
+                self.failed_service = self.plan.containers[i].service.clone();
+                return Err(f);
+            }
         }
         Ok(())
     }
@@ -711,6 +725,15 @@ impl Unit for Containers<'_> {
     fn phase(&self, phase: &'static str) {
         self.host.phase(phase);
     }
+
+    fn failed_services(&self) -> Vec<String> {
+        self.failed_service.iter().cloned().collect()
+    }
+}
+
+/// The first container of the `g`-th service group (see `service_groups`).
+fn groups_start(containers: &[ContainerPlan], g: usize) -> usize {
+    service_groups(containers)[g].start
 }
 
 /// The runs of consecutive containers of one service (a release's services; one run for one

@@ -96,7 +96,7 @@ fn a_release_of_two_services_deploys_and_rolls_back_together_with_one_history_en
     assert!(
         shown
             .stdout
-            .contains(&format!("{} -> 1.1.0 ({worker_digest})", r.worker)),
+            .contains(&format!("{} -> 1.1.0 ({worker_digest}): ok", r.worker)),
         "{}",
         shown.stdout
     );
@@ -206,6 +206,13 @@ fn a_release_whose_worker_fails_validation_puts_the_web_app_back_too() {
     let ops = h["operations"].as_array().unwrap();
     assert_eq!(ops.len(), 1, "{h}");
     assert_eq!(ops[0]["result"], "reverted", "{h}");
+    // A result per service: the worker failed, the web app (which validated) was put back.
+    assert_eq!(ops[0]["results"][&r.web], "reverted", "{h}");
+    let worker_result = ops[0]["results"][&r.worker].as_str().unwrap_or_default();
+    assert!(
+        worker_result.starts_with("failed: ") && worker_result.contains("exited"),
+        "{h}"
+    );
 }
 
 #[test]

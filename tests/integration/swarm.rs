@@ -733,6 +733,8 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
     let k1 = worker.push(&worker_of("1.0.0"));
     let k2 = worker.push(&worker_of("1.1.0"));
     worker.push(&AppImage::new("1.2.0").crash(3).label("io.test.role", "worker"));
+    // Both services update start-first: a node never runs out of the stack's tasks (Swarm 20.10
+    // races removing a node's network attachment with the next task's start: "unknown network").
     let stack = unique("bt-relstack");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stack.yml");
@@ -740,9 +742,9 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         &file,
         format!(
             "version: \"3.8\"\nservices:\n  web:\n    image: {}:1.0.0@{w1}\n    ports:\n      - target: 8080\n        mode: host\n    \
-             stop_grace_period: 2s\n    deploy:\n      replicas: 2\n      update_config:\n        monitor: 1s\n  \
-             worker:\n    image: {}:1.0.0@{k1}\n    stop_grace_period: 2s\n    deploy:\n      replicas: 1\n      \
-             update_config:\n        monitor: 1s\n",
+             stop_grace_period: 2s\n    deploy:\n      replicas: 2\n      update_config:\n        monitor: 1s\n        \
+             order: start-first\n  worker:\n    image: {}:1.0.0@{k1}\n    stop_grace_period: 2s\n    deploy:\n      \
+             replicas: 1\n      update_config:\n        monitor: 1s\n        order: start-first\n",
             web.image(),
             worker.image()
         ),
@@ -822,6 +824,12 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         .map(|o| o["result"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(results, ["ok", "reverted", "ok"], "one entry per release: {h}");
+    let failed = &h["operations"][1]["results"];
+    assert_eq!(failed["web"], "reverted", "{h}");
+    assert!(
+        failed["worker"].as_str().unwrap_or_default().starts_with("failed: "),
+        "{h}"
+    );
     // Emergency forces every service onto its own last known good image, in one entry.
     t.exec(["mark-good", "1.1.0", "--yes"]).success();
     assert_eq!(worker.tag_digest("last_known_good"), Some(k2.clone()));
