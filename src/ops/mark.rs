@@ -228,3 +228,121 @@ pub fn registry_repository(registry: &dyn Registry) -> String {
     let name = registry.name();
     name.split_once('/').map_or(name.clone(), |(_, r)| r.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::adapters::registry::{PullAuth, RegistryError, RemoteImage};
+    use crate::domain::image::ImageInfo;
+    use crate::ops::release::ServiceImage;
+
+    /// A repository's tags in memory; its retags fail when `refuses` (a fault a real registry
+    /// will not produce on demand for one repository of two).
+    struct Tags {
+        name: String,
+        tags: Mutex<HashMap<String, Digest>>,
+        refuses: bool,
+    }
+
+    #[async_trait]
+    impl Registry for Tags {
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+        fn pull_reference(&self, digest: &Digest) -> String {
+            format!("{}@{digest}", self.name)
+        }
+        async fn list_tags(&self) -> Result<Vec<String>, RegistryError> {
+            Ok(self.tags.lock().unwrap().keys().cloned().collect())
+        }
+        async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>, RegistryError> {
+            Ok(self.tags.lock().unwrap().get(tag).cloned())
+        }
+        async fn image_info(&self, digest: &Digest) -> Result<ImageInfo, RegistryError> {
+            Err(RegistryError::ManifestNotFound {
+                reference: digest.to_string(),
+            })
+        }
+        async fn retag(&self, digest: &Digest, tag: &str) -> Result<(), RegistryError> {
+            if self.refuses {
+                return Err(RegistryError::Protocol {
+                    registry: self.name.clone(),
+                    message: "HTTP 500: disk on fire".into(),
+                });
+            }
+            self.tags.lock().unwrap().insert(tag.to_string(), digest.clone());
+            Ok(())
+        }
+        async fn delete(&self, _: &RemoteImage) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn pull_auth(&self) -> Result<PullAuth, RegistryError> {
+            Ok(PullAuth::default())
+        }
+    }
+
+    fn digest(n: u64) -> Digest {
+        Digest::parse(&format!("sha256:{n:064x}")).unwrap()
+    }
+
+    fn repo(name: &str, lkg: u64, refuses: bool) -> Arc<Tags> {
+        Arc::new(Tags {
+            name: name.into(),
+            tags: Mutex::new(HashMap::from([("last_known_good".to_string(), digest(lkg))])),
+            refuses,
+        })
+    }
+
+    fn service(name: &str, n: u64) -> ServiceImage {
+        ServiceImage {
+            service: name.into(),
+            image: ImageRef {
+                version: Some("1.1.0".into()),
+                digest: Some(digest(n)),
+                ..Default::default()
+            },
+            pull: String::new(),
+        }
+    }
+
+    /// One repository of a release refuses the move: every pointer that moved goes back where it
+    /// was, the first repository's too, and the error names the one that failed.
+    #[tokio::test]
+    async fn a_release_pointer_that_cannot_move_puts_the_moved_ones_back() {
+        let (web, worker, cron) = (
+            repo("r/web", 1, false),
+            repo("r/worker", 2, false),
+            repo("r/cron", 3, true),
+        );
+        // The first repository's pointer already moved (by `mark_good`) to 11.
+        web.retag(&digest(11), "last_known_good").await.unwrap();
+        let previous = ImageRef {
+            digest: Some(digest(1)),
+            ..Default::default()
+        };
+        let others: crate::ops::release::Others = vec![
+            (worker.clone() as Arc<dyn Registry>, service("worker", 12)),
+            (cron.clone() as Arc<dyn Registry>, service("cron", 13)),
+        ];
+        let err = move_others(web.as_ref(), Some(&previous), &others, "last_known_good")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cron (r/cron)") && err.contains("were put back"), "{err}");
+        assert_eq!(web.tag_digest("last_known_good").await.unwrap(), Some(digest(1)));
+        assert_eq!(worker.tag_digest("last_known_good").await.unwrap(), Some(digest(2)));
+        assert_eq!(cron.tag_digest("last_known_good").await.unwrap(), Some(digest(3)));
+        // All move: nothing to put back.
+        let ok = repo("r/cron", 3, false);
+        let others: crate::ops::release::Others = vec![(ok.clone() as Arc<dyn Registry>, service("cron", 13))];
+        move_others(web.as_ref(), Some(&previous), &others, "last_known_good")
+            .await
+            .unwrap();
+        assert_eq!(ok.tag_digest("last_known_good").await.unwrap(), Some(digest(13)));
+    }
+}
