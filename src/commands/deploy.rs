@@ -257,10 +257,7 @@ async fn swap_command(
     // (for a remote target, while the connection logs in).
     let tags = tokio::spawn({
         let registries = registries.clone();
-        async move {
-            let loads = registries.iter().map(|r| Catalog::load(r.as_ref()));
-            futures::future::try_join_all(loads).await
-        }
+        async move { Catalog::load_all(&registries).await }
     });
     let command = format!("backtrack {} {input}", op.as_str());
     let (hosts, skipped) = app
@@ -292,25 +289,13 @@ async fn swap_command(
     let ops = configs[order[0]].ops();
     let repository = project.registry.display();
     // A Swarm service is read once: its spec for the plan, its tasks for what runs.
-    // A release's: each service, as a target of its own.
-    let member_targets: Vec<crate::settings::TargetSettings> = if target.is_release() {
-        target.members.iter().map(|m| target.member(m)).collect()
-    } else {
-        vec![target.clone()]
-    };
+    // A release's: each service, as a target of its own (read at once).
+    let member_targets = target.services();
     let mut services = Vec::new();
     let mut current = Vec::new();
     if swarm {
         let mut entries = Vec::new();
-        for (t, m) in member_targets
-            .iter()
-            .zip(target.members.iter().map(Some).chain(std::iter::repeat(None)))
-        {
-            let svc = swarm_ops::service(&first.engine, t).await?;
-            let mut e = swarm_ops::entries(&svc, &first.engine.service_tasks(&svc).await?);
-            for d in &mut e {
-                d.service = m.map(|m| m.name.clone());
-            }
+        for (_, svc, e) in swarm_ops::services_of(&first.engine, target).await? {
             entries.extend(e);
             services.push(svc);
         }
@@ -1305,10 +1290,36 @@ async fn mark_after_validation(
                 crate::domain::duration::format(duration)
             ),
         );
+        // A Swarm release soaks every service on its own image (the probe is the first one's).
+        let services = target.services();
+        let digests: Vec<String> = std::iter::once(to)
+            .chain(others.iter().map(|(_, s)| &s.image))
+            .map(|i| i.digest.as_ref().map(ToString::to_string).unwrap_or_default())
+            .collect();
+        let unprobed = project.health.without_probe();
+        let (services, digests, unprobed) = (&services, &digests, &unprobed);
         let soaks = hosts.iter().zip(current).map(|(h, cur)| async move {
             let soaked = if swarm {
-                let digest = to.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-                swarm_ops::soak(&h.engine, target, &digest, &project.health, duration).await
+                let each = services
+                    .iter()
+                    .zip(digests)
+                    .enumerate()
+                    .map(|(i, (t, digest))| async move {
+                        let health = if i == 0 { &project.health } else { unprobed };
+                        swarm_ops::soak(&h.engine, t, digest, health, duration)
+                            .await
+                            .map_err(|mut invalid| {
+                                if target.is_release() {
+                                    invalid.why = format!("{}: {}", t.name, invalid.why);
+                                }
+                                invalid
+                            })
+                    });
+                futures::future::join_all(each)
+                    .await
+                    .into_iter()
+                    .find(Result::is_err)
+                    .unwrap_or(Ok(()))
             } else {
                 let names: Vec<String> = cur.iter().map(|d| d.container.name.clone()).collect();
                 validate::soak(&h.engine, &names, &project.health, duration).await

@@ -55,7 +55,7 @@ pub async fn run(app: &App<'_>, args: &DrillArgs) -> anyhow::Result<()> {
     let command = format!("backtrack drill {}", selectors.join(" "));
     let (hosts, _) = app.hosts(Some(&command), None).await?;
     interrupt::install();
-    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let catalogs = Catalog::load_all(&registries).await?;
     let (registries, catalogs) = (&registries, &catalogs.iter().collect::<Vec<_>>());
     let results = app
         .on_each(&hosts, async |h| {
@@ -145,10 +145,7 @@ async fn drill_host(
         Some(registry.pull_auth().await?)
     };
     // In a release, `[health] http` is the first service's probe (as in a swap).
-    let unprobed = crate::settings::HealthSettings {
-        http: None,
-        ..project.health.clone()
-    };
+    let unprobed = project.health.without_probe();
     let setup = |first: bool| DrillSetup {
         engine,
         journal,

@@ -102,12 +102,19 @@ pub(super) async fn plan_host(
     let digest = lkg.digest.clone().expect("a last known good always has a digest");
     let (image, mut pulled) = local_image(engine, registry, &digest, &pointer).await?;
     // A release's other services: each its own image, found (or pulled) on this host.
+    let found = futures::future::try_join_all(services.iter().skip(1).map(|s| {
+        let pointer = &pointer;
+        async move {
+            let digest = s.lkg.digest.clone().expect("a service's last known good has a digest");
+            let (image, pulled) = local_image(engine, s.registry.as_ref(), &digest, pointer).await?;
+            anyhow::Ok((s.service.clone(), image, pulled))
+        }
+    }))
+    .await?;
     let mut images = std::collections::BTreeMap::new();
-    for s in services.iter().skip(1) {
-        let digest = s.lkg.digest.clone().expect("a service's last known good has a digest");
-        let (i, p) = local_image(engine, s.registry.as_ref(), &digest, &pointer).await?;
+    for (service, image, p) in found {
         pulled |= p;
-        images.insert(s.service.clone(), i);
+        images.insert(service, image);
     }
     let current = deployed::read(engine, target, &project.registry.display()).await?;
     crate::ops::guard::check(
@@ -254,42 +261,47 @@ pub(super) async fn release_last_known_good(
     lkg: &ImageRef,
     pointer: &str,
 ) -> anyhow::Result<Vec<ServiceLkg>> {
-    let mut out = Vec::with_capacity(target.members.len());
-    for (i, (m, registry)) in target.members.iter().zip(registries).enumerate() {
-        let image = if i == 0 {
-            lkg.clone()
-        } else {
-            match registry.tag_digest(pointer).await {
-                Ok(Some(digest)) => ImageRef {
-                    tag: lkg.tag.clone(),
-                    version: lkg.version.clone(),
-                    digest: Some(digest),
-                },
-                Ok(None) => anyhow::bail!(
-                    "find the last known good of {}: {} has no {pointer}; mark the release good \
+    // Every repository's pointer asked at once.
+    let lookups = target
+        .members
+        .iter()
+        .zip(registries)
+        .enumerate()
+        .map(|(i, (m, registry))| async move {
+            let image = if i == 0 {
+                lkg.clone()
+            } else {
+                match registry.tag_digest(pointer).await {
+                    Ok(Some(digest)) => ImageRef {
+                        tag: lkg.tag.clone(),
+                        version: lkg.version.clone(),
+                        digest: Some(digest),
+                    },
+                    Ok(None) => anyhow::bail!(
+                        "find the last known good of {}: {} has no {pointer}; mark the release good \
                      (`backtrack mark-good VERSION` moves every service's pointer)",
-                    m.name,
-                    registry.name()
-                ),
-                Err(e) => match history::marked_good_service(ops, &m.name) {
-                    Some(image) if image.digest.is_some() => image.clone(),
-                    _ => {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "find the last known good of {} (its registry does not answer and the journal \
+                        m.name,
+                        registry.name()
+                    ),
+                    Err(e) => match history::marked_good_service(ops, &m.name) {
+                        Some(image) if image.digest.is_some() => image.clone(),
+                        _ => {
+                            return Err(anyhow::Error::new(e).context(format!(
+                                "find the last known good of {} (its registry does not answer and the journal \
                              has no mark-good of the release naming it)",
-                            m.name
-                        )));
-                    }
-                },
-            }
-        };
-        out.push(ServiceLkg {
-            service: m.name.clone(),
-            registry: registry.clone(),
-            lkg: image,
+                                m.name
+                            )));
+                        }
+                    },
+                }
+            };
+            Ok(ServiceLkg {
+                service: m.name.clone(),
+                registry: registry.clone(),
+                lkg: image,
+            })
         });
-    }
-    Ok(out)
+    futures::future::try_join_all(lookups).await
 }
 
 /// A local reference to the image: by digest if present, else the local last-known-good tag if it

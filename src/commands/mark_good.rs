@@ -45,7 +45,7 @@ pub async fn run(app: &App<'_>, args: &MarkGoodArgs) -> anyhow::Result<()> {
         ops.push(history::operations(&records));
     }
     let current = running(app, &hosts, &project.registry.display(), args.selector.is_some()).await?;
-    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let catalogs = Catalog::load_all(&registries).await?;
     let catalog = &catalogs[0];
     let chosen: ImageRef = match &args.selector {
         Some(s) => {

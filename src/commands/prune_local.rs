@@ -50,7 +50,7 @@ pub async fn run(app: &App<'_>, args: &PruneArgs) -> anyhow::Result<()> {
         .await?;
     // What the registry says the pointers and candidates are; with the registry down, nothing is
     // removed (a candidate could not be told from the rest).
-    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let catalogs = Catalog::load_all(&registries).await?;
     let mut pointers = Vec::with_capacity(registries.len());
     for (registry, catalog) in registries.iter().zip(&catalogs) {
         let mut of_repository = BTreeMap::new();
@@ -151,22 +151,14 @@ async fn plan_host(
     )
     .await;
     // Each candidate in every service's repository (one service: the candidates themselves).
-    let mut per_service: Vec<Vec<warm::Candidate>> = vec![Vec::new(); registries.len()];
-    for c in &cands {
-        if !target.is_release() {
-            per_service[0].push(c.clone());
-            continue;
-        }
-        // A candidate some repository lacks has no image of it there to keep.
-        if let Ok(images) = crate::ops::release::images_of(target, registries, catalogs, &c.image).await {
-            for (i, image) in images.into_iter().enumerate() {
-                per_service[i].push(warm::Candidate {
-                    label: format!("{} ({})", c.label, image.service),
-                    image: image.image,
-                });
-            }
-        }
-    }
+    // A candidate some repository lacks has no image of it there to keep.
+    let per_service = if target.is_release() {
+        crate::ops::release::candidates_by_service(target, registries, catalogs, &cands)
+            .await
+            .0
+    } else {
+        vec![cands]
+    };
     let mut decisions = Vec::new();
     for (i, registry) in registries.iter().enumerate() {
         let ops = match target.members.get(i) {

@@ -296,20 +296,14 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
     } else {
         Vec::new()
     };
-    let targets: Vec<crate::settings::TargetSettings> = if target.is_release() {
-        target.members.iter().map(|m| target.member(m)).collect()
-    } else {
-        vec![target.clone()]
-    };
     let overrides = UpdateOverrides {
         force: true,
         ..Default::default()
     };
-    let mut plans = Vec::with_capacity(targets.len());
+    let read = swarm_ops::services_of(&engine, target).await?;
+    let mut plans = Vec::with_capacity(read.len());
     let mut current = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        let svc = swarm_ops::service(&engine, t).await?;
-        let entries = swarm_ops::entries(&svc, &engine.service_tasks(&svc).await?);
+    for (i, (t, svc, entries)) in read.into_iter().enumerate() {
         let (lkg, registry) = match services.get(i) {
             Some(s) => (&s.lkg, s.registry.as_ref()),
             None => (&lkg, registry.as_ref()),
@@ -323,7 +317,7 @@ pub async fn emergency(app: &App<'_>, args: &EmergencyArgs) -> anyhow::Result<()
         };
         let from = entries.first().map(|d| d.image.clone()).unwrap_or_default();
         plans.push(
-            swarm_ops::plan(Operation::Emergency, t, &svc, from, &to, repository, &overrides).with_config(&configs)?,
+            swarm_ops::plan(Operation::Emergency, &t, &svc, from, &to, repository, &overrides).with_config(&configs)?,
         );
         current.extend(entries);
     }

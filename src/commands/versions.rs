@@ -88,8 +88,11 @@ pub async fn run(app: &App<'_>, args: &VersionsArgs) -> anyhow::Result<()> {
     // Each other service of a release, with the versions its repository has.
     let mut elsewhere: Vec<(&str, BTreeSet<semver::Version>)> = Vec::new();
     for (m, c) in members.iter().skip(1).zip(others) {
-        let c = c?;
-        let versions = crate::domain::release::in_every(&[&c.versions]);
+        let versions = c?
+            .versions
+            .iter()
+            .map(|v| crate::domain::version::strip_build(&v.version))
+            .collect();
         elsewhere.push((m.name.as_str(), versions));
     }
     for (host, why) in &placement.unreachable {

@@ -37,7 +37,7 @@ pub async fn run(app: &App<'_>, args: &WarmArgs) -> anyhow::Result<()> {
     let registries = app.registries()?;
     let limit = crate::domain::duration::parse_wait(&args.timeout)?;
     let (hosts, _) = app.hosts(None, None).await?;
-    let catalogs = futures::future::try_join_all(registries.iter().map(|r| Catalog::load(r.as_ref()))).await?;
+    let catalogs = Catalog::load_all(&registries).await?;
     let (registries, catalogs) = (&registries, &catalogs.iter().collect::<Vec<_>>());
     let results = app
         .on_each(&hosts, async |h| {
@@ -119,15 +119,9 @@ async fn warm_release(
     cands: &[warm::Candidate],
     limit: std::time::Duration,
 ) -> anyhow::Result<Vec<Readiness>> {
-    let mut per_service: Vec<Vec<warm::Candidate>> = vec![Vec::new(); registries.len()];
-    for c in cands {
-        let images = crate::ops::release::images_of(target, registries, catalogs, &c.image).await?;
-        for (i, image) in images.into_iter().enumerate() {
-            per_service[i].push(warm::Candidate {
-                label: format!("{} ({})", c.label, image.service),
-                image: image.image,
-            });
-        }
+    let (per_service, lacking) = crate::ops::release::candidates_by_service(target, registries, catalogs, cands).await;
+    if let Some(e) = lacking.into_iter().next() {
+        return Err(e);
     }
     let pulls = registries
         .iter()

@@ -21,6 +21,11 @@ impl Catalog {
         Ok(Self { versions, others })
     }
 
+    /// Every registry's catalog at once (a release's repositories, in order).
+    pub async fn load_all(registries: &[std::sync::Arc<dyn Registry>]) -> anyhow::Result<Vec<Self>> {
+        futures::future::try_join_all(registries.iter().map(|r| Self::load(r.as_ref()))).await
+    }
+
     pub fn has_tag(&self, tag: &str) -> bool {
         self.others.iter().any(|t| t == tag) || self.versions.iter().any(|v| v.tag == tag)
     }

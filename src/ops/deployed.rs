@@ -150,6 +150,25 @@ pub async fn service_entries(engine: &Engine, target: &TargetSettings) -> anyhow
     Ok(entries(&svc, &tasks))
 }
 
+/// Each Swarm service of `target` (a release's, or the one) as a target of its own, read at once:
+/// the service and what it runs, each entry naming its service in a release.
+pub async fn services_of(
+    engine: &Engine,
+    target: &TargetSettings,
+) -> anyhow::Result<Vec<(TargetSettings, ServiceView, Vec<Deployed>)>> {
+    let reads = target.services().into_iter().map(|t| async move {
+        let svc = service(engine, &t).await?;
+        let mut entries = entries(&svc, &engine.service_tasks(&svc).await?);
+        if target.is_release() {
+            for d in &mut entries {
+                d.service = Some(t.name.clone());
+            }
+        }
+        anyhow::Ok((t, svc, entries))
+    });
+    futures::future::try_join_all(reads).await
+}
+
 /// [`service_entries`] from a service and its tasks already read.
 pub fn entries(svc: &ServiceView, tasks: &[TaskView]) -> Vec<Deployed> {
     let live: Vec<&TaskView> = tasks.iter().filter(|t| t.desired == "running").collect();

@@ -113,6 +113,33 @@ pub async fn images_of(
     Ok(images)
 }
 
+/// Rollback candidates (resolved in the first service's repository) as each service's image of
+/// them, by service (`out[i]` is `target.members[i]`'s), each labelled with its service; with why
+/// for each candidate some repository lacks (left out for every service).
+pub async fn candidates_by_service(
+    target: &TargetSettings,
+    registries: &[Arc<dyn Registry>],
+    catalogs: &[&Catalog],
+    cands: &[crate::ops::warm::Candidate],
+) -> (Vec<Vec<crate::ops::warm::Candidate>>, Vec<anyhow::Error>) {
+    let mut by_service = vec![Vec::new(); registries.len()];
+    let mut lacking = Vec::new();
+    for c in cands {
+        match images_of(target, registries, catalogs, &c.image).await {
+            Ok(images) => {
+                for (i, image) in images.into_iter().enumerate() {
+                    by_service[i].push(crate::ops::warm::Candidate {
+                        label: format!("{} ({})", c.label, image.service),
+                        image: image.image,
+                    });
+                }
+            }
+            Err(e) => lacking.push(e),
+        }
+    }
+    (by_service, lacking)
+}
+
 /// The image each of `current`'s containers goes to: its service's (one service: `chosen`).
 pub fn each(current: &[Deployed], images: &[ServiceImage], chosen: &ImageRef, pull: &str) -> Vec<(ImageRef, String)> {
     current
@@ -205,11 +232,8 @@ impl Unit for Together<'_> {
     /// `[health] http` is the first service's probe: the others are validated by their tasks'
     /// state and version.
     async fn apply(&mut self, run: &Run<'_>) -> Result<(), Failed> {
-        let health = unprobed(run.health);
-        let others = Run {
-            health: &health,
-            ..run.clone()
-        };
+        let health = run.health.without_probe();
+        let others = with_health(run, &health);
         let applied = futures::future::join_all(
             self.units
                 .iter_mut()
@@ -251,11 +275,8 @@ impl Unit for Together<'_> {
     }
 
     async fn soak(&self, run: &Run<'_>, duration: std::time::Duration) -> Result<(), String> {
-        let health = unprobed(run.health);
-        let others = Run {
-            health: &health,
-            ..run.clone()
-        };
+        let health = run.health.without_probe();
+        let others = with_health(run, &health);
         let soaked = futures::future::join_all(
             self.units
                 .iter()
@@ -317,10 +338,7 @@ impl Unit for Together<'_> {
     }
 }
 
-/// `[health]` without its HTTP probe, for a release's services after the first.
-fn unprobed(health: &crate::settings::HealthSettings) -> crate::settings::HealthSettings {
-    crate::settings::HealthSettings {
-        http: None,
-        ..health.clone()
-    }
+/// `run` with other checks (a release's services after the first: `without_probe`).
+fn with_health<'a>(run: &Run<'a>, health: &'a crate::settings::HealthSettings) -> Run<'a> {
+    Run { health, ..run.clone() }
 }

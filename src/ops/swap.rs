@@ -77,11 +77,11 @@ pub struct ContainerPlan {
 impl ContainerPlan {
     /// Its checks: `[health]`, without the HTTP probe for a release's service that is not probed.
     fn health(&self, health: &HealthSettings) -> HealthSettings {
-        let mut h = health.clone();
-        if !self.probe {
-            h.http = None;
+        if self.probe {
+            health.clone()
+        } else {
+            health.without_probe()
         }
-        h
     }
 }
 
@@ -114,9 +114,6 @@ impl Plan {
             if !out.contains(&c.image.as_str()) {
                 out.push(&c.image);
             }
-        }
-        if out.is_empty() {
-            out.push(&self.image);
         }
         out
     }
@@ -629,7 +626,7 @@ impl Unit for Containers<'_> {
         if groups.len() > 1 && self.deferred.is_none() {
             self.touched.iter_mut().for_each(|t| *t = true);
             let this = &*self;
-            let swaps = groups.into_iter().map(|range| async move {
+            let swaps = groups.iter().cloned().map(|range| async move {
                 for c in &this.plan.containers[range] {
                     this.swap_and_validate(run, c, None, None).await?;
                 }
@@ -637,11 +634,7 @@ impl Unit for Containers<'_> {
             });
             let results = futures::future::join_all(swaps).await;
             let failed = results.iter().position(Result::is_err);
-            self.failed_service = failed.and_then(|g| {
-                self.plan.containers[groups_start(&self.plan.containers, g)]
-                    .service
-                    .clone()
-            });
+            self.failed_service = failed.and_then(|g| self.plan.containers[groups[g].start].service.clone());
             return results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
         }
         for i in 0..self.plan.containers.len() {
@@ -729,11 +722,6 @@ impl Unit for Containers<'_> {
     fn failed_services(&self) -> Vec<String> {
         self.failed_service.iter().cloned().collect()
     }
-}
-
-/// The first container of the `g`-th service group (see `service_groups`).
-fn groups_start(containers: &[ContainerPlan], g: usize) -> usize {
-    service_groups(containers)[g].start
 }
 
 /// The runs of consecutive containers of one service (a release's services; one run for one

@@ -101,6 +101,17 @@ pub struct HealthSettings {
     pub port: Option<u16>,
 }
 
+impl HealthSettings {
+    /// The same checks without the HTTP probe: a release's services after the first, which
+    /// `[health] http` does not describe, are validated by their state and version.
+    pub fn without_probe(&self) -> HealthSettings {
+        HealthSettings {
+            http: None,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RebuildSettings {
     pub repo: PathBuf,

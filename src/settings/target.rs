@@ -151,6 +151,15 @@ impl TargetSettings {
         }
     }
 
+    /// Each service as a target of its own: a release's members, or this target itself.
+    pub fn services(&self) -> Vec<TargetSettings> {
+        if self.is_release() {
+            self.members.iter().map(|m| self.member(m)).collect()
+        } else {
+            vec![self.clone()]
+        }
+    }
+
     pub fn display(&self) -> String {
         if self.is_release() {
             let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();

@@ -830,6 +830,14 @@ fn a_swarm_stack_release_of_two_services_moves_and_reverts_together() {
         failed["worker"].as_str().unwrap_or_default().starts_with("failed: "),
         "{h}"
     );
+    // --mark-good --soak soaks every service on its own image (regression: it looked for one
+    // service named after the whole release), then moves both pointers.
+    let run = t
+        .exec(["deploy", "1.1.0", "--yes", "--mark-good", "--soak", "1s"])
+        .success();
+    assert!(run.stderr.contains("stayed healthy"), "{}", run.stderr);
+    wait_tasks_on(&ws, &w2);
+    wait_tasks_on(&ks, &k2);
     // Emergency forces every service onto its own last known good image, in one entry.
     t.exec(["mark-good", "1.1.0", "--yes"]).success();
     assert_eq!(worker.tag_digest("last_known_good"), Some(k2.clone()));

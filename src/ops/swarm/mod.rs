@@ -27,7 +27,7 @@ use crate::domain::history::{self, Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
 use crate::error::Failure;
 use crate::ops::config::{ConfigPlan, Configs};
-pub use crate::ops::deployed::{LABEL_IMAGE, entries, service, spec_entry};
+pub use crate::ops::deployed::{LABEL_IMAGE, entries, service, services_of, spec_entry};
 use crate::ops::deployed::{entry, task_container};
 use crate::ops::interrupt;
 use crate::ops::operation::{Failed, Run, Unit};

@@ -119,13 +119,8 @@ pub async fn settle(
                 "found an interrupted {what}; putting the previous version back"
             ));
             // Each service the operation saved (a release's: every one of them).
-            let targets: Vec<TargetSettings> = if target.is_release() {
-                target.members.iter().map(|m| target.member(m)).collect()
-            } else {
-                vec![target.clone()]
-            };
             let mut problems = Vec::new();
-            for t in &targets {
+            for t in &target.services() {
                 let svc = service(engine, t).await?;
                 let previous = if target.is_release() {
                     started.saved.get(&svc.name)
