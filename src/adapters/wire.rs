@@ -5,8 +5,10 @@
 //!
 //! **A phase's round trips are its longest chain of waits one after another**: waits that overlap
 //! pay latency once, so the count is what the network's round-trip time multiplies. A wait that
-//! opened a new channel weighs one more (the host confirms a channel before its first byte goes).
-//! The SSH handshake itself is not counted here: it is the `connect` phase's time.
+//! opened a new channel weighs one more (the host confirms a channel before its first byte goes),
+//! unless it opened before the connection's own session first answered: those channels are
+//! confirmed in the same flight as the session's, which the login covers. The SSH handshake
+//! itself is not counted here: it is the `connect` phase's time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ pub struct Wire {
     host: String,
     created: Instant,
     state: Mutex<State>,
+    /// The connection's own session has answered (its first line came).
+    session_up: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -57,6 +61,7 @@ impl Wire {
         Arc::new(Self {
             host: host.into(),
             created: Instant::now(),
+            session_up: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 open: Vec::new(),
                 next_id: 0,
@@ -123,8 +128,18 @@ impl Wire {
         }
     }
 
-    /// A new channel opened on the connection, for the wait begun last: one round trip more.
+    /// The connection's own session has answered: channels opened from now on cost a round trip
+    /// of their own.
+    pub fn session_started(&self) {
+        self.session_up.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A new channel opened on the connection, for the wait begun last: one round trip more, once
+    /// the session is up (before, it opens beside the session's own, in the login's flight).
     pub fn channel_opened(&self) {
+        if !self.session_up.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut s) = self.state.lock()
             && let Some(last) = s.open.last_mut()
         {
@@ -243,8 +258,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_channel_opened_beside_the_session_s_own_is_part_of_the_login() {
+        let wire = Wire::new("h");
+        wire.phase("lock");
+        {
+            let _lock = wire.wait("take the lock");
+            let _read = wire.wait("read ahead");
+            wire.channel_opened();
+        }
+        wire.session_started();
+        wire.phase("swap");
+        {
+            let _calls = wire.wait("calls");
+            wire.channel_opened();
+        }
+        let s = wire.summary();
+        assert_eq!(s.iter().find(|p| p.phase == "lock").unwrap().round_trips, 1);
+        assert_eq!(s.iter().find(|p| p.phase == "swap").unwrap().round_trips, 2);
+    }
+
+    #[test]
     fn overlapping_waits_cost_one_round_trip_and_sequential_ones_one_each() {
         let wire = Wire::new("h");
+        wire.session_started();
         wire.phase("plan");
         let pause = || std::thread::sleep(Duration::from_millis(2));
         {
@@ -271,6 +307,7 @@ mod tests {
     #[test]
     fn a_channel_opened_weighs_on_its_own_wait_and_a_chain_counts_once() {
         let wire = Wire::new("h");
+        wire.session_started();
         wire.phase("validate");
         let pause = || std::thread::sleep(Duration::from_millis(2));
         // The first look (one request) and the probe (a channel, then its request) at once, then

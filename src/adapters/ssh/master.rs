@@ -174,6 +174,7 @@ impl SshSession {
         self.endpoint.get_or_init(|| {
             let mut line = String::new();
             out.read_line(&mut line).ok()?;
+            self.wire.session_started();
             let e = line.strip_prefix("ENGINE")?.trim();
             (!e.is_empty()).then(|| e.to_string())
         });
