@@ -377,6 +377,17 @@ pub enum TargetLock {
     Remote(remote::RemoteLock),
 }
 
+impl TargetLock {
+    /// Whether what was read of the target's engine while this lock was asked for still stands
+    /// (`RemoteLock::quiet`); a local lock is taken before anything is read.
+    pub fn quiet(&self) -> bool {
+        match self {
+            Self::Local(_) => true,
+            Self::Remote(r) => r.quiet(),
+        }
+    }
+}
+
 /// An exclusive lock on the state folder, released on drop (or when the process dies: a dead
 /// holder's lock is free at once, and its identity file is cleared by the next holder).
 #[derive(Debug)]

@@ -143,11 +143,7 @@ pub(super) async fn plan_host(
             .inspect(&d.container.name)
             .await?
             .ok_or_else(|| anyhow::anyhow!("inspect {}", d.container.name))?;
-        let old_image = engine
-            .image(&d.container.image_id)
-            .await?
-            .and_then(|i| i.config)
-            .unwrap_or_default();
+        let old_image = engine.image_config(&d.container.image_id).await?.unwrap_or_default();
         let mut labels = vec![(LABEL_EMERGENCY, Utc::now().to_rfc3339()), (LABEL_TAG, pointer.clone())];
         if let Some(v) = &lkg.version {
             labels.push((LABEL_VERSION, v.clone()));

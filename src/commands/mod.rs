@@ -289,7 +289,11 @@ impl App<'_> {
             Some(EngineAddress::Ssh(dest)) => {
                 let ssh = self.ssh()?.expect("an ssh:// engine has a session");
                 let ahead = self.engine_ahead.lock().ok().and_then(|mut a| a.take());
-                let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout, ahead).await?;
+                let engine = Engine::connect_ssh(ssh.clone(), self.settings.ssh.connect_timeout, ahead)
+                    .await?
+                    .keep_configs_in(crate::adapters::docker::ahead::ConfigCache::new(
+                        self.settings.cache_dir.join("image-configs"),
+                    ));
                 // Remembered for the next run's connection to forward from the start.
                 if let Some(path) = ssh.engine_path()
                     && !ssh.engine_known_ahead()
@@ -326,12 +330,22 @@ impl App<'_> {
                 None => self.opener(dest)(),
             };
             // The engine is reached while the session starts (the lock waits for that anyway).
+            // So are the plan's reads.
             if let (Ok(s), Ok(mut ahead)) = (&session, self.engine_ahead.lock()) {
-                *ahead = Engine::negotiate_ahead(s);
+                *ahead = Engine::negotiate_ahead(s, &self.read_ahead());
             }
             session
         });
         Ok(Some(session.clone()?))
+    }
+
+    /// What a command's plan will read of the target's engine (`deployed::read_ahead`); nothing
+    /// without a target.
+    fn read_ahead(&self) -> crate::adapters::docker::ahead::ReadAhead {
+        match (self.project(), self.target()) {
+            (Ok(project), Ok(target)) => crate::ops::deployed::read_ahead(target, &project.registry.display()),
+            _ => Default::default(),
+        }
     }
 
     fn ssh_destination(&self) -> Option<&SshDestination> {

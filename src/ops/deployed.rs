@@ -59,6 +59,36 @@ pub fn image_version(c: &ContainerView) -> Option<String> {
     })
 }
 
+/// What `read` and a swap's plan will ask of an engine across a network, to read ahead as its
+/// connection starts (`Engine::negotiate_ahead`): a container target's containers by name (a
+/// release's, each service's), and the local images of every repository (whether the image to
+/// pull is there). A compose service's containers are found by a listing first, and a Swarm
+/// service's images are on its nodes: neither is read ahead.
+pub fn read_ahead(target: &TargetSettings, repository: &str) -> crate::adapters::docker::ahead::ReadAhead {
+    use crate::settings::TargetKind;
+    let services = if target.is_release() {
+        target
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), member_repository(repository, m)))
+            .collect()
+    } else {
+        vec![(target.name.clone(), repository.to_string())]
+    };
+    let (containers, repositories) = services.into_iter().unzip();
+    match target.kind {
+        TargetKind::Container => crate::adapters::docker::ahead::ReadAhead {
+            containers,
+            repositories,
+        },
+        TargetKind::Compose => crate::adapters::docker::ahead::ReadAhead {
+            containers: Vec::new(),
+            repositories,
+        },
+        TargetKind::Swarm => crate::adapters::docker::ahead::ReadAhead::default(),
+    }
+}
+
 /// Reads the target's containers, with the digest each runs: the digest pinned in its image
 /// reference, else the local image's repo digest for `repository`.
 ///

@@ -72,8 +72,12 @@ impl Host {
         }
     }
 
-    /// The same host, holding `lock` (taken already).
+    /// The same host, holding `lock` (taken already): what was read of its engine while the lock
+    /// was asked for is forgotten unless the lock says it still stands.
     pub fn holding(mut self, lock: Option<TargetLock>) -> Self {
+        if lock.as_ref().is_some_and(|l| !l.quiet()) {
+            self.engine.forget_ahead();
+        }
         self.lock = lock;
         self
     }
@@ -92,6 +96,9 @@ impl Host {
             Some(dir) => TargetLock::Remote(dir.lock(command)?),
             None => TargetLock::Local(state::lock(&self.state_dir, command)?),
         };
+        if !lock.quiet() {
+            self.engine.forget_ahead();
+        }
         self.lock = Some(lock);
         Ok(())
     }
@@ -145,6 +152,7 @@ pub async fn connect<F>(
     meta: TargetMeta,
     session: Option<F>,
     cache: &std::path::Path,
+    reads: &crate::adapters::docker::ahead::ReadAhead,
 ) -> anyhow::Result<Host>
 where
     F: FnOnce() -> Result<std::sync::Arc<SshSession>, crate::adapters::ssh::SshError> + Send + 'static,
@@ -152,8 +160,12 @@ where
     let (engine, remote) = match (&host.engine, session) {
         (EngineAddress::Ssh(dest), Some(open)) => {
             let session = tokio::task::spawn_blocking(open).await??;
-            let ahead = Engine::negotiate_ahead(&session);
-            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout, ahead).await?;
+            let ahead = Engine::negotiate_ahead(&session, reads);
+            let engine = Engine::connect_ssh(session.clone(), ssh.connect_timeout, ahead)
+                .await?
+                .keep_configs_in(crate::adapters::docker::ahead::ConfigCache::new(
+                    cache.join("image-configs"),
+                ));
             if let Some(path) = session.engine_path()
                 && !session.engine_known_ahead()
             {
@@ -200,9 +212,16 @@ pub async fn connect_all<F>(
 where
     F: FnOnce() -> Result<std::sync::Arc<SshSession>, crate::adapters::ssh::SshError> + Send + 'static,
 {
+    // What the plan will read, asked as each host's session starts.
+    let reads = target
+        .hosts
+        .first()
+        .map(|h| crate::ops::deployed::read_ahead(target, &meta(h).repository))
+        .unwrap_or_default();
+    let reads = &reads;
     let tries = target.hosts.iter().map(|h| {
         let (meta, session) = (meta(h), session(h));
-        async move { (h.address.clone(), connect(h, ssh, meta, session, cache).await) }
+        async move { (h.address.clone(), connect(h, ssh, meta, session, cache, reads).await) }
     });
     join_all(tries).await
 }

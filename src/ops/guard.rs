@@ -82,10 +82,10 @@ pub fn enforce(
 pub async fn floor(engine: &Engine, current: &[Deployed]) -> Option<Floor> {
     let mut labels = Vec::new();
     for d in current {
-        let Ok(Some(image)) = engine.image(&d.container.image_id).await else {
+        let Ok(Some(config)) = engine.image_config(&d.container.image_id).await else {
             continue;
         };
-        labels.push((d, image.config.and_then(|c| c.labels).unwrap_or_default()));
+        labels.push((d, config.labels.unwrap_or_default()));
     }
     highest(
         labels

@@ -397,7 +397,7 @@ pub async fn clone_onto(
     to: &ImageRef,
     image: &str,
 ) -> Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>), EngineError> {
-    let old_image = engine.image(image_id).await?.and_then(|i| i.config).unwrap_or_default();
+    let old_image = engine.image_config(image_id).await?.unwrap_or_default();
     let labels = version_labels(to);
     let (mut body, extra_networks) = clone_config(old, &old_image, image, &labels);
     if let Some(l) = body.labels.as_mut() {

@@ -995,6 +995,61 @@ fn a_pipelined_remote_swap_whose_create_fails_puts_the_same_container_back() {
     assert_eq!(last["result"], "reverted", "{history}");
 }
 
+/// What a remote swap's plan reads (the container, its backup, the host's images of the
+/// repository) goes out beside the lock request as the session starts, so the plan waits on no
+/// round trip of its own (#30); but only when the target's journal was left alone before the
+/// lock: right after another operation, another run may have changed the target between those
+/// reads and the lock, so the plan reads again once it holds the lock.
+#[test]
+fn a_remote_plan_trusts_what_it_read_beside_the_lock_only_when_the_journal_was_left_alone() {
+    let repo = pushed("remote-ahead", &["v1.0.0", "v1.1.0"]);
+    let app = RemoteApp::run(&format!("{}:v1.0.0", repo.image()));
+    let (t, _far) = far_remote_test(&repo, &app);
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    let inspect = format!("-> GET /containers/{}/json", app.name);
+    // Where, in a run's timed requests, the lock was answered and the swap's calls went.
+    let between_lock_and_swap = |stderr: &str| -> Vec<String> {
+        let lines: Vec<&str> = stderr.lines().collect();
+        let locked = lines
+            .iter()
+            .position(|l| l.contains("<- take the lock"))
+            .expect("the lock");
+        let swap = lines
+            .iter()
+            .position(|l| l.contains("calls, pipelined"))
+            .expect("the swap");
+        lines[locked..swap].iter().map(|l| l.to_string()).collect()
+    };
+
+    // Right after the deploy wrote the journal: the plan reads the container again.
+    let soon = t.exec(["-vv", "rollback", "--yes"]).success();
+    assert!(
+        between_lock_and_swap(&soon.stderr).iter().any(|l| l.contains(&inspect)),
+        "{}",
+        soon.stderr
+    );
+    assert_eq!(serves(&app.name), "1.0.0");
+
+    // Left alone for longer than the quiet time: what was read beside the lock is the plan's.
+    std::thread::sleep(Duration::from_secs(6));
+    let quiet = t.exec(["-vv", "deploy", "v1.1.0", "--yes"]).success();
+    let lines: Vec<&str> = quiet.stderr.lines().collect();
+    let read = lines.iter().position(|l| l.contains(&inspect)).expect("read ahead");
+    let locked = lines.iter().position(|l| l.contains("<- take the lock")).unwrap();
+    assert!(read < locked, "read beside the lock request: {}", quiet.stderr);
+    assert!(
+        !between_lock_and_swap(&quiet.stderr)
+            .iter()
+            .any(|l| l.contains("-> GET") || l.contains("-> probe")),
+        "nothing asked between the lock and the swap: {}",
+        quiet.stderr
+    );
+    assert_eq!(serves(&app.name), "1.1.0");
+    let history = t.exec(["history", "--output", "json"]).success().json();
+    let last = history["operations"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["result"], "ok", "{history}");
+}
+
 /// The gate writes a remote swap's intent before it lets the swap's calls through to the engine
 /// (both in one round trip): when the journal cannot be written, no call runs at all.
 #[test]

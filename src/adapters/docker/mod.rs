@@ -2,6 +2,7 @@
 //! primitive steps of a swap (stop, rename, create a clone on another image, start, remove),
 //! plus what validation reads (state, health, logs).
 
+pub mod ahead;
 pub mod build;
 pub mod clone;
 pub mod context;
@@ -25,7 +26,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 
 use crate::adapters::registry::PullAuth;
@@ -116,7 +117,7 @@ pub struct ContainerView {
 }
 
 impl ContainerView {
-    fn from_inspect(c: &ContainerInspectResponse) -> Self {
+    pub fn from_inspect(c: &ContainerInspectResponse) -> Self {
         let config = c.config.clone().unwrap_or_default();
         let state = c.state.clone().unwrap_or_default();
         Self {
@@ -157,6 +158,24 @@ pub struct Liveness {
     pub health: Option<String>,
 }
 
+impl Liveness {
+    /// A container's state, as validation reads it.
+    pub fn of(c: &ContainerInspectResponse) -> Self {
+        let state = c.state.clone().unwrap_or_default();
+        Self {
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            restarting: state.restarting.unwrap_or(false),
+            exit_code: state.exit_code.unwrap_or(0),
+            restart_count: c.restart_count.unwrap_or(0),
+            health: state.health.and_then(|h| h.status).and_then(|s| match s {
+                HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
+                other => Some(other.to_string()),
+            }),
+        }
+    }
+}
+
 /// What `doctor` reports of an engine.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineAbout {
@@ -184,6 +203,12 @@ pub struct Engine {
     /// An HTTP probe made by the engine's host itself (the state shell's `curl`), for an engine
     /// over SSH: one round trip where a forward opens a channel first.
     host_probe: std::sync::OnceLock<HostProber>,
+    /// The host said it cannot probe (no `curl` there): probes go through forwards.
+    no_host_probe: std::sync::atomic::AtomicBool,
+    /// What was read ahead as the connection's session started (`ahead`), until something changes.
+    early: ahead::Early,
+    /// Image configs by content address kept on disk between runs (engines across a network).
+    configs: Option<ahead::ConfigCache>,
 }
 
 /// GETs a URL from the engine's host (blocking): its status, or why not and whether anything
@@ -272,13 +297,28 @@ impl Engine {
     /// the engine socket remembered from the last run, while the host's session is still
     /// starting: the channel and `/_ping` round trips are spent before anything waits on them.
     /// `connect_ssh` uses it once the host has named that same engine.
-    pub fn negotiate_ahead(session: &SshSession) -> Option<NegotiatedAhead> {
+    pub fn negotiate_ahead(session: &SshSession, reads: &ahead::ReadAhead) -> Option<NegotiatedAhead> {
         let socket = session.premade_engine_socket()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(NegotiatedAhead(runtime.spawn(negotiated_warm(
-            ssh::socket_transport(socket, Some(session.wire().clone())),
-            LOCAL_BASE,
-        ))))
+        let _entered = runtime.enter();
+        let transport = ssh::socket_transport(socket, Some(session.wire().clone()));
+        // The reads go out now, beside the `/_ping`s (they open pooled connections too).
+        let early = ahead::start(reads, |path| {
+            let sent = empty_get(&format!("{LOCAL_BASE}{path}")).map(&transport);
+            async move {
+                let answer = sent?.await.ok()?;
+                let status = answer.status().as_u16();
+                let body = http_body_util::BodyExt::collect(answer.into_body()).await.ok()?;
+                Some((status, body.to_bytes().to_vec()))
+            }
+            .boxed()
+        });
+        let spare = SPARE_CONNECTIONS.saturating_sub(early.len());
+        Some(NegotiatedAhead {
+            negotiated: runtime.spawn(negotiated_warm(transport, LOCAL_BASE, spare)),
+            early,
+            repositories: reads.repositories.clone(),
+        })
     }
 
     /// Reaches the engine of an SSH host through the run's connection and negotiates the API
@@ -306,15 +346,21 @@ impl Engine {
         };
         if forwarded.is_some()
             && session.engine_known_ahead()
-            && let Some(NegotiatedAhead(early)) = ahead
-            && let Ok(Ok(Ok(docker))) = tokio::time::timeout(timeout, early).await
+            && let Some(NegotiatedAhead {
+                negotiated,
+                early,
+                repositories,
+            }) = ahead
+            && let Ok(Ok(Ok(docker))) = tokio::time::timeout(timeout, negotiated).await
         {
             tracing::debug!("the engine on {shown} was reached while the session started");
-            return Ok(Self::made(docker, shown, Some(session)).pipelined_on(forwarded));
+            let mut engine = Self::made(docker, shown, Some(session)).pipelined_on(forwarded);
+            engine.early = ahead::Early::new(early, repositories);
+            return Ok(engine);
         }
         if let Some(socket) = forwarded {
             let transport = ssh::socket_transport(socket.clone(), Some(session.wire().clone()));
-            match tokio::time::timeout(timeout, negotiated_warm(transport, LOCAL_BASE)).await {
+            match tokio::time::timeout(timeout, negotiated_warm(transport, LOCAL_BASE, SPARE_CONNECTIONS)).await {
                 Ok(Ok(docker)) => {
                     return Ok(Self::made(docker, shown, Some(session)).pipelined_on(Some(socket)));
                 }
@@ -348,6 +394,43 @@ impl Engine {
             raw: None,
             spare: tokio::sync::Mutex::default(),
             host_probe: std::sync::OnceLock::new(),
+            no_host_probe: std::sync::atomic::AtomicBool::new(false),
+            early: ahead::Early::default(),
+            configs: None,
+        }
+    }
+
+    /// Keeps the configs of the images this engine inspects by content address in `cache`, and
+    /// reads them from there first (`image_config`).
+    pub fn keep_configs_in(mut self, cache: ahead::ConfigCache) -> Self {
+        self.configs = Some(cache);
+        self
+    }
+
+    /// Forgets everything read ahead: another run may have changed the target since.
+    pub fn forget_ahead(&self) {
+        self.early.forget_containers();
+        self.early.forget_images();
+    }
+
+    /// The config of the image `id` (a content address): what it cannot change, asked once and,
+    /// for an engine that keeps them (`keep_configs_in`), never again.
+    pub async fn image_config(&self, id: &str) -> Result<Option<bollard::models::ImageConfig>, EngineError> {
+        if let Some(config) = self.configs.as_ref().and_then(|c| c.get(id)) {
+            return Ok(Some(config));
+        }
+        let config = self.image(id).await?.and_then(|i| i.config);
+        if let (Some(cache), Some(config)) = (&self.configs, &config) {
+            cache.put(id, config);
+        }
+        Ok(config)
+    }
+
+    /// Whether `reference` is a local image: from the list read ahead when it can say, else asked.
+    pub async fn present(&self, reference: &str) -> Result<bool, EngineError> {
+        match self.early.present(reference).await {
+            Some(known) => Ok(known),
+            None => Ok(self.image(reference).await?.is_some()),
         }
     }
 
@@ -365,12 +448,17 @@ impl Engine {
     /// `url` probed by the engine's host itself, when it can (see `probe_from_host`).
     pub async fn probe_on_host(&self, url: &str) -> Option<Result<u16, (String, bool)>> {
         // On a LAN a channel costs less than starting curl there.
-        if !self.far() {
+        if !self.far() || self.no_host_probe.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let prober = self.host_probe.get()?.clone();
         let url = url.to_string();
         tokio::task::spawn_blocking(move || prober(&url)).await.ok()?
+    }
+
+    /// The host said it has no way to probe (`curl`): its probes go through forwards from now on.
+    pub fn host_cannot_probe(&self) {
+        self.no_host_probe.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The same engine, with `raw` as the socket its calls can be pipelined on.
@@ -385,12 +473,13 @@ impl Engine {
         if let Ok(mut m) = self.images.lock() {
             m.clear();
         }
+        self.early.forget_images();
     }
 
     /// Inspects `reference` in the background now, so a later `image` of it finds the answer
     /// (a plan reads the target's image while it reads the containers).
     pub async fn prefetch_image(&self, reference: &str) {
-        let _ = self.image(reference).await;
+        let _ = self.present(reference).await;
     }
 
     pub fn host(&self) -> &str {
@@ -514,6 +603,9 @@ impl Engine {
 
     /// Inspects a container; `None` when there is none by that name or id.
     pub async fn inspect(&self, name: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        if let Some(read) = self.early.container(name).await {
+            return Ok(read);
+        }
         match self.docker.inspect_container(name, None).await {
             Ok(c) => Ok(Some(c)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -555,7 +647,7 @@ impl Engine {
         auth: Option<&PullAuth>,
         mut progress: impl FnMut(&str),
     ) -> Result<bool, EngineError> {
-        if self.image(reference).await?.is_some() {
+        if self.present(reference).await? {
             return Ok(false);
         }
         let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
@@ -588,6 +680,7 @@ impl Engine {
 
     /// Tags a local image (`repo:tag`), e.g. to keep the last known good image from GC.
     pub async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        self.early.forget_images();
         let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
             .repo(repo)
             .tag(tag)
@@ -599,6 +692,7 @@ impl Engine {
     }
 
     pub async fn stop(&self, name: &str, timeout_secs: i32) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let opts = StopContainerOptionsBuilder::default().t(timeout_secs).build();
         match self.docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -608,6 +702,7 @@ impl Engine {
     }
 
     pub async fn start(&self, name: &str) -> Result<(), EngineError> {
+        self.early.forget_containers();
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
@@ -616,6 +711,7 @@ impl Engine {
     }
 
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let opts = RenameContainerOptionsBuilder::default().name(new_name).build();
         self.docker
             .rename_container(name, opts)
@@ -625,6 +721,7 @@ impl Engine {
 
     /// Removes a container (forcefully); one that is already gone is fine.
     pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -636,6 +733,7 @@ impl Engine {
     /// Removes a scratch container (forcefully) with its anonymous volumes; one that is already
     /// gone is fine. Never for a target's container: its volumes are the user's.
     pub async fn remove_scratch(&self, name: &str) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -671,6 +769,7 @@ impl Engine {
     }
 
     pub async fn set_restart_policy(&self, name: &str, policy: &RestartPolicy) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let body = ContainerUpdateBody {
             restart_policy: Some(policy.clone()),
             ..Default::default()
@@ -688,6 +787,7 @@ impl Engine {
         body: ContainerCreateBody,
         extra_networks: &[(String, EndpointSettings)],
     ) -> Result<String, EngineError> {
+        self.early.forget_containers();
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
@@ -715,6 +815,7 @@ impl Engine {
         network: &str,
         endpoint: &EndpointSettings,
     ) -> Result<(), EngineError> {
+        self.early.forget_containers();
         let what = format!("{name} to {network}");
         let leave = bollard::models::NetworkDisconnectRequest {
             container: name.to_string(),
@@ -770,18 +871,7 @@ impl Engine {
         let c = self.inspect(name).await?.ok_or_else(|| EngineError::TargetNotFound {
             what: format!("container {name}"),
         })?;
-        let state = c.state.unwrap_or_default();
-        Ok(Liveness {
-            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
-            running: state.running.unwrap_or(false),
-            restarting: state.restarting.unwrap_or(false),
-            exit_code: state.exit_code.unwrap_or(0),
-            restart_count: c.restart_count.unwrap_or(0),
-            health: state.health.and_then(|h| h.status).and_then(|s| match s {
-                HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
-                other => Some(other.to_string()),
-            }),
-        })
+        Ok(Liveness::of(&c))
     }
 
     /// The last `n` lines of a container's output (stdout and stderr).
@@ -833,7 +923,12 @@ fn probe_destination(url: &reqwest::Url) -> Result<(String, u16), String> {
 
 /// A client being negotiated ahead (`Engine::negotiate_ahead`).
 #[derive(Debug)]
-pub struct NegotiatedAhead(tokio::task::JoinHandle<Result<Docker, bollard::errors::Error>>);
+pub struct NegotiatedAhead {
+    negotiated: tokio::task::JoinHandle<Result<Docker, bollard::errors::Error>>,
+    /// The reads sent beside it (`ahead::ReadAhead`), and the repositories their image list holds.
+    early: HashMap<ahead::Key, ahead::Pending>,
+    repositories: Vec<String>,
+}
 
 /// Where an HTTP probe `url` goes on an SSH host, for a forward made ahead (`ssh::Ahead`):
 /// `None` for a URL that names no host or port (the probe reports it when it runs).
@@ -861,22 +956,26 @@ const SPARE_CONNECTIONS: usize = 3;
 
 /// `negotiated`, with `SPARE_CONNECTIONS` more pooled connections opened at the same time (each
 /// a `/_ping`), for a transport over SSH where each new connection is a channel to open.
-async fn negotiated_warm<F>(transport: F, base: &str) -> Result<Docker, bollard::errors::Error>
+async fn negotiated_warm<F>(transport: F, base: &str, spare: usize) -> Result<Docker, bollard::errors::Error>
 where
     F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse + Send + Sync + 'static,
 {
-    let spare = (0..SPARE_CONNECTIONS).map(|_| async {
-        let ping = hyper::Request::get(format!("{base}/_ping"))
-            .body(http_body_util::Either::Left(http_body_util::Full::new(
-                bytes::Bytes::new(),
-            )))
-            .ok()?;
-        let answer = transport(ping).await.ok()?;
+    let spare = (0..spare).map(|_| async {
+        let answer = transport(empty_get(&format!("{base}/_ping"))?).await.ok()?;
         // Read to its end, so the connection goes back to the pool.
         http_body_util::BodyExt::collect(answer.into_body()).await.ok()
     });
     let (version, _) = tokio::join!(api_version(&transport, base), futures::future::join_all(spare));
     Docker::connect_with_custom_transport(transport, Some(base), 120, &version?)
+}
+
+/// A GET of `url` with no body, for a transport.
+fn empty_get(url: &str) -> Option<bollard::BollardRequest> {
+    hyper::Request::get(url)
+        .body(http_body_util::Either::Left(http_body_util::Full::new(
+            bytes::Bytes::new(),
+        )))
+        .ok()
 }
 
 /// The API version to speak with the engine behind `transport`: its own, from `/_ping`'s header

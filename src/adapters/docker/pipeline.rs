@@ -341,6 +341,8 @@ impl Engine {
         preamble: Option<&[u8]>,
         calls: &[Call],
     ) -> Gated {
+        // The calls change containers: what was read ahead of them no longer stands.
+        self.early.forget_containers();
         let version = {
             let v = self.docker.client_version();
             format!("{}.{}", v.major_version, v.minor_version)

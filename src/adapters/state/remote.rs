@@ -91,7 +91,9 @@ while IFS= read -r cmd && IFS= read -r rel; do
     if [ -f "$d/lock" ] || err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
       exec 9>>"$d/lock"
       if flock -n 9; then
-        held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo LOCKED; data
+        # When the journal was last written, by the host's clock (`none`: there is none).
+        if [ -f "$f" ]; then w=$(date -r "$f" +%s 2>/dev/null); else w=none; fi
+        held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo "LOCKED $(date +%s) $w"; data
       else
         exec 9>&-
         i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
@@ -159,12 +161,7 @@ impl StateShell {
     /// This shell's `probe` as the engine's prober (`Engine::probe_from_host`).
     pub fn prober(self: &Arc<Self>) -> crate::adapters::docker::HostProber {
         let shell = self.clone();
-        Arc::new(move |url: &str| {
-            shell.probe(url).map(|p| match p {
-                HostProbe::Status(code) => Ok(code),
-                HostProbe::Failed { why, reached } => Err((why, reached)),
-            })
-        })
+        Arc::new(move |url: &str| shell.probe(url).map(HostProbe::into_answer))
     }
 }
 
@@ -178,6 +175,31 @@ pub enum HostProbe {
 }
 
 impl HostProbe {
+    /// From the host's answer `PROBE rc code time` (the state shell's and the gate's); `None`
+    /// for `PROBE none` (no `curl` there) or anything else.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("PROBE ")?;
+        if rest == "none" {
+            return None;
+        }
+        let mut words = rest.split_whitespace();
+        let rc = words.next().and_then(|w| w.parse().ok()).unwrap_or(-1);
+        let code = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let connected = words
+            .next()
+            .and_then(|w| w.parse::<f64>().ok())
+            .is_some_and(|t| t > 0.0);
+        Some(Self::from_curl(rc, code, connected))
+    }
+
+    /// As the engine's prober answers: the status, or why not and whether a server was reached.
+    pub fn into_answer(self) -> Result<u16, (String, bool)> {
+        match self {
+            Self::Status(code) => Ok(code),
+            Self::Failed { why, reached } => Err((why, reached)),
+        }
+    }
+
     /// From `curl`'s exit code, `%{http_code}` and whether it connected (`%{time_connect}`).
     fn from_curl(rc: i32, code: u16, connected: bool) -> Self {
         match rc {
@@ -229,19 +251,11 @@ impl StateShell {
         let line = self
             .request(&format!("probe {url} from the host"), &["probe", "-", url], status_line)
             .ok()?;
-        let rest = line.strip_prefix("PROBE ")?;
-        if rest == "none" {
+        let probe = HostProbe::parse(&line);
+        if probe.is_none() {
             self.no_curl.store(true, Ordering::Relaxed);
-            return None;
         }
-        let mut words = rest.split_whitespace();
-        let rc = words.next().and_then(|w| w.parse().ok()).unwrap_or(-1);
-        let code = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-        let connected = words
-            .next()
-            .and_then(|w| w.parse::<f64>().ok())
-            .is_some_and(|t| t > 0.0);
-        Some(HostProbe::from_curl(rc, code, connected))
+        probe
     }
 
     fn fail(&self, what: &str, detail: impl Into<String>) -> SshError {
@@ -588,7 +602,11 @@ impl RemoteDir {
             .shell
             .request("take the lock", &["lock", &self.relative, &holder_json], |r| {
                 let line = status_line(r)?;
-                let journal = if line == "LOCKED" { Some(data(r)?) } else { None };
+                let journal = if line.starts_with("LOCKED") {
+                    Some(data(r)?)
+                } else {
+                    None
+                };
                 Ok((line, journal))
             })
             .map_err(|e| io(e.to_string()))?;
@@ -597,7 +615,10 @@ impl RemoteDir {
             if let Ok(mut journals) = self.shell.journals.lock() {
                 journals.insert(self.relative.clone(), Some(journal));
             }
-            return Ok(RemoteLock { dir: self.clone() });
+            return Ok(RemoteLock {
+                dir: self.clone(),
+                quiet: quiet_before(&line),
+            });
         }
         if let Some(rest) = line.strip_prefix("HELD") {
             let holder = serde_json::from_str::<Holder>(rest.trim())
@@ -612,6 +633,35 @@ impl RemoteDir {
 #[derive(Debug)]
 pub struct RemoteLock {
     dir: RemoteDir,
+    quiet: bool,
+}
+
+impl RemoteLock {
+    /// Whether the target's journal was left alone for a while before the lock was taken
+    /// (`QUIET`), so no other run was changing the target then: what was read of its engine as
+    /// the lock was asked for (`adapters::docker::ahead`) still stands.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+}
+
+/// How long a journal must have been left alone, by the host's clock, for what was read of the
+/// engine beside the lock request to count. Every run that changes a target writes its journal
+/// within moments of its last change (its ending, or `committed` beside the removal of what it
+/// set aside), and releases the lock after that.
+pub const QUIET: i64 = 5;
+
+/// From the lock's answer `LOCKED <now> <journal written>` (seconds by the host's clock,
+/// `none` for no journal yet): whether the journal was written at least `QUIET` seconds before.
+/// Anything the host could not say counts as not quiet.
+fn quiet_before(answer: &str) -> bool {
+    let mut words = answer.split_whitespace().skip(1);
+    let now = words.next().and_then(|w| w.parse::<i64>().ok());
+    match (now, words.next()) {
+        (_, Some("none")) => true,
+        (Some(now), Some(written)) => written.parse::<i64>().is_ok_and(|w| now - w >= QUIET),
+        _ => false,
+    }
 }
 
 impl Drop for RemoteLock {
@@ -628,6 +678,19 @@ impl Drop for RemoteLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_beside_the_lock_count_only_when_the_journal_was_left_alone() {
+        assert!(quiet_before("LOCKED 1000 none"), "no journal: no run ever changed it");
+        assert!(quiet_before("LOCKED 1000 995"));
+        assert!(quiet_before("LOCKED 1000 100"));
+        assert!(!quiet_before("LOCKED 1000 996"), "written 4 s before");
+        assert!(!quiet_before("LOCKED 1000 1000"));
+        // The host could not say (no `date -r`, an older shell): read again.
+        assert!(!quiet_before("LOCKED 1000 "));
+        assert!(!quiet_before("LOCKED"));
+        assert!(!quiet_before("LOCKED x 10"));
+    }
 
     #[test]
     fn a_journal_read_from_the_host_comes_back_byte_for_byte() {
@@ -675,7 +738,10 @@ mod tests {
         ask(&["append", "t", "unknown", "{\"target\":\"t\"}", "{\"a\":1}"]);
         assert_eq!(append_answer(&mut output).unwrap(), Ok(Some(8)));
         ask(&["lock", "t", "{\"pid\":1}"]);
-        assert_eq!(status_line(&mut output).unwrap(), "LOCKED");
+        // Written a moment ago: not quiet (what was read beside the lock is read again).
+        let locked = status_line(&mut output).unwrap();
+        assert!(locked.starts_with("LOCKED "), "{locked}");
+        assert!(!quiet_before(&locked), "{locked}");
         assert_eq!(data(&mut output).unwrap(), b"{\"a\":1}\n");
         // Under the lock the run's copy says how the file ends: a torn end is ended first.
         std::fs::write(&file, "{\"a\":1}\n{\"torn").unwrap();
@@ -734,7 +800,7 @@ mod gate_tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         for tool in [
-            "mktemp", "mkfifo", "cat", "rm", "mkdir", "mv", "tail", "wc", "sync", "chmod", "kill", "sleep",
+            "mktemp", "mkfifo", "cat", "rm", "mkdir", "mv", "tail", "wc", "sync", "chmod", "kill", "sleep", "curl",
         ] {
             if let Some(found) = ["/usr/bin", "/bin"]
                 .iter()
