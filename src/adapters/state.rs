@@ -154,7 +154,7 @@ impl Journal {
     /// For a journal on a remote host: the gate that writes `record` there before it hands a
     /// swap's calls to the engine (`remote::GATE`): its command line and what it reads first.
     /// `None` for a journal on this machine.
-    pub fn gate(&self, record: &Record) -> Result<Option<(String, Vec<u8>)>, StateError> {
+    pub fn gate(&self, record: &Record, probe: Option<&str>) -> Result<Option<(String, Vec<u8>)>, StateError> {
         let Some(r) = &self.remote else { return Ok(None) };
         self.fault(record)?;
         let line = serde_json::to_vec(record).expect("records serialize");
@@ -162,7 +162,10 @@ impl Journal {
             .meta
             .as_ref()
             .map(|m| serde_json::to_vec(m).expect("meta serializes"));
-        Ok(Some((r.gate_command(), r.gate_preamble(&line, meta.as_deref())?)))
+        Ok(Some((
+            r.gate_command(),
+            r.gate_preamble(&line, meta.as_deref(), probe)?,
+        )))
     }
 
     /// The gate wrote `record`.

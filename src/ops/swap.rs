@@ -29,6 +29,7 @@ use crate::adapters::docker::{
     BACKUP_SUFFIX, Engine, EngineError, LABEL_EMERGENCY, LABEL_TAG, LABEL_VERSION, NEXT_SUFFIX, PRE_EMERGENCY_SUFFIX,
     parse_restart_policy, restart_policy_of,
 };
+use crate::adapters::state::remote::HostProbe;
 use crate::adapters::state::{self, Journal};
 use crate::domain::history::{Operation, Outcome, Record};
 use crate::domain::image::ImageRef;
@@ -477,20 +478,21 @@ impl<'a> Containers<'a> {
             self.place(),
             format!("swapping {}: {} -> {}", c.name, c.from.display(), c.to.display()),
         );
+        let health = c.health(health);
         let swapping = async {
             match &intent {
-                Some(intent) => swap_one_gated(engine, &self.host.journal, c, intent, gate).await,
+                Some(intent) => {
+                    swap_one_gated(engine, &self.host.journal, c, intent, gate, health.http.as_deref()).await
+                }
                 None => Ok(swap_one(engine, c).await),
             }
         };
         // The probe's route (a forward over SSH) is made while the container is swapped.
         let (swap, ()) = tokio::join!(swapping, engine.prepare_probe(health.http.as_deref()));
-        if let Err(e) = swap? {
-            return Err(Failed {
-                why: format!("swap {}: {e}", c.name),
-                ..Failed::default()
-            });
-        }
+        let seen = swap?.map_err(|e| Failed {
+            why: format!("swap {}: {e}", c.name),
+            ..Failed::default()
+        })?;
         self.host.phase("validate");
         let progress = run.progress(
             self.place(),
@@ -500,11 +502,12 @@ impl<'a> Containers<'a> {
                 crate::domain::duration::format(health.timeout)
             ),
         );
-        let result = validate::wait_valid(
+        let result = validate::wait_valid_seen(
             engine,
             std::slice::from_ref(&c.name),
-            &c.health(health),
+            &health,
             c.to.version.as_deref(),
+            seen,
             |s| progress.set(&format!("validating {}: {s}", c.name)),
         )
         .await;
@@ -984,7 +987,9 @@ async fn set_aside(engine: &Engine, c: &ContainerPlan, backup: &str) -> Result<(
 }
 
 /// Stop, set aside, create the clone, start. On error the caller reverts this container too.
-pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
+/// What it saw of the new container on the way (across a network, its state as the swap left it)
+/// is validation's first look.
+pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<validate::Seen, EngineError> {
     // Across a network, one round trip for every step; nearby, the create is off the critical
     // path, beside the stop.
     if engine.pipelines() && engine.far() {
@@ -1005,17 +1010,18 @@ pub async fn swap_one(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineEr
     set_aside(engine, c, &backup).await?;
     engine.rename(&next, &c.name).await?;
     engine.start(&c.name).await?;
-    Ok(())
+    Ok(validate::Seen::default())
 }
 
 /// `swap_one`'s steps for an engine across a network, sent as one pipeline (one round trip): the
 /// old container's restart policy off (by id), the clone created under the temporary name (one an
 /// interrupted run left is removed first) with its other networks, then the old one stopped and
-/// set aside and the clone named and started. Every step is sent, so after a failing one the
-/// rest still ran: the first failure is the answer, and the caller's revert (which looks at what
-/// is there, `revert_one`) puts the old container back from whatever state they left.
-async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<(), EngineError> {
-    first_failure(engine.pipeline(&swap_calls(c)).await, c)
+/// set aside and the clone named and started, and a last look at it. Every step is sent, so after
+/// a failing one the rest still ran: the first failure is the answer, and the caller's revert
+/// (which looks at what is there, `revert_one`) puts the old container back from whatever state
+/// they left.
+async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<validate::Seen, EngineError> {
+    seen(engine.pipeline(&swap_calls(c)).await, None, engine, None, c)
 }
 
 /// The first swap of a remote stop-first swap, in one round trip with its intent: through the
@@ -1023,14 +1029,16 @@ async fn swap_one_pipelined(engine: &Engine, c: &ContainerPlan) -> Result<(), En
 /// journal before it hands `swap_one_pipelined`'s calls to the engine, so the journal still comes
 /// first. The outer error: the intent could not be written, and nothing changed. Without a gate
 /// (it could not be opened, or the host has no docker CLI), the intent is appended first, then
-/// the calls go as one pipeline.
+/// the calls go as one pipeline. With a `probe` URL, the gate probes it from the host once the
+/// calls are answered: validation's first probe, in the same round trip.
 async fn swap_one_gated(
     engine: &Engine,
     journal: &Journal,
     c: &ContainerPlan,
     intent: &Record,
     gate: Option<crate::adapters::ssh::RemoteChannel>,
-) -> Result<Result<(), EngineError>, Failed> {
+    probe: Option<&str>,
+) -> Result<Result<validate::Seen, EngineError>, Failed> {
     use crate::adapters::docker::pipeline::Gated;
     let unrecorded = |e: state::StateError| Failed {
         why: format!("record the intent: {e}"),
@@ -1040,7 +1048,7 @@ async fn swap_one_gated(
         ..Failed::default()
     };
     let appended_first = |journal: &Journal| journal.append(intent).map_err(unrecorded);
-    let (Some(gate), Some((_, preamble))) = (gate, journal.gate(intent).map_err(unrecorded)?) else {
+    let (Some(gate), Some((_, preamble))) = (gate, journal.gate(intent, probe).map_err(unrecorded)?) else {
         appended_first(journal)?;
         return Ok(swap_one(engine, c).await);
     };
@@ -1048,9 +1056,9 @@ async fn swap_one_gated(
     let gated = engine.pipeline_gated(stdout, stdin, &preamble, &swap_calls(c)).await;
     drop(child);
     match gated {
-        Gated::Ran(answers) => {
+        Gated::Ran { answers, probe: said } => {
             journal.gated(intent);
-            Ok(first_failure(answers, c))
+            Ok(seen(answers, said, engine, probe, c))
         }
         Gated::Refused(why) => Err(unrecorded(
             crate::adapters::ssh::SshError::Remote {
@@ -1102,12 +1110,40 @@ fn swap_calls(c: &ContainerPlan) -> Vec<crate::adapters::docker::pipeline::Call>
             to: c.name.clone(),
         },
         Call::Start { name: c.name.clone() },
+        Call::Look { name: c.name.clone() },
     ]);
     calls
 }
 
+/// The first failing call's error, if any; else what the last call (`Call::Look`) saw of the new
+/// container and, behind a gate asked to probe `url`, what its probe (`said`) found.
+fn seen(
+    answers: Vec<Result<Vec<u8>, EngineError>>,
+    said: Option<String>,
+    engine: &Engine,
+    url: Option<&str>,
+    c: &ContainerPlan,
+) -> Result<validate::Seen, EngineError> {
+    let look = answers
+        .last()
+        .and_then(|a| a.as_ref().ok())
+        .and_then(|body| serde_json::from_slice(body).ok());
+    first_failure(answers, c)?;
+    if let (Some(url), Some(line)) = (url, &said) {
+        tracing::debug!("{}: probe {url} from the host, after the calls: {line}", engine.host());
+    }
+    if said.as_deref() == Some("PROBE none") {
+        engine.host_cannot_probe();
+    }
+    let probe = match (url, said.as_deref().and_then(HostProbe::parse)) {
+        (Some(url), Some(p)) => Some(validate::from_host(engine, url, p.into_answer())),
+        _ => None,
+    };
+    Ok(validate::Seen { look, probe })
+}
+
 /// The first failing call's error, if any (the policy, set by id, named by the container).
-fn first_failure(answers: Vec<Result<(), EngineError>>, c: &ContainerPlan) -> Result<(), EngineError> {
+fn first_failure(answers: Vec<Result<Vec<u8>, EngineError>>, c: &ContainerPlan) -> Result<(), EngineError> {
     match answers.into_iter().find_map(Result::err) {
         None => Ok(()),
         Some(EngineError::Container {

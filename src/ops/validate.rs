@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{ContainerView, Engine, Liveness};
 use crate::domain::version::parse_version;
 use crate::ops::deployed::image_version;
 use crate::ops::interrupt;
@@ -41,6 +41,15 @@ pub struct Invalid {
     pub probe_unreachable: bool,
 }
 
+/// What a swap saw of the container it started, in its own round trip (`ops::swap`): the
+/// container as the swap's last call found it, and the probe the host's gate made once the calls
+/// were answered. Validation takes them as its first look and first probe.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub look: Option<bollard::models::ContainerInspectResponse>,
+    pub(crate) probe: Option<Result<(), ProbeError>>,
+}
+
 /// Waits until every container passes, or fails as soon as one cannot pass any more (it exited,
 /// it restarted, its HEALTHCHECK says unhealthy, it carries another version) or time runs out.
 pub async fn wait_valid(
@@ -48,6 +57,19 @@ pub async fn wait_valid(
     containers: &[String],
     health: &HealthSettings,
     expected_version: Option<&str>,
+    progress: impl FnMut(&str),
+) -> Result<(), Invalid> {
+    wait_valid_seen(engine, containers, health, expected_version, Seen::default(), progress).await
+}
+
+/// [`wait_valid`], its first look and first probe taken from `seen` where a swap already made
+/// them (the look only for a single container).
+pub async fn wait_valid_seen(
+    engine: &Engine,
+    containers: &[String],
+    health: &HealthSettings,
+    expected_version: Option<&str>,
+    seen: Seen,
     mut progress: impl FnMut(&str),
 ) -> Result<(), Invalid> {
     let start = Instant::now();
@@ -57,7 +79,15 @@ pub async fn wait_valid(
     let mut first_look = Vec::with_capacity(containers.len());
     // The first probe goes out with the first look at the containers (one round trip for both
     // to a remote host); it counts only if they all pass.
+    let looked_already = seen.look.filter(|_| containers.len() == 1);
     let looks = async {
+        if let (Some(look), [name]) = (&looked_already, containers) {
+            if let Some(want) = expected_version.filter(|_| health.expect_version) {
+                version_carried(name, Some(&ContainerView::from_inspect(look)), want)?;
+            }
+            first_look.push(Liveness::of(look));
+            return Ok::<(), Invalid>(());
+        }
         for name in containers {
             let version = async {
                 match expected_version.filter(|_| health.expect_version) {
@@ -76,10 +106,12 @@ pub async fn wait_valid(
         }
         Ok::<(), Invalid>(())
     };
+    let probed_already = seen.probe;
     let early = async {
-        match &health.http {
-            Some(url) => Some(probe(&http, engine, url).await),
-            None => None,
+        match (&health.http, probed_already) {
+            (Some(_), Some(answer)) => Some(answer),
+            (Some(url), None) => Some(probe(&http, engine, url).await),
+            (None, _) => None,
         }
     };
     let (looked, mut early_probe) = tokio::join!(looks, early);
@@ -206,7 +238,12 @@ pub async fn wait_valid(
 
 async fn check_version(engine: &Engine, name: &str, want: &str) -> Result<(), Invalid> {
     let view = engine.view(name).await.ok().flatten();
-    let carried = view.as_ref().and_then(image_version);
+    version_carried(name, view.as_ref(), want)
+}
+
+/// Whether container `name` (as `view` shows it) carries version `want`.
+fn version_carried(name: &str, view: Option<&ContainerView>, want: &str) -> Result<(), Invalid> {
+    let carried = view.and_then(image_version);
     let want_v = parse_version(want).map(|v| crate::domain::version::strip_build(&v));
     let got_v = carried
         .as_deref()
@@ -252,12 +289,7 @@ pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) 
     let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
     // From the host itself when it can (no channel to open through a forward).
     if let Some(answer) = engine.probe_on_host(url).await {
-        return match answer {
-            Ok(code) if (200..300).contains(&code) => Ok(()),
-            Ok(code) => fail(format!("HTTP {code}"), true),
-            Err((_, false)) => fail(format!("nothing answered at {url} on {}", engine.host()), false),
-            Err((why, true)) => fail(why, true),
-        };
+        return from_host(engine, url, answer);
     }
     let route = match engine.probe_route(url).await {
         Ok(r) => r,
@@ -280,6 +312,18 @@ pub(crate) async fn probe(client: &reqwest::Client, engine: &Engine, url: &str) 
         // (nothing listens there) closes before any answer.
         Err(_) if forwarded => fail(format!("nothing answered at {url} on {}", engine.host()), false),
         Err(e) => fail(crate::adapters::registry::root_cause(&e), true),
+    }
+}
+
+/// A probe the engine's host made itself (its status, or why not and whether anything answered),
+/// as a probe's result.
+pub(crate) fn from_host(engine: &Engine, url: &str, answer: Result<u16, (String, bool)>) -> Result<(), ProbeError> {
+    let fail = |message: String, reached: bool| Err(ProbeError { message, reached });
+    match answer {
+        Ok(code) if (200..300).contains(&code) => Ok(()),
+        Ok(code) => fail(format!("HTTP {code}"), true),
+        Err((_, false)) => fail(format!("nothing answered at {url} on {}", engine.host()), false),
+        Err((why, true)) => fail(why, true),
     }
 }
 

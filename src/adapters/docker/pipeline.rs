@@ -49,6 +49,10 @@ pub enum Call {
     Start {
         name: String,
     },
+    /// Inspects container `name`: its answer is the container as the calls before left it.
+    Look {
+        name: String,
+    },
 }
 
 impl Call {
@@ -83,6 +87,7 @@ impl Call {
                 None,
             ),
             Self::Start { name } => ("POST", format!("/containers/{}/start", enc(name)), None),
+            Self::Look { name } => ("GET", format!("/containers/{}/json", enc(name)), None),
         }
     }
 
@@ -104,6 +109,7 @@ impl Call {
             Self::Stop { name, .. } => ("stop", name.clone()),
             Self::Rename { name, .. } => ("rename", name.clone()),
             Self::Start { name } => ("start", name.clone()),
+            Self::Look { name } => ("inspect", name.clone()),
         };
         EngineError::Container {
             action,
@@ -144,14 +150,18 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// The bytes of every request, back to back.
-fn requests(calls: &[Call], version: &str) -> Vec<u8> {
+/// The bytes of every request, back to back; with `close`, the last one asks the engine to close
+/// the connection once it has answered (so a gate's `dial-stdio` ends, and the gate goes on).
+fn requests(calls: &[Call], version: &str, close: bool) -> Vec<u8> {
     let mut out = Vec::new();
-    for call in calls {
+    for (i, call) in calls.iter().enumerate() {
         let (method, path, body) = call.request();
         out.extend_from_slice(
             format!("{method} /v{version}{path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: backtrack\r\n").as_bytes(),
         );
+        if close && i + 1 == calls.len() {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
         match body {
             Some(b) => {
                 out.extend_from_slice(
@@ -299,7 +309,7 @@ impl Engine {
     /// Sends every call at once on one connection and reads each answer in order: one round
     /// trip. The answers are the calls' results, in order; an answer that never came is an error
     /// of its call. Only for an engine that `pipelines`.
-    pub async fn pipeline(&self, calls: &[Call]) -> Vec<Result<(), EngineError>> {
+    pub async fn pipeline(&self, calls: &[Call]) -> Vec<Result<Vec<u8>, EngineError>> {
         let Some(path) = self.raw.clone() else {
             return unanswered(calls, "no connection to pipeline on (this is a bug, please report it)");
         };
@@ -312,7 +322,7 @@ impl Engine {
         };
         let (read, write) = stream.into_split();
         match self.run(read, write, None, calls).await {
-            Gated::Ran(answers) => answers,
+            Gated::Ran { answers, .. } => answers,
             // Without a gate there is no refusal.
             Gated::Refused(why) | Gated::NoDocker(why) => unanswered(calls, &why),
         }
@@ -323,7 +333,9 @@ impl Engine {
     /// journal) and answers `OK` before it hands the rest of its input to the engine (`docker
     /// system dial-stdio`), so the calls run only once the intent is on the host's disk, in the
     /// same round trip. A refusal (what it said before `ERR`) means no call ran; so does
-    /// `NODOCKER` (no docker CLI there to hand the calls to).
+    /// `NODOCKER` (no docker CLI there to hand the calls to). When the preamble names a probe,
+    /// the gate makes it once the calls are answered (the last one closes the connection) and
+    /// says how it went on one more line, `Gated::Ran::probe`.
     pub async fn pipeline_gated(
         &self,
         read: impl tokio::io::AsyncRead + Unpin,
@@ -353,7 +365,7 @@ impl Engine {
             w.wait_n(format!("{} calls, pipelined{gated}", calls.len()), n)
         });
         let mut bytes = preamble.map(<[u8]>::to_vec).unwrap_or_default();
-        bytes.extend(requests(calls, &version));
+        bytes.extend(requests(calls, &version, preamble.is_some()));
         if let Err(e) = async {
             write.write_all(&bytes).await?;
             write.flush().await
@@ -361,6 +373,10 @@ impl Engine {
         .await
         {
             return Gated::Refused(format!("send to the host: {e}"));
+        }
+        if preamble.is_some() {
+            // The gate reads its input to the end before it goes on (the probe after the calls).
+            drop(write);
         }
         let mut reader = Reader {
             stream: read,
@@ -393,7 +409,7 @@ impl Engine {
             let answer = tokio::time::timeout(call.budget(), reader.answer()).await;
             let broken = matches!(answer, Ok(Err(_)) | Err(_));
             out.push(match answer {
-                Ok(Ok(a)) if call.fine(a.status) => Ok(()),
+                Ok(Ok(a)) if call.fine(a.status) => Ok(a.body),
                 Ok(Ok(a)) => Err(call.error(message_of(&a))),
                 Ok(Err(e)) => Err(call.error(format!("no answer from the engine: {e}"))),
                 Err(_) => Err(call.error(format!("no answer within {}s", call.budget().as_secs()))),
@@ -408,22 +424,35 @@ impl Engine {
                 break;
             }
         }
-        Gated::Ran(out)
+        // What the gate says after the calls (its probe), when all were answered.
+        let probe = match (preamble.is_some(), out.iter().all(Result::is_ok)) {
+            (true, true) => tokio::time::timeout(Duration::from_secs(5), reader.line())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .filter(|l| l.starts_with("PROBE ")),
+            _ => None,
+        };
+        Gated::Ran { answers: out, probe }
     }
 }
 
 /// How a gated pipeline went.
 #[derive(Debug)]
 pub enum Gated {
-    /// The gate opened: each call's result.
-    Ran(Vec<Result<(), EngineError>>),
+    /// The gate opened: each call's result (the body of its answer), and the line the gate said
+    /// after them (`PROBE …`), if any.
+    Ran {
+        answers: Vec<Result<Vec<u8>, EngineError>>,
+        probe: Option<String>,
+    },
     /// The gate refused (the intent could not be written): no call ran.
     Refused(String),
     /// The host has no docker CLI to hand the calls to: no call ran.
     NoDocker(String),
 }
 
-fn unanswered(calls: &[Call], why: &str) -> Vec<Result<(), EngineError>> {
+fn unanswered(calls: &[Call], why: &str) -> Vec<Result<Vec<u8>, EngineError>> {
     calls.iter().map(|c| Err(c.error(why.to_string()))).collect()
 }
 
@@ -451,7 +480,7 @@ mod tests {
             },
             Call::Remove { name: "a b".into() },
         ];
-        let text = String::from_utf8(requests(&calls, "1.47")).unwrap();
+        let text = String::from_utf8(requests(&calls, "1.47", false)).unwrap();
         assert!(
             text.starts_with("POST /v1.47/containers/web/stop?t=10 HTTP/1.1\r\n"),
             "{text}"
@@ -470,6 +499,15 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("HTTP/1.1\r\n").count(), 4);
+        assert!(!text.contains("Connection: close"), "{text}");
+        // Behind a gate the last call closes the connection, so the gate's dial-stdio ends.
+        let look = [Call::Start { name: "web".into() }, Call::Look { name: "web".into() }];
+        let text = String::from_utf8(requests(&look, "1.41", true)).unwrap();
+        assert!(
+            text.ends_with("GET /v1.41/containers/web/json HTTP/1.1\r\nHost: docker\r\nUser-Agent: backtrack\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Connection: close").count(), 1);
     }
 
     #[tokio::test]

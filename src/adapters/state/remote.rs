@@ -117,6 +117,12 @@ done"#
 /// input, the swap's Engine API calls, through to the engine. When the record cannot be written
 /// it says why before `ERR` and ends: the calls are never passed on. Without a docker CLI it
 /// answers `NODOCKER` before reading anything. The engine's connection ends with the channel.
+///
+/// With a probe URL (the preamble's fourth line, empty for none), the gate waits for the
+/// engine's connection to end once its input has (the last call closes it), so every call has
+/// been answered, then GETs the URL with the host's `curl` and says how it went on one more line
+/// (`PROBE rc code time`, as the state shell's probe; `PROBE none` without `curl`): validation's
+/// first probe, in the swap's own round trip.
 const GATE: &str = concat!(
     r#"umask 077; S="${XDG_STATE_HOME:-$HOME/.local/state}/backtrack"; d="$S/$1"; f="$d/history.jsonl"
 "#,
@@ -127,9 +133,18 @@ docker system dial-stdio <>"$t/in" 2>/dev/null &
 e=$!
 trap 'kill $e 2>/dev/null; rm -rf "$t"' EXIT
 # A channel closed before its intent (a swap that went another way) writes nothing.
-IFS= read -r ends && IFS= read -r meta && IFS= read -r line || exit 0
+IFS= read -r ends && IFS= read -r meta && IFS= read -r line && IFS= read -r probe || exit 0
 if [ "$ends" != unknown ]; then size=; else size=1; fi
-if put 2>&1; then chmod 600 "$f" 2>/dev/null; echo OK; cat > "$t/in"; else printf '\nERR\n'; fi"#
+put 2>&1 || { printf '\nERR\n'; exit 0; }
+chmod 600 "$f" 2>/dev/null; echo OK; cat > "$t/in"
+[ -n "$probe" ] || exit 0
+wait $e
+if command -v curl >/dev/null 2>&1; then
+  code=$(curl -s -o /dev/null -w '%{http_code} %{time_connect}' --noproxy '*' --connect-timeout 1 --max-time 2 -- "$probe" 2>/dev/null)
+  echo "PROBE $? $code"
+else
+  echo "PROBE none"
+fi"#
 );
 
 /// The state shell's input and output (the SSH connection's own session). The output is taken
@@ -539,10 +554,11 @@ impl RemoteDir {
 
     /// What the gate reads before the calls: an append of `line` (with `meta` for a new
     /// journal), worded as the state shell's, how the file ends told by this run's copy.
-    pub fn gate_preamble(&self, line: &[u8], meta: Option<&[u8]>) -> Result<Vec<u8>, SshError> {
+    pub fn gate_preamble(&self, line: &[u8], meta: Option<&[u8]>, probe: Option<&str>) -> Result<Vec<u8>, SshError> {
         let line = String::from_utf8_lossy(line).trim_end_matches('\n').to_string();
         let meta = meta.map(String::from_utf8_lossy).unwrap_or_default();
-        if line.contains('\n') || meta.contains('\n') {
+        let probe = probe.unwrap_or_default();
+        if line.contains('\n') || meta.contains('\n') || probe.contains('\n') {
             return Err(self.shell.fail("append to the journal", "a record spans lines"));
         }
         let ends = match self.cached() {
@@ -550,7 +566,7 @@ impl RemoteDir {
             Some(_) => "clean",
             None => "unknown",
         };
-        Ok(format!("{ends}\n{}\n{line}\n", meta.trim_end()).into_bytes())
+        Ok(format!("{ends}\n{}\n{line}\n{probe}\n", meta.trim_end()).into_bytes())
     }
 
     /// The gate wrote `line`: this run's copy of the journal follows.
@@ -847,16 +863,56 @@ mod gate_tests {
     #[test]
     fn the_gate_writes_the_intent_first_then_hands_the_calls_on() {
         let input =
-            b"unknown\n{\"target\":\"web\"}\n{\"phase\":\"started\"}\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
+            b"unknown\n{\"target\":\"web\"}\n{\"phase\":\"started\"}\n\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
         let (out, journal, handed) = gate(Some(FAKE), input, |_| {});
         assert_eq!(out, "OK\n");
         assert_eq!(journal, "{\"phase\":\"started\"}\n");
         assert_eq!(handed, "POST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n");
     }
 
+    /// A docker CLI whose dial-stdio hands on what it reads until the request that closes the
+    /// connection, then ends (as the engine's connection does after answering it).
+    const CLOSING: &str = "#!/bin/sh\n[ \"$1 $2\" = 'system dial-stdio' ] || exit 9\n\
+        while IFS= read -r l; do printf '%s\\n' \"$l\" >> HANDED; case \"$l\" in Connection:*) exit 0;; esac; done\n";
+
+    /// With a probe URL the gate waits for the calls to be answered (the engine's connection
+    /// ends), then probes with the host's curl and says how it went after them.
+    #[test]
+    fn a_gate_with_a_probe_asks_it_once_the_calls_are_answered() {
+        use std::io::Read;
+        assert!(
+            Command::new("curl").arg("--version").output().is_ok(),
+            "the test needs curl (as the hosts do for a probe in the swap's round trip)"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        });
+        let input = format!(
+            "unknown\n\n{{\"phase\":\"started\"}}\nhttp://127.0.0.1:{port}/health\n\
+             POST /v1.41/containers/web/start HTTP/1.1\r\nContent-Length: 0\r\n\r\n\
+             GET /v1.41/containers/web/json HTTP/1.1\r\nConnection: close\r\n\r\n"
+        );
+        let (out, journal, handed) = gate(Some(CLOSING), input.as_bytes(), |_| {});
+        server.join().unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"OK"), "{out:?}");
+        assert!(
+            lines.get(1).is_some_and(|l| l.starts_with("PROBE 0 204 ")),
+            "the probe's answer after the calls: {out:?}"
+        );
+        assert_eq!(super::HostProbe::parse(lines[1]), Some(super::HostProbe::Status(204)));
+        assert_eq!(journal, "{\"phase\":\"started\"}\n");
+        assert!(handed.contains("Connection: close"), "{handed:?}");
+    }
+
     #[test]
     fn a_gate_that_cannot_write_the_intent_hands_nothing_on() {
-        let input = b"unknown\n\n{\"phase\":\"started\"}\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
+        let input = b"unknown\n\n{\"phase\":\"started\"}\n\nPOST /v1.41/containers/web/stop HTTP/1.1\r\n\r\n";
         let (out, journal, handed) = gate(Some(FAKE), input, |home| {
             // The journal's folder cannot be made: a file is where it would be.
             std::fs::create_dir_all(home.join(".local/state/backtrack")).unwrap();
