@@ -18,6 +18,11 @@ use super::{Engine, EngineError, short_error};
 use crate::adapters::registry::PullAuth;
 use crate::domain::digest::Digest;
 
+/// Whether a service update was refused for naming a version the service has moved past.
+fn out_of_sequence(e: &bollard::errors::Error) -> bool {
+    e.to_string().contains("update out of sequence")
+}
+
 /// The label `docker stack deploy` puts on the services of a stack.
 pub const LABEL_STACK: &str = "com.docker.stack.namespace";
 
@@ -233,20 +238,44 @@ impl Engine {
 
     /// Updates the service to `spec`, naming the version it was read at. Credentials go to the
     /// workers with the update (`--with-registry-auth`). Returns the manager's warnings.
+    ///
+    /// Swarm moves a service's version by itself too (an update or rollback of its own that
+    /// finishes bumps it): an update "out of sequence" whose service still has the spec it was
+    /// read with is sent again once, at the version it has now. One whose spec changed meanwhile
+    /// (by hand) is refused as it was.
     pub async fn update_service(
         &self,
         service: &ServiceView,
         spec: ServiceSpec,
         auth: Option<&PullAuth>,
     ) -> Result<Vec<String>, EngineError> {
-        let opts = UpdateServiceOptionsBuilder::default()
-            .version(service.version as i32)
-            .build();
-        let response = self
-            .docker
-            .update_service(&service.id, spec, opts, super::credentials(auth))
-            .await
-            .map_err(|e| self.swarm_err(&format!("update swarm service {}", service.name), &e))?;
+        let update = |version: u64, spec: ServiceSpec| async move {
+            let opts = UpdateServiceOptionsBuilder::default().version(version as i32).build();
+            self.docker
+                .update_service(&service.id, spec, opts, super::credentials(auth))
+                .await
+        };
+        let failed = |e: &bollard::errors::Error| self.swarm_err(&format!("update swarm service {}", service.name), e);
+        let response = match update(service.version, spec.clone()).await {
+            Ok(r) => r,
+            Err(e) if out_of_sequence(&e) => {
+                let now = self
+                    .docker
+                    .inspect_service(&service.id, None)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let version = now.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+                if now.spec.as_ref() != Some(&service.spec) || version == service.version {
+                    return Err(failed(&e));
+                }
+                tracing::debug!(
+                    "{}: the service moved to version {version} by itself; updating again",
+                    service.name
+                );
+                update(version, spec).await.map_err(|e| failed(&e))?
+            }
+            Err(e) => return Err(failed(&e)),
+        };
         Ok(response.warnings.unwrap_or_default())
     }
 
@@ -356,5 +385,20 @@ mod tests {
         let view = task_view("web", task, &HashMap::new());
         assert_eq!(view.host_ports(8080), vec![32818, 32819]);
         assert!(view.host_ports(9090).is_empty());
+    }
+
+    #[test]
+    fn only_an_update_out_of_sequence_is_sent_again() {
+        let refused = |message: &str| bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: message.to_string(),
+        };
+        assert!(out_of_sequence(&refused(
+            "rpc error: code = Unknown desc = update out of sequence"
+        )));
+        assert!(!out_of_sequence(&refused(
+            "rpc error: code = InvalidArgument desc = bad spec"
+        )));
+        assert!(!out_of_sequence(&refused("service web not found")));
     }
 }
