@@ -33,10 +33,11 @@ struct State {
     current: usize,
     since: Instant,
     phases: Vec<PhaseStat>,
-    /// Waits under way: id, start, round trips so far (1, or 2 with a channel opened).
-    open: Vec<(u64, Instant, u32)>,
+    /// Waits under way: id, start, round trips so far (1, or 2 with a channel opened), and the
+    /// phase that sent it.
+    open: Vec<(u64, Instant, u32, usize)>,
     next_id: u64,
-    /// Waits ended: phase, start, end, round trips.
+    /// Waits ended: the phase that sent it, start, end, round trips.
     done: Vec<(usize, Instant, Instant, u32)>,
 }
 
@@ -117,7 +118,7 @@ impl Wire {
             s.phases[current].requests += u32::try_from(requests).unwrap_or(u32::MAX);
             id = s.next_id;
             s.next_id += 1;
-            s.open.push((id, Instant::now(), 1));
+            s.open.push((id, Instant::now(), 1, current));
         }
         tracing::debug!("{} +{} ms: -> {what}", self.host, self.created.elapsed().as_millis());
         Waiting {
@@ -159,8 +160,16 @@ impl Wire {
         self.quickest().is_none_or(|d| d >= FAR)
     }
 
-    /// Every phase so far, in the order first entered, the current one's time up to now.
-    /// Phases with neither time nor requests are left out.
+    /// The round trips of the whole run on this host: its longest chain of waits one after
+    /// another, whatever phase sent them (a wait sent in one phase and answered in the next is
+    /// counted once, where the phases' own counts would count it in each chain it ends).
+    pub fn round_trips(&self) -> u32 {
+        let Ok(s) = self.state.lock() else { return 0 };
+        longest_chain(s.done.iter().map(|w| (w.1, w.2, w.3)).collect())
+    }
+
+    /// Every phase so far, in the order first entered, the current one's time up to now; a
+    /// wait counts in the phase that sent it. Phases with neither time nor requests are left out.
     pub fn summary(&self) -> Vec<PhaseStat> {
         let Ok(s) = self.state.lock() else { return Vec::new() };
         let mut phases = s.phases.clone();
@@ -193,9 +202,10 @@ fn longest_chain(mut waits: Vec<(Instant, Instant, u32)>) -> u32 {
     best.last().copied().unwrap_or(0)
 }
 
-/// The phases as lines for a person: round trips, requests and time of each, and the total.
-/// `connect` has no round trips of its own: it is the SSH login.
-pub fn render(host: &str, phases: &[PhaseStat]) -> String {
+/// The phases as lines for a person: round trips, requests and time of each, and the total
+/// (`trips`: the run's longest chain, `Wire::round_trips`). `connect` has no round trips of its
+/// own: it is the SSH login (reads sent as its session starts count where they chain).
+pub fn render(host: &str, phases: &[PhaseStat], trips: u32) -> String {
     let mut out = format!("round trips to {host}, by phase:");
     let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
     for p in phases {
@@ -213,7 +223,6 @@ pub fn render(host: &str, phases: &[PhaseStat]) -> String {
             if p.requests == 1 { "" } else { "s" }
         ));
     }
-    let trips: u32 = phases.iter().map(|p| p.round_trips).sum();
     let time: Duration = phases.iter().map(|p| p.elapsed).sum();
     let after: Duration = phases.iter().filter(|p| p.phase != "connect").map(|p| p.elapsed).sum();
     out.push_str(&format!(
@@ -239,9 +248,8 @@ impl Drop for Waiting {
         if let Ok(mut s) = self.wire.state.lock()
             && let Some(i) = s.open.iter().position(|w| w.0 == self.id)
         {
-            let (_, start, trips) = s.open.remove(i);
-            let current = s.current;
-            s.done.push((current, start, Instant::now(), trips));
+            let (_, start, trips, phase) = s.open.remove(i);
+            s.done.push((phase, start, Instant::now(), trips));
         }
         tracing::debug!(
             "{} +{} ms: <- {} ({} ms)",
@@ -379,7 +387,7 @@ mod tests {
                 elapsed: ms(180),
             },
         ];
-        let text = render("ssh://h", &phases);
+        let text = render("ssh://h", &phases, 3);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "round trips to ssh://h, by phase:");
         assert!(
@@ -396,6 +404,30 @@ mod tests {
             "{text}"
         );
         assert!(lines[4].contains("(0.200 s after the login)"), "{text}");
+    }
+
+    #[test]
+    fn a_wait_counts_in_the_phase_that_sent_it_and_once_in_the_total() {
+        let wire = Wire::new("h");
+        wire.session_started();
+        let pause = || std::thread::sleep(Duration::from_millis(2));
+        wire.phase("lock");
+        let read = wire.wait("read ahead");
+        let lock = wire.wait("take the lock");
+        pause();
+        drop(lock);
+        wire.phase("plan");
+        pause();
+        drop(read);
+        wire.phase("swap");
+        drop(wire.wait("calls"));
+        let s = wire.summary();
+        let trips = |phase: &str| s.iter().find(|p| p.phase == phase).map(|p| p.round_trips);
+        assert_eq!(
+            (trips("lock"), trips("plan"), trips("swap")),
+            (Some(1), Some(0), Some(1))
+        );
+        assert_eq!(wire.round_trips(), 2, "the read and the lock overlap, then the calls");
     }
 
     #[test]

@@ -39,11 +39,22 @@ impl Host {
         if !self.engine.pipelines() || !self.engine.far() {
             return;
         }
+        // Opened already with the lock (`App::hosts`)?
+        if self.gate.lock().is_ok_and(|g| g.is_some()) {
+            return;
+        }
         if let Some(dir) = &self.remote
             && let Ok(channel) = dir.ssh().open_channel(&dir.gate_command())
             && let Ok(mut gate) = self.gate.lock()
         {
             *gate = Some(channel);
+        }
+    }
+
+    /// Keeps `gate`, opened early (with the lock), for the swap.
+    pub fn give_gate(&self, gate: crate::adapters::ssh::RemoteChannel) {
+        if let Ok(mut g) = self.gate.lock() {
+            *g = Some(gate);
         }
     }
 
@@ -137,7 +148,8 @@ impl<'a> Timings<'a> {
 impl Drop for Timings<'_> {
     fn drop(&mut self) {
         for w in &self.wires {
-            self.printer.note(crate::adapters::wire::render(w.host(), &w.summary()));
+            self.printer
+                .note(crate::adapters::wire::render(w.host(), &w.summary(), w.round_trips()));
         }
     }
 }
