@@ -239,6 +239,11 @@ fn missing_version(err: &anyhow::Error, input: &str) -> Option<semver::Version> 
     None
 }
 
+/// What a deploy or rollback names as its lock's holder.
+pub(super) fn lock_command(op: Operation, input: &str) -> String {
+    format!("backtrack {} {input}", op.as_str())
+}
+
 async fn swap_command(
     app: &App<'_>,
     op: Operation,
@@ -259,7 +264,7 @@ async fn swap_command(
         let registries = registries.clone();
         async move { Catalog::load_all(&registries).await }
     });
-    let command = format!("backtrack {} {input}", op.as_str());
+    let command = lock_command(op, input);
     let (hosts, skipped) = app
         .hosts(
             (!common.dry_run).then_some(command.as_str()),

@@ -56,6 +56,9 @@ pub struct App<'a> {
     fleet_opening: Mutex<std::collections::HashMap<String, Opening>>,
     /// A whole Swarm stack's target with its services found (`resolve_stack`).
     stack: OnceLock<TargetSettings>,
+    /// The command a single remote host's lock is taken for as its session starts (deploy and
+    /// rollback, not dry runs): the lock's answer then comes with the login.
+    lock_ahead: Option<String>,
 }
 
 /// An SSH connection being opened on a thread of its own.
@@ -199,6 +202,8 @@ impl App<'_> {
     pub async fn hosts(&self, lock: Option<&str>, skip: Option<bool>) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
         if !self.is_fleet() {
             let journal = self.journal()?;
+            // The gate a remote swap goes through opens with the lock, so it is open by the swap.
+            let gate = lock.and_then(|_| self.open_gate_early());
             // The lock is asked for first: for a remote target it travels while the engine
             // connection is made.
             let held = match lock {
@@ -217,6 +222,9 @@ impl App<'_> {
                 remote,
                 self.project()?.state_dir.clone(),
             );
+            if let Some(gate) = gate {
+                host.give_gate(gate);
+            }
             return Ok((vec![host.holding(held)], Vec::new()));
         }
         let (mut hosts, skipped) = fleet::reachable_hosts(self, fleet::reach_all(self).await?, skip)?;
@@ -259,6 +267,22 @@ impl App<'_> {
             }
         }
         Ok((hosts, skipped))
+    }
+
+    /// For a deploy or rollback of containers on one remote host that was across a network last
+    /// time (or never measured): the gate of its swap (`ops::fleet::Host::ready_gate`), opened
+    /// now so that its channel and programs start in the lock's round trips, not the swap's.
+    fn open_gate_early(&self) -> Option<crate::adapters::ssh::RemoteChannel> {
+        self.lock_ahead.as_ref()?;
+        if self.is_swarm() {
+            return None;
+        }
+        let dest = self.ssh_destination()?;
+        if ssh::remembered_far(&self.settings.cache_dir, dest) == Some(false) {
+            return None;
+        }
+        let dir = self.remote_state().ok()??;
+        dir.ssh().open_channel(&dir.gate_command()).ok()
     }
 
     /// Whether the target is a fleet (two hosts or more in this run).
@@ -327,7 +351,7 @@ impl App<'_> {
                 Some(handle) => handle
                     .join()
                     .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
-                None => self.opener(dest)(),
+                None => self.opener(dest, true)(),
             };
             // The engine is reached while the session starts (the lock waits for that anyway).
             // So are the plan's reads.
@@ -356,10 +380,24 @@ impl App<'_> {
         }
     }
 
-    /// Opens the connection to `dest` when called (here or on a thread of its own).
-    fn opener(&self, dest: &SshDestination) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<> {
+    /// Opens the connection to `dest` when called (here or on a thread of its own); for the
+    /// target's single host (`single`), its state shell takes the lock as it starts when the
+    /// command locks ahead (`lock_ahead`).
+    fn opener(
+        &self,
+        dest: &SshDestination,
+        single: bool,
+    ) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<> {
         let (dest, options, ahead) = (dest.clone(), self.settings.ssh.clone(), self.ahead(dest));
-        move || SshSession::open(&dest, &options, &state::remote::shell_command(), &ahead)
+        let locking = self.lock_ahead.as_ref().filter(|_| single).and_then(|command| {
+            let relative = self.project().ok()?.remote_state.clone()?;
+            Some(state::remote::shell_command_locking(
+                &relative,
+                &state::remote::holder_json(command),
+            ))
+        });
+        let session = locking.unwrap_or_else(state::remote::shell_command);
+        move || SshSession::open(&dest, &options, &session, &ahead)
     }
 
     /// What the connection to `dest` can forward from the start: the engine socket it named last
@@ -384,7 +422,7 @@ impl App<'_> {
             let mut opening = std::collections::HashMap::new();
             for h in &target.hosts {
                 if let EngineAddress::Ssh(dest) = &h.engine {
-                    opening.insert(h.address.clone(), std::thread::spawn(self.opener(dest)));
+                    opening.insert(h.address.clone(), std::thread::spawn(self.opener(dest, false)));
                 }
             }
             if let Ok(mut o) = self.fleet_opening.lock() {
@@ -395,7 +433,7 @@ impl App<'_> {
         let Some(dest) = self.ssh_destination() else {
             return;
         };
-        let handle = std::thread::spawn(self.opener(dest));
+        let handle = std::thread::spawn(self.opener(dest, true));
         if let Ok(mut o) = self.opening.lock() {
             *o = Some(handle);
         }
@@ -412,7 +450,7 @@ impl App<'_> {
             return None;
         };
         let early = self.fleet_opening.lock().ok().and_then(|mut o| o.remove(&host.address));
-        let now = self.opener(dest);
+        let now = self.opener(dest, false);
         Some(move || match early {
             Some(handle) => handle
                 .join()
@@ -427,7 +465,14 @@ impl App<'_> {
             return Ok(None);
         };
         let ssh = self.ssh()?.expect("a remote target has an ssh:// engine");
-        let shell = self.state_shell.get_or_init(|| StateShell::new(ssh)).clone();
+        // Its session took the target's lock as it started when the command locks ahead (`opener`).
+        let shell = self
+            .state_shell
+            .get_or_init(|| match &self.lock_ahead {
+                Some(_) => StateShell::locked_ahead(ssh, &relative),
+                None => StateShell::new(ssh),
+            })
+            .clone();
         Ok(Some(RemoteDir::new(shell, relative)))
     }
 }
@@ -438,6 +483,12 @@ impl Drop for App<'_> {
     fn drop(&mut self) {
         if let Some(handle) = self.opening.get_mut().ok().and_then(Option::take) {
             drop(handle.join());
+        }
+        // Whether the host was across a network, for the next run's gate (`open_gate_early`).
+        if let (Some(Ok(session)), Some(dest)) = (self.ssh.get(), self.ssh_destination())
+            && let Some(quickest) = session.wire().quickest()
+        {
+            ssh::remember_far(&self.settings.cache_dir, dest, quickest >= crate::adapters::wire::FAR);
         }
         if let Ok(opening) = self.fleet_opening.get_mut() {
             for (_, handle) in opening.drain() {
@@ -530,12 +581,33 @@ impl<'a> App<'a> {
             engine_ahead: Mutex::new(None),
             fleet_opening: Mutex::default(),
             stack: OnceLock::new(),
+            lock_ahead: None,
         }
+    }
+
+    /// The same app, taking the lock for `command` as a remote host's session starts.
+    fn locking_ahead(mut self, command: Option<String>) -> Self {
+        self.lock_ahead = command;
+        self
     }
 }
 
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
-    let app = App::new(settings);
+    // A deploy or rollback locks its target first: on a remote host, as the session starts. Not
+    // a rollback that lets the user pick first (the lock would wait on the user).
+    let picks = !settings.yes && settings.interactive && !matches!(settings.output, crate::cli::OutputFormat::Json);
+    let lock_ahead = match &command {
+        Command::Deploy(a) if !a.common.dry_run => Some(deploy::lock_command(
+            crate::domain::history::Operation::Deploy,
+            &a.selector,
+        )),
+        Command::Rollback(a) if !a.common.dry_run && (a.selector.is_some() || !picks) => Some(deploy::lock_command(
+            crate::domain::history::Operation::Rollback,
+            a.selector.as_deref().unwrap_or("previous"),
+        )),
+        _ => None,
+    };
+    let app = App::new(settings).locking_ahead(lock_ahead);
     // Every command but these acts on the target, and so on its host.
     if !matches!(
         command,

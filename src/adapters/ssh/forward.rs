@@ -184,7 +184,36 @@ pub fn remember_engine(cache_dir: &std::path::Path, dest: &SshDestination, path:
     }
 }
 
+/// Whether `dest` was across a network last time (its quickest round trip at least
+/// `wire::FAR`), so programs worth starting there (the swap's gate) can start with the login;
+/// `None` when it was never measured.
+pub fn remembered_far(cache_dir: &std::path::Path, dest: &SshDestination) -> Option<bool> {
+    match std::fs::read_to_string(memo(cache_dir, "ssh-far", dest)).ok()?.trim() {
+        "far" => Some(true),
+        "near" => Some(false),
+        _ => None,
+    }
+}
+
+/// Remembers whether `dest` is across a network, for the next run; best effort (a cache).
+pub fn remember_far(cache_dir: &std::path::Path, dest: &SshDestination, far: bool) {
+    let file = memo(cache_dir, "ssh-far", dest);
+    if let Some(dir) = file.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, if far { "far" } else { "near" }).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+}
+
 fn engine_memo(cache_dir: &std::path::Path, dest: &SshDestination) -> PathBuf {
+    memo(cache_dir, "ssh-engines", dest)
+}
+
+/// The file in `cache_dir/kind/` that remembers something of `dest`.
+fn memo(cache_dir: &std::path::Path, kind: &str, dest: &SshDestination) -> PathBuf {
     let name: String = dest
         .to_string()
         .chars()
@@ -196,7 +225,7 @@ fn engine_memo(cache_dir: &std::path::Path, dest: &SshDestination) -> PathBuf {
             }
         })
         .collect();
-    cache_dir.join("ssh-engines").join(name)
+    cache_dir.join(kind).join(name)
 }
 
 /// Whether ssh can forward to the socket `path` (its `-L` spec splits on `:`).

@@ -41,7 +41,7 @@ use crate::adapters::wire::Wire;
 use crate::domain::address::SshDestination;
 
 pub use crate::settings::SshOptions;
-pub use forward::{Ahead, remember_engine, remembered_engine};
+pub use forward::{Ahead, remember_engine, remember_far, remembered_engine, remembered_far};
 pub(crate) use transport::pooled;
 pub use transport::{EngineResponse, RemoteChannel, socket_transport};
 

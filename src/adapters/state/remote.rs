@@ -30,6 +30,19 @@ pub fn shell_command() -> String {
     format!("sh -c {}", shell_quote(SHELL))
 }
 
+/// The command line of a state shell that takes the lock of the target in `relative` for
+/// `holder` (its JSON) as it starts, before it reads any request: the lock's answer comes with
+/// the session's start, a round trip before a request sent on its input could be answered.
+/// The run reads it as its first answer (`StateShell::locked_ahead`).
+pub fn shell_command_locking(relative: &str, holder: &str) -> String {
+    format!(
+        "sh -c {} sh {} {}",
+        shell_quote(SHELL),
+        shell_quote(relative),
+        shell_quote(holder)
+    )
+}
+
 /// `put`: appends `$line` to the journal `$f` in `$d` and syncs it; first writes `$meta` as
 /// `target.json` when the journal is new and ends a torn last line (`$ends`: `torn`, `clean`,
 /// or `unknown`: look at the file); an empty `$line` is refused; `$size` empty skips making the folder (it exists under the
@@ -55,6 +68,25 @@ const SHELL: &str = concat!(
 "#,
     put_fn!(),
     r#"data() { echo DATA; if [ -f "$f" ]; then cat "$f"; fi; printf '\nEND\n'; }
+lock_now() {
+  if [ -f "$d/lock" ] || err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
+    exec 9>>"$d/lock"
+    if flock -n 9; then
+      # When the journal was last written, by the host's clock (`none`: there is none).
+      if [ -f "$f" ]; then w=$(date -r "$f" +%s 2>/dev/null); else w=none; fi
+      held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo "LOCKED $(date +%s) $w"; data
+    else
+      exec 9>&-
+      i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
+      printf 'HELD %s\n' "$(head -n 1 "$d/holder.json" 2>/dev/null)"
+    fi
+  else
+    printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
+  fi
+}
+# Started with a target folder and a holder: take that target's lock first (its answer is this
+# shell's first).
+if [ -n "${1-}" ]; then d="$S/$1"; f="$d/history.jsonl"; who=$2; lock_now; fi
 while IFS= read -r cmd && IFS= read -r rel; do
   d="$S/$rel"; f="$d/history.jsonl"
   case "$cmd" in
@@ -87,21 +119,7 @@ while IFS= read -r cmd && IFS= read -r rel; do
       echo HOLDER
     fi ;;
   lock)
-    IFS= read -r who
-    if [ -f "$d/lock" ] || err=$( { mkdir -p "$d" && : >> "$d/lock"; } 2>&1 ); then
-      exec 9>>"$d/lock"
-      if flock -n 9; then
-        # When the journal was last written, by the host's clock (`none`: there is none).
-        if [ -f "$f" ]; then w=$(date -r "$f" +%s 2>/dev/null); else w=none; fi
-        held=$d; printf '%s\n' "$who" > "$d/holder.json"; echo "LOCKED $(date +%s) $w"; data
-      else
-        exec 9>&-
-        i=0; while [ ! -s "$d/holder.json" ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
-        printf 'HELD %s\n' "$(head -n 1 "$d/holder.json" 2>/dev/null)"
-      fi
-    else
-      printf 'ERR %s\n' "$(printf '%s' "$err" | tr '\n' ' ')"
-    fi ;;
+    IFS= read -r who; lock_now ;;
   unlock)
     : > "$d/holder.json"; held=; exec 9>&-; echo OK ;;
   *) echo "ERR unknown request $cmd" ;;
@@ -170,6 +188,39 @@ pub struct StateShell {
     journals: Mutex<std::collections::HashMap<String, Option<Vec<u8>>>>,
     /// The host has no `curl`: probes go through forwards.
     no_curl: std::sync::atomic::AtomicBool,
+    /// The lock this shell took as it started (`shell_command_locking`), until `lock` takes it.
+    ahead: Mutex<Option<LockedAhead>>,
+}
+
+/// A lock the state shell took as it started: the target's folder, and the answer (the status
+/// line, and the journal when locked), once read: it is the shell's first.
+struct LockedAhead {
+    relative: String,
+    answer: Option<(String, Option<Vec<u8>>)>,
+}
+
+/// The answer to taking a lock: `LOCKED …` and the journal, or why not.
+fn lock_answer(r: &mut impl BufRead) -> std::io::Result<(String, Option<Vec<u8>>)> {
+    let line = status_line(r)?;
+    let journal = if line.starts_with("LOCKED") {
+        Some(data(r)?)
+    } else {
+        None
+    };
+    Ok((line, journal))
+}
+
+/// The holder record this run writes beside a lock it takes, as JSON.
+pub fn holder_json(command: &str) -> String {
+    let who = Identity::current();
+    let me = Holder {
+        pid: std::process::id(),
+        user: who.user,
+        host: who.host,
+        command: command.to_string(),
+        since: chrono::Utc::now(),
+    };
+    serde_json::to_string(&me).expect("holder serializes")
 }
 
 impl StateShell {
@@ -252,7 +303,33 @@ impl StateShell {
             channel: Mutex::new(None),
             journals: Mutex::default(),
             no_curl: std::sync::atomic::AtomicBool::new(false),
+            ahead: Mutex::new(None),
         })
+    }
+
+    /// A shell whose session was started with `shell_command_locking(relative, …)`: its first
+    /// answer is that lock's, read before any other (and handed to `RemoteDir::lock`).
+    pub fn locked_ahead(ssh: Arc<SshSession>, relative: &str) -> Arc<Self> {
+        let shell = Self::new(ssh);
+        if let Ok(mut a) = shell.ahead.lock() {
+            *a = Some(LockedAhead {
+                relative: relative.to_string(),
+                answer: None,
+            });
+        }
+        shell
+    }
+
+    /// The answer of the lock taken as the shell started, if it was `relative`'s (read now when
+    /// it has not been yet); once.
+    fn ahead_answer(&self, relative: &str) -> Result<Option<(String, Option<Vec<u8>>)>, SshError> {
+        let ahead_of = |a: &Option<LockedAhead>| a.as_ref().is_some_and(|a| a.relative == relative);
+        if !self.ahead.lock().is_ok_and(|a| ahead_of(&a)) {
+            return Ok(None);
+        }
+        // Nothing to send: the answer is read on the way.
+        self.request("take the lock", &[], |_| Ok(()))?;
+        Ok(self.ahead.lock().ok().and_then(|mut a| a.take()).and_then(|a| a.answer))
     }
 
     /// GETs `url` from the host itself with its `curl`, in one round trip of this shell (a
@@ -314,6 +391,13 @@ impl StateShell {
                 .stdout
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("its output is gone"))?;
+            // The lock taken as the shell started answers first.
+            if let Ok(mut ahead) = self.ahead.lock()
+                && let Some(a) = ahead.as_mut()
+                && a.answer.is_none()
+            {
+                a.answer = Some(lock_answer(stdout)?);
+            }
             while chan.unanswered > 0 {
                 status_line(stdout)?;
                 chan.unanswered -= 1;
@@ -600,32 +684,23 @@ impl RemoteDir {
     /// Takes the target's lock on the host without waiting; held until the `RemoteLock` is
     /// dropped or the state shell ends.
     pub fn lock(&self, command: &str) -> Result<RemoteLock, LockError> {
-        let who = Identity::current();
-        let me = Holder {
-            pid: std::process::id(),
-            user: who.user,
-            host: who.host,
-            command: command.to_string(),
-            since: chrono::Utc::now(),
-        };
-        let holder_json = serde_json::to_string(&me).expect("holder serializes");
         let path = std::path::PathBuf::from(self.display()).join("lock");
         let io = |detail: String| LockError::Io {
             path: path.clone(),
             source: std::io::Error::other(detail),
         };
-        let (line, journal) = self
-            .shell
-            .request("take the lock", &["lock", &self.relative, &holder_json], |r| {
-                let line = status_line(r)?;
-                let journal = if line.starts_with("LOCKED") {
-                    Some(data(r)?)
-                } else {
-                    None
-                };
-                Ok((line, journal))
-            })
-            .map_err(|e| io(e.to_string()))?;
+        // Taken as the shell started, or asked now.
+        let (line, journal) = match self.shell.ahead_answer(&self.relative).map_err(|e| io(e.to_string()))? {
+            Some(answer) => answer,
+            None => self
+                .shell
+                .request(
+                    "take the lock",
+                    &["lock", &self.relative, &holder_json(command)],
+                    lock_answer,
+                )
+                .map_err(|e| io(e.to_string()))?,
+        };
         if let Some(journal) = journal {
             // Nobody else writes the journal now: it is kept here, from this copy on.
             if let Ok(mut journals) = self.shell.journals.lock() {
@@ -694,6 +769,47 @@ impl Drop for RemoteLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state shell started with a target folder and a holder takes that lock before it reads
+    /// anything (the answer comes with the session's start); a second one is refused, naming
+    /// the holder; requests work as ever after it.
+    #[test]
+    fn a_state_shell_started_for_a_target_takes_its_lock_first() {
+        let home = tempfile::tempdir().unwrap();
+        let start = |holder: &str| {
+            let mut sh = std::process::Command::new("sh")
+                .args(["-c", SHELL, "sh", "t", holder])
+                .env("XDG_STATE_HOME", home.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let input = sh.stdin.take().unwrap();
+            let output = BufReader::new(sh.stdout.take().unwrap());
+            (sh, input, output)
+        };
+        let (mut first, mut input, mut output) = start("{\"pid\":1}");
+        let (line, journal) = lock_answer(&mut output).unwrap();
+        assert!(
+            line.starts_with("LOCKED ") && quiet_before(&line),
+            "no journal yet: {line}"
+        );
+        assert_eq!(journal.as_deref(), Some(&b""[..]));
+        let (mut second, second_in, mut second_out) = start("{\"pid\":2}");
+        let (refused, none) = lock_answer(&mut second_out).unwrap();
+        assert_eq!((refused.as_str(), none), ("HELD {\"pid\":1}", None));
+        drop(second_in);
+        assert!(second.wait().unwrap().success());
+        writeln!(input, "append\nt\nclean\n\n{{\"a\":1}}").unwrap();
+        input.flush().unwrap();
+        assert_eq!(append_answer(&mut output).unwrap(), Ok(None));
+        drop(input);
+        assert!(first.wait().unwrap().success());
+        assert_eq!(
+            std::fs::read_to_string(home.path().join("backtrack/t/history.jsonl")).unwrap(),
+            "{\"a\":1}\n"
+        );
+    }
 
     #[test]
     fn reads_beside_the_lock_count_only_when_the_journal_was_left_alone() {
