@@ -359,6 +359,20 @@ pub struct Holder {
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
+impl Holder {
+    /// This process, holding a lock for `command`, from now.
+    pub fn me(command: &str) -> Self {
+        let who = Identity::current();
+        Self {
+            pid: std::process::id(),
+            user: who.user,
+            host: who.host,
+            command: command.to_string(),
+            since: chrono::Utc::now(),
+        }
+    }
+}
+
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -418,14 +432,7 @@ pub fn lock(state_dir: &Path, command: &str) -> Result<Lock, LockError> {
         source,
     };
     std::fs::create_dir_all(state_dir).map_err(io)?;
-    let who = Identity::current();
-    let me = Holder {
-        pid: std::process::id(),
-        user: who.user,
-        host: who.host,
-        command: command.to_string(),
-        since: chrono::Utc::now(),
-    };
+    let me = Holder::me(command);
     let identity = identity_path(state_dir, me.pid);
     write_atomic(&identity, &serde_json::to_vec(&me).expect("holder serializes")).map_err(io)?;
     let file = OpenOptions::new()

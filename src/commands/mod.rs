@@ -228,6 +228,13 @@ impl App<'_> {
             return Ok((vec![host.holding(held)], Vec::new()));
         }
         let (mut hosts, skipped) = fleet::reachable_hosts(self, fleet::reach_all(self).await?, skip)?;
+        // Each host's swap gate opens now, so its channel and programs start while the locks are
+        // taken (for a deploy or rollback of containers; only where a host is across a network).
+        if lock.is_some() && self.lock_ahead.is_some() && !self.is_swarm() {
+            for h in &hosts {
+                h.ready_gate();
+            }
+        }
         if let Some(command) = lock {
             let command = format!("{command} (fleet)");
             let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
@@ -351,7 +358,7 @@ impl App<'_> {
                 Some(handle) => handle
                     .join()
                     .unwrap_or_else(|_| Err(SshError::NoClient("the ssh connection thread panicked".into()))),
-                None => self.opener(dest, true)(),
+                None => self.opener(dest, self.locks_ahead(None))(),
             };
             // The engine is reached while the session starts (the lock waits for that anyway).
             // So are the plan's reads.
@@ -380,24 +387,48 @@ impl App<'_> {
         }
     }
 
-    /// Opens the connection to `dest` when called (here or on a thread of its own); for the
-    /// target's single host (`single`), its state shell takes the lock as it starts when the
+    /// Opens the connection to `dest` when called (here or on a thread of its own); its state
+    /// shell takes the lock of the target in `locking` (its remote folder) as it starts, when the
     /// command locks ahead (`lock_ahead`).
     fn opener(
         &self,
         dest: &SshDestination,
-        single: bool,
+        locking: Option<String>,
     ) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<> {
         let (dest, options, ahead) = (dest.clone(), self.settings.ssh.clone(), self.ahead(dest));
-        let locking = self.lock_ahead.as_ref().filter(|_| single).and_then(|command| {
-            let relative = self.project().ok()?.remote_state.clone()?;
-            Some(state::remote::shell_command_locking(
-                &relative,
-                &state::remote::holder_json(command),
-            ))
+        let locking = self.lock_ahead.as_ref().zip(locking).map(|(command, relative)| {
+            let line = state::remote::shell_command_locking(&relative, &state::remote::holder_json(command));
+            (relative, line)
         });
-        let session = locking.unwrap_or_else(state::remote::shell_command);
-        move || SshSession::open(&dest, &options, &session, &ahead)
+        move || {
+            let line = locking
+                .as_ref()
+                .map_or_else(state::remote::shell_command, |(_, l)| l.clone());
+            let session = SshSession::open(&dest, &options, &line, &ahead)?;
+            if let Some((relative, _)) = &locking {
+                session.set_locked_ahead(relative);
+            }
+            Ok(session)
+        }
+    }
+
+    /// The remote folder of the target whose lock a host's session takes as it starts: the
+    /// single host's; on a fleet, only the first host's in lock order (the others are locked once
+    /// it is held, so two runs never each hold half a fleet).
+    fn locks_ahead(&self, host: Option<&crate::settings::FleetHost>) -> Option<String> {
+        self.lock_ahead.as_ref()?;
+        let project = self.project().ok()?;
+        let Some(host) = host else {
+            return project.remote_state.clone();
+        };
+        let hosts = &self.target().ok()?.hosts;
+        let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+        let first = *crate::domain::fleet::lock_order(&addresses).first()?;
+        if hosts[first].address == host.address {
+            host.remote_state.clone()
+        } else {
+            None
+        }
     }
 
     /// What the connection to `dest` can forward from the start: the engine socket it named last
@@ -422,7 +453,10 @@ impl App<'_> {
             let mut opening = std::collections::HashMap::new();
             for h in &target.hosts {
                 if let EngineAddress::Ssh(dest) = &h.engine {
-                    opening.insert(h.address.clone(), std::thread::spawn(self.opener(dest, false)));
+                    opening.insert(
+                        h.address.clone(),
+                        std::thread::spawn(self.opener(dest, self.locks_ahead(Some(h)))),
+                    );
                 }
             }
             if let Ok(mut o) = self.fleet_opening.lock() {
@@ -433,7 +467,7 @@ impl App<'_> {
         let Some(dest) = self.ssh_destination() else {
             return;
         };
-        let handle = std::thread::spawn(self.opener(dest, true));
+        let handle = std::thread::spawn(self.opener(dest, self.locks_ahead(None)));
         if let Ok(mut o) = self.opening.lock() {
             *o = Some(handle);
         }
@@ -450,7 +484,7 @@ impl App<'_> {
             return None;
         };
         let early = self.fleet_opening.lock().ok().and_then(|mut o| o.remove(&host.address));
-        let now = self.opener(dest, false);
+        let now = self.opener(dest, self.locks_ahead(Some(host)));
         Some(move || match early {
             Some(handle) => handle
                 .join()
@@ -465,14 +499,7 @@ impl App<'_> {
             return Ok(None);
         };
         let ssh = self.ssh()?.expect("a remote target has an ssh:// engine");
-        // Its session took the target's lock as it started when the command locks ahead (`opener`).
-        let shell = self
-            .state_shell
-            .get_or_init(|| match &self.lock_ahead {
-                Some(_) => StateShell::locked_ahead(ssh, &relative),
-                None => StateShell::new(ssh),
-            })
-            .clone();
+        let shell = self.state_shell.get_or_init(|| StateShell::new(ssh)).clone();
         Ok(Some(RemoteDir::new(shell, relative)))
     }
 }

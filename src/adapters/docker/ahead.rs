@@ -18,6 +18,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use super::BACKUP_SUFFIX;
+use super::pipeline::enc;
 
 /// What to read ahead: the target's container names (each read with its backup), and the
 /// repositories (`host/path`) whose local images are listed.
@@ -162,16 +163,6 @@ where
             });
             let pending: Pending = async move { task.await.ok().flatten() }.boxed().shared();
             (key, pending)
-        })
-        .collect()
-}
-
-/// Percent-encodes a path segment or query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
         })
         .collect()
 }

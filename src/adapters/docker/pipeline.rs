@@ -141,7 +141,7 @@ mod erased {
 
 /// Percent-encodes a path segment or query value (container and network names are
 /// `[a-zA-Z0-9_.-]`, ids hex; anything else is encoded).
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

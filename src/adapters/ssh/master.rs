@@ -130,6 +130,7 @@ impl SshSession {
             engine_socket: OnceLock::new(),
             premade,
             wire,
+            locked_ahead: OnceLock::new(),
         });
         // The way to the engine is readied while the caller goes on (it takes the session's
         // first line and one `ssh -O forward`).

@@ -131,6 +131,9 @@ pub struct SshSession {
     premade: Vec<(Premade, PathBuf)>,
     /// The round trips waited on this host, by phase (`--verbose`).
     wire: Arc<Wire>,
+    /// The target folder whose lock the session took as it started (`state::remote::
+    /// shell_command_locking`): its first answer is that lock's.
+    locked_ahead: OnceLock<String>,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -142,6 +145,16 @@ impl std::fmt::Debug for SshSession {
 impl SshSession {
     pub fn destination(&self) -> &SshDestination {
         &self.dest
+    }
+
+    /// The session was started taking the lock of the target in `relative`.
+    pub fn set_locked_ahead(&self, relative: &str) {
+        let _ = self.locked_ahead.set(relative.to_string());
+    }
+
+    /// The target folder whose lock the session took as it started, if any.
+    pub fn locked_ahead(&self) -> Option<&str> {
+        self.locked_ahead.get().map(String::as_str)
     }
 
     /// The round trips this run waited on the host, by phase.

@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 
-use super::{Holder, Identity, LockError};
+use super::{Holder, LockError};
 use crate::adapters::ssh::{SshError, SshSession, shell_quote};
 
 /// The command line of the state shell, for `SshSession::open`.
@@ -212,15 +212,7 @@ fn lock_answer(r: &mut impl BufRead) -> std::io::Result<(String, Option<Vec<u8>>
 
 /// The holder record this run writes beside a lock it takes, as JSON.
 pub fn holder_json(command: &str) -> String {
-    let who = Identity::current();
-    let me = Holder {
-        pid: std::process::id(),
-        user: who.user,
-        host: who.host,
-        command: command.to_string(),
-        since: chrono::Utc::now(),
-    };
-    serde_json::to_string(&me).expect("holder serializes")
+    serde_json::to_string(&Holder::me(command)).expect("holder serializes")
 }
 
 impl StateShell {
@@ -297,39 +289,73 @@ impl std::fmt::Debug for StateShell {
 }
 
 impl StateShell {
+    /// The state shell of `ssh`'s own session. One started with `shell_command_locking(relative,
+    /// …)` (`SshSession::locked_ahead`) answers that lock first: its answer is read before any
+    /// other, and handed to `RemoteDir::lock`.
     pub fn new(ssh: Arc<SshSession>) -> Arc<Self> {
+        let ahead = ssh.locked_ahead().map(|relative| LockedAhead {
+            relative: relative.to_string(),
+            answer: None,
+        });
         Arc::new(Self {
             ssh,
             channel: Mutex::new(None),
             journals: Mutex::default(),
             no_curl: std::sync::atomic::AtomicBool::new(false),
-            ahead: Mutex::new(None),
+            ahead: Mutex::new(ahead),
         })
     }
 
-    /// A shell whose session was started with `shell_command_locking(relative, …)`: its first
-    /// answer is that lock's, read before any other (and handed to `RemoteDir::lock`).
-    pub fn locked_ahead(ssh: Arc<SshSession>, relative: &str) -> Arc<Self> {
-        let shell = Self::new(ssh);
-        if let Ok(mut a) = shell.ahead.lock() {
-            *a = Some(LockedAhead {
-                relative: relative.to_string(),
-                answer: None,
-            });
+    /// The answer of the lock taken as the shell started, if it was `relative`'s (read now when
+    /// it has not been yet); once. It came with the session's start, so reading it is no wait of
+    /// its own on the host (and no sample of its round trip, `Wire::far`).
+    fn ahead_answer(&self, relative: &str) -> Result<Option<(String, Option<Vec<u8>>)>, SshError> {
+        let what = "take the lock";
+        let poisoned = || self.fail(what, "the state shell is poisoned");
+        let unread = match self.ahead.lock().map_err(|_| poisoned())?.as_ref() {
+            Some(a) if a.relative == relative => a.answer.is_none(),
+            _ => return Ok(None),
+        };
+        if unread {
+            // The channel first, then the lock's answer: the order `request` takes them in.
+            let mut guard = self.channel.lock().map_err(|_| poisoned())?;
+            let mut ahead = self.ahead.lock().map_err(|_| poisoned())?;
+            if let Some(a) = ahead.as_mut().filter(|a| a.answer.is_none()) {
+                let chan = self.started(&mut guard, what)?;
+                if chan.stdout.is_none() {
+                    chan.stdout = self.ssh.take_session_output();
+                }
+                let read = chan
+                    .stdout
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::other("its output is gone"))
+                    .and_then(|out| lock_answer(out));
+                match read {
+                    Ok(answer) => a.answer = Some(answer),
+                    Err(e) => {
+                        guard.take();
+                        return Err(self.fail(what, format!("the state shell on the host ended: {e}")));
+                    }
+                }
+            }
         }
-        shell
+        Ok(self.ahead.lock().map_err(|_| poisoned())?.take().and_then(|a| a.answer))
     }
 
-    /// The answer of the lock taken as the shell started, if it was `relative`'s (read now when
-    /// it has not been yet); once.
-    fn ahead_answer(&self, relative: &str) -> Result<Option<(String, Option<Vec<u8>>)>, SshError> {
-        let ahead_of = |a: &Option<LockedAhead>| a.as_ref().is_some_and(|a| a.relative == relative);
-        if !self.ahead.lock().is_ok_and(|a| ahead_of(&a)) {
-            return Ok(None);
+    /// The shell's channel, taking the session's input the first time.
+    fn started<'g>(&self, guard: &'g mut Option<Channel>, what: &str) -> Result<&'g mut Channel, SshError> {
+        if guard.is_none() {
+            let stdin = self
+                .ssh
+                .take_session_input()
+                .ok_or_else(|| self.fail(what, "the state shell on the host ended"))?;
+            *guard = Some(Channel {
+                stdin,
+                stdout: None,
+                unanswered: 0,
+            });
         }
-        // Nothing to send: the answer is read on the way.
-        self.request("take the lock", &[], |_| Ok(()))?;
-        Ok(self.ahead.lock().ok().and_then(|mut a| a.take()).and_then(|a| a.answer))
+        Ok(guard.as_mut().expect("started above"))
     }
 
     /// GETs `url` from the host itself with its `curl`, in one round trip of this shell (a
@@ -370,18 +396,7 @@ impl StateShell {
             .channel
             .lock()
             .map_err(|_| self.fail(what, "the state shell is poisoned"))?;
-        if guard.is_none() {
-            let stdin = self
-                .ssh
-                .take_session_input()
-                .ok_or_else(|| self.fail(what, "the state shell on the host ended"))?;
-            *guard = Some(Channel {
-                stdin,
-                stdout: None,
-                unanswered: 0,
-            });
-        }
-        let chan = guard.as_mut().expect("started above");
+        let chan = self.started(&mut guard, what)?;
         let _waiting = self.ssh.wire().wait(what);
         let result = send(chan, lines).and_then(|()| {
             if chan.stdout.is_none() {
