@@ -192,15 +192,18 @@ pub struct StateShell {
     ahead: Mutex<Option<LockedAhead>>,
 }
 
-/// A lock the state shell took as it started: the target's folder, and the answer (the status
-/// line, and the journal when locked), once read: it is the shell's first.
+/// A lock the state shell took as it started: the target's folder, and the answer, once read:
+/// it is the shell's first.
 struct LockedAhead {
     relative: String,
-    answer: Option<(String, Option<Vec<u8>>)>,
+    answer: Option<LockAnswer>,
 }
 
+/// The answer to taking a lock: the status line, and the journal when locked.
+type LockAnswer = (String, Option<Vec<u8>>);
+
 /// The answer to taking a lock: `LOCKED …` and the journal, or why not.
-fn lock_answer(r: &mut impl BufRead) -> std::io::Result<(String, Option<Vec<u8>>)> {
+fn lock_answer(r: &mut impl BufRead) -> std::io::Result<LockAnswer> {
     let line = status_line(r)?;
     let journal = if line.starts_with("LOCKED") {
         Some(data(r)?)
@@ -309,7 +312,7 @@ impl StateShell {
     /// The answer of the lock taken as the shell started, if it was `relative`'s (read now when
     /// it has not been yet); once. It came with the session's start, so reading it is no wait of
     /// its own on the host (and no sample of its round trip, `Wire::far`).
-    fn ahead_answer(&self, relative: &str) -> Result<Option<(String, Option<Vec<u8>>)>, SshError> {
+    fn ahead_answer(&self, relative: &str) -> Result<Option<LockAnswer>, SshError> {
         let what = "take the lock";
         let poisoned = || self.fail(what, "the state shell is poisoned");
         let unread = match self.ahead.lock().map_err(|_| poisoned())?.as_ref() {
@@ -329,7 +332,7 @@ impl StateShell {
                     .stdout
                     .as_mut()
                     .ok_or_else(|| std::io::Error::other("its output is gone"))
-                    .and_then(|out| lock_answer(out));
+                    .and_then(lock_answer);
                 match read {
                     Ok(answer) => a.answer = Some(answer),
                     Err(e) => {
