@@ -236,7 +236,7 @@ impl App<'_> {
             }
         }
         if let Some(command) = lock {
-            let command = format!("{command} (fleet)");
+            let command = fleet_lock_command(command);
             let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
             let order = crate::domain::fleet::lock_order(&addresses);
             let lock = |h: &mut Host| {
@@ -393,11 +393,11 @@ impl App<'_> {
     fn opener(
         &self,
         dest: &SshDestination,
-        locking: Option<String>,
+        locking: Option<(String, String)>,
     ) -> impl FnOnce() -> Result<Arc<SshSession>, SshError> + Send + use<> {
         let (dest, options, ahead) = (dest.clone(), self.settings.ssh.clone(), self.ahead(dest));
-        let locking = self.lock_ahead.as_ref().zip(locking).map(|(command, relative)| {
-            let line = state::remote::shell_command_locking(&relative, &state::remote::holder_json(command));
+        let locking = locking.map(|(relative, command)| {
+            let line = state::remote::shell_command_locking(&relative, &state::remote::holder_json(&command));
             (relative, line)
         });
         move || {
@@ -412,23 +412,23 @@ impl App<'_> {
         }
     }
 
-    /// The remote folder of the target whose lock a host's session takes as it starts: the
-    /// single host's; on a fleet, only the first host's in lock order (the others are locked once
-    /// it is held, so two runs never each hold half a fleet).
-    fn locks_ahead(&self, host: Option<&crate::settings::FleetHost>) -> Option<String> {
-        self.lock_ahead.as_ref()?;
+    /// The remote folder of the target whose lock a host's session takes as it starts, and the
+    /// command its holder names: the single host's; on a fleet, only the first host's in lock
+    /// order (the others are locked once it is held, so two runs never each hold half a fleet),
+    /// named as `App::hosts` names a fleet's locks.
+    fn locks_ahead(&self, host: Option<&crate::settings::FleetHost>) -> Option<(String, String)> {
+        let command = self.lock_ahead.clone()?;
         let project = self.project().ok()?;
         let Some(host) = host else {
-            return project.remote_state.clone();
+            return Some((project.remote_state.clone()?, command));
         };
         let hosts = &self.target().ok()?.hosts;
         let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
         let first = *crate::domain::fleet::lock_order(&addresses).first()?;
-        if hosts[first].address == host.address {
-            host.remote_state.clone()
-        } else {
-            None
+        if hosts[first].address != host.address {
+            return None;
         }
+        Some((host.remote_state.clone()?, fleet_lock_command(&command)))
     }
 
     /// What the connection to `dest` can forward from the start: the engine socket it named last
@@ -523,6 +523,11 @@ impl Drop for App<'_> {
             }
         }
     }
+}
+
+/// What a fleet's lock names as its holder's command.
+fn fleet_lock_command(command: &str) -> String {
+    format!("{command} (fleet)")
 }
 
 /// A command's report on every host of a fleet: each host's own report under its name.

@@ -1010,10 +1010,7 @@ fn a_remote_plan_trusts_what_it_read_beside_the_lock_only_when_the_journal_was_l
     // Where, in a run's timed requests, the lock was answered and the swap's calls went.
     let between_lock_and_swap = |stderr: &str| -> Vec<String> {
         let lines: Vec<&str> = stderr.lines().collect();
-        let locked = lines
-            .iter()
-            .position(|l| l.contains("<- take the lock"))
-            .expect("the lock");
+        let locked = lines.iter().position(|l| l.contains(": LOCKED ")).expect("the lock");
         let swap = lines
             .iter()
             .position(|l| l.contains("calls, pipelined"))
@@ -1035,7 +1032,7 @@ fn a_remote_plan_trusts_what_it_read_beside_the_lock_only_when_the_journal_was_l
     let quiet = t.exec(["-vv", "deploy", "v1.1.0", "--yes"]).success();
     let lines: Vec<&str> = quiet.stderr.lines().collect();
     let read = lines.iter().position(|l| l.contains(&inspect)).expect("read ahead");
-    let locked = lines.iter().position(|l| l.contains("<- take the lock")).unwrap();
+    let locked = lines.iter().position(|l| l.contains(": LOCKED ")).unwrap();
     assert!(read < locked, "read beside the lock request: {}", quiet.stderr);
     assert!(
         !between_lock_and_swap(&quiet.stderr)

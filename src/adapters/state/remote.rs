@@ -719,6 +719,11 @@ impl RemoteDir {
                 )
                 .map_err(|e| io(e.to_string()))?,
         };
+        tracing::debug!(
+            "{}: the lock of {}: {line}",
+            self.shell.ssh.destination(),
+            self.relative
+        );
         if let Some(journal) = journal {
             // Nobody else writes the journal now: it is kept here, from this copy on.
             if let Ok(mut journals) = self.shell.journals.lock() {
