@@ -86,11 +86,16 @@ impl Host {
     /// The same host, holding `lock` (taken already): what was read of its engine while the lock
     /// was asked for is forgotten unless the lock says it still stands.
     pub fn holding(mut self, lock: Option<TargetLock>) -> Self {
+        self.hold(lock);
+        self
+    }
+
+    /// Keeps `lock`, forgetting what was read ahead of it unless the lock says it still stands.
+    fn hold(&mut self, lock: Option<TargetLock>) {
         if lock.as_ref().is_some_and(|l| !l.quiet()) {
             self.engine.forget_ahead();
         }
         self.lock = lock;
-        self
     }
 
     /// From now on, this host's round trips count toward `phase` (`--verbose`).
@@ -107,10 +112,7 @@ impl Host {
             Some(dir) => TargetLock::Remote(dir.lock(command)?),
             None => TargetLock::Local(state::lock(&self.state_dir, command)?),
         };
-        if !lock.quiet() {
-            self.engine.forget_ahead();
-        }
-        self.lock = Some(lock);
+        self.hold(Some(lock));
         Ok(())
     }
 

@@ -985,13 +985,9 @@ async fn api_version<F>(transport: &F, base: &str) -> Result<bollard::ClientVers
 where
     F: Fn(bollard::BollardRequest) -> crate::adapters::ssh::EngineResponse,
 {
-    let ping = hyper::Request::get(format!("{base}/_ping"))
-        .body(http_body_util::Either::Left(http_body_util::Full::new(
-            bytes::Bytes::new(),
-        )))
-        .map_err(|e| bollard::errors::Error::IOError {
-            err: std::io::Error::other(e),
-        })?;
+    let ping = empty_get(&format!("{base}/_ping")).ok_or_else(|| bollard::errors::Error::IOError {
+        err: std::io::Error::other(format!("a GET of {base}/_ping")),
+    })?;
     let answer = transport(ping).await?;
     let status = answer.status();
     if !status.is_success() {

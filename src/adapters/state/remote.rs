@@ -933,6 +933,22 @@ mod tests {
     }
 }
 
+/// A server on a free loopback port that answers one request with `answer`: its port, and the
+/// thread to join once the request was made.
+#[cfg(test)]
+fn serve_once(answer: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf).unwrap();
+        c.write_all(answer).unwrap();
+    });
+    (port, server)
+}
+
 #[cfg(test)]
 mod gate_tests {
     use std::io::Write;
@@ -1018,19 +1034,11 @@ mod gate_tests {
     /// ends), then probes with the host's curl and says how it went after them.
     #[test]
     fn a_gate_with_a_probe_asks_it_once_the_calls_are_answered() {
-        use std::io::Read;
         assert!(
             Command::new("curl").arg("--version").output().is_ok(),
             "the test needs curl (as the hosts do for a probe in the swap's round trip)"
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf).unwrap();
-            c.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        });
+        let (port, server) = super::serve_once(b"HTTP/1.1 204 No Content\r\n\r\n");
         let input = format!(
             "unknown\n\n{{\"phase\":\"started\"}}\nhttp://127.0.0.1:{port}/health\n\
              POST /v1.41/containers/web/start HTTP/1.1\r\nContent-Length: 0\r\n\r\n\
@@ -1088,7 +1096,7 @@ mod gate_tests {
 
 #[cfg(test)]
 mod probe_tests {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Write};
 
     use super::{HostProbe, SHELL};
 
@@ -1115,15 +1123,7 @@ mod probe_tests {
             std::process::Command::new("curl").arg("--version").output().is_ok(),
             "the test needs curl (as the hosts do for a probe in one round trip)"
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf).unwrap();
-            c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-                .unwrap();
-        });
+        let (port, server) = super::serve_once(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
         let answered = probe(&format!("http://127.0.0.1:{port}/health"));
         server.join().unwrap();
         let words: Vec<&str> = answered.split_whitespace().collect();
