@@ -56,7 +56,7 @@ impl TargetMeta {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Journal {
     path: PathBuf,
     /// Written beside the journal when the journal is first created.
@@ -149,6 +149,22 @@ impl Journal {
             .map(|m| serde_json::to_vec(m).expect("meta serializes"));
         let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
         Ok(r.append_journal_lines(&lines, meta.as_deref())?)
+    }
+
+    /// `append_all` on a thread of its own, awaited: a fleet's hosts commit in one task
+    /// (`ops::operation`), and a remote append blocks for its round trip, so written in place the
+    /// hosts' appends would wait one after another instead of together.
+    pub async fn append_all_aside(&self, records: &[&Record]) -> Result<(), StateError> {
+        let (journal, path) = (self.clone(), self.path.clone());
+        let records: Vec<Record> = records.iter().map(|r| (*r).clone()).collect();
+        tokio::task::spawn_blocking(move || journal.append_all(&records.iter().collect::<Vec<_>>()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Io {
+                    path,
+                    source: std::io::Error::other(format!("the journal's writer stopped: {e}")),
+                })
+            })
     }
 
     /// For a journal on a remote host: the gate that writes `record` there before it hands a

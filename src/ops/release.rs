@@ -311,7 +311,7 @@ impl Unit for Together<'_> {
     /// The records once, in the shared journal; then each unit makes its own change final
     /// (with nothing more to write).
     async fn commit(&mut self, run: &Run<'_>, records: &[&Record]) -> Result<(), StateError> {
-        let written = self.journal().append_all(records);
+        let written = self.journal().append_all_aside(records).await;
         for u in &mut self.units {
             if let Err(e) = u.commit(run, &[]).await {
                 tracing::warn!("finish a release's service: {e}");

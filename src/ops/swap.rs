@@ -701,12 +701,12 @@ impl Unit for Containers<'_> {
             // in between leaves the record, or the target on the new digest with nothing set
             // aside, which the next run records as done (`recover`); with several containers, one
             // without its set-aside container and another with it could only be half put back.
-            // The removal's request is on its way before the append (which blocks) starts.
+            // The removal's request is on its way before the append starts.
             let ((), committed) =
-                tokio::join!(biased; remove_leftovers(engine, &say, only), async { journal.append_all(records) });
+                tokio::join!(biased; remove_leftovers(engine, &say, only), journal.append_all_aside(records));
             committed
         } else {
-            let recorded = journal.append_all(records);
+            let recorded = journal.append_all_aside(records).await;
             for c in &self.plan.containers {
                 remove_leftovers(engine, &say, c).await;
             }

@@ -383,7 +383,7 @@ impl Unit for Service<'_> {
     }
 
     async fn commit(&mut self, _run: &Run<'_>, records: &[&Record]) -> Result<(), state::StateError> {
-        self.journal.append_all(records)
+        self.journal.append_all_aside(records).await
     }
 
     async fn reachable(&self) -> bool {
