@@ -194,9 +194,9 @@ impl App<'_> {
 
     /// The target's hosts, connected: one (the engine of `--host`, `[target] host`, the
     /// environment or the local socket), or every host of `[target] hosts`. A host is a fleet of
-    /// one. With `lock`, every host's lock is taken for that command before anything changes, in
-    /// one fixed order (two runs never wait on each other's half: the second is refused at its
-    /// first host, holding nothing). A fleet's host that cannot be reached refuses the run,
+    /// one. With `lock`, every host's lock is taken for that command before anything changes, all at
+    /// once, the first host in one fixed order deciding between two runs (`ops::fleet::lock_all`:
+    /// the run refused there gives back whatever it took; neither waits on the other). A fleet's host that cannot be reached refuses the run,
     /// naming it, unless `skip` is `Some(true)` (then it is listed as skipped; `None`: the command
     /// has no `--skip-unreachable`).
     pub async fn hosts(&self, lock: Option<&str>, skip: Option<bool>) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
@@ -236,42 +236,7 @@ impl App<'_> {
             }
         }
         if let Some(command) = lock {
-            let command = fleet_lock_command(command);
-            let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
-            let order = crate::domain::fleet::lock_order(&addresses);
-            let lock = |h: &mut Host| {
-                let address = h.address.clone();
-                h.lock(&command)
-                    .map_err(|e| e.context(format!("lock the target on {address}")))
-            };
-            // The first host in lock order decides between two runs (the loser is refused there,
-            // holding nothing); once it is held, the others are asked all at once. On refusal,
-            // `hosts` drops at return: every lock taken so far is released.
-            if let Some(&first) = order.first() {
-                lock(&mut hosts[first])?;
-            }
-            let mut results: Vec<(usize, anyhow::Result<()>)> = std::thread::scope(|scope| {
-                let running: Vec<_> = hosts
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| Some(i) != order.first())
-                    .map(|(i, h)| (i, scope.spawn(|| lock(h))))
-                    .collect();
-                running
-                    .into_iter()
-                    .map(|(i, t)| {
-                        let r = t
-                            .join()
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a lock thread panicked")));
-                        (i, r)
-                    })
-                    .collect()
-            });
-            // A refusal is told for the first refusing host in lock order.
-            results.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
-            for (_, r) in results {
-                r?;
-            }
+            crate::ops::fleet::lock_all(&mut hosts, &fleet_lock_command(command))?;
         }
         Ok((hosts, skipped))
     }
@@ -413,22 +378,14 @@ impl App<'_> {
     }
 
     /// The remote folder of the target whose lock a host's session takes as it starts, and the
-    /// command its holder names: the single host's; on a fleet, only the first host's in lock
-    /// order (the others are locked once it is held, so two runs never each hold half a fleet),
-    /// named as `App::hosts` names a fleet's locks.
+    /// command its holder names: the single host's, or a fleet host's, named as `App::hosts`
+    /// names a fleet's locks (which host decides between two runs is `fleet::lock_all`'s rule).
     fn locks_ahead(&self, host: Option<&crate::settings::FleetHost>) -> Option<(String, String)> {
         let command = self.lock_ahead.clone()?;
-        let project = self.project().ok()?;
-        let Some(host) = host else {
-            return Some((project.remote_state.clone()?, command));
-        };
-        let hosts = &self.target().ok()?.hosts;
-        let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
-        let first = *crate::domain::fleet::lock_order(&addresses).first()?;
-        if hosts[first].address != host.address {
-            return None;
+        match host {
+            None => Some((self.project().ok()?.remote_state.clone()?, command)),
+            Some(host) => Some((host.remote_state.clone()?, fleet_lock_command(&command))),
         }
-        Some((host.remote_state.clone()?, fleet_lock_command(&command)))
     }
 
     /// What the connection to `dest` can forward from the start: the engine socket it named last

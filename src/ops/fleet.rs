@@ -125,6 +125,67 @@ impl Host {
     }
 }
 
+/// How long a run that holds the first host in lock order asks again for another host's lock
+/// held by someone else, and how often: a run that lost at the first host gives back what it
+/// took within a round trip or two of hearing so.
+const CONTENDED: std::time::Duration = std::time::Duration::from_secs(2);
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Takes every host's lock of the target for `command`, all at once (an `ssh://` host's may have
+/// been taken as its session started: `App::locks_ahead`). The first host in lock order decides
+/// between two runs: refused there, this run is refused, and what it took goes back as `hosts`
+/// drop. Held there, a refusal at another host may be a run that lost at the first host and is
+/// giving its locks back, so that host is asked again for a moment (`CONTENDED`) before the
+/// refusal counts. So two runs never each hold part of a fleet: at most one holds the first
+/// host, and the other gives everything back.
+pub fn lock_all(hosts: &mut [Host], command: &str) -> anyhow::Result<()> {
+    let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+    let order = crate::domain::fleet::lock_order(&addresses);
+    let lock = |h: &mut Host| {
+        let address = h.address.clone();
+        h.lock(command)
+            .map_err(|e| e.context(format!("lock the target on {address}")))
+    };
+    let lock = &lock;
+    let mut results: Vec<(usize, anyhow::Result<()>)> = std::thread::scope(|scope| {
+        let running: Vec<_> = hosts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, h)| (i, scope.spawn(move || lock(h))))
+            .collect();
+        running
+            .into_iter()
+            .map(|(i, t)| {
+                let r = t
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a lock thread panicked")));
+                (i, r)
+            })
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
+    let mut results = results.into_iter();
+    if let Some((_, first)) = results.next() {
+        first?;
+    }
+    let until = std::time::Instant::now() + CONTENDED;
+    let held_elsewhere = |r: &anyhow::Result<()>| {
+        r.as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<state::LockError>())
+            .is_some_and(state::LockError::is_held)
+    };
+    for (i, mut r) in results {
+        while held_elsewhere(&r) && std::time::Instant::now() < until {
+            std::thread::sleep(ASK_AGAIN);
+            tracing::debug!("{}: the lock is held elsewhere; asking again", hosts[i].address);
+            r = lock(&mut hosts[i]);
+        }
+        r?;
+    }
+    Ok(())
+}
+
 /// Prints, on drop, the round trips and time each host's phases took (`--verbose`), so a slow
 /// run says where its time went, however it ends.
 pub struct Timings<'a> {

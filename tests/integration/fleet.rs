@@ -313,6 +313,79 @@ fn two_fleet_runs_contending_for_locks_do_not_deadlock() {
     }
 }
 
+/// Holds `lock` (a host's lock file of a target) with flock(1) for `secs`, as another run would;
+/// returns once it is held.
+fn hold_lock(lock: &std::path::Path, secs: f32) -> std::process::Child {
+    let held = lock.with_extension("held-by-test");
+    let _ = std::fs::remove_file(&held);
+    let child = std::process::Command::new("flock")
+        .arg(lock)
+        .args(["-c", &format!("touch '{}'; sleep {secs}", held.display())])
+        .spawn()
+        .expect("flock(1) runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() {
+        assert!(Instant::now() < deadline, "flock never took {}", lock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_fleet_run_holding_the_first_host_asks_again_for_a_lock_another_run_is_giving_back() {
+    let repo = pushed("fleetrace");
+    let hosts = [h2(), h3()];
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &hosts, &[]);
+    let t = app.test(&repo, &hosts, "/health", "20s");
+    t.exec(["deploy", "v1.1.0", "--yes"]).success();
+    // Every host's lock is asked for at once; the first in lock order (by address) decides.
+    let (first, other) = if h2() < h3() { (h2(), h3()) } else { (h3(), h2()) };
+    let lock = state_dir(other, &app.name, &t).join("lock");
+
+    // Another run holds the other host for a moment, as a run that lost at the first host does
+    // until it gives its locks back: this run, holding the first, asks again and goes on.
+    let mut holder = hold_lock(&lock, 1.5);
+    let run = t.exec(["-vv", "rollback", "v1.0.0", "--yes"]).success();
+    assert!(
+        run.stderr
+            .contains(&format!("{other}: the lock is held elsewhere; asking again")),
+        "{}",
+        run.stderr
+    );
+    holder.wait().unwrap();
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+    }
+
+    // Held for longer than a losing run takes to give back: refused, naming the host, with
+    // nothing changed anywhere and the first host's lock given back.
+    let mut holder = hold_lock(&lock, 8.0);
+    let started = Instant::now();
+    let run = t.exec(["deploy", "v1.1.0", "--yes"]).code(5);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr.contains(&format!("lock the target on {other}")),
+        "{}",
+        run.stderr
+    );
+    for h in hosts {
+        assert_eq!(serves(h, &app.name), "1.0.0", "{h}");
+    }
+    let first_lock = state_dir(first, &app.name, &t).join("lock");
+    let free = std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&first_lock)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(free.success(), "the first host's lock was kept after the refusal");
+    holder.wait().unwrap();
+}
+
 /// The marks `versions --output json` gives a tag.
 fn marks(versions: &serde_json::Value, tag: &str) -> Vec<String> {
     versions["tags"]
