@@ -386,6 +386,50 @@ fn a_fleet_run_holding_the_first_host_asks_again_for_a_lock_another_run_is_givin
     holder.wait().unwrap();
 }
 
+/// When `-vv` says `host` sent (`->`) or heard the answer to (`<-`) `what`: milliseconds since
+/// the run started.
+fn logged_at(stderr: &str, host: &str, arrow: &str, what: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once(&format!("{host} +"))?.1;
+            let (ms, said) = rest.split_once(" ms: ")?;
+            said.starts_with(&format!("{arrow} {what}")).then(|| ms.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no '{arrow} {what}' from {host} in:\n{stderr}"))
+}
+
+/// A fleet's hosts commit at once across a network: every host's journal append is on its way
+/// before any is answered, so the commit costs the fleet one round trip, not one per host (each
+/// append blocks for its round trip, and the hosts' commits share one task).
+#[test]
+fn a_fleets_hosts_commit_at_once_across_a_network() {
+    let repo = pushed("fleetcommit");
+    let app = FleetApp::run(&format!("{}:v1.0.0", repo.image()), &[h2(), h3()], &[]);
+    let rtt = Duration::from_millis(100);
+    let far2 = crate::harness::Latency::in_front_of(hosts().h2_ssh_port, rtt);
+    let far3 = crate::harness::Latency::in_front_of(hosts().h3_ssh_port, rtt);
+    let far = [
+        format!("ssh://bt-remote@127.0.0.1:{}", far2.port),
+        format!("ssh://bt-remote@127.0.0.1:{}", far3.port),
+    ];
+    let t = app.test(&repo, &[&far[0], &far[1]], "/health", "20s");
+    let run = t
+        .exec(["-vv", "deploy", "v1.1.0", "--yes", "--strategy", "parallel"])
+        .success();
+    let append = "append to the journal";
+    let sent_last = far.iter().map(|h| logged_at(&run.stderr, h, "->", append)).max();
+    let answered_first = far.iter().map(|h| logged_at(&run.stderr, h, "<-", append)).min();
+    assert!(
+        sent_last < answered_first,
+        "one host's append waited for the other's answer:\n{}",
+        run.stderr
+    );
+    for h in [h2(), h3()] {
+        assert_eq!(serves(h, &app.name), "1.1.0", "{h}");
+    }
+}
+
 /// The marks `versions --output json` gives a tag.
 fn marks(versions: &serde_json::Value, tag: &str) -> Vec<String> {
     versions["tags"]
