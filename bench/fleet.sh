@@ -25,8 +25,9 @@
 # the old one, two renames, start, then poll the health URL in the engine's network namespace;
 # no ssh, no latency) swapping bt-h3 alone, and all three engines at once. Its ratio is what this
 # machine adds to any fleet of 3; the fleet's time beyond one host is set beside the floor's, and
-# the fleet of 3 is judged a second time with the floor's excess (3 at once less bt-h3 alone)
-# taken off: what backtrack itself adds when the slowest host sets the time.
+# the fleet of 3 is reported a second time with the floor's excess (3 at once less bt-h3 alone)
+# taken off: an estimate (a difference of medians) of what backtrack itself adds when the
+# slowest host sets the time; only the raw ratio is judged.
 #
 # Run:   bench/fleet.sh
 # Needs: scripts/test-env (registry, the remote hosts bt-h2 on 127.0.0.1:2222 and bt-h3 on :2223).
@@ -58,6 +59,10 @@ app=bench-fleet
 export DOCKER_BUILDKIT=0
 
 case $fleet_size in 2 | 3) ;; *) die "BENCH_HOSTS must be 2 or 3, not $fleet_size" ;; esac
+if [ "$fleet_size" = 3 ]; then
+  [ "$(id -u)" = 0 ] || die "the engines' floor enters the hosts' network namespaces (nsenter): run as root, or BENCH_HOSTS=2"
+  command -v curl >/dev/null || die "the engines' floor needs curl"
+fi
 for p in 2222 2223; do
   ssh -F "$cfg" -o BatchMode=yes -p "$p" bt-remote@127.0.0.1 true \
     || die "the remote host on 127.0.0.1:$p does not answer: run scripts/test-env (as root) first"
@@ -97,7 +102,7 @@ all_hosts=("$host2" "$host3")
 [ "$fleet_size" = 3 ] && all_hosts+=("$local")
 cleanup() {
   for h in "${all_hosts[@]}"; do
-    on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" >/dev/null 2>&1 || true
+    on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" "$app-floor" "$app-floor-old" >/dev/null 2>&1 || true
   done
   rm -rf "$work"
   [ ${#proxies[@]} = 0 ] || kill "${proxies[@]}" 2>/dev/null || true
@@ -120,7 +125,7 @@ EOF
   docker push -q "$image:$v" >/dev/null
 done
 for h in "${all_hosts[@]}"; do
-  on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" >/dev/null 2>&1 || true
+  on "$h" rm -f "$app" "$app-backtrack-prev" "$app-backtrack-next" "$app-floor" "$app-floor-old" >/dev/null 2>&1 || true
   on "$h" pull -q "$image:v1.0.0" >/dev/null
   on "$h" pull -q "$image:v1.1.0" >/dev/null
   on "$h" run -d --name "$app" -p "127.0.0.1:$port:8080" "$image:v1.0.0" >/dev/null
@@ -175,19 +180,20 @@ in_netns_of() { # in_netns_of HOST CMD...: CMD in the network namespace of HOST'
   esac
 }
 api() { # api HOST METHOD PATH [JSON]
-  local args=(-sf -o /dev/null --unix-socket "$(sock_of "$1")" -X "$2" "http://engine$3")
+  local args=(-sf -o /dev/null --max-time 30 --unix-socket "$(sock_of "$1")" -X "$2" "http://engine$3")
   [ $# -gt 3 ] && args+=(-H 'Content-Type: application/json' -d "$4")
   curl "${args[@]}"
 }
 floor_swap() { # floor_swap HOST
   local h=$1 deadline=$((SECONDS + 30))
+  api "$h" DELETE "/containers/$app-floor-old?force=1" || true # a stale one from an aborted run
   api "$h" POST "/containers/create?name=$app-floor" \
     "{\"Image\":\"$image:v1.0.0\",\"ExposedPorts\":{\"8080/tcp\":{}},\"HostConfig\":{\"PortBindings\":{\"8080/tcp\":[{\"HostIp\":\"127.0.0.1\",\"HostPort\":\"$port\"}]}}}" \
     && api "$h" POST "/containers/$app/stop?t=10" \
     && api "$h" POST "/containers/$app/rename?name=$app-floor-old" \
     && api "$h" POST "/containers/$app-floor/rename?name=$app" \
     && api "$h" POST "/containers/$app/start" || die "the floor's swap on $h failed"
-  until in_netns_of "$h" curl -sf -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; do
+  until in_netns_of "$h" curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$port/health" 2>/dev/null; do
     [ $SECONDS -lt $deadline ] || die "the floor's swap on $h never answered its health URL"
     sleep 0.01
   done
@@ -196,15 +202,14 @@ floor() { # floor HOST...: microseconds until every HOST swapped at once and ans
   local s h pids=()
   s=$(now_us)
   for h in "$@"; do floor_swap "$h" & pids+=($!); done
-  for p in "${pids[@]}"; do wait "$p" || exit 1; done
+  for p in "${pids[@]}"; do
+    wait "$p" || { kill "${pids[@]}" 2>/dev/null; exit 1; }
+  done
   echo $(($(now_us) - s))
-  for h in "$@"; do api "$h" DELETE "/containers/$app-floor-old?force=1" || true; done
+  for h in "$@"; do
+    api "$h" DELETE "/containers/$app-floor-old?force=1" || die "could not remove $app-floor-old on $h"
+  done
 }
-if [ "$fleet_size" = 3 ]; then
-  [ "$(id -u)" = 0 ] || die "the engines' floor enters the hosts' network namespaces (nsenter): run as root, or BENCH_HOSTS=2"
-  command -v curl >/dev/null || die "the engines' floor needs curl"
-fi
-
 say "binary: $build"
 say "warming up (every host pulls both versions once)"
 to_v11
@@ -254,7 +259,7 @@ if [ "$fleet_size" = 3 ]; then
   table_row "limit: engines' own swap, 3 at once" "$(secs "$floor3") s" "$(secs "$floor1") s" "$(ratio "$floor3" "$floor1")x" "-" "reported"
   shared=$((floor3 > floor1 ? floor3 - floor1 : 0))
   table_row "fleet of 3 less the floor's 3-at-once excess" "$(secs $((all - shared))) s" "$(secs "$one") s" \
-    "$(ratio $((all - shared)) "$one")x" "<= 1.15x" "$(verdict ratio_le $((all - shared)) "$one" 1.15)"
+    "$(ratio $((all - shared)) "$one")x" "-" "reported"
 fi
 table_row "fleet of 2, rolling (batch 1)" "$(secs "$rolling") s" "$(secs "$one") s" "$(ratio "$rolling" "$one")x" "-" "reported"
 table_row "fleet of 2, canary (soak $soak)" "$(secs "$canary") s" "$(secs "$one") s" "$(ratio "$canary" "$one")x" "-" "reported"

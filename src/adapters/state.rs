@@ -155,6 +155,9 @@ impl Journal {
     /// (`ops::operation`), and a remote append blocks for its round trip, so written in place the
     /// hosts' appends would wait one after another instead of together.
     pub async fn append_all_aside(&self, records: &[&Record]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let (journal, path) = (self.clone(), self.path.clone());
         let records: Vec<Record> = records.iter().map(|r| (*r).clone()).collect();
         tokio::task::spawn_blocking(move || journal.append_all(&records.iter().collect::<Vec<_>>()))

@@ -1,6 +1,6 @@
 //! Many hosts, one target: the pure rules of a fleet operation. In which waves hosts are swapped
-//! (`parallel`, `rolling`, `canary`), in which order their locks are taken (one fixed order, so
-//! two fleet runs never hold a lock each the other needs), which hosts must be put back when one
+//! (`parallel`, `rolling`, `canary`), which host's lock decides between two runs (the first in one
+//! fixed order, so two fleet runs never each keep part of a fleet), which hosts must be put back when one
 //! fails (all-or-nothing), what the whole run comes to, and where a fleet drifts (hosts on
 //! different digests), and how the hosts' journals come together as fleet operations. No IO:
 //! hosts are indexes and facts, handed in.
@@ -68,8 +68,8 @@ pub fn waves(hosts: usize, strategy: Strategy, batch: usize) -> Vec<Vec<usize>> 
     }
 }
 
-/// The order in which the hosts' locks are taken: by address, the same for every run whatever
-/// order the config or `--hosts` lists them in.
+/// The hosts in lock order: by address, the same for every run whatever order the config or
+/// `--hosts` lists them in. The first decides between two runs (`ops::fleet::lock_all`).
 pub fn lock_order(addresses: &[String]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..addresses.len()).collect();
     order.sort_by(|a, b| addresses[*a].cmp(&addresses[*b]).then(a.cmp(b)));

@@ -127,7 +127,7 @@ impl Host {
 
 /// How long a run that holds the first host in lock order asks again for another host's lock
 /// held by someone else, and how often: a run that lost at the first host gives back what it
-/// took within a round trip or two of hearing so.
+/// took once it has heard so, which is when all its hosts have answered their logins.
 const CONTENDED: std::time::Duration = std::time::Duration::from_secs(2);
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -135,9 +135,10 @@ const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
 /// been taken as its session started: `App::locks_ahead`). The first host in lock order decides
 /// between two runs: refused there, this run is refused, and what it took goes back as `hosts`
 /// drop. Held there, a refusal at another host may be a run that lost at the first host and is
-/// giving its locks back, so that host is asked again for a moment (`CONTENDED`) before the
-/// refusal counts. So two runs never each hold part of a fleet: at most one holds the first
-/// host, and the other gives everything back.
+/// giving its locks back, so the hosts still refused are asked again, every `ASK_AGAIN` for
+/// `CONTENDED`, before a refusal counts (then this run gives everything back too). So two runs
+/// never each keep part of a fleet: at most one holds the first host, and the other gives
+/// everything back.
 pub fn lock_all(hosts: &mut [Host], command: &str) -> anyhow::Result<()> {
     let addresses: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
     let order = crate::domain::fleet::lock_order(&addresses);
@@ -163,27 +164,33 @@ pub fn lock_all(hosts: &mut [Host], command: &str) -> anyhow::Result<()> {
             })
             .collect()
     });
+    // A refusal is told for the first refusing host in lock order.
     results.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
     let mut results = results.into_iter();
     if let Some((_, first)) = results.next() {
         first?;
     }
-    let until = std::time::Instant::now() + CONTENDED;
     let held_elsewhere = |r: &anyhow::Result<()>| {
         r.as_ref()
             .err()
             .and_then(|e| e.downcast_ref::<state::LockError>())
             .is_some_and(state::LockError::is_held)
     };
-    for (i, mut r) in results {
-        while held_elsewhere(&r) && std::time::Instant::now() < until {
-            std::thread::sleep(ASK_AGAIN);
-            tracing::debug!("{}: the lock is held elsewhere; asking again", hosts[i].address);
-            r = lock(&mut hosts[i]);
+    let mut pending: Vec<(usize, anyhow::Result<()>)> = results.collect();
+    let until = std::time::Instant::now() + CONTENDED;
+    // Every host still refused is asked again each round, the last round after the deadline.
+    while pending.iter().any(|(_, r)| held_elsewhere(r)) {
+        let last = std::time::Instant::now() >= until;
+        std::thread::sleep(ASK_AGAIN);
+        for (i, r) in pending.iter_mut().filter(|(_, r)| held_elsewhere(r)) {
+            tracing::debug!("{}: the lock is held elsewhere; asking again", hosts[*i].address);
+            *r = lock(&mut hosts[*i]);
         }
-        r?;
+        if last {
+            break;
+        }
     }
-    Ok(())
+    pending.into_iter().try_for_each(|(_, r)| r)
 }
 
 /// Prints, on drop, the round trips and time each host's phases took (`--verbose`), so a slow
