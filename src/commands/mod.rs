@@ -194,11 +194,12 @@ impl App<'_> {
 
     /// The target's hosts, connected: one (the engine of `--host`, `[target] host`, the
     /// environment or the local socket), or every host of `[target] hosts`. A host is a fleet of
-    /// one. With `lock`, every host's lock is taken for that command before anything changes, all at
-    /// once, the first host in one fixed order deciding between two runs (`ops::fleet::lock_all`:
-    /// the run refused there gives back whatever it took; the one holding it waits at most a
-    /// moment for the others). A fleet's host that cannot be reached refuses the run, naming it, unless `skip` is `Some(true)` (then it is listed as skipped; `None`: the command
-    /// has no `--skip-unreachable`).
+    /// one. With `lock`, every host's lock is taken for that command before anything changes,
+    /// all at once, the first host in one fixed order deciding between two runs
+    /// (`ops::fleet::lock_all`: the run refused there gives back whatever it took; the one
+    /// holding it waits at most a moment for the others). A fleet's host that cannot be reached
+    /// refuses the run, naming it, unless `skip` is `Some(true)` (then it is listed as skipped;
+    /// `None`: the command has no `--skip-unreachable`).
     pub async fn hosts(&self, lock: Option<&str>, skip: Option<bool>) -> anyhow::Result<(Vec<Host>, Vec<String>)> {
         if !self.is_fleet() {
             let journal = self.journal()?;

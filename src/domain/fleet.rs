@@ -1,7 +1,7 @@
 //! Many hosts, one target: the pure rules of a fleet operation. In which waves hosts are swapped
-//! (`parallel`, `rolling`, `canary`), which host's lock decides between two runs (the first in one
-//! fixed order, so two fleet runs never each keep part of a fleet), which hosts must be put back when one
-//! fails (all-or-nothing), what the whole run comes to, and where a fleet drifts (hosts on
+//! (`parallel`, `rolling`, `canary`), which host's lock decides between two runs (the first in
+//! one fixed order, so two fleet runs never each keep part of a fleet), which hosts must be put
+//! back when one fails (all-or-nothing), what the whole run comes to, and where a fleet drifts (hosts on
 //! different digests), and how the hosts' journals come together as fleet operations. No IO:
 //! hosts are indexes and facts, handed in.
 
