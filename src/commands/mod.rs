@@ -56,8 +56,9 @@ pub struct App<'a> {
     fleet_opening: Mutex<std::collections::HashMap<String, Opening>>,
     /// A whole Swarm stack's target with its services found (`resolve_stack`).
     stack: OnceLock<TargetSettings>,
-    /// The command a single remote host's lock is taken for as its session starts (deploy and
-    /// rollback, not dry runs): the lock's answer then comes with the login.
+    /// The command a remote host's lock is taken for as its session starts, on one host or every
+    /// host of a fleet (deploy and rollback, not dry runs): the lock's answer then comes with the
+    /// login.
     lock_ahead: Option<String>,
 }
 

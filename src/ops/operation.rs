@@ -61,9 +61,10 @@ pub trait Unit: Send + Sync {
     fn intent(&self, base: &Record) -> Record;
     /// Records the intent before anything changes: appended to the journal now, or (a unit that
     /// can) sent by `apply` with its first change, through a gate on the host that writes it
-    /// first (see `ops::swap`).
-    fn record(&mut self, intent: &Record) -> Result<(), StateError> {
-        self.journal().append(intent)
+    /// first (see `ops::swap`). Awaited aside (`Journal::append_all_aside`), so a fleet's hosts
+    /// record at once.
+    async fn record(&mut self, intent: &Record) -> Result<(), StateError> {
+        self.journal().append_all_aside(&[intent]).await
     }
     /// Gets ready without changing anything (the pull); whether something was fetched.
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool>;
@@ -493,7 +494,7 @@ async fn apply_one(run: &Run<'_>, slot: &mut Slot<'_>, notes: &[String]) {
         notes: notes.to_vec(),
         ..unit.intent(&run.base)
     };
-    if let Err(e) = unit.record(&intent) {
+    if let Err(e) = unit.record(&intent).await {
         let lost = !unit.reachable().await;
         let why = format!("record the intent: {e}");
         return failed_early(slot, lost, why, e.into());

@@ -573,7 +573,7 @@ impl Unit for Containers<'_> {
         }
     }
 
-    fn record(&mut self, intent: &Record) -> Result<(), state::StateError> {
+    async fn record(&mut self, intent: &Record) -> Result<(), state::StateError> {
         let gate = self.host.take_gate().filter(|_| self.gates());
         let gate_open = gate.is_some();
         if let Ok(g) = self.gate.get_mut() {
@@ -584,7 +584,7 @@ impl Unit for Containers<'_> {
             self.deferred = Some(intent.clone());
             return Ok(());
         }
-        self.host.journal.append(intent)
+        self.host.journal.append_all_aside(&[intent]).await
     }
 
     async fn prepare(&self, run: &Run<'_>) -> anyhow::Result<bool> {
